@@ -1,0 +1,1 @@
+//! Quantization vocabulary: schemes, quantized linears, statistics types and the method trait.

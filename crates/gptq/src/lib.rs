@@ -1,0 +1,1 @@
+//! GPTQ: Hessian-based sequential weight quantization with act-order and groups.

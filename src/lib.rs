@@ -1,0 +1,1 @@
+//! qwen3-quant facade.
