@@ -1,0 +1,141 @@
+//! Atomic writers: a temporary file in the destination directory, fsync, rename, fsync the directory.
+//! A crash leaves either the old file or the new one, never a torn file.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{io_err, IoError, Result};
+use crate::Dtype;
+
+/// A tensor to write: name, dtype, shape and little-endian bytes.
+#[derive(Clone, Debug)]
+pub struct TensorData {
+    /// Name in the file.
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Little-endian bytes (`shape.product() * dtype.size()` of them).
+    pub bytes: Vec<u8>,
+}
+
+impl TensorData {
+    /// An f32 tensor.
+    pub fn f32(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> Self {
+        TensorData { name: name.into(), dtype: Dtype::F32, shape, bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+    }
+
+    /// A bf16 tensor from f32 values (round to nearest even).
+    pub fn bf16(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> Self {
+        let bytes = values.iter().flat_map(|v| crate::dtype::f32_to_bf16_bits(*v).to_le_bytes()).collect();
+        TensorData { name: name.into(), dtype: Dtype::BF16, shape, bytes }
+    }
+
+    /// An f16 tensor from f32 values (round to nearest even).
+    pub fn f16(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> Self {
+        let bytes = values.iter().flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes()).collect();
+        TensorData { name: name.into(), dtype: Dtype::F16, shape, bytes }
+    }
+
+    /// An i32 tensor (packed words, indices).
+    pub fn i32(name: impl Into<String>, shape: Vec<usize>, values: &[i32]) -> Self {
+        TensorData { name: name.into(), dtype: Dtype::I32, shape, bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+    }
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path.as_ref(), |w| w.write_all(bytes))
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let unique = format!(".{name}.{}.{}.tmp", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    path.with_file_name(unique)
+}
+
+fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = temp_path(path);
+    let result = (|| {
+        let file = File::create(&tmp).map_err(io_err(&tmp))?;
+        {
+            let mut w = BufWriter::with_capacity(1 << 20, &file);
+            fill(&mut w).map_err(io_err(&tmp))?;
+            w.flush().map_err(io_err(&tmp))?;
+        }
+        file.sync_all().map_err(io_err(&tmp))?;
+        fs::rename(&tmp, path).map_err(io_err(path))?;
+        // Persist the rename itself; not every platform can open a directory, which is fine.
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes a safetensors file atomically. Tensors are laid out in name order; the header is padded
+/// with spaces to a multiple of 8 bytes as the reference writer does.
+///
+/// ```
+/// use qwen3_quant_io::write::{write_safetensors, TensorData};
+/// use qwen3_quant_io::safetensors_file::SafetensorsFile;
+/// let dir = std::env::temp_dir().join(format!("qq-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("t.safetensors");
+/// write_safetensors(&path, &[TensorData::f32("w", vec![2], &[1.0, 2.0])], &Default::default()).unwrap();
+/// let f = SafetensorsFile::open(&path).unwrap();
+/// assert_eq!(f.tensor("w").unwrap().to_f32().unwrap(), vec![1.0, 2.0]);
+/// ```
+pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[TensorData], metadata: &BTreeMap<String, String>) -> Result<()> {
+    let path = path.as_ref();
+    let mut sorted: Vec<&TensorData> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("string map"));
+    }
+    let mut offset = 0usize;
+    for (i, t) in sorted.iter().enumerate() {
+        if i > 0 && sorted[i - 1].name == t.name {
+            return Err(IoError::InvalidWrite { path: path.into(), reason: format!("duplicate tensor {}", t.name) });
+        }
+        if t.name == "__metadata__" {
+            return Err(IoError::InvalidWrite { path: path.into(), reason: "reserved tensor name __metadata__".into() });
+        }
+        let expected = t.shape.iter().product::<usize>() * t.dtype.size();
+        if expected != t.bytes.len() {
+            return Err(IoError::InvalidWrite {
+                path: path.into(),
+                reason: format!("tensor {}: shape {:?} of {} needs {expected} bytes, got {}", t.name, t.shape, t.dtype, t.bytes.len()),
+            });
+        }
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({"dtype": t.dtype.as_str(), "shape": t.shape, "data_offsets": [offset, offset + t.bytes.len()]}),
+        );
+        offset += t.bytes.len();
+    }
+    let mut text = serde_json::to_string(&header).expect("serialisable header");
+    while (8 + text.len()) % 8 != 0 {
+        text.push(' ');
+    }
+    write_atomic_with(path, |w| {
+        w.write_all(&(text.len() as u64).to_le_bytes())?;
+        w.write_all(text.as_bytes())?;
+        for t in &sorted {
+            w.write_all(&t.bytes)?;
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,145 @@
+//! Qwen3 attention: q/k/v projections, per-head RMSNorm (`q_norm`, `k_norm`), RoPE, causal GQA
+//! attention, o_proj. The core (everything before `o_proj`) is exposed separately because the
+//! calibration driver observes `o_proj`'s input.
+
+use qwen3_quant_kernels::dense;
+use rayon::prelude::*;
+
+use crate::error::Result;
+use crate::linear::LinearWeight;
+use crate::norm::rms_norm_in_place;
+use crate::rope::Rope;
+
+/// Query rows processed together; keys beyond the block's last row are skipped (causality).
+const QUERY_BLOCK: usize = 64;
+
+/// One attention module.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    /// `q_proj` `[heads·head_dim, hidden]`.
+    pub q_proj: LinearWeight,
+    /// `k_proj` `[kv_heads·head_dim, hidden]`.
+    pub k_proj: LinearWeight,
+    /// `v_proj` `[kv_heads·head_dim, hidden]`.
+    pub v_proj: LinearWeight,
+    /// `o_proj` `[hidden, heads·head_dim]`.
+    pub o_proj: LinearWeight,
+    /// Per-head RMSNorm weight for queries `[head_dim]`.
+    pub q_norm: Vec<f32>,
+    /// Per-head RMSNorm weight for keys `[head_dim]`.
+    pub k_norm: Vec<f32>,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Head width.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+}
+
+impl Attention {
+    /// Attention output before `o_proj`, `[batch·seq, heads·head_dim]`, from the normed input
+    /// `x` `[batch·seq, hidden]`.
+    pub fn core(&self, x: &[f32], batch: usize, seq: usize, rope: &Rope) -> Result<Vec<f32>> {
+        let n = batch * seq;
+        let hd = self.head_dim;
+        let mut q = self.q_proj.apply(x, n)?;
+        let mut k = self.k_proj.apply(x, n)?;
+        let v = self.v_proj.apply(x, n)?;
+        // Per-head norm then RoPE, row by row (the position is the row index within its sequence).
+        let (qd, kd) = (self.heads * hd, self.kv_heads * hd);
+        q.par_chunks_mut(qd).enumerate().for_each(|(row, r)| {
+            rms_norm_in_place(r, &self.q_norm, self.eps);
+            r.chunks_mut(hd).for_each(|h| rope.apply(h, row % seq));
+        });
+        k.par_chunks_mut(kd).enumerate().for_each(|(row, r)| {
+            rms_norm_in_place(r, &self.k_norm, self.eps);
+            r.chunks_mut(hd).for_each(|h| rope.apply(h, row % seq));
+        });
+        let qh = to_head_major(&q, batch, seq, self.heads, hd);
+        let kh = to_head_major(&k, batch, seq, self.kv_heads, hd);
+        let vh = to_head_major(&v, batch, seq, self.kv_heads, hd);
+        drop((q, k, v));
+
+        let group = self.heads / self.kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut out_h = vec![0.0f32; n * qd];
+        out_h.par_chunks_mut(seq * hd).enumerate().for_each(|(bh, out)| {
+            let (b, h) = (bh / self.heads, bh % self.heads);
+            let kvh = h / group;
+            let q = &qh[bh * seq * hd..(bh + 1) * seq * hd];
+            let kv_off = (b * self.kv_heads + kvh) * seq * hd;
+            let kk = &kh[kv_off..kv_off + seq * hd];
+            let vv = &vh[kv_off..kv_off + seq * hd];
+            causal_head(q, kk, vv, seq, hd, scale, out);
+        });
+        Ok(from_head_major(&out_h, batch, seq, self.heads, hd))
+    }
+
+    /// Full attention: core then `o_proj`, `[batch·seq, hidden]`.
+    pub fn forward(&self, x: &[f32], batch: usize, seq: usize, rope: &Rope) -> Result<Vec<f32>> {
+        let core = self.core(x, batch, seq, rope)?;
+        self.o_proj.apply(&core, batch * seq)
+    }
+}
+
+/// Causal softmax attention of one head: `out = softmax(q·kᵀ·scale + mask) · v`, all `[seq, hd]`.
+fn causal_head(q: &[f32], k: &[f32], v: &[f32], seq: usize, hd: usize, scale: f32, out: &mut [f32]) {
+    let mut scores = vec![0.0f32; QUERY_BLOCK * seq];
+    let mut i0 = 0;
+    while i0 < seq {
+        let i1 = (i0 + QUERY_BLOCK).min(seq);
+        let rows = i1 - i0;
+        let keys = i1; // keys 0..i1 can be seen by some row of the block
+        dense::matmul_wt_strided(&q[i0 * hd..], rows, hd, hd, k, keys, hd, &mut scores, keys);
+        for r in 0..rows {
+            let row = &mut scores[r * keys..(r + 1) * keys];
+            let visible = i0 + r + 1;
+            let mut max = f32::NEG_INFINITY;
+            for s in &mut row[..visible] {
+                *s *= scale;
+                max = max.max(*s);
+            }
+            let mut sum = 0.0f32;
+            for s in &mut row[..visible] {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            for s in &mut row[..visible] {
+                *s *= inv;
+            }
+            row[visible..].fill(0.0);
+        }
+        dense::matmul_strided(&scores, rows, keys, keys, v, hd, hd, &mut out[i0 * hd..], hd, false);
+        i0 = i1;
+    }
+}
+
+/// `[b·s, heads·hd]` → `[b, heads, s, hd]`.
+fn to_head_major(x: &[f32], _batch: usize, seq: usize, heads: usize, hd: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    out.par_chunks_mut(seq * hd).enumerate().for_each(|(bh, dst)| {
+        let (b, h) = (bh / heads, bh % heads);
+        for s in 0..seq {
+            let src = &x[((b * seq + s) * heads + h) * hd..][..hd];
+            dst[s * hd..(s + 1) * hd].copy_from_slice(src);
+        }
+    });
+    out
+}
+
+/// `[b, heads, s, hd]` → `[b·s, heads·hd]`.
+fn from_head_major(x: &[f32], batch: usize, seq: usize, heads: usize, hd: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    out.par_chunks_mut(heads * hd).enumerate().for_each(|(row, dst)| {
+        let (b, s) = (row / seq, row % seq);
+        for h in 0..heads {
+            let src = &x[((b * heads + h) * seq + s) * hd..][..hd];
+            dst[h * hd..(h + 1) * hd].copy_from_slice(src);
+        }
+    });
+    let _ = batch;
+    out
+}

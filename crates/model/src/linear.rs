@@ -1,0 +1,88 @@
+//! Linear layers whose weight representation can be swapped without touching the rest of the model.
+
+use qwen3_quant_kernels::{dense, PackedMatrix};
+
+use crate::error::{ModelError, Result};
+
+/// The weight of one `nn.Linear` (no bias in Qwen3): `y = x · Wᵀ`, `W` `[out, in]`.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum LinearWeight {
+    /// Dense f32 weights `[out, in]` row-major (full precision, or fake-quantized values).
+    Dense {
+        /// Output features.
+        out_features: usize,
+        /// Input features.
+        in_features: usize,
+        /// Row-major weights.
+        weight: Vec<f32>,
+    },
+    /// Packed low-bit codes computed on directly by the packed kernels.
+    Packed(PackedMatrix),
+}
+
+impl LinearWeight {
+    /// A dense weight, checking the length.
+    pub fn dense(out_features: usize, in_features: usize, weight: Vec<f32>) -> Result<Self> {
+        if weight.len() != out_features * in_features {
+            return Err(ModelError::Shape { what: "dense weight", expected: out_features * in_features, got: weight.len() });
+        }
+        Ok(LinearWeight::Dense { out_features, in_features, weight })
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        match self {
+            LinearWeight::Dense { out_features, .. } => *out_features,
+            LinearWeight::Packed(p) => p.rows(),
+        }
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        match self {
+            LinearWeight::Dense { in_features, .. } => *in_features,
+            LinearWeight::Packed(p) => p.cols(),
+        }
+    }
+
+    /// The weight as dense f32 `[out, in]` (dequantized if packed).
+    pub fn to_dense(&self) -> Vec<f32> {
+        match self {
+            LinearWeight::Dense { weight, .. } => weight.clone(),
+            LinearWeight::Packed(p) => p.dequantize(),
+        }
+    }
+
+    /// Bytes the weight occupies in memory.
+    pub fn storage_bytes(&self) -> usize {
+        match self {
+            LinearWeight::Dense { weight, .. } => weight.len() * 4,
+            LinearWeight::Packed(p) => p.storage_bytes(),
+        }
+    }
+
+    /// `y[m, out] = x[m, in] · Wᵀ`.
+    pub fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+        let (n, k) = (self.out_features(), self.in_features());
+        if x.len() != m * k {
+            return Err(ModelError::Shape { what: "linear input", expected: m * k, got: x.len() });
+        }
+        if y.len() != m * n {
+            return Err(ModelError::Shape { what: "linear output", expected: m * n, got: y.len() });
+        }
+        match self {
+            LinearWeight::Dense { weight, .. } => dense::matmul_wt(x, m, k, weight, n, y),
+            LinearWeight::Packed(p) if m == 1 => p.gemv(x, y)?,
+            LinearWeight::Packed(p) => p.gemm(x, m, y)?,
+        }
+        Ok(())
+    }
+
+    /// Convenience: allocate and return `x · Wᵀ`.
+    pub fn apply(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let mut y = vec![0.0f32; m * self.out_features()];
+        self.forward(x, m, &mut y)?;
+        Ok(y)
+    }
+}

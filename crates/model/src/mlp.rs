@@ -1,0 +1,141 @@
+//! Feed-forward blocks: the dense SwiGLU MLP and the Qwen3-MoE sparse block.
+
+use rayon::prelude::*;
+
+use crate::error::Result;
+use crate::linear::LinearWeight;
+use crate::observer::{Observer, Site};
+
+/// `down(silu(gate(x)) · up(x))`.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    /// `gate_proj` `[inter, hidden]`.
+    pub gate: LinearWeight,
+    /// `up_proj` `[inter, hidden]`.
+    pub up: LinearWeight,
+    /// `down_proj` `[hidden, inter]`.
+    pub down: LinearWeight,
+}
+
+impl Mlp {
+    /// The input of `down_proj`: `silu(gate(x)) · up(x)`, `[m, inter]`.
+    pub fn activation(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let mut g = self.gate.apply(x, m)?;
+        let u = self.up.apply(x, m)?;
+        g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(|(g, u)| {
+            for (a, b) in g.iter_mut().zip(u) {
+                *a = silu(*a) * b;
+            }
+        });
+        Ok(g)
+    }
+
+    /// The whole MLP, `[m, hidden]`.
+    pub fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let a = self.activation(x, m)?;
+        self.down.apply(&a, m)
+    }
+}
+
+#[inline]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// The sparse MoE block: softmax router over all experts, top-k, optional renormalisation,
+/// weighted sum of the chosen experts' SwiGLU outputs.
+#[derive(Clone, Debug)]
+pub struct MoeBlock {
+    /// `mlp.gate` (the router) `[experts, hidden]`, kept in full precision by every method.
+    pub router: LinearWeight,
+    /// The experts.
+    pub experts: Vec<Mlp>,
+    /// Experts per token.
+    pub top_k: usize,
+    /// Renormalise the top-k probabilities.
+    pub norm_topk_prob: bool,
+}
+
+/// Which tokens went to which expert, with their routing weights.
+#[derive(Clone, Debug, Default)]
+pub struct Routing {
+    /// For each expert, the token rows it serves.
+    pub rows: Vec<Vec<usize>>,
+    /// For each expert, the routing weight of each served row.
+    pub weights: Vec<Vec<f32>>,
+}
+
+impl Routing {
+    /// Tokens routed to each expert.
+    pub fn counts(&self) -> Vec<usize> {
+        self.rows.iter().map(Vec::len).collect()
+    }
+}
+
+impl MoeBlock {
+    /// Router decisions for `x` `[m, hidden]`.
+    pub fn route(&self, x: &[f32], m: usize) -> Result<Routing> {
+        let e = self.experts.len();
+        let logits = self.router.apply(x, m)?;
+        let mut routing = Routing { rows: vec![Vec::new(); e], weights: vec![Vec::new(); e] };
+        let mut probs = vec![0.0f32; e];
+        let mut order: Vec<usize> = (0..e).collect();
+        for t in 0..m {
+            let l = &logits[t * e..(t + 1) * e];
+            let max = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for (p, &v) in probs.iter_mut().zip(l) {
+                *p = (v - max).exp();
+                sum += *p;
+            }
+            probs.iter_mut().for_each(|p| *p /= sum);
+            // torch.topk: largest first; ties keep the lower index.
+            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+            let chosen = &order[..self.top_k];
+            let norm = if self.norm_topk_prob { chosen.iter().map(|&i| probs[i]).sum::<f32>() } else { 1.0 };
+            for &i in chosen {
+                routing.rows[i].push(t);
+                routing.weights[i].push(probs[i] / norm);
+            }
+        }
+        Ok(routing)
+    }
+
+    /// The whole block, `[m, hidden]`; expert inputs are reported to `obs`.
+    pub fn forward(&self, x: &[f32], m: usize, layer: usize, obs: &mut dyn Observer) -> Result<Vec<f32>> {
+        let hidden = self.router.in_features();
+        let routing = self.route(x, m)?;
+        let mut out = vec![0.0f32; m * hidden];
+        for (ei, expert) in self.experts.iter().enumerate() {
+            let rows = &routing.rows[ei];
+            let xe = gather_rows(x, hidden, rows);
+            if obs.wants(layer, Site::ExpertInput(ei)) {
+                obs.observe(layer, Site::ExpertInput(ei), &xe, rows.len(), hidden);
+            }
+            if rows.is_empty() {
+                continue;
+            }
+            let act = expert.activation(&xe, rows.len())?;
+            if obs.wants(layer, Site::ExpertDownInput(ei)) {
+                obs.observe(layer, Site::ExpertDownInput(ei), &act, rows.len(), act.len() / rows.len());
+            }
+            let y = expert.down.apply(&act, rows.len())?;
+            for (j, (&r, &w)) in rows.iter().zip(&routing.weights[ei]).enumerate() {
+                let dst = &mut out[r * hidden..(r + 1) * hidden];
+                for (d, s) in dst.iter_mut().zip(&y[j * hidden..(j + 1) * hidden]) {
+                    *d += w * s;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Copies the listed rows of `x` (`[*, cols]`) into a new contiguous buffer.
+pub fn gather_rows(x: &[f32], cols: usize, rows: &[usize]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows.len() * cols);
+    for &r in rows {
+        out.extend_from_slice(&x[r * cols..(r + 1) * cols]);
+    }
+    out
+}

@@ -1,0 +1,243 @@
+//! The whole Qwen3 / Qwen3-MoE causal LM: loading from a checkpoint and the forward pass.
+
+use std::path::Path;
+
+use qwen3_quant_io::{Checkpoint, ModelConfig};
+use qwen3_quant_kernels::dense;
+use rayon::prelude::*;
+
+use crate::attention::Attention;
+use crate::error::{ModelError, Result};
+use crate::layer::{DecoderLayer, FeedForward};
+use crate::linear::LinearWeight;
+use crate::mlp::{Mlp, MoeBlock};
+use crate::norm::rms_norm;
+use crate::observer::{NoObserver, Observer};
+use crate::rope::Rope;
+
+/// A loaded model with f32 (or swapped-in quantized) weights.
+#[derive(Clone, Debug)]
+pub struct Qwen3Model {
+    /// The validated configuration.
+    pub config: ModelConfig,
+    /// `embed_tokens` `[vocab, hidden]`.
+    pub embed_tokens: Vec<f32>,
+    /// Decoder layers.
+    pub layers: Vec<DecoderLayer>,
+    /// Final `norm.weight`.
+    pub norm: Vec<f32>,
+    /// `lm_head`, or `None` when tied to the embeddings.
+    pub lm_head: Option<LinearWeight>,
+}
+
+fn dense(ckpt: &Checkpoint, name: &str, out: usize, inp: usize) -> Result<LinearWeight> {
+    LinearWeight::dense(out, inp, ckpt.load_f32(name, &[out, inp])?)
+}
+
+impl Qwen3Model {
+    /// Loads a Hugging Face Qwen3 / Qwen3-MoE directory (weights widened to f32).
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
+        let ckpt = Checkpoint::open(dir)?;
+        let config = ckpt.config()?;
+        Self::from_checkpoint(&ckpt, config)
+    }
+
+    /// Builds the model from an open checkpoint and its configuration.
+    pub fn from_checkpoint(ckpt: &Checkpoint, config: ModelConfig) -> Result<Self> {
+        let c = &config;
+        let (h, v) = (c.hidden_size, c.vocab_size);
+        let embed_tokens = ckpt.load_f32("model.embed_tokens.weight", &[v, h])?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let attn = Attention {
+                q_proj: dense(ckpt, &format!("{p}.self_attn.q_proj.weight"), c.q_dim(), h)?,
+                k_proj: dense(ckpt, &format!("{p}.self_attn.k_proj.weight"), c.kv_dim(), h)?,
+                v_proj: dense(ckpt, &format!("{p}.self_attn.v_proj.weight"), c.kv_dim(), h)?,
+                o_proj: dense(ckpt, &format!("{p}.self_attn.o_proj.weight"), h, c.q_dim())?,
+                q_norm: ckpt.load_f32(&format!("{p}.self_attn.q_norm.weight"), &[c.head_dim])?,
+                k_norm: ckpt.load_f32(&format!("{p}.self_attn.k_norm.weight"), &[c.head_dim])?,
+                heads: c.num_attention_heads,
+                kv_heads: c.num_key_value_heads,
+                head_dim: c.head_dim,
+                eps: c.rms_norm_eps as f32,
+            };
+            let ffn = if c.is_moe_layer(i) {
+                let m = c.moe.as_ref().expect("moe layer implies moe config");
+                let mi = m.moe_intermediate_size;
+                let experts = (0..m.num_experts)
+                    .map(|e| {
+                        let q = format!("{p}.mlp.experts.{e}");
+                        Ok(Mlp {
+                            gate: dense(ckpt, &format!("{q}.gate_proj.weight"), mi, h)?,
+                            up: dense(ckpt, &format!("{q}.up_proj.weight"), mi, h)?,
+                            down: dense(ckpt, &format!("{q}.down_proj.weight"), h, mi)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                FeedForward::Moe(MoeBlock {
+                    router: dense(ckpt, &format!("{p}.mlp.gate.weight"), m.num_experts, h)?,
+                    experts,
+                    top_k: m.num_experts_per_tok,
+                    norm_topk_prob: m.norm_topk_prob,
+                })
+            } else {
+                let it = c.intermediate_size;
+                FeedForward::Dense(Mlp {
+                    gate: dense(ckpt, &format!("{p}.mlp.gate_proj.weight"), it, h)?,
+                    up: dense(ckpt, &format!("{p}.mlp.up_proj.weight"), it, h)?,
+                    down: dense(ckpt, &format!("{p}.mlp.down_proj.weight"), h, it)?,
+                })
+            };
+            layers.push(DecoderLayer {
+                index: i,
+                input_layernorm: ckpt.load_f32(&format!("{p}.input_layernorm.weight"), &[h])?,
+                post_attention_layernorm: ckpt.load_f32(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                attn,
+                ffn,
+                eps: c.rms_norm_eps as f32,
+            });
+        }
+        let norm = ckpt.load_f32("model.norm.weight", &[h])?;
+        // A tied checkpoint may still carry lm_head.weight (some exporters write it); use it if present.
+        let lm_head = if ckpt.contains("lm_head.weight") || !c.tie_word_embeddings {
+            Some(dense(ckpt, "lm_head.weight", v, h)?)
+        } else {
+            None
+        };
+        Ok(Qwen3Model { config, embed_tokens, layers, norm, lm_head })
+    }
+
+    /// RoPE tables for sequences of `seq` tokens.
+    pub fn rope(&self, seq: usize) -> Rope {
+        Rope::new(self.config.head_dim, self.config.rope_theta, seq)
+    }
+
+    /// Embeds token ids, `[ids.len(), hidden]`.
+    pub fn embed(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let h = self.config.hidden_size;
+        let vocab = self.config.vocab_size;
+        let mut out = vec![0.0f32; ids.len() * h];
+        for (row, &id) in out.chunks_mut(h).zip(ids) {
+            if id as usize >= vocab {
+                return Err(ModelError::TokenOutOfRange { id, vocab });
+            }
+            row.copy_from_slice(&self.embed_tokens[id as usize * h..(id as usize + 1) * h]);
+        }
+        Ok(out)
+    }
+
+    /// Runs decoder layer `i` in place on `h` `[batch·seq, hidden]`.
+    pub fn forward_layer(
+        &self,
+        i: usize,
+        h: &mut [f32],
+        batch: usize,
+        seq: usize,
+        rope: &Rope,
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
+        let layer = self.layers.get(i).ok_or(ModelError::NoSuchLayer { layer: i, layers: self.layers.len() })?;
+        let expected = batch * seq * self.config.hidden_size;
+        if h.len() != expected {
+            return Err(ModelError::Shape { what: "hidden states", expected, got: h.len() });
+        }
+        if rope.positions() < seq {
+            return Err(ModelError::Shape { what: "rope positions", expected: seq, got: rope.positions() });
+        }
+        layer.forward(h, batch, seq, rope, obs)
+    }
+
+    /// Final norm, `[rows, hidden]`.
+    pub fn final_norm(&self, h: &[f32]) -> Vec<f32> {
+        let mut x = vec![0.0f32; h.len()];
+        rms_norm(h, &self.norm, self.config.rms_norm_eps as f32, &mut x);
+        x
+    }
+
+    /// Logits of already-normed hidden states `[rows, hidden]` → `[rows, vocab]`.
+    pub fn lm_head(&self, normed: &[f32]) -> Result<Vec<f32>> {
+        let (h, v) = (self.config.hidden_size, self.config.vocab_size);
+        let rows = normed.len() / h;
+        match &self.lm_head {
+            Some(w) => w.apply(normed, rows),
+            None => {
+                let mut y = vec![0.0f32; rows * v];
+                dense::matmul_wt(normed, rows, h, &self.embed_tokens, v, &mut y);
+                Ok(y)
+            }
+        }
+    }
+
+    /// Final hidden states (after the final norm) of `batch` sequences of `seq` tokens each.
+    pub fn forward_hidden(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Vec<f32>> {
+        if ids.len() != batch * seq {
+            return Err(ModelError::Shape { what: "token ids", expected: batch * seq, got: ids.len() });
+        }
+        let rope = self.rope(seq);
+        let mut h = self.embed(ids)?;
+        for i in 0..self.layers.len() {
+            self.forward_layer(i, &mut h, batch, seq, &rope, &mut NoObserver)?;
+        }
+        Ok(self.final_norm(&h))
+    }
+
+    /// Logits `[batch·seq, vocab]` of `batch` sequences of `seq` tokens each (`ids` row-major).
+    ///
+    /// ```no_run
+    /// let model = qwen3_quant_model::Qwen3Model::load("assets/models/qwen3-micro")?;
+    /// let logits = model.forward(&[1, 2, 3, 4], 1, 4)?;
+    /// assert_eq!(logits.len(), 4 * model.config.vocab_size);
+    /// # Ok::<(), qwen3_quant_model::ModelError>(())
+    /// ```
+    pub fn forward(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Vec<f32>> {
+        let x = self.forward_hidden(ids, batch, seq)?;
+        self.lm_head(&x)
+    }
+
+    /// All hidden states as transformers returns them with `output_hidden_states=True`:
+    /// `[0]` embeddings, `[i]` after layer i−1 for 1 ≤ i < L, `[L]` the last layer after the final norm.
+    pub fn hidden_states(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Vec<Vec<f32>>> {
+        if ids.len() != batch * seq {
+            return Err(ModelError::Shape { what: "token ids", expected: batch * seq, got: ids.len() });
+        }
+        let rope = self.rope(seq);
+        let mut h = self.embed(ids)?;
+        let mut states = vec![h.clone()];
+        for i in 0..self.layers.len() {
+            self.forward_layer(i, &mut h, batch, seq, &rope, &mut NoObserver)?;
+            if i + 1 < self.layers.len() {
+                states.push(h.clone());
+            }
+        }
+        states.push(self.final_norm(&h));
+        Ok(states)
+    }
+
+    /// Greedy decoding of `max_new` tokens after `prompt` (recomputes the prefix each step:
+    /// simple and exact; a KV cache comes with the generation work).
+    pub fn generate_greedy(&self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Result<Vec<u32>> {
+        let mut ids = prompt.to_vec();
+        let v = self.config.vocab_size;
+        for _ in 0..max_new {
+            let h = self.forward_hidden(&ids, 1, ids.len())?;
+            let last = &h[(ids.len() - 1) * self.config.hidden_size..];
+            let logits = self.lm_head(last)?;
+            let next = logits[..v]
+                .par_iter()
+                .enumerate()
+                .reduce(|| (0, &f32::NEG_INFINITY), |a, b| if b.1 > a.1 || (b.1 == a.1 && b.0 < a.0) { b } else { a })
+                .0 as u32;
+            ids.push(next);
+            if stop.contains(&next) {
+                break;
+            }
+        }
+        Ok(ids[prompt.len()..].to_vec())
+    }
+
+    /// Total bytes of the quantizable linears as currently stored.
+    pub fn linear_bytes(&self) -> usize {
+        self.layers.iter().flat_map(|l| l.linear_ids().into_iter().filter_map(move |id| l.linear(id.kind, id.expert))).map(LinearWeight::storage_bytes).sum()
+    }
+}

@@ -1,0 +1,39 @@
+//! Observation of linear inputs during a forward pass (how calibration collects statistics).
+
+/// A place in a decoder layer where the input of one or more linears is visible.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Site {
+    /// `input_layernorm` output: the input of q_proj, k_proj and v_proj.
+    AttnInput,
+    /// The attention output before `o_proj`.
+    OInput,
+    /// `post_attention_layernorm` output: the input of gate_proj and up_proj (and the MoE router).
+    MlpInput,
+    /// `silu(gate) · up`: the input of down_proj.
+    DownInput,
+    /// The rows of `MlpInput` routed to one expert.
+    ExpertInput(usize),
+    /// The input of one expert's down_proj.
+    ExpertDownInput(usize),
+}
+
+/// Receives linear inputs as the model computes them.
+pub trait Observer {
+    /// Whether `site` of `layer` is of interest (lets the model skip copies).
+    fn wants(&self, _layer: usize, _site: Site) -> bool {
+        true
+    }
+    /// `x` is `[rows, cols]` row-major.
+    fn observe(&mut self, layer: usize, site: Site, x: &[f32], rows: usize, cols: usize);
+}
+
+/// An observer that wants nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn wants(&self, _layer: usize, _site: Site) -> bool {
+        false
+    }
+    fn observe(&mut self, _: usize, _: Site, _: &[f32], _: usize, _: usize) {}
+}
