@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::linear::LinearWeight;
 use crate::norm::rms_norm_in_place;
 use crate::rope::Rope;
+use crate::softmax::softmax_in_place;
 
 /// Query rows processed together; keys beyond the block's last row are skipped (causality).
 const QUERY_BLOCK: usize = 64;
@@ -96,20 +97,8 @@ fn causal_head(q: &[f32], k: &[f32], v: &[f32], seq: usize, hd: usize, scale: f3
         for r in 0..rows {
             let row = &mut scores[r * keys..(r + 1) * keys];
             let visible = i0 + r + 1;
-            let mut max = f32::NEG_INFINITY;
-            for s in &mut row[..visible] {
-                *s *= scale;
-                max = max.max(*s);
-            }
-            let mut sum = 0.0f32;
-            for s in &mut row[..visible] {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            for s in &mut row[..visible] {
-                *s *= inv;
-            }
+            row[..visible].iter_mut().for_each(|s| *s *= scale);
+            softmax_in_place(&mut row[..visible]);
             row[visible..].fill(0.0);
         }
         dense::matmul_strided(&scores, rows, keys, keys, v, hd, hd, &mut out[i0 * hd..], hd, false);

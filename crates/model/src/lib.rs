@@ -26,6 +26,7 @@ pub mod model;
 pub mod norm;
 pub mod observer;
 pub mod rope;
+mod softmax;
 pub mod tokenizer;
 
 pub use error::{ModelError, Result};

@@ -1,0 +1,46 @@
+//! Errors of the calibration crate.
+
+use qwen3_quant_core::MethodError;
+
+/// What can go wrong while calibrating and quantizing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CalibError {
+    /// The calibration source is too short for the requested windows.
+    #[error("not enough calibration tokens: need {needed}, have {available}")]
+    NotEnoughTokens {
+        /// Tokens needed.
+        needed: usize,
+        /// Tokens available.
+        available: usize,
+    },
+    /// Inconsistent options.
+    #[error("invalid calibration options: {0}")]
+    InvalidOptions(String),
+    /// The model failed.
+    #[error(transparent)]
+    Model(#[from] qwen3_quant_model::ModelError),
+    /// The method failed on a linear.
+    #[error(transparent)]
+    Method(#[from] MethodError),
+    /// Statistics accumulation failed (shape or non-finite activations).
+    #[error("statistics of {site}: {source}")]
+    Stats {
+        /// Where.
+        site: String,
+        /// Why.
+        #[source]
+        source: qwen3_quant_core::Error,
+    },
+    /// Packing a quantized linear for the kernels failed.
+    #[error("packing {id}: {reason}")]
+    Pack {
+        /// Which linear.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, CalibError>;

@@ -1,0 +1,52 @@
+//! `qwen3-quant bench gemv|gemm`: packed kernels against the f32 kernel the model uses.
+
+use qwen3_quant_kernels::bench::{run as run_bench, BenchKernel, BenchSpec};
+use serde_json::json;
+
+use crate::args::{BenchArgs, KernelArg};
+use crate::output::print_json;
+
+pub fn run(a: BenchArgs) -> anyhow::Result<()> {
+    let (kernel, tokens) = match a.kernel {
+        KernelArg::Gemv => (BenchKernel::Gemv, 1),
+        KernelArg::Gemm => (BenchKernel::Gemm, a.tokens),
+    };
+    let spec = BenchSpec {
+        kernel,
+        bits: a.bits,
+        group_size: a.group_size,
+        rows: a.rows,
+        cols: a.cols,
+        tokens,
+        layers: a.layers.max(1),
+        seconds: a.seconds,
+    };
+    let r = run_bench(&spec)?;
+    let name = match a.kernel {
+        KernelArg::Gemv => "gemv",
+        KernelArg::Gemm => "gemm",
+    };
+    let v = json!({
+        "kernel": name, "bits": a.bits, "rows": a.rows, "cols": a.cols, "tokens": tokens, "layers": spec.layers,
+        "us_per_call": r.us_per_call, "f32_us_per_call": r.f32_us_per_call,
+        "weight_bytes_per_call": r.weight_bytes_per_call, "gb_per_s": r.gb_per_s, "gflops": r.gflops,
+        "kernel_impl": format!("{:?}", qwen3_quant_kernels::active_kernel()),
+    });
+    if a.json {
+        print_json(&v);
+    } else {
+        println!(
+            "{name} {}x{} x {tokens} tokens, {}-bit g{}: {:.1} us/call (f32 {:.1} us, {:.2}x), {:.1} GB/s, {:.1} GFLOP/s",
+            a.rows,
+            a.cols,
+            a.bits,
+            a.group_size,
+            r.us_per_call,
+            r.f32_us_per_call,
+            r.f32_us_per_call / r.us_per_call,
+            r.gb_per_s,
+            r.gflops
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! `qwen3-quant eval`: perplexity, zero-shot tasks and MMLU, with the JSON of the CLI contract.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use qwen3_quant_eval::{
+    evaluate_ppl, load_dataset, run_mmlu, run_task, Dataset, EvalReport, LanguageModel, MmluOptions, PplOptions,
+    PplResult, Progress, Task, TaskOptions,
+};
+use qwen3_quant_model::{Qwen3Model, Tokenizer};
+
+use crate::args::EvalArgs;
+use crate::output::print_json;
+
+/// The data folder: `--data-dir`/`QWEN3_QUANT_DATA`, else the bundled `assets/data`.
+pub fn data_dir(explicit: Option<&Path>) -> PathBuf {
+    explicit.map(Path::to_path_buf).unwrap_or_else(qwen3_quant_eval::default_data_dir)
+}
+
+/// Progress bars unless the output must stay machine-readable and quiet.
+pub fn progress() -> Progress {
+    if std::env::var_os("QWEN3_QUANT_QUIET").is_some() {
+        Progress::Hidden
+    } else {
+        Progress::Bar
+    }
+}
+
+/// Perplexity of one dataset with the GPTQ protocol.
+pub fn ppl_of(
+    model: &dyn LanguageModel,
+    tok: &Tokenizer,
+    name: &str,
+    data: &Path,
+    seq_len: usize,
+    windows: Option<usize>,
+    batch: usize,
+) -> anyhow::Result<PplResult> {
+    let dataset = Dataset::parse(name);
+    if let Dataset::TextFile(p) = &dataset {
+        if !p.is_file() {
+            bail!("unknown dataset {name:?}: expected docs, wikitext2, wikitext2-raw, c4 or a text file");
+        }
+    }
+    let loaded = load_dataset(&dataset, data, Some(tok)).with_context(|| format!("loading dataset {name}"))?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    let opts = PplOptions { seq_len, max_windows: windows.or(dataset.default_max_windows()), batch_size: batch, stride: None };
+    Ok(evaluate_ppl(model, &loaded.ids, &opts, progress())?)
+}
+
+pub fn run(a: EvalArgs) -> anyhow::Result<()> {
+    let model = Qwen3Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let tok = Tokenizer::from_dir(&a.model).with_context(|| format!("loading the tokenizer of {}", a.model.display()))?;
+    let data = data_dir(a.data_dir.as_deref());
+    let mut datasets = a.dataset.clone();
+    if datasets.is_empty() && a.tasks.is_empty() {
+        datasets.push("wikitext2".into());
+    }
+    let mut report = EvalReport::new(a.model.display().to_string());
+    for name in &datasets {
+        let r = ppl_of(&model, &tok, name, &data, a.seq_len, a.windows, a.batch)?;
+        if !a.json {
+            println!("{name}: ppl {:.4} ({} windows x {}, {:.1} tokens/s)", r.ppl, r.windows, r.seq_len, r.tokens_per_s);
+        }
+        report.add_ppl(name.clone(), r);
+    }
+    for name in &a.tasks {
+        if name == "mmlu" {
+            let opts = MmluOptions { limit_per_subject: a.limit, batch_size: a.batch, ..MmluOptions::default() };
+            let r = run_mmlu(&model, &tok, &data.join("tasks/mmlu"), &opts, progress())?;
+            if !a.json {
+                println!("mmlu: acc {:.4} ({} questions)", r.acc, r.n);
+            }
+            report.add_mmlu(&r);
+            continue;
+        }
+        let task = Task::parse(name).with_context(|| {
+            format!("unknown task {name:?}: expected piqa, arc_easy, arc_challenge, hellaswag, winogrande, boolq, openbookqa or mmlu")
+        })?;
+        let opts = TaskOptions {
+            limit: a.limit,
+            batch_size: a.batch.max(1),
+            max_length: a.seq_len,
+            eot_token_id: model.config.eos_token_ids.first().copied(),
+        };
+        let r = run_task(&model, &tok, task, &data, &opts, progress())?;
+        if !a.json {
+            match r.acc_norm {
+                Some(n) => println!("{name}: acc {:.4}  acc_norm {:.4}  (n = {}, {:.1} s)", r.acc, n, r.n, r.seconds),
+                None => println!("{name}: acc {:.4}  (n = {}, {:.1} s)", r.acc, r.n, r.seconds),
+            }
+        }
+        report.add_task(&r);
+    }
+    if a.json {
+        print_json(&serde_json::to_value(&report)?);
+    }
+    Ok(())
+}

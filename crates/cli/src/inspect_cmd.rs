@@ -1,0 +1,101 @@
+//! `qwen3-quant inspect DIR`.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use qwen3_quant_io::{Architecture, Checkpoint};
+use serde_json::{json, Value};
+
+use crate::args::InspectArgs;
+use crate::output::print_json;
+
+/// The quantization scheme recorded in a directory, if any (`quantize_config.json` or
+/// `config.json["quantization_config"]`).
+fn quantization_scheme(dir: &std::path::Path) -> Option<Value> {
+    if let Ok(text) = std::fs::read_to_string(dir.join("quantize_config.json")) {
+        if let Ok(v) = serde_json::from_str::<Value>(&text) {
+            return Some(v);
+        }
+    }
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    v.get("quantization_config").cloned()
+}
+
+pub fn run(a: InspectArgs) -> anyhow::Result<()> {
+    let ckpt = Checkpoint::open(&a.dir).with_context(|| format!("opening {}", a.dir.display()))?;
+    let cfg = ckpt.config()?;
+    let mut dtypes: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    let mut params: u64 = 0;
+    let mut tensor_bytes: u64 = 0;
+    for name in ckpt.names() {
+        let t = ckpt.tensor(name)?;
+        let bytes = t.data.len() as u64;
+        let e = dtypes.entry(t.dtype.to_string()).or_default();
+        e.0 += 1;
+        e.1 += bytes;
+        params += t.numel() as u64;
+        tensor_bytes += bytes;
+    }
+    let file_bytes: u64 = ckpt.shards().iter().filter_map(|s| std::fs::metadata(s.path()).ok()).map(|m| m.len()).sum();
+    let scheme = quantization_scheme(&a.dir);
+    let moe = cfg.moe.as_ref().map(|m| {
+        json!({"num_experts": m.num_experts, "num_experts_per_tok": m.num_experts_per_tok,
+               "moe_intermediate_size": m.moe_intermediate_size, "norm_topk_prob": m.norm_topk_prob,
+               "sparse_layers": (0..cfg.num_hidden_layers).filter(|&i| cfg.is_moe_layer(i)).count()})
+    });
+    let arch = match cfg.architecture {
+        Architecture::Qwen3 => "qwen3",
+        Architecture::Qwen3Moe => "qwen3_moe",
+    };
+    let report = json!({
+        "dir": a.dir,
+        "architecture": arch,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "vocab_size": cfg.vocab_size,
+        "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "dtype": cfg.dtype,
+        "moe": moe,
+        "tensors": ckpt.names().len(),
+        "shards": ckpt.shards().len(),
+        "parameters": params,
+        "tensor_bytes": tensor_bytes,
+        "file_bytes": file_bytes,
+        "dtypes": dtypes.iter().map(|(k, (n, b))| (k.clone(), json!({"tensors": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
+        "quantization": scheme,
+    });
+    if a.json {
+        print_json(&report);
+    } else {
+        println!("{}  ({arch})", a.dir.display());
+        println!(
+            "  layers {}  hidden {}  heads {}/{} x {}  intermediate {}  vocab {}  tied {}",
+            cfg.num_hidden_layers,
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            cfg.intermediate_size,
+            cfg.vocab_size,
+            cfg.tie_word_embeddings
+        );
+        if let Some(m) = &cfg.moe {
+            println!("  experts {} (top-{}), expert width {}", m.num_experts, m.num_experts_per_tok, m.moe_intermediate_size);
+        }
+        println!("  {} tensors in {} shard(s), {:.2} M parameters, {:.2} MB on disk", ckpt.names().len(), ckpt.shards().len(), params as f64 / 1e6, file_bytes as f64 / 1e6);
+        for (k, (n, b)) in &dtypes {
+            println!("    {k:>5}: {n} tensors, {:.2} MB", *b as f64 / 1e6);
+        }
+        match scheme {
+            Some(s) => println!("  quantization: {s}"),
+            None => println!("  quantization: none (full precision)"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! [`QuantizedLinear`]: integer codes plus per-group scales and zero points.
+
+use rayon::prelude::*;
+
+use crate::error::{first_non_finite, Error, Result};
+use crate::scheme::Bits;
+
+/// A quantized `nn.Linear` weight in the GPTQ storage convention (unpacked).
+///
+/// Shapes (`out` = `out_features`, `in` = `in_features`, all row-major):
+/// - `codes`: `[out, in]` integer codes in **original** column order, each `<= maxq`;
+/// - `scales`: `[n_groups, out]` (f32 here; counted as fp16 by [`Self::bits_per_weight`]);
+/// - `zeros`: `[n_groups, out]` integer zero points `<= maxq`;
+/// - `g_idx`: `[in]`, the group of each original column;
+/// - `perm`: optional `[in]` act-order column order (`perm[j]` = original column processed j-th).
+///
+/// `n_groups = ceil(in / group_size)` for `group_size = Some(_)` and 1 for `None`
+/// (per-channel; a per-tensor scheme is stored as per-channel with equal rows).
+/// Invariant checked by [`Self::new`]: without `perm`, `g_idx[c] = c / group_size`; with `perm`,
+/// `g_idx[perm[j]] = j / group_size` (GPTQ "desc_act" groups are runs of the permuted order).
+/// `perm` is only allowed together with `group_size = Some(_)`.
+///
+/// The weight is `W[r, c] = scales[g, r] * (codes[r, c] − zeros[g, r])` with `g = g_idx[c]`,
+/// computed in f32 exactly like the reference fake quantization.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedLinear {
+    out_features: usize,
+    in_features: usize,
+    bits: Bits,
+    group_size: Option<usize>,
+    sym: bool,
+    codes: Vec<u8>,
+    scales: Vec<f32>,
+    zeros: Vec<u8>,
+    g_idx: Vec<u32>,
+    perm: Option<Vec<u32>>,
+}
+
+/// Canonical `g_idx` for a layout (see [`QuantizedLinear`]).
+pub fn canonical_g_idx(in_features: usize, group_size: Option<usize>, perm: Option<&[u32]>) -> Vec<u32> {
+    let mut g = vec![0u32; in_features];
+    if let Some(gs) = group_size {
+        match perm {
+            None => g.iter_mut().enumerate().for_each(|(c, v)| *v = (c / gs) as u32),
+            Some(p) => p.iter().enumerate().for_each(|(j, &c)| g[c as usize] = (j / gs) as u32),
+        }
+    }
+    g
+}
+
+impl QuantizedLinear {
+    /// Validated constructor. See the type docs for shapes and invariants.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`], [`Error::OutOfRange`] (codes, zeros, g_idx, perm),
+    /// [`Error::InconsistentGroups`], [`Error::NonFinite`] (scales), [`Error::InvalidConfig`]
+    /// (zero group size, or `perm` without groups).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        out_features: usize,
+        in_features: usize,
+        bits: Bits,
+        group_size: Option<usize>,
+        sym: bool,
+        codes: Vec<u8>,
+        scales: Vec<f32>,
+        zeros: Vec<u8>,
+        g_idx: Vec<u32>,
+        perm: Option<Vec<u32>>,
+    ) -> Result<Self> {
+        if group_size == Some(0) {
+            return Err(Error::InvalidConfig { field: "group_size", reason: "group size must be positive" });
+        }
+        if perm.is_some() && group_size.is_none() {
+            return Err(Error::InvalidConfig {
+                field: "perm",
+                reason: "a column permutation is only meaningful with groups",
+            });
+        }
+        let n_groups = group_size.map_or(1, |g| in_features.div_ceil(g));
+        let check = |what, expected: usize, actual: usize| {
+            if expected == actual {
+                Ok(())
+            } else {
+                Err(Error::ShapeMismatch { what, expected, actual })
+            }
+        };
+        check("codes", out_features * in_features, codes.len())?;
+        check("scales", n_groups * out_features, scales.len())?;
+        check("zeros", n_groups * out_features, zeros.len())?;
+        check("g_idx", in_features, g_idx.len())?;
+        let maxq = bits.maxq();
+        let range = |what, v: &[u8]| match v.iter().position(|&c| c > maxq) {
+            Some(i) => Err(Error::OutOfRange { what, index: i, value: v[i] as u64, max: maxq as u64 }),
+            None => Ok(()),
+        };
+        range("codes", &codes)?;
+        range("zeros", &zeros)?;
+        if let Some(i) = first_non_finite(&scales) {
+            return Err(Error::NonFinite { what: "scales", index: i });
+        }
+        if let Some(p) = &perm {
+            check("perm", in_features, p.len())?;
+            let mut seen = vec![false; in_features];
+            for (j, &c) in p.iter().enumerate() {
+                let c = c as usize;
+                if c >= in_features || seen[c] {
+                    return Err(Error::OutOfRange {
+                        what: "perm (not a permutation)",
+                        index: j,
+                        value: c as u64,
+                        max: in_features.saturating_sub(1) as u64,
+                    });
+                }
+                seen[c] = true;
+            }
+        }
+        let expect = canonical_g_idx(in_features, group_size, perm.as_deref());
+        if let Some(c) = (0..in_features).find(|&c| expect[c] != g_idx[c]) {
+            return Err(Error::InconsistentGroups { column: c, reason: "g_idx does not match group_size/perm" });
+        }
+        Ok(Self { out_features, in_features, bits, group_size, sym, codes, scales, zeros, g_idx, perm })
+    }
+
+    /// Output features (rows).
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+    /// Input features (columns).
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+    /// Bit width of the codes.
+    pub fn bits(&self) -> Bits {
+        self.bits
+    }
+    /// Group size (`None` = per-channel).
+    pub fn group_size(&self) -> Option<usize> {
+        self.group_size
+    }
+    /// Whether the scheme was symmetric (zeros are then the constant `(maxq+1)/2`).
+    pub fn sym(&self) -> bool {
+        self.sym
+    }
+    /// Number of groups per row.
+    pub fn n_groups(&self) -> usize {
+        self.group_size.map_or(1, |g| self.in_features.div_ceil(g))
+    }
+    /// Codes `[out, in]`, original column order.
+    pub fn codes(&self) -> &[u8] {
+        &self.codes
+    }
+    /// Scales `[n_groups, out]`.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+    /// Zero points `[n_groups, out]`.
+    pub fn zeros(&self) -> &[u8] {
+        &self.zeros
+    }
+    /// Group index of each original column, `[in]`.
+    pub fn g_idx(&self) -> &[u32] {
+        &self.g_idx
+    }
+    /// Act-order column order, `[in]`, if any.
+    pub fn perm(&self) -> Option<&[u32]> {
+        self.perm.as_deref()
+    }
+
+    /// Dequantized weight `[out, in]` (f32, bit-identical to the methods' fake quantization).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let (o, n) = (self.out_features, self.in_features);
+        let mut w = vec![0f32; o * n];
+        if n == 0 {
+            return w;
+        }
+        w.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+            let codes = &self.codes[r * n..(r + 1) * n];
+            for c in 0..n {
+                let g = self.g_idx[c] as usize;
+                let s = self.scales[g * o + r];
+                let z = self.zeros[g * o + r] as f32;
+                row[c] = s * (codes[c] as f32 - z);
+            }
+        });
+        w
+    }
+
+    /// Storage cost in bits per weight, counting honestly what a packed checkpoint holds:
+    /// `bits` per code, 16 per scale (fp16), `bits` per zero point for asymmetric schemes
+    /// (symmetric zeros are the constant `(maxq+1)/2` and are not stored), and 32 bits per
+    /// column of `g_idx` when an act-order permutation is present (int32 `g_idx`).
+    pub fn bits_per_weight(&self) -> f64 {
+        let n_w = (self.out_features * self.in_features) as f64;
+        if n_w == 0.0 {
+            return 0.0;
+        }
+        let b = self.bits.get() as f64;
+        let n_params = (self.n_groups() * self.out_features) as f64;
+        let mut total = b * n_w + 16.0 * n_params;
+        if !self.sym {
+            total += b * n_params;
+        }
+        if self.perm.is_some() {
+            total += 32.0 * self.in_features as f64;
+        }
+        total / n_w
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_and_dequantize() {
+        let b = Bits::new(2).unwrap();
+        // 1 row, 4 cols, groups of 2, act-order perm [3,1,0,2]
+        let perm = vec![3u32, 1, 0, 2];
+        let g_idx = canonical_g_idx(4, Some(2), Some(&perm));
+        assert_eq!(g_idx, vec![1, 0, 1, 0]);
+        let q = QuantizedLinear::new(1, 4, b, Some(2), false, vec![0, 1, 2, 3], vec![0.5, 2.0], vec![1, 2], g_idx.clone(), Some(perm.clone()))
+            .unwrap();
+        assert_eq!(q.dequantize(), vec![2.0 * -2.0, 0.5 * 0.0, 2.0 * 0.0, 0.5 * 2.0]);
+        // wrong g_idx
+        assert!(QuantizedLinear::new(1, 4, b, Some(2), false, vec![0; 4], vec![1.0; 2], vec![0; 2], vec![0, 0, 1, 1], Some(perm))
+            .is_err());
+        // code out of range
+        assert!(QuantizedLinear::new(1, 4, b, None, false, vec![4, 0, 0, 0], vec![1.0], vec![0], vec![0; 4], None).is_err());
+        // NaN scale
+        assert!(QuantizedLinear::new(1, 4, b, None, false, vec![0; 4], vec![f32::NAN], vec![0], vec![0; 4], None).is_err());
+        // shape
+        assert!(QuantizedLinear::new(1, 4, b, None, false, vec![0; 3], vec![1.0], vec![0], vec![0; 4], None).is_err());
+    }
+
+    #[test]
+    fn bits_per_weight_counts_metadata() {
+        let b = Bits::B4;
+        let q = QuantizedLinear::new(2, 256, b, Some(128), false, vec![0; 512], vec![1.0; 4], vec![0; 4], canonical_g_idx(256, Some(128), None), None)
+            .unwrap();
+        let expect = (4.0 * 512.0 + 16.0 * 4.0 + 4.0 * 4.0) / 512.0;
+        assert!((q.bits_per_weight() - expect).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,786 @@
+//! Integration tests: perplexity exactness on a mock model, lm-eval request byte-identity against
+//! the golden samples, tokenisation split, MMLU prompts, reports.
+
+use std::path::PathBuf;
+
+use qwen3_quant_eval::tasks::{encode_pair, load_task, Task};
+use qwen3_quant_eval::{EvalError, LanguageModel, TextEncoder};
+
+fn assets() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets")
+}
+
+fn data_dir() -> PathBuf {
+    assets().join("data")
+}
+
+/// Deterministic bigram model: logits[pos] = table[token at pos].
+struct Bigram {
+    vocab: usize,
+    table: Vec<f32>,
+}
+
+impl Bigram {
+    fn new(vocab: usize) -> Self {
+        let table = (0..vocab * vocab).map(|i| ((i * 7919 % 31) as f32 - 15.0) * 0.37).collect();
+        Bigram { vocab, table }
+    }
+    /// Hand-computed log p(b | a), in f64.
+    fn logp(&self, a: u32, b: u32) -> f64 {
+        let row = &self.table[a as usize * self.vocab..(a as usize + 1) * self.vocab];
+        let z: f64 = row.iter().map(|&x| (x as f64).exp()).sum();
+        row[b as usize] as f64 - z.ln()
+    }
+}
+
+impl LanguageModel for Bigram {
+    fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+    fn logits(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, EvalError> {
+        Ok(seqs
+            .iter()
+            .map(|s| {
+                s.iter()
+                    .flat_map(|&t| self.table[t as usize * self.vocab..(t as usize + 1) * self.vocab].iter().copied())
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+/// Byte-level encoder (one token per byte) for tests that need no real tokenizer.
+struct Bytes;
+impl TextEncoder for Bytes {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, EvalError> {
+        Ok(text.bytes().map(u32::from).collect())
+    }
+}
+
+struct HfTok(tokenizers::Tokenizer);
+impl TextEncoder for HfTok {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, EvalError> {
+        let e = self.0.encode(text, false).map_err(|e| EvalError::Tokenizer(e.to_string()))?;
+        Ok(e.get_ids().to_vec())
+    }
+}
+
+fn micro_tokenizer() -> HfTok {
+    HfTok(tokenizers::Tokenizer::from_file(assets().join("models/qwen3-micro/tokenizer.json")).unwrap())
+}
+
+mod ppl {
+    use super::*;
+    use qwen3_quant_eval::ppl::plan_windows;
+    use qwen3_quant_eval::{evaluate_ppl, load_dataset, Dataset, PplOptions, Progress};
+
+    #[test]
+    fn windows_drop_the_tail() {
+        let o = PplOptions { seq_len: 10, ..Default::default() };
+        let p = plan_windows(35, &o).unwrap();
+        assert_eq!(p, vec![(0, 10, 1), (10, 20, 11), (20, 30, 21)]);
+        let o2 = PplOptions { max_windows: Some(2), ..o.clone() };
+        assert_eq!(plan_windows(35, &o2).unwrap().len(), 2);
+        assert!(plan_windows(9, &o).is_err());
+        assert_eq!(plan_windows(10, &o).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn sliding_windows_score_each_token_once() {
+        let o = PplOptions { seq_len: 8, stride: Some(3), ..Default::default() };
+        let p = plan_windows(20, &o).unwrap();
+        assert_eq!(p[0], (0, 8, 1));
+        assert_eq!(p[1], (3, 11, 8));
+        let mut scored = vec![0; 20];
+        for &(b, e, f) in &p {
+            assert!(b < f && e - b <= 8);
+            for c in &mut scored[f..e] {
+                *c += 1;
+            }
+        }
+        assert_eq!(scored[0], 0);
+        assert!(scored[1..].iter().all(|&c| c == 1), "{scored:?}");
+        assert_eq!(p.last().unwrap().1, 20);
+    }
+
+    #[test]
+    fn gptq_ppl_matches_hand_computation() {
+        let m = Bigram::new(11);
+        let ids: Vec<u32> = (0..103u32).map(|i| (i * i + 3 * i + 1) % 11).collect();
+        for batch in [1, 2, 5] {
+            let o = PplOptions { seq_len: 16, batch_size: batch, ..Default::default() };
+            let r = evaluate_ppl(&m, &ids, &o, Progress::Hidden).unwrap();
+            assert_eq!((r.windows, r.seq_len, r.tokens), (6, 16, 96));
+            let mut acc = 0.0;
+            for w in 0..6 {
+                let win = &ids[w * 16..(w + 1) * 16];
+                let nll: f64 = (1..16).map(|t| -m.logp(win[t - 1], win[t])).sum::<f64>() / 15.0;
+                acc += nll;
+            }
+            let expect = (acc / 6.0).exp();
+            assert!((r.ppl - expect).abs() / expect < 1e-6, "{} vs {expect}", r.ppl);
+        }
+        // Sliding window: token-weighted over every target once.
+        let o = PplOptions { seq_len: 16, stride: Some(16), ..Default::default() };
+        let r = evaluate_ppl(&m, &ids, &o, Progress::Hidden).unwrap();
+        // Bigram: only the previous token matters. Targets 16, 32, … open a window and are not scored.
+        let scored: Vec<usize> = (1..103).filter(|t| t % 16 != 0).collect();
+        let nll: f64 = scored.iter().map(|&t| -m.logp(ids[t - 1], ids[t])).sum::<f64>() / scored.len() as f64;
+        let o3 = PplOptions { seq_len: 16, stride: Some(5), ..Default::default() };
+        let r3 = evaluate_ppl(&m, &ids, &o3, Progress::Hidden).unwrap();
+        let all: f64 = (1..103).map(|t| -m.logp(ids[t - 1], ids[t])).sum::<f64>() / 102.0;
+        assert!((r3.ppl - all.exp()).abs() / all.exp() < 1e-6);
+        assert!((r.ppl - nll.exp()).abs() / nll.exp() < 1e-6);
+        assert_eq!(r.windows, 7);
+    }
+
+    /// Logits of ±1e30-ish magnitude must not overflow.
+    #[test]
+    fn log_softmax_is_stable_with_huge_logits() {
+        struct Huge;
+        impl LanguageModel for Huge {
+            fn vocab_size(&self) -> usize {
+                3
+            }
+            fn logits(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, EvalError> {
+                Ok(seqs.iter().map(|s| s.iter().flat_map(|_| [3.0e38f32, 3.0e38 - 4.0e31, -3.0e38]).collect()).collect())
+            }
+        }
+        let r = evaluate_ppl(&Huge, &[0, 0, 0, 0], &PplOptions { seq_len: 4, ..Default::default() }, Progress::Hidden)
+            .unwrap();
+        // Target 0 is the max: the two top logits differ by 4e31, so p(0) = 1.
+        assert!(r.ppl.is_finite() && (r.ppl - 1.0).abs() < 1e-12, "{}", r.ppl);
+        let row = [1000.0f32, 1000.0, -1000.0];
+        let lp = qwen3_quant_eval::model::token_logprob(&row, 0).unwrap();
+        assert!((lp as f64 - (0.5f64).ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bundled_datasets_load() {
+        let docs = load_dataset(&Dataset::Docs, &data_dir(), None).unwrap();
+        assert_eq!(docs.ids.len(), 254_048);
+        assert!(docs.ids.iter().all(|&t| t < 8192));
+        let text = qwen3_quant_eval::ppl::dataset_text(&Dataset::WikiText2, &data_dir()).unwrap().unwrap();
+        assert_eq!(text.len(), 1_296_370); // bytes of "\n\n".join(rows), PROVENANCE.md
+        let raw = qwen3_quant_eval::ppl::dataset_text(&Dataset::WikiText2Raw, &data_dir()).unwrap().unwrap();
+        assert_eq!(raw.len(), 1_290_590);
+        let c4 = qwen3_quant_eval::ppl::dataset_text(&Dataset::C4Sample, &data_dir()).unwrap().unwrap();
+        assert!(c4.len() > 1_000_000);
+        assert!(load_dataset(&Dataset::WikiText2, &data_dir(), None).is_err(), "needs an encoder");
+        let w = load_dataset(&Dataset::WikiText2Raw, &data_dir(), Some(&Bytes)).unwrap();
+        assert_eq!(w.ids.len(), 1_290_590);
+        assert_eq!(Dataset::parse("c4"), Dataset::C4Sample);
+        assert_eq!(Dataset::parse("wikitext2-raw").name(), "wikitext2-raw");
+    }
+
+    #[test]
+    fn c4_paper_windows_skip_short_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shard.jsonl");
+        // 45,220 docs; doc 25247 (window 0) is long, everything else is short.
+        let mut s = String::new();
+        for i in 0..45_220 {
+            let text = if i == 25_247 { "x".repeat(388 + 2048) } else { "short".to_string() };
+            s.push_str(&format!("{{\"text\": \"{text}\"}}\n"));
+        }
+        std::fs::write(&path, s).unwrap();
+        let d = load_dataset(&Dataset::C4Paper { path }, &data_dir(), Some(&Bytes)).unwrap();
+        assert_eq!(d.ids.len(), 2048);
+        assert_eq!(d.warnings.len(), 255);
+        assert_eq!(qwen3_quant_eval::C4_PAPER_WINDOWS.len(), 256);
+        assert_eq!(qwen3_quant_eval::C4_PAPER_WINDOWS[255], (699, 36));
+    }
+}
+
+mod tasks {
+    use super::*;
+    use qwen3_quant_eval::tasks::{score_docs, TaskOptions};
+    use qwen3_quant_eval::Progress;
+
+    fn golden() -> serde_json::Value {
+        let text = std::fs::read_to_string(assets().join("golden/lm_eval_micro_samples_limit10.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Every (context, continuation) lm-eval 0.4.13 produced for the first 10 docs of each task.
+    #[test]
+    fn requests_are_byte_identical_to_lm_eval() {
+        let g = golden();
+        for task in Task::ALL {
+            let docs = load_task(task, &data_dir(), Some(10)).unwrap();
+            let gold_docs = g[task.name()].as_array().unwrap();
+            assert_eq!(docs.len(), 10);
+            assert_eq!(gold_docs.len(), 10);
+            for (i, (d, gd)) in docs.iter().zip(gold_docs).enumerate() {
+                let greqs = gd["requests"].as_array().unwrap();
+                assert_eq!(d.requests.len(), greqs.len(), "{} doc {i}", task.name());
+                for (r, gr) in d.requests.iter().zip(greqs) {
+                    assert_eq!(r.context, gr["context"].as_str().unwrap(), "{} doc {i} context", task.name());
+                    assert_eq!(r.continuation, gr["continuation"].as_str().unwrap(), "{} doc {i}", task.name());
+                }
+                match &gd["target"] {
+                    serde_json::Value::Number(n) => assert_eq!(d.gold as u64, n.as_u64().unwrap(), "{} {i}", task.name()),
+                    // WinoGrande's target is the continuation; the gold index comes from `answer`.
+                    serde_json::Value::String(s) => assert_eq!(&d.requests[d.gold].continuation[1..], s),
+                    v => panic!("unexpected target {v}"),
+                }
+            }
+        }
+    }
+
+    /// Golden acc / acc_norm from the golden log-likelihoods reproduce lm-eval's argmax logic.
+    #[test]
+    fn golden_loglikelihoods_give_consistent_predictions() {
+        let g = golden();
+        for task in Task::ALL {
+            let docs = load_task(task, &data_dir(), Some(10)).unwrap();
+            let scores: Vec<_> = docs
+                .iter()
+                .zip(g[task.name()].as_array().unwrap())
+                .map(|(d, gd)| {
+                    let lls = gd["requests"].as_array().unwrap().iter().map(|r| r["loglikelihood"].as_f64().unwrap()).collect();
+                    qwen3_quant_eval::tasks::score_doc(d, lls)
+                })
+                .collect();
+            let r = qwen3_quant_eval::tasks::aggregate(task.name(), task.has_acc_norm(), scores, 0.0);
+            assert_eq!(r.n, 10);
+            assert!((0.0..=1.0).contains(&r.acc));
+            assert_eq!(r.acc_norm.is_some(), task.has_acc_norm());
+        }
+    }
+
+    #[test]
+    fn encode_pair_moves_trailing_space_and_splits_whole() {
+        let tok = micro_tokenizer();
+        let (ctx, cont) = encode_pair(&tok, "Question: dresser\nAnswer:", " replace drawer with bobby pin ").unwrap();
+        let whole = tok.encode("Question: dresser\nAnswer: replace drawer with bobby pin ").unwrap();
+        assert_eq!(ctx, tok.encode("Question: dresser\nAnswer:").unwrap());
+        assert_eq!([ctx.clone(), cont.clone()].concat(), whole);
+        let text = tok.0.decode(&cont, false).unwrap();
+        assert_eq!(text, " replace drawer with bobby pin ");
+        // Trailing whitespace of the context goes to the continuation.
+        let (c2, k2) = encode_pair(&Bytes, "ab  ", "c").unwrap();
+        assert_eq!((c2, k2), (vec![97, 98], vec![32, 32, 99]));
+    }
+
+    #[test]
+    fn loglikelihoods_and_metrics_on_mock() {
+        let m = Bigram::new(256);
+        let docs = load_task(Task::Piqa, &data_dir(), Some(6)).unwrap();
+        for batch in [1, 3, 16] {
+            let opts = TaskOptions { batch_size: batch, ..Default::default() };
+            let r = score_docs(&m, &Bytes, Task::Piqa, &docs, &opts, Progress::Hidden).unwrap();
+            assert_eq!(r.n, 6);
+            let mut accs = Vec::new();
+            let mut norms = Vec::new();
+            for (d, s) in docs.iter().zip(&r.docs) {
+                let mut lls = Vec::new();
+                for (req, ll) in d.requests.iter().zip(&s.loglikelihoods) {
+                    let ctx = req.context.as_bytes();
+                    let cont = req.continuation.as_bytes();
+                    let all: Vec<u8> = [ctx, cont].concat();
+                    let expect: f64 = (ctx.len()..all.len()).map(|t| m.logp(all[t - 1] as u32, all[t] as u32)).sum();
+                    assert!((ll - expect).abs() < 1e-3, "{ll} vs {expect}");
+                    lls.push(expect);
+                }
+                let pred = if lls[1] > lls[0] { 1 } else { 0 };
+                let n: Vec<f64> = lls.iter().zip(&d.choice_lens).map(|(l, &c)| l / c as f64).collect();
+                let pred_n = if n[1] > n[0] { 1 } else { 0 };
+                accs.push((pred == d.gold) as u8 as f64);
+                norms.push((pred_n == d.gold) as u8 as f64);
+            }
+            let mean = accs.iter().sum::<f64>() / 6.0;
+            let var = accs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 5.0;
+            assert!((r.acc - mean).abs() < 1e-12);
+            assert!((r.acc_stderr - (var / 6.0).sqrt()).abs() < 1e-12);
+            assert!((r.acc_norm.unwrap() - norms.iter().sum::<f64>() / 6.0).abs() < 1e-12);
+        }
+        // Truncation to max_length keeps the continuation's log-probs computable.
+        let opts = TaskOptions { max_length: 8, ..Default::default() };
+        let r = score_docs(&m, &Bytes, Task::Piqa, &docs[..1], &opts, Progress::Hidden).unwrap();
+        assert!(r.docs[0].loglikelihoods.iter().all(|x| x.is_finite()));
+    }
+}
+
+mod mmlu {
+    use super::*;
+    use qwen3_quant_eval::mmlu::{
+        build_prompt, category_of, choice_ids, gen_prompt, list_subjects, load_csv, SubjectStyle, CATEGORIES, SUBCATEGORIES,
+    };
+    use qwen3_quant_eval::{run_mmlu, MmluOptions, Progress};
+
+    fn mmlu_dir() -> PathBuf {
+        data_dir().join("tasks/mmlu")
+    }
+
+    const ABSTRACT_ALGEBRA_0: &str = "The following are multiple choice questions (with answers) about  abstract algebra.
+
+Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.
+A. 0
+B. 1
+C. 2
+D. 3
+Answer: B
+
+Statement 1 | If aH is an element of a factor group, then |aH| divides |a|. Statement 2 | If H and K are subgroups of G then HK is a subgroup of G.
+A. True, True
+B. False, False
+C. True, False
+D. False, True
+Answer: B
+
+Statement 1 | Every element of a group generates a cyclic subgroup of the group. Statement 2 | The symmetric group S_10 has 10 elements.
+A. True, True
+B. False, False
+C. True, False
+D. False, True
+Answer: C
+
+Statement 1| Every function from a finite set onto itself must be one to one. Statement 2 | Every subgroup of an abelian group is abelian.
+A. True, True
+B. False, False
+C. True, False
+D. False, True
+Answer: A
+
+Find the characteristic of the ring 2Z.
+A. 0
+B. 3
+C. 12
+D. 30
+Answer: A
+
+Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.
+A. 0
+B. 4
+C. 2
+D. 6
+Answer:";
+
+    #[test]
+    fn full_five_shot_prompt() {
+        let dev = load_csv(&mmlu_dir().join("dev/abstract_algebra_dev.csv"), true).unwrap();
+        let test = load_csv(&mmlu_dir().join("test/abstract_algebra_test.csv"), true).unwrap();
+        assert_eq!((dev.len(), test.len()), (5, 100));
+        let p = build_prompt(&Bytes, &dev, "abstract_algebra", &test[0], &MmluOptions::default()).unwrap();
+        assert_eq!(p.k, 5);
+        assert_eq!(p.text, ABSTRACT_ALGEBRA_0);
+        assert_eq!(p.ids.len(), ABSTRACT_ALGEBRA_0.len());
+        assert_eq!(test[0].answer, 1);
+        let plain = gen_prompt(&dev, "abstract_algebra", 0, SubjectStyle::Plain);
+        assert_eq!(plain, "The following are multiple choice questions (with answers) about abstract algebra.\n\n");
+    }
+
+    #[test]
+    fn shots_are_reduced_to_fit() {
+        let dev = load_csv(&mmlu_dir().join("dev/abstract_algebra_dev.csv"), true).unwrap();
+        let test = load_csv(&mmlu_dir().join("test/abstract_algebra_test.csv"), true).unwrap();
+        let q = &test[0];
+        let len = |k| (gen_prompt(&dev, "abstract_algebra", k, SubjectStyle::Hendrycks) + &qwen3_quant_eval::mmlu::format_example(q, false)).len();
+        // Exactly the 3-shot length fits: k goes 5 → 4 → 3.
+        let opts = MmluOptions { max_len: len(3), ..Default::default() };
+        let p = build_prompt(&Bytes, &dev, "abstract_algebra", q, &opts).unwrap();
+        assert_eq!(p.k, 3);
+        assert_eq!(p.ids.len(), len(3));
+        let opts = MmluOptions { max_len: len(3) - 1, ..Default::default() };
+        assert_eq!(build_prompt(&Bytes, &dev, "abstract_algebra", q, &opts).unwrap().k, 2);
+        // Even 0 shots too long: left-truncated to max_len.
+        let opts = MmluOptions { max_len: 10, ..Default::default() };
+        let p = build_prompt(&Bytes, &dev, "abstract_algebra", q, &opts).unwrap();
+        assert_eq!((p.k, p.ids.len()), (0, 10));
+        let tail: Vec<u32> = p.text.as_bytes()[p.text.len() - 10..].iter().map(|&b| b as u32).collect();
+        assert_eq!(p.ids, tail);
+    }
+
+    #[test]
+    fn pandas_na_cells_print_as_nan() {
+        let t = load_csv(&mmlu_dir().join("test/college_physics_test.csv"), true).unwrap();
+        assert!(t.iter().any(|q| q.choices[3] == "nan"));
+        let raw = load_csv(&mmlu_dir().join("test/college_physics_test.csv"), false).unwrap();
+        assert!(raw.iter().any(|q| q.choices[3] == "None"));
+    }
+
+    #[test]
+    fn subjects_and_categories() {
+        let subjects = list_subjects(&mmlu_dir()).unwrap();
+        assert_eq!(subjects.len(), 57);
+        for s in &subjects {
+            assert!(category_of(s).is_some(), "{s}");
+        }
+        assert_eq!(SUBCATEGORIES.len(), 57);
+        let count = |c: &str| subjects.iter().filter(|s| category_of(s) == Some(c)).count();
+        assert_eq!([count(CATEGORIES[0]), count(CATEGORIES[1]), count(CATEGORIES[2]), count(CATEGORIES[3])], [18, 13, 12, 14]);
+        let ids = choice_ids(&micro_tokenizer()).unwrap();
+        assert_eq!(ids.iter().collect::<std::collections::HashSet<_>>().len(), 4);
+    }
+
+    /// A model whose last-position logits favour the letter of the byte at position 0 of the
+    /// prompt's last line... simpler: always favours "B". Accuracy = share of B answers.
+    #[test]
+    fn run_mmlu_on_mock() {
+        struct AlwaysB;
+        impl LanguageModel for AlwaysB {
+            fn vocab_size(&self) -> usize {
+                256
+            }
+            fn logits(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, EvalError> {
+                Ok(seqs
+                    .iter()
+                    .map(|s| {
+                        let mut v = vec![0.0f32; s.len() * 256];
+                        let last = (s.len() - 1) * 256;
+                        v[last + b'B' as usize] = 5.0;
+                        v
+                    })
+                    .collect())
+            }
+        }
+        let opts = MmluOptions {
+            limit_per_subject: Some(7),
+            subjects: Some(vec!["abstract_algebra".into(), "virology".into()]),
+            batch_size: 4,
+            ..Default::default()
+        };
+        let r = run_mmlu(&AlwaysB, &Bytes, &mmlu_dir(), &opts, Progress::Hidden).unwrap();
+        assert_eq!(r.n, 14);
+        let mut bs = 0;
+        for s in ["abstract_algebra", "virology"] {
+            let t = load_csv(&mmlu_dir().join(format!("test/{s}_test.csv")), true).unwrap();
+            bs += t[..7].iter().filter(|q| q.answer == 1).count();
+        }
+        assert!((r.acc - bs as f64 / 14.0).abs() < 1e-12);
+        assert_eq!(r.categories.len(), 2); // STEM and other
+        assert_eq!(r.mean_shots, 5.0);
+    }
+}
+
+mod report {
+    use qwen3_quant_eval::mmlu::{GroupAcc, MmluResult};
+    use qwen3_quant_eval::report::{plot_metric_vs_bits, sweep_markdown, write_sweep_csv, PlotOptions};
+    use qwen3_quant_eval::tasks::{aggregate, DocScore};
+    use qwen3_quant_eval::{EvalReport, MetricKey, PplResult, SweepEntry};
+
+    fn sample(ppl: f64, acc_b: bool) -> EvalReport {
+        let mut r = EvalReport::new("models/qwen3-micro");
+        r.add_ppl("docs", PplResult { ppl, windows: 32, seq_len: 1024, tokens: 32768, seconds: 2.0, tokens_per_s: 16384.0 });
+        let d = |pred, gold| DocScore { loglikelihoods: vec![-1.0, -2.0], gold, pred, pred_norm: pred };
+        r.add_task(&aggregate("piqa", true, vec![d(0, 0), d(1, 0), d(1, 1), d(0, usize::from(!acc_b))], 1.0));
+        r.add_task(&aggregate("winogrande", false, vec![d(0, 0)], 1.0));
+        r.add_mmlu(&MmluResult {
+            acc: 0.25,
+            acc_stderr: 0.01,
+            n: 100,
+            subjects: vec![("anatomy".into(), GroupAcc { acc: 0.25, n: 100 })],
+            categories: vec![("other (business, health, misc.)".into(), GroupAcc { acc: 0.25, n: 100 })],
+            mean_shots: 5.0,
+            seconds: 1.0,
+        });
+        r
+    }
+
+    #[test]
+    fn json_shape_matches_cli_contract() {
+        let r = sample(18.5676, true);
+        let v: serde_json::Value = serde_json::from_str(&r.to_json().unwrap()).unwrap();
+        assert_eq!(v["model"], "models/qwen3-micro");
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|s| s.as_str()).collect();
+        assert_eq!(keys.len(), 3);
+        let p = v["ppl"]["docs"].as_object().unwrap();
+        let pk: std::collections::BTreeSet<&str> = p.keys().map(|s| s.as_str()).collect();
+        assert_eq!(pk, ["ppl", "windows", "seq_len", "tokens", "seconds", "tokens_per_s"].into_iter().collect());
+        assert_eq!(p["windows"], 32);
+        let piqa = &v["tasks"]["piqa"];
+        assert_eq!(piqa["acc"], 0.75);
+        assert_eq!(piqa["n"], 4);
+        // sqrt(var_ddof1 / n) of [1, 0, 1, 1] = sqrt(0.25 / 4)
+        assert!((piqa["acc_stderr"].as_f64().unwrap() - 0.25).abs() < 1e-12);
+        assert!(piqa["acc_norm"].is_number());
+        let w = &v["tasks"]["winogrande"];
+        assert!(w["acc_norm"].is_null() && w.get("acc_norm").is_some());
+        assert!(w["acc_stderr"].is_null(), "n = 1: undefined stderr is null");
+        assert_eq!(v["tasks"]["mmlu"]["acc"], 0.25);
+        assert!(v["tasks"]["mmlu"]["acc_norm"].is_null());
+        assert_eq!(v["tasks"]["mmlu"]["categories"]["other (business, health, misc.)"], 0.25);
+        // Task order is insertion order, and the JSON reads back.
+        let order: Vec<&str> = v["tasks"].as_object().unwrap().keys().map(|s| s.as_str()).collect();
+        assert_eq!(order.len(), 3);
+        let back: EvalReport = serde_json::from_str(&r.to_json().unwrap()).unwrap();
+        assert_eq!(back.tasks.keys().collect::<Vec<_>>(), vec!["piqa", "winogrande", "mmlu"]);
+        assert_eq!(back.ppl, r.ppl);
+        let md = r.to_markdown();
+        assert!(md.contains("| docs | 18.5676 | 32 | 1024 | 32768 |"), "{md}");
+        assert!(md.contains("| piqa | 0.7500 | 0.2500 | 0.7500 | 4 |"), "{md}");
+    }
+
+    #[test]
+    fn sweep_tables_and_plot() {
+        let entries: Vec<SweepEntry> = [("fp", 16.0, 18.57), ("rtn", 8.0, 18.57), ("rtn", 4.0, 18.91), ("rtn", 3.0, 20.8), ("gptq", 4.0, 18.80), ("gptq", 3.0, 19.7)]
+            .into_iter()
+            .map(|(m, b, p)| SweepEntry { method: m.into(), bits: b, label: format!("{m}_w{b}"), report: sample(p, b > 3.5) })
+            .collect();
+        let md = sweep_markdown(&entries);
+        assert!(md.starts_with("| label | method | bits | ppl:docs | piqa:acc | piqa:acc_norm | winogrande:acc | mmlu:acc |"), "{md}");
+        assert!(md.contains("| rtn_w3 | rtn | 3 | 20.800 | 50.00 |"), "{md}");
+        let dir = tempfile::tempdir().unwrap();
+        let csv_path = dir.path().join("sweep.csv");
+        write_sweep_csv(&entries, &csv_path).unwrap();
+        let csv = std::fs::read_to_string(&csv_path).unwrap();
+        assert_eq!(csv.lines().count(), 7);
+        assert!(csv.starts_with("label,method,bits,ppl:docs,piqa:acc,piqa:acc_norm,winogrande:acc,mmlu:acc\n"));
+        let png = dir.path().join("ppl.png");
+        let legend =
+            plot_metric_vs_bits(&entries, &MetricKey::Ppl("docs".into()), &png, &PlotOptions { log_y: true, ..Default::default() })
+                .unwrap();
+        assert_eq!(legend.iter().map(|l| l.0.as_str()).collect::<Vec<_>>(), ["fp", "rtn", "gptq"]);
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        assert!(bytes.len() > 1000);
+        let acc_png = dir.path().join("acc.png");
+        plot_metric_vs_bits(&entries, &MetricKey::Acc("piqa".into()), &acc_png, &PlotOptions::default()).unwrap();
+        assert!(plot_metric_vs_bits(&entries, &MetricKey::Acc("nope".into()), &acc_png, &PlotOptions::default()).is_err());
+    }
+}
+
+/// A minimal f32 reference forward of `assets/models/qwen3-micro` (test-only, unoptimised), used to
+/// check the whole zero-shot pipeline (requests, tokenisation split, scoring) against the
+/// log-likelihoods lm-eval 0.4.13 reported for the same model.
+mod micro {
+    use super::*;
+    use qwen3_quant_eval::tasks::TaskOptions;
+    use qwen3_quant_eval::Progress;
+    use rayon::prelude::*;
+
+    struct Layer {
+        ln1: Vec<f32>,
+        q: Vec<f32>,
+        k: Vec<f32>,
+        v: Vec<f32>,
+        o: Vec<f32>,
+        qn: Vec<f32>,
+        kn: Vec<f32>,
+        ln2: Vec<f32>,
+        gate: Vec<f32>,
+        up: Vec<f32>,
+        down: Vec<f32>,
+    }
+
+    pub struct Micro {
+        embed: Vec<f32>,
+        layers: Vec<Layer>,
+        norm: Vec<f32>,
+    }
+
+    const H: usize = 512;
+    const NH: usize = 8;
+    const NKV: usize = 4;
+    const HD: usize = 64;
+    const FF: usize = 1536;
+    const V: usize = 8192;
+    const EPS: f32 = 1e-6;
+
+    impl Micro {
+        pub fn load() -> Micro {
+            let bytes = std::fs::read(assets().join("models/qwen3-micro/model.safetensors")).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let t = |n: &str| -> Vec<f32> {
+                let v = st.tensor(n).unwrap();
+                assert_eq!(v.dtype(), safetensors::Dtype::BF16);
+                v.data().chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect()
+            };
+            let layers = (0..8)
+                .map(|i| {
+                    let p = |s: &str| t(&format!("model.layers.{i}.{s}.weight"));
+                    Layer {
+                        ln1: p("input_layernorm"),
+                        q: p("self_attn.q_proj"),
+                        k: p("self_attn.k_proj"),
+                        v: p("self_attn.v_proj"),
+                        o: p("self_attn.o_proj"),
+                        qn: p("self_attn.q_norm"),
+                        kn: p("self_attn.k_norm"),
+                        ln2: p("post_attention_layernorm"),
+                        gate: p("mlp.gate_proj"),
+                        up: p("mlp.up_proj"),
+                        down: p("mlp.down_proj"),
+                    }
+                })
+                .collect();
+            Micro { embed: t("model.embed_tokens.weight"), layers, norm: t("model.norm.weight") }
+        }
+    }
+
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; 8];
+        let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+        for (x, y) in ca.zip(cb) {
+            for j in 0..8 {
+                acc[j] += x[j] * y[j];
+            }
+        }
+        acc.iter().sum::<f32>() + a.chunks_exact(8).remainder().iter().zip(b.chunks_exact(8).remainder()).map(|(x, y)| x * y).sum::<f32>()
+    }
+
+    /// x: [T, in], w: [out, in] → [T, out]
+    fn matmul(x: &[f32], w: &[f32], inp: usize, out: usize) -> Vec<f32> {
+        let t = x.len() / inp;
+        let mut y = vec![0f32; t * out];
+        y.par_chunks_mut(out).enumerate().for_each(|(i, row)| {
+            let xi = &x[i * inp..(i + 1) * inp];
+            for (o, r) in row.iter_mut().enumerate() {
+                *r = dot(xi, &w[o * inp..(o + 1) * inp]);
+            }
+        });
+        y
+    }
+
+    fn rmsnorm(x: &mut [f32], w: &[f32]) {
+        for row in x.chunks_mut(w.len()) {
+            let ms = row.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
+            let r = 1.0 / (ms + EPS).sqrt();
+            for (v, g) in row.iter_mut().zip(w) {
+                *v = *v * r * g;
+            }
+        }
+    }
+
+    fn rope(x: &mut [f32], heads: usize) {
+        let t = x.len() / (heads * HD);
+        for p in 0..t {
+            for h in 0..heads {
+                let v = &mut x[(p * heads + h) * HD..(p * heads + h + 1) * HD];
+                for i in 0..HD / 2 {
+                    let freq = 1.0f64 / 1.0e6f64.powf(2.0 * i as f64 / HD as f64);
+                    let (s, c) = ((p as f64) * freq).sin_cos();
+                    let (a, b) = (v[i], v[i + HD / 2]);
+                    v[i] = a * c as f32 - b * s as f32;
+                    v[i + HD / 2] = b * c as f32 + a * s as f32;
+                }
+            }
+        }
+    }
+
+    impl LanguageModel for Micro {
+        fn vocab_size(&self) -> usize {
+            V
+        }
+        fn logits(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, EvalError> {
+            Ok(seqs.iter().map(|s| self.forward(s)).collect())
+        }
+    }
+
+    impl Micro {
+        fn forward(&self, ids: &[u32]) -> Vec<f32> {
+            let t = ids.len();
+            let mut h: Vec<f32> = ids.iter().flat_map(|&i| self.embed[i as usize * H..(i as usize + 1) * H].iter().copied()).collect();
+            for l in &self.layers {
+                let mut x = h.clone();
+                rmsnorm(&mut x, &l.ln1);
+                let mut q = matmul(&x, &l.q, H, NH * HD);
+                let mut k = matmul(&x, &l.k, H, NKV * HD);
+                let v = matmul(&x, &l.v, H, NKV * HD);
+                rmsnorm(&mut q, &l.qn);
+                rmsnorm(&mut k, &l.kn);
+                rope(&mut q, NH);
+                rope(&mut k, NKV);
+                let mut att = vec![0f32; t * NH * HD];
+                att.par_chunks_mut(NH * HD).enumerate().for_each(|(p, out)| {
+                    for hh in 0..NH {
+                        let kv = hh / (NH / NKV);
+                        let qv = &q[(p * NH + hh) * HD..(p * NH + hh + 1) * HD];
+                        let sc: Vec<f32> = (0..=p).map(|j| dot(qv, &k[(j * NKV + kv) * HD..(j * NKV + kv + 1) * HD]) / (HD as f32).sqrt()).collect();
+                        let m = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let e: Vec<f32> = sc.iter().map(|s| (s - m).exp()).collect();
+                        let z: f32 = e.iter().sum();
+                        let o = &mut out[hh * HD..(hh + 1) * HD];
+                        for (j, w) in e.iter().enumerate() {
+                            let vv = &v[(j * NKV + kv) * HD..(j * NKV + kv + 1) * HD];
+                            for d in 0..HD {
+                                o[d] += w / z * vv[d];
+                            }
+                        }
+                    }
+                });
+                let o = matmul(&att, &l.o, NH * HD, H);
+                for (a, b) in h.iter_mut().zip(&o) {
+                    *a += b;
+                }
+                let mut x = h.clone();
+                rmsnorm(&mut x, &l.ln2);
+                let g = matmul(&x, &l.gate, H, FF);
+                let u = matmul(&x, &l.up, H, FF);
+                let a: Vec<f32> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+                let d = matmul(&a, &l.down, FF, H);
+                for (a, b) in h.iter_mut().zip(&d) {
+                    *a += b;
+                }
+            }
+            rmsnorm(&mut h, &self.norm);
+            matmul(&h, &self.embed, H, V)
+        }
+    }
+
+    /// Log-likelihoods of the first docs of every task agree with lm-eval's (it ran the model in
+    /// f32, so agreement is to rounding), through the public golden-comparison helper.
+    #[test]
+    fn zero_shot_loglikelihoods_match_lm_eval_on_micro_model() {
+        use qwen3_quant_eval::tasks::compare_with_lm_eval_samples;
+        let model = Micro::load();
+        let tok = micro_tokenizer();
+        let golden = assets().join("golden/lm_eval_micro_samples_limit10.json");
+        let opts = TaskOptions { batch_size: 8, ..Default::default() };
+        let c = compare_with_lm_eval_samples(&model, &tok, &data_dir(), &golden, 2, &opts).unwrap();
+        eprintln!("worst relative log-likelihood difference vs lm-eval: {:.2e} {:?}", c.max_rel_diff, c.worst);
+        assert_eq!(c.requests, 2 * (2 + 4 + 4 + 4 + 2 + 2 + 4));
+        assert_eq!(c.request_mismatches, 0);
+        assert!(c.max_rel_diff < 1e-4, "{c:?}");
+    }
+
+    /// lm-eval's `--limit 50` accuracies (slow: about a minute; `cargo test --release -- --ignored`).
+    #[test]
+    #[ignore]
+    fn lm_eval_limit50_metrics_on_micro_model() {
+        let model = Micro::load();
+        let tok = micro_tokenizer();
+        let g: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(assets().join("golden/lm_eval_micro_limit50.json")).unwrap()).unwrap();
+        for task in Task::ALL {
+            let opts = TaskOptions { batch_size: 16, limit: Some(50), ..Default::default() };
+            let r = qwen3_quant_eval::run_task(&model, &tok, task, &data_dir(), &opts, Progress::Hidden).unwrap();
+            let want = &g["results"][task.name()];
+            assert_eq!(r.n, 50);
+            assert!((r.acc - want["acc"].as_f64().unwrap()).abs() < 1e-9, "{} acc {} vs {}", task.name(), r.acc, want["acc"]);
+            match want.get("acc_norm") {
+                Some(v) => assert!((r.acc_norm.unwrap() - v.as_f64().unwrap()).abs() < 1e-9, "{} acc_norm", task.name()),
+                None => assert!(r.acc_norm.is_none()),
+            }
+        }
+    }
+
+    /// `reference_ppl.json`: fp32 `docs_32` = 18.5676 (32 windows of 1024 of tensor `valid`). Slow.
+    #[test]
+    #[ignore]
+    fn docs_32_perplexity_matches_reference() {
+        use qwen3_quant_eval::{evaluate_ppl, load_dataset, Dataset, PplOptions};
+        let model = Micro::load();
+        let ids = load_dataset(&Dataset::Docs, &data_dir(), None).unwrap().ids;
+        let opts = PplOptions { seq_len: 1024, max_windows: Some(32), batch_size: 1, stride: None };
+        let r = evaluate_ppl(&model, &ids, &opts, Progress::Hidden).unwrap();
+        eprintln!("docs_32 ppl {}", r.ppl);
+        assert_eq!(r.windows, 32);
+        assert!((r.ppl - 18.5676).abs() < 2e-3, "{}", r.ppl);
+    }
+
+    /// `reference_ppl.json`: fp32 `wiki2_32` = 148.5464 (wikitext-2 test, "\n\n".join, micro tokenizer). Slow.
+    #[test]
+    #[ignore]
+    fn wiki2_32_perplexity_matches_reference() {
+        use qwen3_quant_eval::{evaluate_ppl, load_dataset, Dataset, PplOptions};
+        let model = Micro::load();
+        let tok = micro_tokenizer();
+        let ids = load_dataset(&Dataset::WikiText2, &data_dir(), Some(&tok)).unwrap().ids;
+        let opts = PplOptions { seq_len: 1024, max_windows: Some(32), batch_size: 2, stride: None };
+        let r = evaluate_ppl(&model, &ids, &opts, Progress::Hidden).unwrap();
+        eprintln!("wiki2_32 ppl {}", r.ppl);
+        assert!((r.ppl - 148.5464).abs() < 2e-2, "{}", r.ppl);
+    }
+}

@@ -1,0 +1,84 @@
+//! [`GptqConfig`]: the reference `fasterquant` / `qwen.py` knobs, validated once.
+
+use qwen3_quant_core::{Bits, Error as CoreError, MethodError};
+
+/// GPTQ configuration. `Default` mirrors the reference defaults (`qwen.py` + `fasterquant`),
+/// except `act_order = true` (the README runs pass `--act-order`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GptqConfig {
+    /// Weight bits (`--wbits`, default 4). 2..=8; 1-bit is rejected (see [`GptqConfig::validate`]).
+    pub bits: Bits,
+    /// Group size (`--groupsize`, default `None` = per-channel, i.e. `-1`).
+    pub group_size: Option<usize>,
+    /// Symmetric quantization (`--sym`, default false).
+    pub sym: bool,
+    /// Process columns by descending Hessian diagonal (`--act-order`, default true).
+    pub act_order: bool,
+    /// Compute all group params up front on the original weight, over original column groups
+    /// (AutoGPTQ's `static_groups`; not in the reference, default false).
+    pub static_groups: bool,
+    /// Relative damping `percdamp` (default 0.01): `damp = percdamp · mean(diag H)`.
+    pub percdamp: f32,
+    /// Lazy-batch block size (`blocksize`, default 128).
+    pub block_size: usize,
+    /// True-sequential layer order (`--true-sequential`, default true); reported through
+    /// [`qwen3_quant_core::Quantizer::true_sequential`] for the driver.
+    pub true_sequential: bool,
+    /// How many times the damping is multiplied by 10 when Cholesky fails (default 4).
+    pub max_damp_retries: u32,
+}
+
+impl Default for GptqConfig {
+    fn default() -> Self {
+        Self {
+            bits: Bits::B4,
+            group_size: None,
+            sym: false,
+            act_order: true,
+            static_groups: false,
+            percdamp: 0.01,
+            block_size: 128,
+            true_sequential: true,
+            max_damp_retries: 4,
+        }
+    }
+}
+
+impl GptqConfig {
+    /// Sets the group size (`None` = per-channel).
+    pub fn with_group_size(mut self, group_size: Option<usize>) -> Self {
+        self.group_size = group_size;
+        self
+    }
+
+    /// Sets the bit width.
+    pub fn with_bits(mut self, bits: Bits) -> Self {
+        self.bits = bits;
+        self
+    }
+
+    /// Checks the configuration.
+    ///
+    /// # Errors
+    /// - [`MethodError::UnsupportedBits`] for 1 bit: GPTQ's quantizer at `maxq = 1` is a
+    ///   two-level grid that includes 0 (not a binarisation), the reference offers no 1-bit
+    ///   option, and BiLLM is the method for 1 bit.
+    /// - [`MethodError::InvalidConfig`] for `group_size = Some(0)`, `block_size = 0`, or a
+    ///   negative / non-finite `percdamp`.
+    pub fn validate(&self) -> Result<(), MethodError> {
+        let bad = |field, reason| Err(MethodError::InvalidConfig(CoreError::InvalidConfig { field, reason }));
+        if self.bits.get() < 2 {
+            return Err(MethodError::UnsupportedBits { method: "gptq", bits: self.bits.get() });
+        }
+        if self.group_size == Some(0) {
+            return bad("group_size", "must be positive");
+        }
+        if self.block_size == 0 {
+            return bad("block_size", "must be positive");
+        }
+        if !(self.percdamp.is_finite() && self.percdamp >= 0.0) {
+            return bad("percdamp", "must be finite and >= 0");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,792 @@
+//! [`PackedMatrix`]: packed b-bit weights with per-group affine parameters, and its kernels.
+//!
+//! # Layout
+//! Each row is padded to a multiple of [`SUPER`] = 128 columns (padding codes are 0 and the
+//! kernels pad activations with 0, so padding contributes nothing). A row is cut into 16-column
+//! *chunks*; chunk `t` covers storage columns `16t .. 16t+16`. For `b ∈ {1, 2, 4, 8}` a 128-column
+//! superblock occupies `16·b` bytes, made of `b` 16-byte *units*; unit `u` holds the `8/b`
+//! consecutive chunks `u·8/b ..`, chunk `f` of the unit in bits `f·b .. f·b+b` of each byte (byte
+//! `l` of the unit carries lane `l` of every one of its chunks). So one 16-byte load,
+//! zero-extended to 16 × i32, yields 16 consecutive columns after one shift and one mask: the
+//! same for AVX-512 (one register) and AVX2 (two). 3-bit codes are split into a 2-bit plane
+//! (low bits) followed by a 1-bit plane (high bit), both in the layout above, so a row costs
+//! exactly 3 bits per (padded) weight.
+
+use rayon::prelude::*;
+
+use crate::dispatch::{active_kernel, KernelChoice};
+use crate::{check_len, checked_mul, KernelError, Result};
+
+/// Columns per superblock (row padding unit).
+pub(crate) const SUPER: usize = 128;
+/// Columns per chunk.
+pub(crate) const CHUNK: usize = 16;
+
+/// A weight matrix `W [rows = out_features, cols = in_features]` stored as packed b-bit codes
+/// (b ∈ {1, 2, 3, 4, 8}) with per-group scales and offsets (see the module docs for the layout).
+///
+/// Dequantized weight: `W[r, perm[j]] = scales[r, j / group_size] · codes[r, j] + offsets[r, j / group_size]`.
+#[derive(Clone, Debug)]
+pub struct PackedMatrix {
+    bits: u8,
+    rows: usize,
+    cols: usize,
+    group_size: usize,
+    n_groups: usize,
+    pad_cols: usize,
+    row_bytes: usize,
+    data: Vec<u8>,
+    scales: Vec<f32>,
+    offsets: Vec<f32>,
+    perm: Option<Vec<u32>>,
+}
+
+/// (byte index, shift) of storage column `j` in a plane of `b ∈ {1,2,4,8}` bits.
+#[inline]
+fn plane_pos(b: usize, j: usize) -> (usize, u32) {
+    let sb = j / SUPER;
+    let jj = j % SUPER;
+    let ch = jj / CHUNK;
+    let lane = jj % CHUNK;
+    let k = 8 / b;
+    let (u, f) = (ch / k, ch % k);
+    (sb * 16 * b + u * 16 + lane, (f * b) as u32)
+}
+
+/// The 16 bytes and shift holding chunk `t` of a `b`-bit plane.
+#[inline]
+fn plane_chunk(plane: &[u8], b: usize, t: usize) -> (&[u8], u32) {
+    let k = 8 / b;
+    let sb = t / 8;
+    let ch = t % 8;
+    let start = sb * 16 * b + (ch / k) * 16;
+    (&plane[start..start + 16], ((ch % k) * b) as u32)
+}
+
+impl PackedMatrix {
+    /// Packs `codes` (`[rows, cols]` row-major, storage column order, each `< 2^bits`) with
+    /// `scales`/`offsets` (`[rows, ceil(cols / group_size)]` row-major). If `perm` is given,
+    /// storage column `j` holds original input column `perm[j]` (act-order).
+    ///
+    /// # Errors
+    /// [`KernelError::UnsupportedBits`] unless `bits ∈ {1,2,3,4,8}`; [`KernelError::InvalidGroupSize`]
+    /// for a zero group size; [`KernelError::ShapeMismatch`] for wrong slice lengths;
+    /// [`KernelError::CodeOutOfRange`]; [`KernelError::NonFinite`] for NaN/inf scales or offsets;
+    /// [`KernelError::InvalidPermutation`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        bits: u8,
+        rows: usize,
+        cols: usize,
+        group_size: usize,
+        codes: &[u8],
+        scales: &[f32],
+        offsets: &[f32],
+        perm: Option<Vec<u32>>,
+    ) -> Result<Self> {
+        if !matches!(bits, 1 | 2 | 3 | 4 | 8) {
+            return Err(KernelError::UnsupportedBits { bits });
+        }
+        if group_size == 0 {
+            return Err(KernelError::InvalidGroupSize { group_size, cols });
+        }
+        let n_groups = cols.div_ceil(group_size);
+        check_len("codes", checked_mul("codes", rows, cols)?, codes.len())?;
+        check_len("scales", checked_mul("scales", rows, n_groups)?, scales.len())?;
+        check_len("offsets", rows * n_groups, offsets.len())?;
+        let limit = 1u16 << bits;
+        if let Some((index, &code)) = codes.iter().enumerate().find(|(_, &c)| u16::from(c) >= limit) {
+            return Err(KernelError::CodeOutOfRange { index, code, bits });
+        }
+        if !scales.iter().all(|s| s.is_finite()) {
+            return Err(KernelError::NonFinite { what: "scales" });
+        }
+        if !offsets.iter().all(|s| s.is_finite()) {
+            return Err(KernelError::NonFinite { what: "offsets" });
+        }
+        if let Some(p) = &perm {
+            check_len("perm", cols, p.len())?;
+            let mut seen = vec![false; cols];
+            for &v in p {
+                let v = v as usize;
+                if v >= cols || seen[v] {
+                    return Err(KernelError::InvalidPermutation);
+                }
+                seen[v] = true;
+            }
+        }
+        let pad_cols = cols.div_ceil(SUPER) * SUPER;
+        let row_bytes = pad_cols * bits as usize / 8;
+        let mut data = vec![0u8; checked_mul("packed data", rows, row_bytes)?];
+        if row_bytes > 0 {
+            for (r, dst) in data.chunks_exact_mut(row_bytes).enumerate() {
+                let src = &codes[r * cols..(r + 1) * cols];
+                pack_row(bits, pad_cols, src, dst);
+            }
+        }
+        Ok(Self {
+            bits,
+            rows,
+            cols,
+            group_size,
+            n_groups,
+            pad_cols,
+            row_bytes,
+            data,
+            scales: scales.to_vec(),
+            offsets: offsets.to_vec(),
+            perm,
+        })
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Bits per code.
+    pub fn bits(&self) -> u8 {
+        self.bits
+    }
+    /// Columns per group (storage order).
+    pub fn group_size(&self) -> usize {
+        self.group_size
+    }
+    /// Groups per row, `ceil(cols / group_size)`.
+    pub fn n_groups(&self) -> usize {
+        self.n_groups
+    }
+    /// The act-order permutation (storage column `j` holds original column `perm[j]`).
+    pub fn perm(&self) -> Option<&[u32]> {
+        self.perm.as_deref()
+    }
+    /// Scales `[rows, n_groups]`, as given to [`PackedMatrix::new`].
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+    /// Offsets `[rows, n_groups]`, as given to [`PackedMatrix::new`].
+    pub fn offsets(&self) -> &[f32] {
+        &self.offsets
+    }
+
+    /// Bytes actually held: packed codes (including row padding to 128 columns), f32 scales and
+    /// offsets, and the u32 permutation.
+    pub fn storage_bytes(&self) -> usize {
+        self.data.len() + 4 * (self.scales.len() + self.offsets.len()) + 4 * self.perm.as_ref().map_or(0, Vec::len)
+    }
+
+    fn row(&self, r: usize) -> &[u8] {
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    /// Decodes chunk `t` (storage columns `16t..16t+16`) of a packed row.
+    #[inline]
+    fn decode_chunk(&self, row: &[u8], t: usize, out: &mut [u8; CHUNK]) {
+        decode_chunk(self.bits, self.pad_cols, row, t, out);
+    }
+
+    /// The codes `[rows, cols]` in storage order (the inverse of what [`PackedMatrix::new`] got).
+    pub fn unpack_codes(&self) -> Vec<u8> {
+        let mut out = vec![0u8; self.rows * self.cols];
+        let mut buf = [0u8; CHUNK];
+        for r in 0..self.rows {
+            let row = self.row(r);
+            let dst = &mut out[r * self.cols..(r + 1) * self.cols];
+            for (t, d) in dst.chunks_mut(CHUNK).enumerate() {
+                self.decode_chunk(row, t, &mut buf);
+                d.copy_from_slice(&buf[..d.len()]);
+            }
+        }
+        out
+    }
+
+    /// Dequantizes storage columns `k0 .. k0 + kw` of rows `r0 .. r0 + nr` into `out`
+    /// (`[nr, kw]` row-major, storage order). `k0` must be a multiple of 16.
+    fn dequant_tile(&self, r0: usize, nr: usize, k0: usize, kw: usize, out: &mut [f32]) {
+        debug_assert!(k0 % CHUNK == 0);
+        let gs = self.group_size;
+        let uniform = gs % CHUNK == 0;
+        let mut buf = [0u8; CHUNK];
+        for i in 0..nr {
+            let r = r0 + i;
+            let row = self.row(r);
+            let sc = &self.scales[r * self.n_groups..(r + 1) * self.n_groups];
+            let of = &self.offsets[r * self.n_groups..(r + 1) * self.n_groups];
+            let dst = &mut out[i * kw..(i + 1) * kw];
+            for (ci, d) in dst.chunks_mut(CHUNK).enumerate() {
+                let col0 = k0 + ci * CHUNK;
+                self.decode_chunk(row, col0 / CHUNK, &mut buf);
+                if uniform {
+                    let g = col0 / gs;
+                    let (s, o) = (sc[g], of[g]);
+                    for (dv, &c) in d.iter_mut().zip(&buf) {
+                        *dv = s * f32::from(c) + o;
+                    }
+                } else {
+                    for (l, dv) in d.iter_mut().enumerate() {
+                        let g = (col0 + l) / gs;
+                        *dv = sc[g] * f32::from(buf[l]) + of[g];
+                    }
+                }
+            }
+        }
+    }
+
+    /// The dense f32 weight `[rows, cols]` in **original** column order.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        if self.cols == 0 {
+            return out;
+        }
+        match &self.perm {
+            None => self.dequant_tile(0, self.rows, 0, self.cols, &mut out),
+            Some(p) => {
+                let mut tmp = vec![0f32; self.cols];
+                for r in 0..self.rows {
+                    self.dequant_tile(r, 1, 0, self.cols, &mut tmp);
+                    let dst = &mut out[r * self.cols..(r + 1) * self.cols];
+                    for (j, &pj) in p.iter().enumerate() {
+                        dst[pj as usize] = tmp[j];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether the SIMD row kernels apply (group boundaries on 16-column chunk boundaries).
+    fn chunk_aligned_groups(&self) -> bool {
+        self.group_size % CHUNK == 0 || self.n_groups <= 1
+    }
+
+    /// Chunks per group for the chunked kernels.
+    fn chunks_per_group(&self) -> usize {
+        if self.n_groups <= 1 {
+            self.pad_cols / CHUNK
+        } else {
+            self.group_size / CHUNK
+        }
+    }
+
+    /// Activations permuted to storage order and zero-padded to `pad_cols`, and per-group sums.
+    fn prepare_x(&self, x: &[f32], xs: &mut Vec<f32>, xsum: &mut Vec<f32>) {
+        xs.clear();
+        match &self.perm {
+            None => xs.extend_from_slice(x),
+            Some(p) => xs.extend(p.iter().map(|&j| x[j as usize])),
+        }
+        xsum.clear();
+        xsum.extend(
+            xs.chunks(self.group_size)
+                .map(|c| c.iter().map(|&v| f64::from(v)).sum::<f64>() as f32),
+        );
+        xs.resize(self.pad_cols, 0.0);
+    }
+
+    /// `Σ_g scale_g · Σ_{j∈g} code_j · xs_j` for one row, portable version (any group size).
+    fn row_dot_scalar(&self, r: usize, xs: &[f32]) -> f32 {
+        let row = self.row(r);
+        let sc = &self.scales[r * self.n_groups..(r + 1) * self.n_groups];
+        let nchunks = self.cols.div_ceil(CHUNK);
+        let mut buf = [0u8; CHUNK];
+        let mut total = 0f32;
+        if self.chunk_aligned_groups() {
+            let cpg = self.chunks_per_group();
+            let mut t = 0;
+            let mut g = 0;
+            while t < nchunks {
+                let end = (t + cpg).min(nchunks);
+                let mut acc = [0f32; CHUNK];
+                while t < end {
+                    self.decode_chunk(row, t, &mut buf);
+                    let xc = &xs[t * CHUNK..t * CHUNK + CHUNK];
+                    for l in 0..CHUNK {
+                        acc[l] += f32::from(buf[l]) * xc[l];
+                    }
+                    t += 1;
+                }
+                total += sc[g] * acc.iter().sum::<f32>();
+                g += 1;
+            }
+        } else {
+            let gs = self.group_size;
+            let mut acc = 0f32;
+            let mut g = 0;
+            let mut boundary = gs;
+            for t in 0..nchunks {
+                self.decode_chunk(row, t, &mut buf);
+                for (l, &code) in buf.iter().enumerate() {
+                    let col = t * CHUNK + l;
+                    if col >= self.cols {
+                        break;
+                    }
+                    if col == boundary {
+                        total += sc[g] * acc;
+                        acc = 0.0;
+                        g += 1;
+                        boundary += gs;
+                    }
+                    acc += f32::from(code) * xs[col];
+                }
+            }
+            if self.n_groups > 0 {
+                total += sc[g] * acc;
+            }
+        }
+        total
+    }
+
+    /// One row's `Σ_g scale_g · Σ code·x` with the given implementation.
+    #[inline]
+    fn row_dot(&self, choice: KernelChoice, r: usize, xs: &[f32], bf: Option<&Bf16Prep>) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[cfg(qwen3_avx512)]
+            if let Some(bf) = bf {
+                let row = self.row(r);
+                let scales = &self.scales[r * self.n_groups..(r + 1) * self.n_groups];
+                debug_assert!(bf.xh.len() == self.pad_cols && bf.xl.len() == self.pad_cols);
+                debug_assert!(bf.bias.len() == 8 * bf.segs.len());
+                // SAFETY: `bf` exists only when the clamped choice is AVX-512 and AVX-512-BF16 was
+                // detected (see `bf16_prep`), and bits ≤ 4; segments cover chunks < cols/16 rounded
+                // up ≤ pad/16 with groups < n_groups = scales.len(); xh/xl hold pad_cols entries,
+                // bias 8 per segment; the row holds pad_cols·bits/8 bytes.
+                return unsafe {
+                    crate::arch::x86_avx512::row_dot_bf16(
+                        self.bits,
+                        row.as_ptr(),
+                        self.pad_cols,
+                        bf.xh.as_ptr(),
+                        bf.xl.as_ptr(),
+                        scales.as_ptr(),
+                        &bf.segs,
+                        bf.bias.as_ptr(),
+                    )
+                };
+            }
+            if choice != KernelChoice::Scalar && self.chunk_aligned_groups() && self.cols > 0 {
+                let row = self.row(r);
+                let scales = &self.scales[r * self.n_groups..(r + 1) * self.n_groups];
+                let nchunks = self.cols.div_ceil(CHUNK);
+                let cpg = self.chunks_per_group();
+                debug_assert!(xs.len() >= nchunks * CHUNK && row.len() == self.row_bytes);
+                debug_assert!(scales.len() >= nchunks.div_ceil(cpg));
+                match choice {
+                    // SAFETY: `choice` came through `clamp_to_supported` (set_kernel_choice, the env var,
+                    // detection, or the explicit *_with entry points), so the CPU has AVX-512F/BW/VL;
+                    // the row holds `pad_cols·bits/8` bytes and `xs` `pad_cols` floats, covering every
+                    // chunk `< nchunks`, and `scales` has one entry per group of `cpg` chunks.
+                    #[cfg(qwen3_avx512)]
+                    KernelChoice::Avx512 => unsafe {
+                        return crate::arch::x86_avx512::row_dot_avx512(
+                            self.bits,
+                            row.as_ptr(),
+                            self.pad_cols,
+                            xs.as_ptr(),
+                            scales.as_ptr(),
+                            nchunks,
+                            cpg,
+                        );
+                    },
+                    // SAFETY: as above, with AVX2+FMA detected (any clamped non-scalar choice).
+                    _ => unsafe {
+                        return crate::arch::x86::row_dot_avx2(
+                            self.bits,
+                            row.as_ptr(),
+                            self.pad_cols,
+                            xs.as_ptr(),
+                            scales.as_ptr(),
+                            nchunks,
+                            cpg,
+                        );
+                    },
+                }
+            }
+        }
+        let _ = (choice, bf);
+        self.row_dot_scalar(r, xs)
+    }
+
+    /// Rows `r` and `r + 1` with the bf16 kernel (`bf` exists only where it applies).
+    #[allow(unused_variables)]
+    fn row2_dot_bf16(&self, r: usize, bf: &Bf16Prep) -> (f32, f32) {
+        #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+        {
+            let ng = self.n_groups;
+            let (row0, row1) = (self.row(r), self.row(r + 1));
+            let (s0, s1) = (
+                &self.scales[r * ng..(r + 1) * ng],
+                &self.scales[(r + 1) * ng..(r + 2) * ng],
+            );
+            // SAFETY: as for `row_dot_bf16` in `row_dot`, for both rows (both < rows, checked by
+            // the slicing above).
+            unsafe {
+                crate::arch::x86_avx512::row2_dot_bf16(
+                    self.bits,
+                    row0.as_ptr(),
+                    row1.as_ptr(),
+                    self.pad_cols,
+                    bf.xh.as_ptr(),
+                    bf.xl.as_ptr(),
+                    s0.as_ptr(),
+                    s1.as_ptr(),
+                    &bf.segs,
+                    bf.bias.as_ptr(),
+                )
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", qwen3_avx512)))]
+        {
+            unreachable!("the bf16 plan is only built with the AVX-512 kernels")
+        }
+    }
+
+    /// Precomputation for the AVX-512-BF16 GEMV (None where that path does not apply).
+    fn bf16_prep(&self, choice: KernelChoice, xs: &[f32]) -> Option<Bf16Prep> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use half::bf16;
+            if choice != KernelChoice::Avx512 || !crate::dispatch::cpu().avx512bf16 || self.bits > 4 || self.cols == 0 {
+                return None;
+            }
+            if !self.chunk_aligned_groups() {
+                return None;
+            }
+            let mut xh = Vec::with_capacity(self.pad_cols);
+            let mut xl = Vec::with_capacity(self.pad_cols);
+            let mut xb = Vec::with_capacity(self.pad_cols);
+            for &v in xs {
+                let h = bf16::from_f32(v);
+                let l = bf16::from_f32(v - h.to_f32());
+                xh.push(h.to_bits());
+                xl.push(l.to_bits());
+                xb.push(f64::from(h.to_f32()) + f64::from(l.to_f32()));
+            }
+            let nchunks = self.cols.div_ceil(CHUNK);
+            let cpg = self.chunks_per_group();
+            let mut segs = Vec::new();
+            let mut bias = Vec::new();
+            let mut g = 0usize;
+            while g * cpg < nchunks {
+                let gend = ((g + 1) * cpg).min(nchunks);
+                let mut t = g * cpg;
+                while t < gend {
+                    let end = gend.min((t / 8 + 1) * 8);
+                    segs.push(crate::arch::x86::Seg {
+                        start: t as u32,
+                        end: end as u32,
+                        group: g as u32,
+                    });
+                    for i in 0..8 {
+                        let s: f64 = (t..end)
+                            .map(|c| xb[c * CHUNK + 2 * i] + xb[c * CHUNK + 2 * i + 1])
+                            .sum();
+                        bias.push((128.0 * s) as f32);
+                    }
+                    t = end;
+                }
+                g += 1;
+            }
+            Some(Bf16Prep { xh, xl, segs, bias })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (choice, xs);
+            None
+        }
+    }
+
+    /// `y[rows] = W · x` with `x[cols]` in original column order, using [`active_kernel`].
+    ///
+    /// Never materialises the f32 weight: codes are decoded 16 at a time in registers.
+    ///
+    /// # Errors
+    /// [`KernelError::ShapeMismatch`] if `x.len() != cols` or `y.len() != rows`.
+    pub fn gemv(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+        self.gemv_with(active_kernel(), x, y)
+    }
+
+    /// [`PackedMatrix::gemv`] with an explicit implementation (clamped to what the CPU supports);
+    /// for tests and benchmarks.
+    pub fn gemv_with(&self, choice: KernelChoice, x: &[f32], y: &mut [f32]) -> Result<()> {
+        check_len("x", self.cols, x.len())?;
+        check_len("y", self.rows, y.len())?;
+        let choice = choice.clamp_to_supported();
+        let mut xs = Vec::new();
+        let mut xsum = Vec::new();
+        self.prepare_x(x, &mut xs, &mut xsum);
+        let ng = self.n_groups;
+        let bf = self.bf16_prep(choice, &xs);
+        let off = |r: usize| -> f32 {
+            let of = &self.offsets[r * ng..(r + 1) * ng];
+            of.iter().zip(&xsum).map(|(o, s)| o * s).sum()
+        };
+        // Rows `r0 .. r0 + ys.len()`; pairs of rows share activation loads on the bf16 path.
+        let block = |r0: usize, ys: &mut [f32]| {
+            let mut i = 0;
+            if let Some(bf) = bf.as_ref() {
+                while i + 2 <= ys.len() {
+                    let (a, b) = self.row2_dot_bf16(r0 + i, bf);
+                    ys[i] = a + off(r0 + i);
+                    ys[i + 1] = b + off(r0 + i + 1);
+                    i += 2;
+                }
+            }
+            for (k, yr) in ys[i..].iter_mut().enumerate() {
+                let r = r0 + i + k;
+                *yr = self.row_dot(choice, r, &xs, bf.as_ref()) + off(r);
+            }
+        };
+        let work = self.rows * self.cols;
+        let threads = rayon::current_num_threads();
+        if threads > 1 && work >= 1 << 18 {
+            let chunk = (self.rows / (threads * 8)).max(16).next_multiple_of(2);
+            y.par_chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(ci, ys)| block(ci * chunk, ys));
+        } else {
+            block(0, y);
+        }
+        Ok(())
+    }
+
+    /// `y[m, rows] = x[m, cols] · Wᵀ` (prefill path), using [`active_kernel`].
+    ///
+    /// Small `m` runs the GEMV kernel per token. Otherwise the weight is dequantized one
+    /// `[ROW_BLOCK, K_PANEL]` tile at a time into a per-task scratch buffer (cache resident) and
+    /// multiplied with the `gemm` crate's f32 micro-kernels, accumulating over K panels.
+    ///
+    /// # Errors
+    /// [`KernelError::ShapeMismatch`] if `x.len() != m·cols` or `y.len() != m·rows`.
+    pub fn gemm(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+        self.gemm_with(active_kernel(), x, m, y)
+    }
+
+    /// [`PackedMatrix::gemm`] with an explicit implementation (clamped to what the CPU supports).
+    pub fn gemm_with(&self, choice: KernelChoice, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+        check_len("x", checked_mul("x", m, self.cols)?, x.len())?;
+        check_len("y", checked_mul("y", m, self.rows)?, y.len())?;
+        let choice = choice.clamp_to_supported();
+        if m == 0 || self.rows == 0 {
+            return Ok(());
+        }
+        if self.cols == 0 {
+            y.fill(0.0);
+            return Ok(());
+        }
+        if m <= GEMV_MAX_TOKENS {
+            let mut yt = vec![0f32; self.rows];
+            for i in 0..m {
+                self.gemv_with(choice, &x[i * self.cols..(i + 1) * self.cols], &mut yt)?;
+                y[i * self.rows..(i + 1) * self.rows].copy_from_slice(&yt);
+            }
+            return Ok(());
+        }
+        let permuted;
+        let xs: &[f32] = match &self.perm {
+            None => x,
+            Some(p) => {
+                let mut v = vec![0f32; m * self.cols];
+                for (dst, src) in v.chunks_exact_mut(self.cols).zip(x.chunks_exact(self.cols)) {
+                    for (d, &j) in dst.iter_mut().zip(p) {
+                        *d = src[j as usize];
+                    }
+                }
+                permuted = v;
+                &permuted
+            }
+        };
+        let rows = self.rows;
+        let cols = self.cols;
+        let n_blocks = rows.div_ceil(ROW_BLOCK);
+        let yp = SendPtr(y.as_mut_ptr());
+        let task = |b: usize| {
+            let yp = &yp;
+            let r0 = b * ROW_BLOCK;
+            let nr = ROW_BLOCK.min(rows - r0);
+            let mut tile = vec![0f32; nr * K_PANEL.min(cols)];
+            let mut k0 = 0;
+            while k0 < cols {
+                let kw = K_PANEL.min(cols - k0);
+                self.dequant_tile_with(choice, r0, nr, k0, kw, &mut tile[..nr * kw]);
+                // SAFETY: lhs `xs[i, k0 + p]` at `i·cols + k0 + p` < m·cols (checked length);
+                // rhs tile `(p, j)` at `j·kw + p` < nr·kw; dst `y[i, r0 + j]` at `i·rows + r0 + j`
+                // < m·rows (checked length). Tasks write disjoint column ranges `r0..r0+nr` of `y`,
+                // so no two threads touch the same element, and `y` outlives the scope.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        nr,
+                        kw,
+                        yp.0.add(r0),
+                        1,
+                        rows as isize,
+                        k0 > 0,
+                        xs.as_ptr().add(k0),
+                        1,
+                        cols as isize,
+                        tile.as_ptr(),
+                        kw as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                k0 += kw;
+            }
+        };
+        if rayon::current_num_threads() > 1 && n_blocks > 1 {
+            (0..n_blocks).into_par_iter().for_each(task);
+        } else {
+            (0..n_blocks).for_each(task);
+        }
+        Ok(())
+    }
+
+    fn dequant_tile_with(&self, choice: KernelChoice, r0: usize, nr: usize, k0: usize, kw: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if choice != KernelChoice::Scalar && self.chunk_aligned_groups() {
+                let cpg = self.chunks_per_group();
+                for i in 0..nr {
+                    let r = r0 + i;
+                    let row = self.row(r);
+                    let sc = &self.scales[r * self.n_groups..(r + 1) * self.n_groups];
+                    let of = &self.offsets[r * self.n_groups..(r + 1) * self.n_groups];
+                    let dst = &mut out[i * kw..(i + 1) * kw];
+                    // SAFETY: the choice is clamped to a supported ISA (AVX2 or AVX-512 implies AVX2+FMA);
+                    // chunks `k0/16 .. ceil((k0+kw)/16)` lie inside the padded row; the kernel writes
+                    // only `dst[..kw]` (the tail chunk through a bounded copy) and reads
+                    // `sc`/`of` at `t / cpg` for those chunks, which are < n_groups.
+                    unsafe {
+                        crate::arch::x86::dequant_row_avx2(
+                            self.bits,
+                            row.as_ptr(),
+                            self.pad_cols,
+                            sc.as_ptr(),
+                            of.as_ptr(),
+                            cpg,
+                            k0 / CHUNK,
+                            dst,
+                        );
+                    }
+                }
+                return;
+            }
+        }
+        let _ = choice;
+        self.dequant_tile(r0, nr, k0, kw, out);
+    }
+}
+
+/// Activations prepared for the AVX-512-BF16 GEMV: `x ≈ hi + lo` as bf16 bits, the row's
+/// segments (≤ 8 chunks of one group) and each segment's per-lane bias `128·Σ(hi + lo)`.
+#[allow(dead_code)] // read only by the AVX-512 kernels, which some targets/compilers lack
+struct Bf16Prep {
+    xh: Vec<u16>,
+    xl: Vec<u16>,
+    #[cfg(target_arch = "x86_64")]
+    segs: Vec<crate::arch::x86::Seg>,
+    bias: Vec<f32>,
+}
+
+/// Up to this many tokens, [`PackedMatrix::gemm`] runs GEMV per token.
+const GEMV_MAX_TOKENS: usize = 4;
+/// Output rows per GEMM task.
+const ROW_BLOCK: usize = 256;
+/// Input columns per dequantized panel (multiple of 128).
+const K_PANEL: usize = 512;
+
+struct SendPtr(*mut f32);
+// SAFETY: used only to let GEMM tasks write disjoint column ranges of one output buffer.
+unsafe impl Sync for SendPtr {}
+// SAFETY: as above.
+unsafe impl Send for SendPtr {}
+
+/// Decodes chunk `t` of a packed row into 16 codes.
+#[inline]
+pub(crate) fn decode_chunk(bits: u8, pad_cols: usize, row: &[u8], t: usize, out: &mut [u8; CHUNK]) {
+    if bits == 3 {
+        let (lo, sl) = plane_chunk(&row[..pad_cols / 4], 2, t);
+        let (hi, sh) = plane_chunk(&row[pad_cols / 4..], 1, t);
+        for l in 0..CHUNK {
+            out[l] = ((lo[l] >> sl) & 3) | (((hi[l] >> sh) & 1) << 2);
+        }
+    } else {
+        let b = bits as usize;
+        let (p, s) = plane_chunk(row, b, t);
+        let mask = ((1u16 << b) - 1) as u8;
+        for l in 0..CHUNK {
+            out[l] = (p[l] >> s) & mask;
+        }
+    }
+}
+
+fn pack_row(bits: u8, pad_cols: usize, src: &[u8], dst: &mut [u8]) {
+    if bits == 3 {
+        let (lo, hi) = dst.split_at_mut(pad_cols / 4);
+        for (j, &c) in src.iter().enumerate() {
+            let (i, s) = plane_pos(2, j);
+            lo[i] |= (c & 3) << s;
+            let (i, s) = plane_pos(1, j);
+            hi[i] |= ((c >> 2) & 1) << s;
+        }
+    } else {
+        let b = bits as usize;
+        for (j, &c) in src.iter().enumerate() {
+            let (i, s) = plane_pos(b, j);
+            dst[i] |= c << s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The f32 AVX-512 / AVX2 row kernels for every width (the public entry points prefer the
+    /// bf16 kernel for ≤ 4 bits where the CPU has it, so exercise the others directly).
+    #[test]
+    fn every_row_kernel_matches_scalar() {
+        let (rows, cols) = (3usize, 300usize);
+        for bits in [1u8, 2, 3, 4, 8] {
+            for gs in [16usize, 32, 128, cols] {
+                let ng = cols.div_ceil(gs);
+                let max = (1u32 << bits) - 1;
+                let codes: Vec<u8> = (0..rows * cols)
+                    .map(|i| ((i * 2654435761) >> 7) as u32 % (max + 1))
+                    .map(|c| c as u8)
+                    .collect();
+                let scales: Vec<f32> = (0..rows * ng).map(|i| 0.01 + 0.001 * (i % 7) as f32).collect();
+                let offsets: Vec<f32> = (0..rows * ng).map(|i| -0.02 * (i % 5) as f32).collect();
+                let p = PackedMatrix::new(bits, rows, cols, gs, &codes, &scales, &offsets, None).unwrap();
+                let x: Vec<f32> = (0..cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+                let (mut xs, mut xsum) = (Vec::new(), Vec::new());
+                p.prepare_x(&x, &mut xs, &mut xsum);
+                for choice in crate::available_kernels() {
+                    let bf = p.bf16_prep(choice, &xs);
+                    for r in 0..rows {
+                        let reference = p.row_dot_scalar(r, &xs);
+                        for (name, got) in [
+                            ("f32", p.row_dot(choice, r, &xs, None)),
+                            ("default", p.row_dot(choice, r, &xs, bf.as_ref())),
+                        ] {
+                            let tol = 1e-4 * (1.0 + reference.abs()) * (max as f32).sqrt();
+                            assert!(
+                                (got - reference).abs() <= tol,
+                                "{choice:?} {name} bits {bits} gs {gs}: {got} vs {reference}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! Shared helpers of the end-to-end tests: the bundled model and data, perplexity with the
+//! protocol of `assets/golden/reference_ppl.json`.
+
+#![allow(dead_code)]
+
+use qwen3_quant::eval::{self, data::read_token_tensor, PplOptions, Progress};
+use qwen3_quant::model::{Qwen3Model, Tokenizer};
+
+pub const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets");
+
+pub fn micro() -> Qwen3Model {
+    Qwen3Model::load(format!("{ASSETS}/models/qwen3-micro")).unwrap()
+}
+
+pub fn docs(split: &str) -> Vec<u32> {
+    read_token_tensor(format!("{ASSETS}/data/docs/docs.tokens.safetensors").as_ref(), split).unwrap()
+}
+
+pub fn wiki2_ids() -> Vec<u32> {
+    let tok = Tokenizer::from_dir(format!("{ASSETS}/models/qwen3-micro")).unwrap();
+    let loaded = eval::load_dataset(&eval::Dataset::WikiText2, format!("{ASSETS}/data").as_ref(), Some(&tok)).unwrap();
+    loaded.ids
+}
+
+/// Perplexity over the first `windows` windows of 1024 tokens.
+pub fn ppl(model: &Qwen3Model, ids: &[u32], windows: usize) -> f64 {
+    let opts = PplOptions { seq_len: 1024, max_windows: Some(windows), batch_size: 4, stride: None };
+    eval::evaluate_ppl(model, ids, &opts, Progress::Hidden).unwrap().ppl
+}
+
+pub fn reference(key: &str, metric: &str) -> f64 {
+    let text = std::fs::read_to_string(format!("{ASSETS}/golden/reference_ppl.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["ppl"][key][metric].as_f64().unwrap()
+}
+
+/// Relative difference `a / b − 1`.
+pub fn rel(a: f64, b: f64) -> f64 {
+    a / b - 1.0
+}

@@ -1,0 +1,31 @@
+//! RTN on qwen3-micro against the reference perplexities: w4/w3 g128 within 1%, w8 within 0.1%
+//! (per-group RTN with the group's own min/max, as in `reference_ppl.json`'s protocol).
+
+mod common;
+use common::*;
+use qwen3_quant::calib::{quantize_model, DriverOptions};
+use qwen3_quant::core::{Bits, GroupSize, QuantScheme, RangeConvention};
+use qwen3_quant::rtn::{Rtn, RtnConfig};
+
+fn check(bits: u8, tol: f64, docs_ids: &[u32], wiki_ids: &[u32]) {
+    let mut m = micro();
+    let scheme = QuantScheme::new(Bits::new(bits).unwrap(), GroupSize::group(128).unwrap(), false, RangeConvention::Awq).unwrap();
+    let method = Rtn::new(RtnConfig::new(scheme)).unwrap();
+    let run = quantize_model(&mut m, None, &method, &DriverOptions::default()).unwrap();
+    assert_eq!(run.quantized.len(), 8 * 7);
+    let key = format!("rtn_w{bits}_g128");
+    for (metric, ids) in [("docs_32", docs_ids), ("wiki2_32", wiki_ids)] {
+        let got = ppl(&m, ids, 32);
+        let want = reference(&key, metric);
+        eprintln!("{key} {metric} = {got:.4} (reference {want}, {:+.3}%)", 100.0 * rel(got, want));
+        assert!(rel(got, want).abs() <= tol, "{key} {metric}: {got} vs {want}");
+    }
+}
+
+#[test]
+fn rtn_w8_w4_w3_g128_match_the_reference() {
+    let (d, w) = (docs("valid"), wiki2_ids());
+    check(8, 1e-3, &d, &w);
+    check(4, 1e-2, &d, &w);
+    check(3, 1e-2, &d, &w);
+}
