@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context};
-use qwen3_quant_calib::{peak_rss_mb, quantize_model, DriverOptions, QuantizationRun};
+use qwen3_quant_calib::{measure_gemm_gflops, peak_rss_mb, project, quantize_model, DriverOptions, QuantizationRun};
 use qwen3_quant_core::{Bits, GroupSize, QuantScheme, Quantizer, RangeConvention};
 use qwen3_quant_gptq::{Gptq, GptqConfig};
 use qwen3_quant_model::{Qwen3Model, Tokenizer};
@@ -86,6 +86,24 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    // Cost up front: FLOPs, memory and an ETA at this machine's measured GEMM rate.
+    let true_seq = a.method == MethodArg::Gptq && !a.no_true_sequential;
+    let n_samples = calib.as_ref().map_or(0, |c| c.len());
+    let projection = project(&model.config, n_samples, a.seq_len, req, true_seq);
+    let gflops = measure_gemm_gflops();
+    let eta = projection.eta_seconds(gflops);
+    if !a.json && calib.is_some() {
+        eprintln!(
+            "projected: {:.2} TFLOP (forward {:.2}, Hessians {:.2}, solves {:.2}), activations {:.2} GB, ETA ~{:.0} s at {:.0} GFLOP/s",
+            projection.total_flops / 1e12,
+            projection.forward_flops / 1e12,
+            projection.stats_flops / 1e12,
+            projection.solve_flops / 1e12,
+            projection.activation_bytes / 1e9,
+            eta,
+            gflops
+        );
+    }
     let opts = DriverOptions { progress: std::env::var_os("QWEN3_QUANT_QUIET").is_none(), ..DriverOptions::default() };
     let run: QuantizationRun = quantize_model(&mut model, calib.as_ref(), method.as_ref(), &opts)?;
     let rss = peak_rss_mb();
@@ -115,6 +133,9 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         "eval": eval,
         "calibration": calib.as_ref().map(|c| json!({"description": c.description, "samples": c.len(), "seq_len": c.seq_len, "tokens": c.tokens()})),
         "expert_tokens": expert_tokens,
+        "projection": {"total_flops": projection.total_flops, "forward_flops": projection.forward_flops,
+                       "stats_flops": projection.stats_flops, "solve_flops": projection.solve_flops,
+                       "activation_bytes": projection.activation_bytes, "gemm_gflops": gflops, "eta_seconds": eta},
         "linears": run.records,
     });
     if a.json {

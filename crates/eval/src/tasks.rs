@@ -479,12 +479,17 @@ pub struct GoldenComparison {
     pub max_rel_diff: f64,
     /// `(task, doc, choice, ours, lm-eval)` of that worst request.
     pub worst: Option<(String, usize, usize, f64, f64)>,
+    /// Documents compared.
+    pub docs: usize,
+    /// `(task, doc)` of documents whose `argmax` (raw or length-normalised) differs from the one
+    /// lm-eval's log-likelihoods give (should be empty).
+    pub decision_mismatches: Vec<(String, usize)>,
 }
 
 /// Scores the first `docs_per_task` documents of every task present in an lm-eval samples file
 /// (`assets/golden/lm_eval_micro_samples_limit10.json`: `{task: [{doc_id, target, requests:
-/// [{context, continuation, loglikelihood}]}]}`) and compares requests and log-likelihoods with
-/// lm-eval's. Use it to check a [`LanguageModel`] + [`TextEncoder`] pair end to end on the model
+/// [{context, continuation, loglikelihood}]}]}`) and compares requests, log-likelihoods and the
+/// per-document `argmax` decisions with lm-eval's. Use it to check a [`LanguageModel`] + [`TextEncoder`] pair end to end on the model
 /// the samples were made with (`qwen3-micro`, f32).
 pub fn compare_with_lm_eval_samples(
     model: &dyn LanguageModel,
@@ -496,7 +501,14 @@ pub fn compare_with_lm_eval_samples(
 ) -> Result<GoldenComparison, EvalError> {
     let text = std::fs::read_to_string(samples).map_err(|e| EvalError::io(samples, e))?;
     let golden: serde_json::Value = serde_json::from_str(&text).map_err(|e| EvalError::parse(samples, e.to_string()))?;
-    let mut out = GoldenComparison { requests: 0, request_mismatches: 0, max_rel_diff: 0.0, worst: None };
+    let mut out = GoldenComparison {
+        requests: 0,
+        request_mismatches: 0,
+        max_rel_diff: 0.0,
+        worst: None,
+        docs: 0,
+        decision_mismatches: Vec::new(),
+    };
     for task in Task::ALL {
         let Some(gdocs) = golden.get(task.name()).and_then(|v| v.as_array()) else { continue };
         let n = docs_per_task.min(gdocs.len());
@@ -506,6 +518,7 @@ pub fn compare_with_lm_eval_samples(
         let mut k = 0;
         for (di, (d, gd)) in docs.iter().zip(gdocs).enumerate() {
             let greqs = gd.get("requests").and_then(|v| v.as_array()).ok_or_else(|| EvalError::parse(samples, "no requests"))?;
+            let mut want_lls = Vec::with_capacity(greqs.len());
             for (ci, (r, gr)) in d.requests.iter().zip(greqs).enumerate() {
                 out.requests += 1;
                 if gr.get("context").and_then(|v| v.as_str()) != Some(r.context.as_str())
@@ -517,12 +530,22 @@ pub fn compare_with_lm_eval_samples(
                     .get("loglikelihood")
                     .and_then(|v| v.as_f64())
                     .ok_or_else(|| EvalError::parse(samples, "no loglikelihood"))?;
+                want_lls.push(want);
                 let got = lls[k + ci];
                 let rel = (got - want).abs() / want.abs().max(1.0);
                 if rel > out.max_rel_diff || out.worst.is_none() {
                     out.max_rel_diff = rel.max(out.max_rel_diff);
                     out.worst = Some((task.name().to_string(), di, ci, got, want));
                 }
+            }
+            out.docs += 1;
+            let ours = score_doc(d, lls[k..k + d.requests.len()].to_vec());
+            if want_lls.len() != d.requests.len() {
+                out.request_mismatches += 1;
+            }
+            let theirs = score_doc(d, want_lls);
+            if ours.pred != theirs.pred || ours.pred_norm != theirs.pred_norm {
+                out.decision_mismatches.push((task.name().to_string(), di));
             }
             k += d.requests.len();
         }
