@@ -139,6 +139,9 @@ pub struct QuantizeArgs {
     /// RTN range convention: gptq (range widened to include 0) or awq (plain min/max).
     #[arg(long)]
     pub convention: Option<String>,
+    /// RTN: search a clipping range per group/channel minimising the 2.4-norm error (GPTQ's grid).
+    #[arg(long)]
+    pub mse: bool,
     /// Calibration data: docs, c4, wikitext2 or a text file.
     #[arg(long, default_value = "c4")]
     pub calib: String,

@@ -7,7 +7,7 @@ use qwen3_quant_calib::{measure_gemm_gflops, peak_rss_mb, project, quantize_mode
 use qwen3_quant_core::{Bits, GroupSize, QuantScheme, Quantizer, RangeConvention};
 use qwen3_quant_gptq::{Gptq, GptqConfig};
 use qwen3_quant_model::{Qwen3Model, Tokenizer};
-use qwen3_quant_rtn::{Rtn, RtnConfig};
+use qwen3_quant_rtn::{MseSearch, Rtn, RtnConfig};
 use serde_json::{json, Value};
 
 use crate::args::{FormatArg, MethodArg, QuantizeArgs};
@@ -43,7 +43,11 @@ fn build_method(a: &QuantizeArgs) -> anyhow::Result<Box<dyn Quantizer>> {
                 Some(g) => GroupSize::group(g)?,
             };
             let scheme = QuantScheme::new(bits, g, a.sym, convention)?;
-            Ok(Box::new(Rtn::new(RtnConfig::new(scheme))?))
+            let mut cfg = RtnConfig::new(scheme);
+            if a.mse {
+                cfg = cfg.with_mse(MseSearch::default());
+            }
+            Ok(Box::new(Rtn::new(cfg)?))
         }
         MethodArg::Gptq => {
             let cfg = GptqConfig {
