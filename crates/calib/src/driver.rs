@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use qwen3_quant_core::{Hessian, LinearId, LinearInput, LinearKind, LinearStats, Propagation, QuantizedLinear, Quantizer};
+use qwen3_quant_io::Checkpoint;
 use qwen3_quant_model::layer::add_in_place;
 use qwen3_quant_model::{DecoderLayer, FeedForward, LinearWeight, NoObserver, Qwen3Model, Rope, Site};
 use serde::Serialize;
@@ -323,10 +324,46 @@ pub fn quantize_model(
     method: &dyn Quantizer,
     opts: &DriverOptions,
 ) -> Result<QuantizationRun> {
+    run_layers(model, calib, method, opts, &mut |_, i| {
+        Err(CalibError::InvalidOptions(format!("layer {i} is not loaded")))
+    })
+}
+
+/// Like [`quantize_model`], but streams the decoder layers from a memory-mapped checkpoint: only
+/// the layer being quantized exists in f32. With [`WeightMode::Packed`] every finished layer is
+/// kept as packed codes, so the peak is one f32 layer plus the packed model and the activations.
+///
+/// Returns the quantized model (embeddings, norms and `lm_head` in f32) and the run.
+pub fn quantize_checkpoint(
+    ckpt: &Checkpoint,
+    calib: Option<&CalibrationSet>,
+    method: &dyn Quantizer,
+    opts: &DriverOptions,
+) -> Result<(Qwen3Model, QuantizationRun)> {
+    let config = ckpt.config().map_err(qwen3_quant_model::ModelError::from)?;
+    let mut model = Qwen3Model::skeleton(ckpt, config)?;
+    let run = run_layers(&mut model, calib, method, opts, &mut |m, i| {
+        let layer = Qwen3Model::load_layer(ckpt, &m.config, i)?;
+        m.layers.push(layer);
+        Ok(())
+    })?;
+    Ok((model, run))
+}
+
+/// Fetches decoder layer `i` into `model.layers` when it is not there yet.
+type LayerFetch<'a> = dyn FnMut(&mut Qwen3Model, usize) -> Result<()> + 'a;
+
+fn run_layers(
+    model: &mut Qwen3Model,
+    calib: Option<&CalibrationSet>,
+    method: &dyn Quantizer,
+    opts: &DriverOptions,
+    fetch: &mut LayerFetch<'_>,
+) -> Result<QuantizationRun> {
     let start = Instant::now();
     let req = method.stats_required();
     let needs_data = req.hessian || req.channel_stats;
-    let n_layers = model.layers.len();
+    let n_layers = model.config.num_hidden_layers;
     let pb = if opts.progress {
         let pb = ProgressBar::new(n_layers as u64);
         if let Ok(style) = ProgressStyle::with_template("{msg:>10} [{elapsed_precise}] {wide_bar} {pos}/{len} layers (ETA {eta})") {
@@ -341,7 +378,11 @@ pub fn quantize_model(
 
     if !needs_data {
         let mut d = Driver { method, opts, n_seq: 0, seq: 0, rope: Rope::new(2, 1.0, 0), run, pb };
-        for layer in model.layers.iter_mut() {
+        for li in 0..n_layers {
+            if li >= model.layers.len() {
+                fetch(model, li)?;
+            }
+            let layer = &mut model.layers[li];
             let ids = layer.linear_ids();
             d.quantize_group(layer, &ids, &HashMap::new())?;
             d.pb.inc(1);
@@ -361,6 +402,9 @@ pub fn quantize_model(
     let mut h = model.embed(&calib.flat(0, n_seq))?;
     let true_seq = method.true_sequential() && method.propagation() == Propagation::Quantized;
     for li in 0..n_layers {
+        if li >= model.layers.len() {
+            fetch(model, li)?;
+        }
         let layer = &mut model.layers[li];
         if true_seq && matches!(layer.ffn, FeedForward::Dense(_)) {
             d.true_sequential_dense(layer, &mut h)?;

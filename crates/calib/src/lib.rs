@@ -25,7 +25,7 @@ mod error;
 pub mod stats;
 
 pub use data::{awq_blocks, first_windows, gptq_windows, random_windows, CalibrationSet};
-pub use driver::{peak_rss_mb, quantize_model, DriverOptions, LinearRecord, QuantizationRun, WeightMode};
+pub use driver::{peak_rss_mb, quantize_checkpoint, quantize_model, DriverOptions, LinearRecord, QuantizationRun, WeightMode};
 pub use error::{CalibError, Result};
 pub use projection::{measure_gemm_gflops, project, Projection};
 pub use stats::StatsCollector;

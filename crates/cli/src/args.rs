@@ -139,6 +139,10 @@ pub struct QuantizeArgs {
     /// RTN range convention: gptq (range widened to include 0) or awq (plain min/max).
     #[arg(long)]
     pub convention: Option<String>,
+    /// Keep quantized layers as packed low-bit codes run by the CPU kernels (only the layer being
+    /// quantized is ever held in f32); default: dequantized f32 weights (fake quantization).
+    #[arg(long)]
+    pub packed: bool,
     /// RTN: search a clipping range per group/channel minimising the 2.4-norm error (GPTQ's grid).
     #[arg(long)]
     pub mse: bool,

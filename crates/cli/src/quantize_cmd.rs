@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context};
-use qwen3_quant_calib::{measure_gemm_gflops, peak_rss_mb, project, quantize_model, DriverOptions, QuantizationRun};
+use qwen3_quant_calib::{measure_gemm_gflops, peak_rss_mb, project, quantize_checkpoint, DriverOptions, QuantizationRun, WeightMode};
+use qwen3_quant_io::Checkpoint;
 use qwen3_quant_core::{Bits, GroupSize, QuantScheme, Quantizer, RangeConvention};
 use qwen3_quant_gptq::{Gptq, GptqConfig};
 use qwen3_quant_model::{Qwen3Model, Tokenizer};
@@ -76,7 +77,9 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     }
     let method = build_method(&a)?;
     let data = data_dir(a.data_dir.as_deref());
-    let mut model = Qwen3Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    // Layers are streamed from the memory-mapped checkpoint one at a time by the driver.
+    let ckpt = Checkpoint::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
+    let config = ckpt.config()?;
     let tok = Tokenizer::from_dir(&a.model)?;
     let evals = a.eval.iter().map(|s| parse_eval_spec(s)).collect::<anyhow::Result<Vec<_>>>()?;
 
@@ -93,7 +96,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     // Cost up front: FLOPs, memory and an ETA at this machine's measured GEMM rate.
     let true_seq = a.method == MethodArg::Gptq && !a.no_true_sequential;
     let n_samples = calib.as_ref().map_or(0, |c| c.len());
-    let projection = project(&model.config, n_samples, a.seq_len, req, true_seq);
+    let projection = project(&config, n_samples, a.seq_len, req, true_seq);
     let gflops = measure_gemm_gflops();
     let eta = projection.eta_seconds(gflops);
     if !a.json && calib.is_some() {
@@ -108,8 +111,12 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
             gflops
         );
     }
-    let opts = DriverOptions { progress: std::env::var_os("QWEN3_QUANT_QUIET").is_none(), ..DriverOptions::default() };
-    let run: QuantizationRun = quantize_model(&mut model, calib.as_ref(), method.as_ref(), &opts)?;
+    let opts = DriverOptions {
+        progress: std::env::var_os("QWEN3_QUANT_QUIET").is_none(),
+        weight_mode: if a.packed { WeightMode::Packed } else { WeightMode::FakeQuant },
+        ..DriverOptions::default()
+    };
+    let (model, run): (Qwen3Model, QuantizationRun) = quantize_checkpoint(&ckpt, calib.as_ref(), method.as_ref(), &opts)?;
     let rss = peak_rss_mb();
 
     let mut eval = serde_json::Map::new();
@@ -134,6 +141,8 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         "bits_per_weight": run.bits_per_weight(),
         "peak_rss_mb": rss,
         "out": a.out,
+        "weights": if a.packed { "packed" } else { "fake-quant f32" },
+        "linear_bytes": model.linear_bytes(),
         "eval": eval,
         "calibration": calib.as_ref().map(|c| json!({"description": c.description, "samples": c.len(), "seq_len": c.seq_len, "tokens": c.tokens()})),
         "expert_tokens": expert_tokens,

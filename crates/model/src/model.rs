@@ -44,68 +44,84 @@ impl Qwen3Model {
 
     /// Builds the model from an open checkpoint and its configuration.
     pub fn from_checkpoint(ckpt: &Checkpoint, config: ModelConfig) -> Result<Self> {
-        let c = &config;
-        let (h, v) = (c.hidden_size, c.vocab_size);
-        let embed_tokens = ckpt.load_f32("model.embed_tokens.weight", &[v, h])?;
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for i in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let attn = Attention {
-                q_proj: dense(ckpt, &format!("{p}.self_attn.q_proj.weight"), c.q_dim(), h)?,
-                k_proj: dense(ckpt, &format!("{p}.self_attn.k_proj.weight"), c.kv_dim(), h)?,
-                v_proj: dense(ckpt, &format!("{p}.self_attn.v_proj.weight"), c.kv_dim(), h)?,
-                o_proj: dense(ckpt, &format!("{p}.self_attn.o_proj.weight"), h, c.q_dim())?,
-                q_norm: ckpt.load_f32(&format!("{p}.self_attn.q_norm.weight"), &[c.head_dim])?,
-                k_norm: ckpt.load_f32(&format!("{p}.self_attn.k_norm.weight"), &[c.head_dim])?,
-                heads: c.num_attention_heads,
-                kv_heads: c.num_key_value_heads,
-                head_dim: c.head_dim,
-                eps: c.rms_norm_eps as f32,
-            };
-            let ffn = if c.is_moe_layer(i) {
-                let m = c.moe.as_ref().expect("moe layer implies moe config");
-                let mi = m.moe_intermediate_size;
-                let experts = (0..m.num_experts)
-                    .map(|e| {
-                        let q = format!("{p}.mlp.experts.{e}");
-                        Ok(Mlp {
-                            gate: dense(ckpt, &format!("{q}.gate_proj.weight"), mi, h)?,
-                            up: dense(ckpt, &format!("{q}.up_proj.weight"), mi, h)?,
-                            down: dense(ckpt, &format!("{q}.down_proj.weight"), h, mi)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                FeedForward::Moe(MoeBlock {
-                    router: dense(ckpt, &format!("{p}.mlp.gate.weight"), m.num_experts, h)?,
-                    experts,
-                    top_k: m.num_experts_per_tok,
-                    norm_topk_prob: m.norm_topk_prob,
-                })
-            } else {
-                let it = c.intermediate_size;
-                FeedForward::Dense(Mlp {
-                    gate: dense(ckpt, &format!("{p}.mlp.gate_proj.weight"), it, h)?,
-                    up: dense(ckpt, &format!("{p}.mlp.up_proj.weight"), it, h)?,
-                    down: dense(ckpt, &format!("{p}.mlp.down_proj.weight"), h, it)?,
-                })
-            };
-            layers.push(DecoderLayer {
-                index: i,
-                input_layernorm: ckpt.load_f32(&format!("{p}.input_layernorm.weight"), &[h])?,
-                post_attention_layernorm: ckpt.load_f32(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                attn,
-                ffn,
-                eps: c.rms_norm_eps as f32,
-            });
+        let mut model = Self::skeleton(ckpt, config)?;
+        for i in 0..model.config.num_hidden_layers {
+            let layer = Self::load_layer(ckpt, &model.config, i)?;
+            model.layers.push(layer);
         }
+        Ok(model)
+    }
+
+    /// Everything but the decoder layers (embeddings, final norm, `lm_head`): the starting point
+    /// of layer-streaming work such as calibration, which loads one layer at a time with
+    /// [`Self::load_layer`] and pushes it onto `layers` when done.
+    pub fn skeleton(ckpt: &Checkpoint, config: ModelConfig) -> Result<Self> {
+        let (h, v) = (config.hidden_size, config.vocab_size);
+        let embed_tokens = ckpt.load_f32("model.embed_tokens.weight", &[v, h])?;
         let norm = ckpt.load_f32("model.norm.weight", &[h])?;
         // A tied checkpoint may still carry lm_head.weight (some exporters write it); use it if present.
-        let lm_head = if ckpt.contains("lm_head.weight") || !c.tie_word_embeddings {
+        let lm_head = if ckpt.contains("lm_head.weight") || !config.tie_word_embeddings {
             Some(dense(ckpt, "lm_head.weight", v, h)?)
         } else {
             None
         };
-        Ok(Qwen3Model { config, embed_tokens, layers, norm, lm_head })
+        Ok(Qwen3Model { config, embed_tokens, layers: Vec::new(), norm, lm_head })
+    }
+
+    /// Loads decoder layer `i` (f32) from a checkpoint.
+    pub fn load_layer(ckpt: &Checkpoint, c: &ModelConfig, i: usize) -> Result<DecoderLayer> {
+        if i >= c.num_hidden_layers {
+            return Err(ModelError::NoSuchLayer { layer: i, layers: c.num_hidden_layers });
+        }
+        let h = c.hidden_size;
+        let p = format!("model.layers.{i}");
+        let attn = Attention {
+            q_proj: dense(ckpt, &format!("{p}.self_attn.q_proj.weight"), c.q_dim(), h)?,
+            k_proj: dense(ckpt, &format!("{p}.self_attn.k_proj.weight"), c.kv_dim(), h)?,
+            v_proj: dense(ckpt, &format!("{p}.self_attn.v_proj.weight"), c.kv_dim(), h)?,
+            o_proj: dense(ckpt, &format!("{p}.self_attn.o_proj.weight"), h, c.q_dim())?,
+            q_norm: ckpt.load_f32(&format!("{p}.self_attn.q_norm.weight"), &[c.head_dim])?,
+            k_norm: ckpt.load_f32(&format!("{p}.self_attn.k_norm.weight"), &[c.head_dim])?,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            eps: c.rms_norm_eps as f32,
+        };
+        let ffn = if c.is_moe_layer(i) {
+            let m = c.moe.as_ref().expect("moe layer implies moe config");
+            let mi = m.moe_intermediate_size;
+            let experts = (0..m.num_experts)
+                .map(|e| {
+                    let q = format!("{p}.mlp.experts.{e}");
+                    Ok(Mlp {
+                        gate: dense(ckpt, &format!("{q}.gate_proj.weight"), mi, h)?,
+                        up: dense(ckpt, &format!("{q}.up_proj.weight"), mi, h)?,
+                        down: dense(ckpt, &format!("{q}.down_proj.weight"), h, mi)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            FeedForward::Moe(MoeBlock {
+                router: dense(ckpt, &format!("{p}.mlp.gate.weight"), m.num_experts, h)?,
+                experts,
+                top_k: m.num_experts_per_tok,
+                norm_topk_prob: m.norm_topk_prob,
+            })
+        } else {
+            let it = c.intermediate_size;
+            FeedForward::Dense(Mlp {
+                gate: dense(ckpt, &format!("{p}.mlp.gate_proj.weight"), it, h)?,
+                up: dense(ckpt, &format!("{p}.mlp.up_proj.weight"), it, h)?,
+                down: dense(ckpt, &format!("{p}.mlp.down_proj.weight"), h, it)?,
+            })
+        };
+        Ok(DecoderLayer {
+            index: i,
+            input_layernorm: ckpt.load_f32(&format!("{p}.input_layernorm.weight"), &[h])?,
+            post_attention_layernorm: ckpt.load_f32(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+            attn,
+            ffn,
+            eps: c.rms_norm_eps as f32,
+        })
     }
 
     /// RoPE tables for sequences of `seq` tokens.
