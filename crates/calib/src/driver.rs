@@ -22,6 +22,7 @@ use qwen3_quant_model::layer::add_in_place;
 use qwen3_quant_model::{DecoderLayer, FeedForward, LinearWeight, NoObserver, Qwen3Model, Rope, Site};
 use serde::Serialize;
 
+use crate::activations::{ActivationDtype, ActivationStore};
 use crate::data::CalibrationSet;
 use crate::error::{CalibError, Result};
 use crate::stats::StatsCollector;
@@ -45,11 +46,13 @@ pub struct DriverOptions {
     pub progress: bool,
     /// How quantized weights replace the originals.
     pub weight_mode: WeightMode,
+    /// Element type of the calibration activation buffer.
+    pub activations: ActivationDtype,
 }
 
 impl Default for DriverOptions {
     fn default() -> Self {
-        DriverOptions { chunk_sequences: 8, progress: false, weight_mode: WeightMode::FakeQuant }
+        DriverOptions { chunk_sequences: 8, progress: false, weight_mode: WeightMode::FakeQuant, activations: ActivationDtype::F32 }
     }
 }
 
@@ -228,14 +231,18 @@ impl Driver<'_> {
     }
 
     /// True-sequential processing of a dense layer; `h` becomes the quantized layer's output.
-    fn true_sequential_dense(&mut self, layer: &mut DecoderLayer, h: &mut [f32]) -> Result<()> {
-        let (seq, hid) = (self.seq, h.len() / (self.n_seq * self.seq));
+    fn true_sequential_dense(&mut self, layer: &mut DecoderLayer, h: &mut ActivationStore) -> Result<()> {
+        let seq = self.seq;
         let li = layer.index;
         let id = |kind| LinearId { layer: li, kind, expert: None };
-        let rows = |s0: usize, s1: usize| s0 * seq * hid..s1 * seq * hid;
+        let rows = |s0: usize, s1: usize| (s0 * seq, s1 * seq);
 
         // [k, v, q] on input_layernorm(h).
-        let stats = self.collect(li, Site::AttnInput, |s0, s1| Ok((layer.attn_input(&h[rows(s0, s1)]), hid)))?;
+        let hid = h.cols();
+        let stats = self.collect(li, Site::AttnInput, |s0, s1| {
+            let (r0, r1) = rows(s0, s1);
+            Ok((layer.attn_input(&h.rows(r0, r1)), hid))
+        })?;
         self.quantize_group(layer, &[id(LinearKind::K), id(LinearKind::V), id(LinearKind::Q)], &stats)?;
 
         // [o] on the attention output of the quantized q/k/v; keep it for the residual update.
@@ -244,10 +251,11 @@ impl Driver<'_> {
         {
             let mut coll = StatsCollector::new(li, self.method.stats_required());
             for (s0, s1) in self.chunks() {
-                let x = layer.attn_input(&h[rows(s0, s1)]);
+                let (r0, r1) = rows(s0, s1);
+                let x = layer.attn_input(&h.rows(r0, r1));
                 let c = layer.attn.core(&x, s1 - s0, seq, &self.rope)?;
-                coll.add(Site::OInput, &c, (s1 - s0) * seq, qd)?;
-                core[s0 * seq * qd..s1 * seq * qd].copy_from_slice(&c);
+                coll.add(Site::OInput, &c, r1 - r0, qd)?;
+                core[r0 * qd..r1 * qd].copy_from_slice(&c);
             }
             let stats = coll.finish(self.n_seq)?;
             self.quantize_group(layer, &[id(LinearKind::O)], &stats)?;
@@ -255,11 +263,17 @@ impl Driver<'_> {
 
         // Residual update with the quantized o, then [up, gate] on post_attention_layernorm.
         for (s0, s1) in self.chunks() {
-            let o = layer.attn.o_proj.apply(&core[s0 * seq * qd..s1 * seq * qd], (s1 - s0) * seq)?;
-            add_in_place(&mut h[rows(s0, s1)], &o);
+            let (r0, r1) = rows(s0, s1);
+            let o = layer.attn.o_proj.apply(&core[r0 * qd..r1 * qd], r1 - r0)?;
+            let mut x = h.rows(r0, r1);
+            add_in_place(&mut x, &o);
+            h.set_rows(r0, &x);
         }
         drop(core);
-        let stats = self.collect(li, Site::MlpInput, |s0, s1| Ok((layer.mlp_input(&h[rows(s0, s1)]), hid)))?;
+        let stats = self.collect(li, Site::MlpInput, |s0, s1| {
+            let (r0, r1) = rows(s0, s1);
+            Ok((layer.mlp_input(&h.rows(r0, r1)), hid))
+        })?;
         self.quantize_group(layer, &[id(LinearKind::Up), id(LinearKind::Gate)], &stats)?;
 
         // [down] on the activation of the quantized gate/up, kept for the output.
@@ -269,33 +283,39 @@ impl Driver<'_> {
         {
             let mut coll = StatsCollector::new(li, self.method.stats_required());
             for (s0, s1) in self.chunks() {
-                let x = layer.mlp_input(&h[rows(s0, s1)]);
-                let a = mlp.activation(&x, (s1 - s0) * seq)?;
-                coll.add(Site::DownInput, &a, (s1 - s0) * seq, inter)?;
-                act[s0 * seq * inter..s1 * seq * inter].copy_from_slice(&a);
+                let (r0, r1) = rows(s0, s1);
+                let x = layer.mlp_input(&h.rows(r0, r1));
+                let a = mlp.activation(&x, r1 - r0)?;
+                coll.add(Site::DownInput, &a, r1 - r0, inter)?;
+                act[r0 * inter..r1 * inter].copy_from_slice(&a);
             }
             let stats = coll.finish(self.n_seq)?;
             self.quantize_group(layer, &[id(LinearKind::Down)], &stats)?;
         }
         let FeedForward::Dense(mlp) = &layer.ffn else { unreachable!("dense layer") };
         for (s0, s1) in self.chunks() {
-            let y = mlp.down.apply(&act[s0 * seq * inter..s1 * seq * inter], (s1 - s0) * seq)?;
-            add_in_place(&mut h[rows(s0, s1)], &y);
+            let (r0, r1) = rows(s0, s1);
+            let y = mlp.down.apply(&act[r0 * inter..r1 * inter], r1 - r0)?;
+            let mut x = h.rows(r0, r1);
+            add_in_place(&mut x, &y);
+            h.set_rows(r0, &x);
         }
         Ok(())
     }
 
     /// One full-precision pass collecting every site's statistics, quantize all linears, then
     /// propagate the quantized or the full-precision output.
-    fn one_pass(&mut self, layer: &mut DecoderLayer, h: &mut [f32]) -> Result<()> {
-        let (seq, hid) = (self.seq, h.len() / (self.n_seq * self.seq));
+    fn one_pass(&mut self, layer: &mut DecoderLayer, h: &mut ActivationStore) -> Result<()> {
+        let seq = self.seq;
         let li = layer.index;
         let keep_input = self.method.propagation() == Propagation::Quantized;
-        let input = if keep_input { Some(h.to_vec()) } else { None };
+        let input = if keep_input { Some(h.clone()) } else { None };
         let mut coll = StatsCollector::new(li, self.method.stats_required());
         let chunks: Vec<(usize, usize)> = self.chunks().collect();
         for &(s0, s1) in &chunks {
-            layer.forward(&mut h[s0 * seq * hid..s1 * seq * hid], s1 - s0, seq, &self.rope, &mut coll)?;
+            let mut x = h.rows(s0 * seq, s1 * seq);
+            layer.forward(&mut x, s1 - s0, seq, &self.rope, &mut coll)?;
+            h.set_rows(s0 * seq, &x);
         }
         let stats = coll.finish(self.n_seq)?;
         if let FeedForward::Moe(m) = &layer.ffn {
@@ -305,9 +325,11 @@ impl Driver<'_> {
         let ids = layer.linear_ids();
         self.quantize_group(layer, &ids, &stats)?;
         if let Some(input) = input {
-            h.copy_from_slice(&input);
+            *h = input;
             for &(s0, s1) in &chunks {
-                layer.forward(&mut h[s0 * seq * hid..s1 * seq * hid], s1 - s0, seq, &self.rope, &mut NoObserver)?;
+                let mut x = h.rows(s0 * seq, s1 * seq);
+                layer.forward(&mut x, s1 - s0, seq, &self.rope, &mut NoObserver)?;
+                h.set_rows(s0 * seq, &x);
             }
         }
         Ok(())
@@ -399,7 +421,7 @@ fn run_layers(
     let mut d = Driver { method, opts, n_seq, seq, rope: model.rope(seq), run, pb };
     d.run.calib_tokens = calib.tokens();
     // Layer-0 inputs of every window, captured once.
-    let mut h = model.embed(&calib.flat(0, n_seq))?;
+    let mut h = ActivationStore::new(model.embed(&calib.flat(0, n_seq))?, model.config.hidden_size, opts.activations);
     let true_seq = method.true_sequential() && method.propagation() == Propagation::Quantized;
     for li in 0..n_layers {
         if li >= model.layers.len() {

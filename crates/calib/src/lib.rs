@@ -18,12 +18,14 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod activations;
 pub mod data;
 pub mod driver;
 pub mod projection;
 mod error;
 pub mod stats;
 
+pub use activations::{ActivationDtype, ActivationStore};
 pub use data::{awq_blocks, first_windows, gptq_windows, random_windows, CalibrationSet};
 pub use driver::{peak_rss_mb, quantize_checkpoint, quantize_model, DriverOptions, LinearRecord, QuantizationRun, WeightMode};
 pub use error::{CalibError, Result};

@@ -143,6 +143,9 @@ pub struct QuantizeArgs {
     /// quantized is ever held in f32); default: dequantized f32 weights (fake quantization).
     #[arg(long)]
     pub packed: bool,
+    /// Hold the calibration activations in bf16 (half the memory) instead of f32.
+    #[arg(long)]
+    pub bf16_activations: bool,
     /// RTN: search a clipping range per group/channel minimising the 2.4-norm error (GPTQ's grid).
     #[arg(long)]
     pub mse: bool,

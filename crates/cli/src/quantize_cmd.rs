@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context};
-use qwen3_quant_calib::{measure_gemm_gflops, peak_rss_mb, project, quantize_checkpoint, DriverOptions, QuantizationRun, WeightMode};
+use qwen3_quant_calib::{ActivationDtype, measure_gemm_gflops, peak_rss_mb, project, quantize_checkpoint, DriverOptions, QuantizationRun, WeightMode};
 use qwen3_quant_io::Checkpoint;
 use qwen3_quant_core::{Bits, GroupSize, QuantScheme, Quantizer, RangeConvention};
 use qwen3_quant_gptq::{Gptq, GptqConfig};
@@ -114,6 +114,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     let opts = DriverOptions {
         progress: std::env::var_os("QWEN3_QUANT_QUIET").is_none(),
         weight_mode: if a.packed { WeightMode::Packed } else { WeightMode::FakeQuant },
+        activations: if a.bf16_activations { ActivationDtype::Bf16 } else { ActivationDtype::F32 },
         ..DriverOptions::default()
     };
     let (model, run): (Qwen3Model, QuantizationRun) = quantize_checkpoint(&ckpt, calib.as_ref(), method.as_ref(), &opts)?;
