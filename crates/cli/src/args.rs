@@ -130,6 +130,9 @@ pub struct QuantizeArgs {
     /// Collect all statistics of a layer in one pass over the full-precision layer.
     #[arg(long)]
     pub no_true_sequential: bool,
+    /// GPTQ with act-order: compute group parameters up front on the original weights (static groups).
+    #[arg(long)]
+    pub static_groups: bool,
     /// Dampening as a fraction of the mean Hessian diagonal (GPTQ, BiLLM).
     #[arg(long, default_value_t = 0.01)]
     pub damp: f32,

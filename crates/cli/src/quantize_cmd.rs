@@ -58,6 +58,7 @@ fn build_method(a: &QuantizeArgs) -> anyhow::Result<Box<dyn Quantizer>> {
                 act_order: !a.no_act_order,
                 true_sequential: !a.no_true_sequential,
                 percdamp: a.damp,
+                static_groups: a.static_groups,
                 ..GptqConfig::default()
             };
             Ok(Box::new(Gptq::new(cfg)?))
