@@ -83,6 +83,7 @@ fn bench_gemm_choice(c: &mut Criterion) {
         }
         // Back-to-back, interleaved rounds so load changes hit every library alike.
         let mut times = [[0f64; 5]; 3];
+        #[allow(clippy::needless_range_loop)]
         for round in 0..5 {
             for (i, (_, f)) in IMPLS.iter().enumerate() {
                 let t = Instant::now();

@@ -3,7 +3,8 @@
 //! `cargo bench -p qwen3-quant-kernels --bench gemv`. By default one matrix per case (it may sit
 //! in cache). With `QWEN3_QUANT_BENCH_BIG=1` each case cycles over enough distinct matrices to
 //! exceed a 260 MB L3, so the figure is a memory-bandwidth one (compare with the `membw` bench
-//! and performance-anchors.md §4.3). Throughput is reported in weight bytes per second.
+//! and performance-anchors.md §4.3). Throughput is reported in weight bytes per second. For
+//! ≤ 4 bits, `..._q8act` times the int8-activation kernel (`PackedMatrix::gemv_q8`).
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -46,6 +47,16 @@ fn bench_gemv(c: &mut Criterion) {
                     black_box(&y);
                 })
             });
+            if bits <= 4 {
+                // The explicit int8-activation kernel (`gemv_q8`, llama.cpp-style Q8 activations).
+                g.bench_function(BenchmarkId::new(format!("q{bits}g128_q8act"), format!("{n}x{k}")), |b| {
+                    b.iter(|| {
+                        i += 1;
+                        mats[i % layers].gemv_q8(black_box(&x), &mut y).unwrap();
+                        black_box(&y);
+                    })
+                });
+            }
         }
         let bytes = 4 * n * k;
         let layers = layers_for(bytes);

@@ -34,6 +34,16 @@
 //!   int→float conversion; the `128·Σ(hi+lo)` bias is removed per ≤128-column segment. Rows
 //!   are processed in pairs there, so each activation load feeds two rows.
 //!   Rows are split across rayon threads when the matrix is large enough to pay for it.
+//! * **Int8-activation GEMV** ([`PackedMatrix::gemv_q8`], explicit opt-in; also used by
+//!   [`PackedMatrix::gemv`] when `QWEN3_QUANT_GEMV=q8` is set, read once): like llama.cpp's Q8
+//!   activation blocks, `x` is quantized once per call to int8 per 128-column superblock
+//!   (`dx = max|x|/127`, round half to even), and AVX-512-VNNI `vpdpbusd` multiplies the unsigned
+//!   1/2/3/4-bit codes (masked out of one 64-byte load, no conversion) with the pre-arranged int8
+//!   activations; each superblock's exact i32 sum gets one f32 FMA with `scale·dx`, the offset term
+//!   uses the exact f32 `Σx`. Four rows per pass share the activation loads; one rayon task per
+//!   block of ≥ 64 rows. Error bound: [`tolerance::q8_gemv_bound`] (activation rounding), not the
+//!   f32 tolerance; where it does not apply (no VNNI, 8-bit, groups not a multiple of 128) it is
+//!   the exact kernel. The default [`PackedMatrix::gemv`] stays the f32-activation reference.
 //! * **GEMM** (`Y = X·Wᵀ`, prefill): for more than 4 tokens, each rayon task owns a block of
 //!   256 output rows and walks K in 512-column panels: the panel is dequantized (SIMD) into a
 //!   512 KB scratch tile and multiplied with the `gemm` crate's f32 micro-kernels, accumulating

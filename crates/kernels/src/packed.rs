@@ -506,6 +506,9 @@ impl PackedMatrix {
     /// # Errors
     /// [`KernelError::ShapeMismatch`] if `x.len() != cols` or `y.len() != rows`.
     pub fn gemv(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+        if gemv_q8_by_default() {
+            return self.gemv_q8(x, y);
+        }
         self.gemv_with(active_kernel(), x, y)
     }
 
@@ -551,6 +554,146 @@ impl PackedMatrix {
             block(0, y);
         }
         Ok(())
+    }
+
+    /// Whether [`PackedMatrix::gemv_q8`] runs its int8-activation VNNI kernel for this matrix
+    /// (AVX-512 chosen, AVX-512-VNNI present, 1/2/3/4-bit codes, groups of a multiple of 128
+    /// columns or per-channel). Otherwise `gemv_q8` is the exact [`PackedMatrix::gemv`].
+    pub fn q8_gemv_applies(&self) -> bool {
+        self.q8_applies(active_kernel().clamp_to_supported())
+    }
+
+    fn q8_applies(&self, choice: KernelChoice) -> bool {
+        let _ = choice;
+        #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+        {
+            choice == KernelChoice::Avx512
+                && crate::dispatch::cpu().avx512vnni
+                && matches!(self.bits, 1..=4)
+                && self.cols > 0
+                && (self.n_groups <= 1 || self.group_size % SUPER == 0)
+        }
+        #[cfg(not(all(target_arch = "x86_64", qwen3_avx512)))]
+        {
+            false
+        }
+    }
+
+    /// `y = W · x` with **int8 activations** (like llama.cpp's Q8 activation blocks): `x` is
+    /// quantized once per call to `q = round(x / dx)`, `dx = max|x| / 127` per 128-column
+    /// superblock (storage order), and each superblock's `Σ code·q` is an exact i32 sum
+    /// (AVX-512-VNNI `vpdpbusd`, codes as the unsigned operand), scaled once by `scale·dx`. The
+    /// offset term `Σ_g offset_g·Σ_{j∈g} x_j` uses the exact f32 activations.
+    ///
+    /// This is an explicit, approximate kernel choice: its error against `x · dequantize(W)ᵀ` is
+    /// that of the activation rounding, bounded by [`crate::tolerance::q8_gemv_bound`], not the
+    /// f32 tolerance of [`PackedMatrix::gemv`]. Where it does not apply (see
+    /// [`PackedMatrix::q8_gemv_applies`]) it runs the exact kernel. [`PackedMatrix::gemv`] uses it
+    /// only when `QWEN3_QUANT_GEMV=q8` is set (read once).
+    ///
+    /// # Errors
+    /// [`KernelError::ShapeMismatch`] if `x.len() != cols` or `y.len() != rows`.
+    pub fn gemv_q8(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+        self.gemv_q8_with(active_kernel(), x, y)
+    }
+
+    /// [`PackedMatrix::gemv_q8`] with an explicit implementation (clamped to what the CPU supports).
+    pub fn gemv_q8_with(&self, choice: KernelChoice, x: &[f32], y: &mut [f32]) -> Result<()> {
+        check_len("x", self.cols, x.len())?;
+        check_len("y", self.rows, y.len())?;
+        let choice = choice.clamp_to_supported();
+        if !self.q8_applies(choice) {
+            return self.gemv_with(choice, x, y);
+        }
+        #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+        {
+            let mut xs = Vec::new();
+            let mut xsum = Vec::new();
+            self.prepare_x(x, &mut xs, &mut xsum);
+            let prep = self.q8_prep(&xs);
+            let view = crate::arch::x86_avx512::Q8View {
+                bits: self.bits,
+                pad: self.pad_cols,
+                row_bytes: self.row_bytes,
+                xq_a: &prep.xq_a,
+                dx_a: &prep.dx_a,
+                gidx: &prep.gidx,
+                xsum: &xsum,
+                n_groups: self.n_groups,
+            };
+            let block = |r0: usize, ys: &mut [f32]| {
+                // SAFETY: `q8_applies` checked AVX-512 (clamped choice) and VNNI; rows
+                // r0..r0+ys.len() < rows; `data`, `scales`, `offsets` hold every row; the view
+                // was built by `q8_prep` for this matrix.
+                unsafe {
+                    crate::arch::x86_avx512::gemv_q8_rows(
+                        &view,
+                        self.data.as_ptr(),
+                        self.scales.as_ptr(),
+                        self.offsets.as_ptr(),
+                        r0,
+                        ys,
+                    )
+                }
+            };
+            let threads = rayon::current_num_threads();
+            if threads > 1 && self.rows * self.cols >= 1 << 18 {
+                // A few large row blocks per thread (multiples of 4 rows): task overhead stays
+                // far below the per-block work, and late tasks still balance the load.
+                let chunk = (self.rows / (threads * 4)).max(64).next_multiple_of(4);
+                y.par_chunks_mut(chunk)
+                    .enumerate()
+                    .for_each(|(ci, ys)| block(ci * chunk, ys));
+            } else {
+                block(0, y);
+            }
+        }
+        Ok(())
+    }
+
+    /// Int8 activations arranged for the VNNI kernel (see `arch::x86_avx512`), from the
+    /// storage-order, zero-padded activations `xs`.
+    #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+    fn q8_prep(&self, xs: &[f32]) -> Q8Prep {
+        let n_sb = self.pad_cols / SUPER;
+        let (q, dx) = quantize_x_q8(xs);
+        let arrange = |p: usize| -> (Vec<i8>, Vec<f32>) {
+            let k = 8 / p;
+            let nsb = 4 / p;
+            let nblk = n_sb.div_ceil(nsb);
+            let mut xq = vec![0i8; nblk * 64 * k];
+            let mut dv = vec![0f32; nblk * 16];
+            for blk in 0..nblk {
+                for f in 0..k {
+                    for lane in 0..4 {
+                        let sb = blk * nsb + lane / p;
+                        if sb >= n_sb {
+                            continue;
+                        }
+                        let chunk = (lane % p) * k + f;
+                        let col = sb * SUPER + chunk * CHUNK;
+                        let dst = blk * 64 * k + f * 64 + lane * 16;
+                        xq[dst..dst + 16].copy_from_slice(&q[col..col + 16]);
+                    }
+                }
+                for i in 0..16 {
+                    let sb = blk * nsb + (i / 4) / p;
+                    if sb < n_sb {
+                        dv[blk * 16 + i] = dx[sb];
+                    }
+                }
+            }
+            (xq, dv)
+        };
+        let (xq_a, dx_a) = arrange(if self.bits == 3 { 2 } else { self.bits as usize });
+        let gidx = (0..n_sb.next_multiple_of(4))
+            .map(|sb| if self.n_groups <= 1 { 0 } else { ((sb * SUPER / self.group_size).min(self.n_groups - 1)) as u32 })
+            .collect();
+        Q8Prep {
+            xq_a,
+            dx_a,
+            gidx,
+        }
     }
 
     /// `y[m, rows] = x[m, cols] · Wᵀ` (prefill path), using [`active_kernel`].
@@ -697,6 +840,40 @@ struct Bf16Prep {
     bias: Vec<f32>,
 }
 
+/// Int8 activations for the VNNI GEMV (see [`PackedMatrix::gemv_q8`]).
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+struct Q8Prep {
+    xq_a: Vec<i8>,
+    dx_a: Vec<f32>,
+    gidx: Vec<u32>,
+}
+
+/// Quantizes storage-order activations (length a multiple of 128) to int8 per 128-column
+/// superblock: `q = round_half_even(x / dx)`, `dx = max|x| / 127` (0 for an all-zero block).
+pub(crate) fn quantize_x_q8(xs: &[f32]) -> (Vec<i8>, Vec<f32>) {
+    debug_assert!(xs.len() % SUPER == 0);
+    let mut q = vec![0i8; xs.len()];
+    let mut dx = Vec::with_capacity(xs.len() / SUPER);
+    for (xb, qb) in xs.chunks_exact(SUPER).zip(q.chunks_exact_mut(SUPER)) {
+        let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));
+        let d = amax / 127.0;
+        dx.push(d);
+        if d > 0.0 && d.is_finite() {
+            let inv = 1.0 / d;
+            for (qv, &v) in qb.iter_mut().zip(xb) {
+                *qv = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+            }
+        }
+    }
+    (q, dx)
+}
+
+/// Whether [`PackedMatrix::gemv`] should use the int8-activation kernel (`QWEN3_QUANT_GEMV=q8`).
+fn gemv_q8_by_default() -> bool {
+    static Q8: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *Q8.get_or_init(|| std::env::var("QWEN3_QUANT_GEMV").is_ok_and(|v| v.trim().eq_ignore_ascii_case("q8")))
+}
+
 /// Up to this many tokens, [`PackedMatrix::gemm`] runs GEMV per token.
 const GEMV_MAX_TOKENS: usize = 4;
 /// Output rows per GEMM task.
@@ -783,6 +960,61 @@ mod tests {
                                 (got - reference).abs() <= tol,
                                 "{choice:?} {name} bits {bits} gs {gs}: {got} vs {reference}"
                             );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The int8-activation GEMV equals its own definition (f64 evaluation of
+    /// `Σ scale·dx·Σ code·q + Σ offset·xsum`) to f32 rounding, and stays within the documented
+    /// activation-rounding bound of `x · dequantize(W)ᵀ`; every width, group layout, odd shapes,
+    /// act-order, serial and parallel row blocks.
+    #[test]
+    fn q8_gemv_matches_definition_and_bound() {
+        for &(rows, cols) in &[(7usize, 300usize), (5, 128), (66, 1000), (600, 1024)] {
+            for bits in [1u8, 2, 3, 4, 8] {
+                for gs in [32usize, 128, 256, cols] {
+                    let ng = cols.div_ceil(gs);
+                    let max = (1u32 << bits) - 1;
+                    let codes: Vec<u8> = (0..rows * cols)
+                        .map(|i| (((i * 2654435761) >> 7) as u32 % (max + 1)) as u8)
+                        .collect();
+                    let scales: Vec<f32> = (0..rows * ng).map(|i| 0.01 + 0.001 * (i % 7) as f32).collect();
+                    let offsets: Vec<f32> = (0..rows * ng).map(|i| -0.02 * (i % 5) as f32).collect();
+                    let perm: Option<Vec<u32>> = (cols == 300).then(|| (0..cols as u32).rev().collect());
+                    let p = PackedMatrix::new(bits, rows, cols, gs, &codes, &scales, &offsets, perm.clone()).unwrap();
+                    let x: Vec<f32> = (0..cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0 * (1.0 + (i % 13) as f32)).collect();
+                    let mut y = vec![f32::NAN; rows];
+                    p.gemv_q8(&x, &mut y).unwrap();
+                    let (mut xs, mut xsum) = (Vec::new(), Vec::new());
+                    p.prepare_x(&x, &mut xs, &mut xsum);
+                    let (q, dx) = quantize_x_q8(&xs);
+                    let applies = p.q8_gemv_applies();
+                    assert_eq!(applies && crate::dispatch::cpu().avx512vnni, applies);
+                    for r in 0..rows {
+                        let (mut def, mut exact, mut bound_sum, mut xn, mut wn) = (0f64, 0f64, 0f64, 0f64, 0f64);
+                        for j in 0..cols {
+                            let g = j / gs;
+                            let (s, o) = (f64::from(scales[r * ng + g]), f64::from(offsets[r * ng + g]));
+                            let c = f64::from(codes[r * cols + j]);
+                            let sb = j / SUPER;
+                            def += s * c * f64::from(dx[sb]) * f64::from(q[j]) + o * f64::from(xs[j]);
+                            exact += (s * c + o) * f64::from(xs[j]);
+                            bound_sum += (s * c).abs() * f64::from(dx[sb]);
+                            xn += f64::from(xs[j]).powi(2);
+                            wn += (s * c + o).powi(2);
+                        }
+                        let (xn, wn) = (xn.sqrt() as f32, wn.sqrt() as f32);
+                        let got = f64::from(y[r]);
+                        let tol = f64::from(crate::tolerance::rel_tol(bits) * xn * wn + crate::tolerance::ABS_FLOOR);
+                        if applies {
+                            assert!((got - def).abs() <= tol, "bits {bits} gs {gs} {rows}x{cols} row {r}: {got} vs definition {def}");
+                            let b = f64::from(crate::tolerance::q8_gemv_bound(bound_sum as f32, xn, wn));
+                            assert!((got - exact).abs() <= b, "bits {bits} gs {gs} row {r}: {got} vs exact {exact} (bound {b})");
+                        } else {
+                            assert!((got - exact).abs() <= tol, "fallback bits {bits} gs {gs} row {r}: {got} vs {exact}");
                         }
                     }
                 }

@@ -28,3 +28,12 @@ pub fn rel_tol(bits: u8) -> f32 {
         _ => REL_TOL_8BIT,
     }
 }
+
+/// Error bound of the int8-activation GEMV ([`crate::PackedMatrix::gemv_q8`]) against
+/// `x · dequantize(W)ᵀ` for one output: `Σ_j |scale·code_j| · dx_j / 2` (each activation is off by
+/// at most half its block's step `dx = max|x| / 127`), plus f32 rounding of the exact kernel's
+/// size. `code_term_abs_dx` is that sum without the ½ (the caller computes it from the codes);
+/// by Cauchy–Schwarz it is at most `√128 / 127 · ‖x‖₂ · ‖scale·code‖₂`.
+pub fn q8_gemv_bound(code_term_abs_dx: f32, x_norm: f32, w_norm: f32) -> f32 {
+    0.5 * code_term_abs_dx * (1.0 + 1e-5) + REL_TOL_4BIT * x_norm * w_norm + ABS_FLOOR
+}

@@ -382,3 +382,256 @@ pub(crate) unsafe fn row2_dot_bf16(
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Int8-activation (Q8) GEMV with AVX-512-VNNI, codes of 1, 2, 3 or 4 bits.
+//
+// Activations are quantized once per call to int8 per 128-column superblock (`x ≈ dx_sb · q`).
+// A 64-byte load of a `P`-bit plane (P ∈ {1, 2, 4}) covers `4/P` superblocks; after one 16-bit
+// shift by `f·P` and a byte mask, its bytes are `P`-bit codes (unsigned, so `vpdpbusd` takes them
+// as the u8 operand directly) whose columns match a pre-arranged 64-byte slice of `q` (see
+// `PackedMatrix::q8_prep`). Each 128-bit lane of the i32 result belongs to one superblock, so one
+// conversion and one FMA with `scale_g · dx_sb` per lane finish the block in f32. 3-bit codes are
+// rebuilt as `lo2 | hi1 << 2` in registers (see `q8_plane3`) and use the 2-bit arrangement.
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes ahead of the current block that the Q8 GEMV prefetches in each row stream.
+const Q8_PREFETCH: usize = 1024;
+
+/// Per-lane `scale` vector for the `NSB` superblocks starting at `sb0` (lane `i` belongs to
+/// superblock `sb0 + i / (16 / NSB)`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+unsafe fn q8_scale_vec<const NSB: usize>(sc: *const f32, gidx: *const u32, sb0: usize) -> __m512 {
+    // SAFETY: the caller guarantees gidx readable at sb0..sb0+NSB and sc at those groups.
+    unsafe {
+        let s = |i: usize| *sc.add(*gidx.add(sb0 + i) as usize);
+        match NSB {
+            1 => _mm512_set1_ps(s(0)),
+            2 => _mm512_insertf32x8::<1>(_mm512_set1_ps(s(0)), _mm256_set1_ps(s(1))),
+            _ => _mm512_permutexvar_ps(
+                _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+                _mm512_castps128_ps512(_mm_set_ps(s(3), s(2), s(1), s(0))),
+            ),
+        }
+    }
+}
+
+/// Accumulates one `P`-bit plane of `R` rows into `acc` (16 f32 lanes per row).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q8_plane<const P: usize, const NSB: usize, const R: usize>(
+    planes: [*const u8; R],
+    plane_bytes: usize,
+    xq: *const i8,
+    dxv: *const f32,
+    sc: [*const f32; R],
+    gidx: *const u32,
+    acc: &mut [__m512; R],
+) {
+    let k = 8 / P;
+    let nfull = plane_bytes / 64;
+    let nblk = plane_bytes.div_ceil(64);
+    let mask = _mm512_set1_epi8(((1u16 << P) - 1) as i8);
+    // SAFETY (whole body): see `gemv_q8_rows`.
+    unsafe {
+        for blk in 0..nblk {
+            let xb = xq.add(blk * 64 * k);
+            let d = _mm512_loadu_ps(dxv.add(blk * 16));
+            let mut v = [_mm512_setzero_si512(); R];
+            for r in 0..R {
+                // Software prefetch a few blocks ahead of each row stream (prefetches never fault).
+                _mm_prefetch::<_MM_HINT_T0>(planes[r].wrapping_add(blk * 64 + Q8_PREFETCH) as *const i8);
+                v[r] = if blk < nfull {
+                    _mm512_loadu_si512(planes[r].add(blk * 64) as *const _)
+                } else {
+                    let mut tmp = [0u8; 64];
+                    let rem = plane_bytes - blk * 64;
+                    std::ptr::copy_nonoverlapping(planes[r].add(blk * 64), tmp.as_mut_ptr(), rem);
+                    _mm512_loadu_si512(tmp.as_ptr() as *const _)
+                };
+            }
+            let mut isum = [_mm512_setzero_si512(); R];
+            for f in 0..k {
+                let xv = _mm512_loadu_si512(xb.add(f * 64) as *const _);
+                let sh = _mm_cvtsi32_si128((f * P) as i32);
+                for r in 0..R {
+                    let c = if P == 8 {
+                        v[r]
+                    } else {
+                        _mm512_and_si512(_mm512_srl_epi16(v[r], sh), mask)
+                    };
+                    isum[r] = _mm512_dpbusd_epi32(isum[r], c, xv);
+                }
+            }
+            for r in 0..R {
+                let s = q8_scale_vec::<NSB>(sc[r], gidx, blk * NSB);
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_mul_ps(s, d), acc[r]);
+            }
+        }
+    }
+}
+
+/// 3-bit codes in one pass: the 2-bit plane in 64-byte blocks of 2 superblocks (as
+/// `q8_plane::<2, 2, R>`), with each superblock's 16-byte 1-bit plane broadcast to its two
+/// 128-bit lanes, pre-shifted by 4 in the odd lanes (which hold chunks 4..8), then per shift `f`
+/// bit `f` of each byte moved to bit 2 and OR'ed into the low codes: `code = lo | hi << 2`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+unsafe fn q8_plane3<const R: usize>(
+    rows: [*const u8; R],
+    pad: usize,
+    xq: *const i8,
+    dxv: *const f32,
+    sc: [*const f32; R],
+    gidx: *const u32,
+    acc: &mut [__m512; R],
+) {
+    let lo_bytes = pad / 4;
+    let n_sb = pad / 128;
+    let nblk = n_sb.div_ceil(2);
+    let m3 = _mm512_set1_epi8(3);
+    let m4 = _mm512_set1_epi8(4);
+    // Per 16-bit word: 0 in 128-bit lanes 0 and 2, 4 in lanes 1 and 3.
+    let cnt = _mm512_set_epi64(
+        0x0004_0004_0004_0004,
+        0x0004_0004_0004_0004,
+        0,
+        0,
+        0x0004_0004_0004_0004,
+        0x0004_0004_0004_0004,
+        0,
+        0,
+    );
+    // SAFETY (whole body): see `gemv_q8_rows`; the lo plane is `pad/4` bytes, the hi plane `pad/8`
+    // bytes right after it, 16 per superblock; the tail block reads only its existing superblock.
+    unsafe {
+        for blk in 0..nblk {
+            let xb = xq.add(blk * 256);
+            let d = _mm512_loadu_ps(dxv.add(blk * 16));
+            let two = 2 * blk + 1 < n_sb;
+            let mut v = [_mm512_setzero_si512(); R];
+            let mut h = [_mm512_setzero_si512(); R];
+            for r in 0..R {
+                _mm_prefetch::<_MM_HINT_T0>(rows[r].wrapping_add(blk * 64 + Q8_PREFETCH) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(rows[r].wrapping_add(lo_bytes + blk * 32 + Q8_PREFETCH) as *const i8);
+                let hi = rows[r].add(lo_bytes + blk * 32);
+                let h0 = _mm256_broadcastsi128_si256(_mm_loadu_si128(hi as *const __m128i));
+                if two {
+                    v[r] = _mm512_loadu_si512(rows[r].add(blk * 64) as *const _);
+                    let h1 = _mm256_broadcastsi128_si256(_mm_loadu_si128(hi.add(16) as *const __m128i));
+                    h[r] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(h0), h1);
+                } else {
+                    v[r] = _mm512_castsi256_si512(_mm256_loadu_si256(rows[r].add(blk * 64) as *const __m256i));
+                    v[r] = _mm512_inserti64x4::<1>(v[r], _mm256_setzero_si256());
+                    h[r] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(h0), _mm256_setzero_si256());
+                }
+                h[r] = _mm512_slli_epi16::<2>(_mm512_srlv_epi16(h[r], cnt));
+            }
+            let mut isum = [_mm512_setzero_si512(); R];
+            for f in 0..4 {
+                let xv = _mm512_loadu_si512(xb.add(f * 64) as *const _);
+                let sl = _mm_cvtsi32_si128((2 * f) as i32);
+                let sh = _mm_cvtsi32_si128(f as i32);
+                for r in 0..R {
+                    let c = _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srl_epi16(v[r], sl), m3),
+                        _mm512_and_si512(_mm512_srl_epi16(h[r], sh), m4),
+                    );
+                    isum[r] = _mm512_dpbusd_epi32(isum[r], c, xv);
+                }
+            }
+            for r in 0..R {
+                let s = q8_scale_vec::<2>(sc[r], gidx, blk * 2);
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_mul_ps(s, d), acc[r]);
+            }
+        }
+    }
+}
+
+/// `Σ a[i]·b[i]` over `n` floats.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+unsafe fn dot_f32_512(a: *const f32, b: *const f32, n: usize) -> __m512 {
+    let mut acc = _mm512_setzero_ps();
+    let mut i = 0;
+    // SAFETY: unmasked loads stay below n; the masked tail reads only lanes < n - i.
+    unsafe {
+        while i + 16 <= n {
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i)), _mm512_loadu_ps(b.add(i)), acc);
+            i += 16;
+        }
+        if i < n {
+            let m: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
+            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a.add(i)), _mm512_maskz_loadu_ps(m, b.add(i)), acc);
+        }
+    }
+    acc
+}
+
+/// Activations prepared for [`gemv_q8_rows`] (built by `PackedMatrix::q8_prep`).
+pub(crate) struct Q8View<'a> {
+    /// Bits per code (1, 2, 3, 4).
+    pub bits: u8,
+    /// Padded columns (multiple of 128).
+    pub pad: usize,
+    /// Bytes per packed row.
+    pub row_bytes: usize,
+    /// Arranged int8 activations for the main plane (`P = bits`, or 2 for 3-bit).
+    pub xq_a: &'a [i8],
+    /// Per-lane `dx` for the main plane, 16 per 64-byte block.
+    pub dx_a: &'a [f32],
+    /// Group of each superblock, padded to a multiple of 4 superblocks.
+    pub gidx: &'a [u32],
+    /// Per-group sums of the (exact, f32) activations.
+    pub xsum: &'a [f32],
+    /// Groups per row.
+    pub n_groups: usize,
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+unsafe fn q8_rows_impl<const R: usize>(v: &Q8View<'_>, data: *const u8, scales: *const f32, offsets: *const f32, r0: usize, y: *mut f32) {
+    let ng = v.n_groups;
+    // SAFETY (whole body): see `gemv_q8_rows`.
+    unsafe {
+        let rows: [*const u8; R] = std::array::from_fn(|i| data.add((r0 + i) * v.row_bytes));
+        let sc: [*const f32; R] = std::array::from_fn(|i| scales.add((r0 + i) * ng));
+        let mut acc = [_mm512_setzero_ps(); R];
+        let gidx = v.gidx.as_ptr();
+        match v.bits {
+            4 => q8_plane::<4, 1, R>(rows, v.pad / 2, v.xq_a.as_ptr(), v.dx_a.as_ptr(), sc, gidx, &mut acc),
+            2 => q8_plane::<2, 2, R>(rows, v.pad / 4, v.xq_a.as_ptr(), v.dx_a.as_ptr(), sc, gidx, &mut acc),
+            1 => q8_plane::<1, 4, R>(rows, v.pad / 8, v.xq_a.as_ptr(), v.dx_a.as_ptr(), sc, gidx, &mut acc),
+            _ => q8_plane3::<R>(rows, v.pad, v.xq_a.as_ptr(), v.dx_a.as_ptr(), sc, gidx, &mut acc),
+        }
+        for (i, a) in acc.iter().enumerate() {
+            let o = dot_f32_512(offsets.add((r0 + i) * ng), v.xsum.as_ptr(), ng);
+            *y.add(i) = _mm512_reduce_add_ps(_mm512_add_ps(*a, o));
+        }
+    }
+}
+
+/// `y[i] = Σ_sb scale·dx·Σ code·q + Σ_g offset_g·xsum_g` for rows `r0 .. r0 + y.len()`.
+///
+/// # Safety
+/// AVX-512F/BW/VL and AVX-512-VNNI available; `data` holds every row `< r0 + y.len()` of
+/// `row_bytes = pad·bits/8` bytes each; `scales`/`offsets` hold `n_groups` floats per such row;
+/// the view was built by `PackedMatrix::q8_prep` for this matrix (arranged activations and `dx`
+/// cover every 64-byte plane block, `gidx` every superblock rounded up to 4, entries `< n_groups`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+pub(crate) unsafe fn gemv_q8_rows(v: &Q8View<'_>, data: *const u8, scales: *const f32, offsets: *const f32, r0: usize, y: &mut [f32]) {
+    let n = y.len();
+    let mut i = 0;
+    // SAFETY: forwarded caller contract, rows r0 + i .. r0 + i + R all < r0 + n.
+    unsafe {
+        while i + 4 <= n {
+            q8_rows_impl::<4>(v, data, scales, offsets, r0 + i, y.as_mut_ptr().add(i));
+            i += 4;
+        }
+        while i < n {
+            q8_rows_impl::<1>(v, data, scales, offsets, r0 + i, y.as_mut_ptr().add(i));
+            i += 1;
+        }
+    }
+}
