@@ -12,7 +12,7 @@ use crate::rope::Rope;
 use crate::softmax::softmax_in_place;
 
 /// Query rows processed together; keys beyond the block's last row are skipped (causality).
-const QUERY_BLOCK: usize = 64;
+const QUERY_BLOCK: usize = 128;
 
 /// One attention module.
 #[derive(Clone, Debug)]
