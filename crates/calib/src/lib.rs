@@ -6,14 +6,22 @@
 //! method ([`qwen3_quant_core::Quantizer`]) and swaps the result back into the model. Methods see
 //! only f32 weights and statistics, never the model or its storage.
 //!
-//! ```no_run
-//! use qwen3_quant_calib::{first_windows, quantize_model, DriverOptions};
-//! # fn method() -> Box<dyn qwen3_quant_core::Quantizer> { unimplemented!() }
-//! let mut model = qwen3_quant_model::Qwen3Model::load("assets/models/qwen3-micro")?;
-//! let ids: Vec<u32> = (0..8192).map(|i| (i % 8000) as u32).collect();
-//! let calib = first_windows(&ids, 8, 1024)?;
-//! let run = quantize_model(&mut model, Some(&calib), method().as_ref(), &DriverOptions::default())?;
-//! println!("{} linears in {:.1} s", run.quantized.len(), run.seconds);
+//! ```
+//! use qwen3_quant_calib::{first_windows, project};
+//! use qwen3_quant_core::StatsRequest;
+//! let cfg = qwen3_quant_io::ModelConfig::from_file(concat!(
+//!     env!("CARGO_MANIFEST_DIR"),
+//!     "/../../assets/models/qwen3-micro/config.json"
+//! ))?;
+//! // The parity protocol's calibration set: the first 128 windows of 1024 tokens.
+//! let ids: Vec<u32> = (0..131_072).map(|i| (i % 8000) as u32).collect();
+//! let set = first_windows(&ids, 128, 1024)?;
+//! assert_eq!(set.tokens(), 131_072);
+//! // What a GPTQ run over it will cost, before starting it.
+//! let p = project(&cfg, set.len(), set.seq_len, StatsRequest { hessian: true, channel_stats: false }, true);
+//! assert!(p.total_flops > 1e13);
+//! // Then: `quantize_model(&mut model, Some(&set), &method, &DriverOptions::default())` with any
+//! // `Quantizer` (see the facade crate's docs for a complete GPTQ example).
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![warn(missing_docs)]
