@@ -543,16 +543,7 @@ impl PackedMatrix {
                 *yr = self.row_dot(choice, r, &xs, bf.as_ref()) + off(r);
             }
         };
-        let work = self.rows * self.cols;
-        let threads = rayon::current_num_threads();
-        if threads > 1 && work >= 1 << 18 {
-            let chunk = (self.rows / (threads * 8)).max(16).next_multiple_of(2);
-            y.par_chunks_mut(chunk)
-                .enumerate()
-                .for_each(|(ci, ys)| block(ci * chunk, ys));
-        } else {
-            block(0, y);
-        }
+        for_row_blocks(y, self.rows * self.cols, 8, 16, 2, block);
         Ok(())
     }
 
@@ -636,17 +627,9 @@ impl PackedMatrix {
                     )
                 }
             };
-            let threads = rayon::current_num_threads();
-            if threads > 1 && self.rows * self.cols >= 1 << 18 {
-                // A few large row blocks per thread (multiples of 4 rows): task overhead stays
-                // far below the per-block work, and late tasks still balance the load.
-                let chunk = (self.rows / (threads * 4)).max(64).next_multiple_of(4);
-                y.par_chunks_mut(chunk)
-                    .enumerate()
-                    .for_each(|(ci, ys)| block(ci * chunk, ys));
-            } else {
-                block(0, y);
-            }
+            // A few large row blocks per thread (multiples of 4 rows): task overhead stays
+            // far below the per-block work, and late tasks still balance the load.
+            for_row_blocks(y, self.rows * self.cols, 4, 64, 4, block);
         }
         Ok(())
     }
@@ -1020,5 +1003,25 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+/// Runs `block(first_row, rows_of_y)` over `y` split into row blocks across rayon threads
+/// (`blocks_per_thread` blocks each, at least `min_rows` rows, a multiple of `multiple`), or in
+/// one call when the product is too small (`work` = rows·cols) to repay the fork/join.
+fn for_row_blocks(
+    y: &mut [f32],
+    work: usize,
+    blocks_per_thread: usize,
+    min_rows: usize,
+    multiple: usize,
+    block: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && work >= 1 << 18 {
+        let chunk = (y.len() / (threads * blocks_per_thread)).max(min_rows).next_multiple_of(multiple);
+        y.par_chunks_mut(chunk).enumerate().for_each(|(ci, ys)| block(ci * chunk, ys));
+    } else {
+        block(0, y);
     }
 }
