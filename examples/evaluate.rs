@@ -22,19 +22,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--limit" => limit = Some(args.next().ok_or("--limit needs a value")?.parse::<usize>()?),
+            "--limit" => {
+                limit = Some(
+                    args.next()
+                        .ok_or("--limit needs a value")?
+                        .parse::<usize>()?,
+                )
+            }
             "--out" => out = Some(PathBuf::from(args.next().ok_or("--out needs a value")?)),
             _ => positional.push(a),
         }
     }
     let dir = match positional.first() {
-        Some(d) if std::path::Path::new(d).join("config.json").is_file() => PathBuf::from(positional.remove(0)),
+        Some(d) if std::path::Path::new(d).join("config.json").is_file() => {
+            PathBuf::from(positional.remove(0))
+        }
         _ => PathBuf::from(format!("{ASSETS}/models/qwen3-micro")),
     };
     if positional.is_empty() {
         positional = vec!["docs".into(), "piqa".into()];
     }
-    let out = out.unwrap_or_else(|| std::env::temp_dir().join(format!("qwen3-quant-evaluate-{}", std::process::id())));
+    let out = out.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("qwen3-quant-evaluate-{}", std::process::id()))
+    });
     std::fs::create_dir_all(&out)?;
 
     let m = model::Qwen3Model::load(&dir)?;
@@ -43,31 +53,64 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut report = eval::EvalReport::new(dir.display().to_string());
     for item in &positional {
         if item == "mmlu" {
-            let opts = eval::MmluOptions { limit_per_subject: limit, ..Default::default() };
-            let r = eval::run_mmlu(&m, &tok, &data.join("tasks/mmlu"), &opts, eval::Progress::Bar)?;
+            let opts = eval::MmluOptions {
+                limit_per_subject: limit,
+                ..Default::default()
+            };
+            let r = eval::run_mmlu(
+                &m,
+                &tok,
+                &data.join("tasks/mmlu"),
+                &opts,
+                eval::Progress::Bar,
+            )?;
             println!("mmlu: acc {:.4} (n = {})", r.acc, r.n);
             report.add_mmlu(&r);
         } else if let Some(task) = eval::Task::parse(item) {
-            let opts = eval::TaskOptions { limit, eot_token_id: m.config.eos_token_ids.first().copied(), ..Default::default() };
+            let opts = eval::TaskOptions {
+                limit,
+                eot_token_id: m.config.eos_token_ids.first().copied(),
+                ..Default::default()
+            };
             let r = eval::run_task(&m, &tok, task, &data, &opts, eval::Progress::Bar)?;
-            println!("{item}: acc {:.4} acc_norm {:?} (n = {}, {:.1} s)", r.acc, r.acc_norm, r.n, r.seconds);
+            println!(
+                "{item}: acc {:.4} acc_norm {:?} (n = {}, {:.1} s)",
+                r.acc, r.acc_norm, r.n, r.seconds
+            );
             report.add_task(&r);
         } else {
             let dataset = eval::Dataset::parse(item);
             let ids = eval::load_dataset(&dataset, &data, Some(&tok))?.ids;
-            let opts = eval::PplOptions { max_windows: dataset.default_max_windows(), ..Default::default() };
+            let opts = eval::PplOptions {
+                max_windows: dataset.default_max_windows(),
+                ..Default::default()
+            };
             let r = eval::evaluate_ppl(&m, &ids, &opts, eval::Progress::Bar)?;
-            println!("{item}: ppl {:.4} ({} windows x {}, {:.0} tokens/s)", r.ppl, r.windows, r.seq_len, r.tokens_per_s);
+            println!(
+                "{item}: ppl {:.4} ({} windows x {}, {:.0} tokens/s)",
+                r.ppl, r.windows, r.seq_len, r.tokens_per_s
+            );
             report.add_ppl(item.clone(), r);
         }
     }
 
-    let (json, md, csv) = (out.join("report.json"), out.join("report.md"), out.join("report.csv"));
+    let (json, md, csv) = (
+        out.join("report.json"),
+        out.join("report.md"),
+        out.join("report.csv"),
+    );
     report.write_json(&json)?;
     report.write_markdown(&md)?;
-    let label = dir.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned());
+    let label = dir
+        .file_name()
+        .map_or("model".into(), |n| n.to_string_lossy().into_owned());
     // The CSV is a one-row sweep table; its `bits` column says 16 (a bf16 checkpoint such as qwen3-micro).
-    let entry = eval::SweepEntry { method: "model".into(), bits: 16.0, label, report };
+    let entry = eval::SweepEntry {
+        method: "model".into(),
+        bits: 16.0,
+        label,
+        report,
+    };
     eval::report::write_sweep_csv(&[entry], &csv)?;
     for p in [json, md, csv] {
         println!("wrote {}", p.display());

@@ -17,8 +17,20 @@ fn gptq_w4_g128_beats_rtn_with_64_calibration_windows() {
     let fp = ppl(&micro(), &valid, 16);
 
     let mut rtn = micro();
-    let scheme = QuantScheme::new(Bits::new(4).unwrap(), GroupSize::group(128).unwrap(), false, RangeConvention::Awq).unwrap();
-    quantize_model(&mut rtn, None, &Rtn::new(RtnConfig::new(scheme)).unwrap(), &DriverOptions::default()).unwrap();
+    let scheme = QuantScheme::new(
+        Bits::new(4).unwrap(),
+        GroupSize::group(128).unwrap(),
+        false,
+        RangeConvention::Awq,
+    )
+    .unwrap();
+    quantize_model(
+        &mut rtn,
+        None,
+        &Rtn::new(RtnConfig::new(scheme)).unwrap(),
+        &DriverOptions::default(),
+    )
+    .unwrap();
     let rtn_ppl = ppl(&rtn, &valid, 16);
 
     let mut g = micro();
@@ -26,11 +38,21 @@ fn gptq_w4_g128_beats_rtn_with_64_calibration_windows() {
     let run = quantize_model(&mut g, Some(&calib), &method, &DriverOptions::default()).unwrap();
     assert_eq!(run.quantized.len(), 56);
     assert_eq!(run.calib_tokens, 64 * 1024);
-    let bad: Vec<_> = run.records.iter().filter(|r| !(r.loss.is_finite() && r.damp > 0.0)).collect();
+    let bad: Vec<_> = run
+        .records
+        .iter()
+        .filter(|r| !(r.loss.is_finite() && r.damp > 0.0))
+        .collect();
     assert!(bad.is_empty(), "{bad:?}");
     let gptq_ppl = ppl(&g, &valid, 16);
-    eprintln!("docs 16 windows: fp {fp:.4}  rtn w4g128 {rtn_ppl:.4}  gptq w4g128 {gptq_ppl:.4} ({:.1} s)", run.seconds);
-    assert!(gptq_ppl < rtn_ppl, "GPTQ {gptq_ppl} should beat RTN {rtn_ppl}");
+    eprintln!(
+        "docs 16 windows: fp {fp:.4}  rtn w4g128 {rtn_ppl:.4}  gptq w4g128 {gptq_ppl:.4} ({:.1} s)",
+        run.seconds
+    );
+    assert!(
+        gptq_ppl < rtn_ppl,
+        "GPTQ {gptq_ppl} should beat RTN {rtn_ppl}"
+    );
     assert!(gptq_ppl < fp * 1.03, "GPTQ {gptq_ppl} too far from fp {fp}");
 }
 
@@ -45,7 +67,10 @@ fn bf16_activation_buffer_matches_f32_closely() {
     let mut a = micro();
     quantize_model(&mut a, Some(&calib), &method, &DriverOptions::default()).unwrap();
     let mut b = micro();
-    let opts = DriverOptions { activations: ActivationDtype::Bf16, ..DriverOptions::default() };
+    let opts = DriverOptions {
+        activations: ActivationDtype::Bf16,
+        ..DriverOptions::default()
+    };
     quantize_model(&mut b, Some(&calib), &method, &opts).unwrap();
     let (pa, pb) = (ppl(&a, &valid, 4), ppl(&b, &valid, 4));
     eprintln!("f32 activations {pa:.4}  bf16 activations {pb:.4}");

@@ -15,12 +15,22 @@ fn gptq_w4_on_moe_quantizes_every_expert_and_stays_close() {
     let fp = ppl(&Qwen3Model::load(&dir).unwrap(), &valid, 8);
     let mut m = Qwen3Model::load(&dir).unwrap();
     let calib = first_windows(&docs("calib"), 16, 1024).unwrap();
-    let run = quantize_model(&mut m, Some(&calib), &Gptq::new(GptqConfig::default()).unwrap(), &DriverOptions::default()).unwrap();
+    let run = quantize_model(
+        &mut m,
+        Some(&calib),
+        &Gptq::new(GptqConfig::default()).unwrap(),
+        &DriverOptions::default(),
+    )
+    .unwrap();
     // 4 layers × (4 attention + 8 experts × 3) linears.
     assert_eq!(run.quantized.len(), 4 * (4 + 8 * 3));
     assert_eq!(run.expert_tokens.len(), 4);
     for (_, counts) in &run.expert_tokens {
-        assert_eq!(counts.iter().sum::<usize>(), 16 * 1024 * 2, "top-2 routing of every token");
+        assert_eq!(
+            counts.iter().sum::<usize>(),
+            16 * 1024 * 2,
+            "top-2 routing of every token"
+        );
     }
     for r in &run.records {
         assert_eq!(r.fallback.is_some(), r.tokens == 0, "{r:?}");

@@ -13,19 +13,35 @@ pub fn micro() -> Qwen3Model {
 }
 
 pub fn docs(split: &str) -> Vec<u32> {
-    read_token_tensor(format!("{ASSETS}/data/docs/docs.tokens.safetensors").as_ref(), split).unwrap()
+    read_token_tensor(
+        format!("{ASSETS}/data/docs/docs.tokens.safetensors").as_ref(),
+        split,
+    )
+    .unwrap()
 }
 
 pub fn wiki2_ids() -> Vec<u32> {
     let tok = Tokenizer::from_dir(format!("{ASSETS}/models/qwen3-micro")).unwrap();
-    let loaded = eval::load_dataset(&eval::Dataset::WikiText2, format!("{ASSETS}/data").as_ref(), Some(&tok)).unwrap();
+    let loaded = eval::load_dataset(
+        &eval::Dataset::WikiText2,
+        format!("{ASSETS}/data").as_ref(),
+        Some(&tok),
+    )
+    .unwrap();
     loaded.ids
 }
 
 /// Perplexity over the first `windows` windows of 1024 tokens.
 pub fn ppl(model: &Qwen3Model, ids: &[u32], windows: usize) -> f64 {
-    let opts = PplOptions { seq_len: 1024, max_windows: Some(windows), batch_size: 4, stride: None };
-    eval::evaluate_ppl(model, ids, &opts, Progress::Hidden).unwrap().ppl
+    let opts = PplOptions {
+        seq_len: 1024,
+        max_windows: Some(windows),
+        batch_size: 4,
+        stride: None,
+    };
+    eval::evaluate_ppl(model, ids, &opts, Progress::Hidden)
+        .unwrap()
+        .ppl
 }
 
 pub fn reference(key: &str, metric: &str) -> f64 {

@@ -23,12 +23,21 @@ fn dense(layers: usize, hidden: usize, heads: usize, inter: usize) -> ModelConfi
 
 fn main() {
     let gflops = measure_gemm_gflops();
-    println!("measured f32 GEMM rate: {gflops:.0} GFLOP/s on {} threads", rayon::current_num_threads());
+    println!(
+        "measured f32 GEMM rate: {gflops:.0} GFLOP/s on {} threads",
+        rayon::current_num_threads()
+    );
     println!("| model | tokens | TFLOP | activations GB | ETA |");
     println!("|---|---:|---:|---:|---:|");
-    let req = StatsRequest { hessian: true, channel_stats: false };
-    let micro = ModelConfig::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/models/qwen3-micro/config.json"))
-        .expect("bundled config");
+    let req = StatsRequest {
+        hessian: true,
+        channel_stats: false,
+    };
+    let micro = ModelConfig::from_file(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../assets/models/qwen3-micro/config.json"
+    ))
+    .expect("bundled config");
     let rows: Vec<(&str, ModelConfig, usize)> = vec![
         ("qwen3-micro", micro, 1024),
         ("Qwen3-0.6B", dense(28, 1024, 16, 3072), 2048),
@@ -46,7 +55,11 @@ fn main() {
             p.tokens,
             p.total_flops / 1e12,
             p.activation_bytes / 1e9,
-            if eta < 3600.0 { format!("{:.0} s", eta) } else { format!("{:.1} h", eta / 3600.0) }
+            if eta < 3600.0 {
+                format!("{:.0} s", eta)
+            } else {
+                format!("{:.1} h", eta / 3600.0)
+            }
         );
     }
 }

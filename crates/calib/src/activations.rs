@@ -35,9 +35,13 @@ impl ActivationStore {
     pub fn new(values: Vec<f32>, cols: usize, dtype: ActivationDtype) -> Self {
         match dtype {
             ActivationDtype::F32 => ActivationStore::F32 { data: values, cols },
-            ActivationDtype::Bf16 => {
-                ActivationStore::Bf16 { data: values.iter().map(|&v| qwen3_quant_io::f32_to_bf16_bits(v)).collect(), cols }
-            }
+            ActivationDtype::Bf16 => ActivationStore::Bf16 {
+                data: values
+                    .iter()
+                    .map(|&v| qwen3_quant_io::f32_to_bf16_bits(v))
+                    .collect(),
+                cols,
+            },
         }
     }
 
@@ -60,18 +64,24 @@ impl ActivationStore {
     pub fn rows(&self, r0: usize, r1: usize) -> Vec<f32> {
         match self {
             ActivationStore::F32 { data, cols } => data[r0 * cols..r1 * cols].to_vec(),
-            ActivationStore::Bf16 { data, cols } => {
-                data[r0 * cols..r1 * cols].iter().map(|&b| f32::from_bits((b as u32) << 16)).collect()
-            }
+            ActivationStore::Bf16 { data, cols } => data[r0 * cols..r1 * cols]
+                .iter()
+                .map(|&b| f32::from_bits((b as u32) << 16))
+                .collect(),
         }
     }
 
     /// Overwrites rows `[r0, r0 + values.len()/cols)`.
     pub fn set_rows(&mut self, r0: usize, values: &[f32]) {
         match self {
-            ActivationStore::F32 { data, cols } => data[r0 * *cols..r0 * *cols + values.len()].copy_from_slice(values),
+            ActivationStore::F32 { data, cols } => {
+                data[r0 * *cols..r0 * *cols + values.len()].copy_from_slice(values)
+            }
             ActivationStore::Bf16 { data, cols } => {
-                for (d, &v) in data[r0 * *cols..r0 * *cols + values.len()].iter_mut().zip(values) {
+                for (d, &v) in data[r0 * *cols..r0 * *cols + values.len()]
+                    .iter_mut()
+                    .zip(values)
+                {
                     *d = qwen3_quant_io::f32_to_bf16_bits(v);
                 }
             }

@@ -58,7 +58,9 @@ impl CalibrationSet {
 
 fn check(n: usize, seq_len: usize) -> Result<()> {
     if n == 0 || seq_len < 2 {
-        return Err(CalibError::InvalidOptions(format!("need at least one window of at least 2 tokens (got {n} × {seq_len})")));
+        return Err(CalibError::InvalidOptions(format!(
+            "need at least one window of at least 2 tokens (got {n} × {seq_len})"
+        )));
     }
     Ok(())
 }
@@ -73,11 +75,18 @@ fn check(n: usize, seq_len: usize) -> Result<()> {
 pub fn first_windows(ids: &[u32], n: usize, seq_len: usize) -> Result<CalibrationSet> {
     check(n, seq_len)?;
     if ids.len() < n * seq_len {
-        return Err(CalibError::NotEnoughTokens { needed: n * seq_len, available: ids.len() });
+        return Err(CalibError::NotEnoughTokens {
+            needed: n * seq_len,
+            available: ids.len(),
+        });
     }
     Ok(CalibrationSet {
         seq_len,
-        windows: ids.chunks_exact(seq_len).take(n).map(<[u32]>::to_vec).collect(),
+        windows: ids
+            .chunks_exact(seq_len)
+            .take(n)
+            .map(<[u32]>::to_vec)
+            .collect(),
         description: format!("first {n} windows of {seq_len} tokens"),
     })
 }
@@ -86,7 +95,10 @@ pub fn first_windows(ids: &[u32], n: usize, seq_len: usize) -> Result<Calibratio
 pub fn random_windows(ids: &[u32], n: usize, seq_len: usize, seed: u64) -> Result<CalibrationSet> {
     check(n, seq_len)?;
     if ids.len() < seq_len {
-        return Err(CalibError::NotEnoughTokens { needed: seq_len, available: ids.len() });
+        return Err(CalibError::NotEnoughTokens {
+            needed: seq_len,
+            available: ids.len(),
+        });
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let windows = (0..n)
@@ -95,16 +107,28 @@ pub fn random_windows(ids: &[u32], n: usize, seq_len: usize, seed: u64) -> Resul
             ids[s..s + seq_len].to_vec()
         })
         .collect();
-    Ok(CalibrationSet { seq_len, windows, description: format!("{n} random windows of {seq_len} tokens, seed {seed}") })
+    Ok(CalibrationSet {
+        seq_len,
+        windows,
+        description: format!("{n} random windows of {seq_len} tokens, seed {seed}"),
+    })
 }
 
 /// The GPTQ sampler: repeatedly pick a random document with more than `seq_len` tokens, then a
 /// random window inside it (reference-methods.md §2.5, with ChaCha8 instead of Python's MT19937).
-pub fn gptq_windows(docs: &[Vec<u32>], n: usize, seq_len: usize, seed: u64) -> Result<CalibrationSet> {
+pub fn gptq_windows(
+    docs: &[Vec<u32>],
+    n: usize,
+    seq_len: usize,
+    seed: u64,
+) -> Result<CalibrationSet> {
     check(n, seq_len)?;
     let long: Vec<&Vec<u32>> = docs.iter().filter(|d| d.len() > seq_len).collect();
     if long.is_empty() {
-        return Err(CalibError::NotEnoughTokens { needed: seq_len + 1, available: docs.iter().map(Vec::len).max().unwrap_or(0) });
+        return Err(CalibError::NotEnoughTokens {
+            needed: seq_len + 1,
+            available: docs.iter().map(Vec::len).max().unwrap_or(0),
+        });
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let windows = (0..n)
@@ -121,13 +145,28 @@ pub fn gptq_windows(docs: &[Vec<u32>], n: usize, seq_len: usize, seed: u64) -> R
 /// concatenate them and cut into blocks of `seq_len` (tail dropped; reference-methods.md §3.2).
 pub fn awq_blocks(docs: &[Vec<u32>], max_docs: usize, seq_len: usize) -> Result<CalibrationSet> {
     check(max_docs, seq_len)?;
-    let cat: Vec<u32> = docs.iter().filter(|d| !d.is_empty() && d.len() <= seq_len).take(max_docs).flatten().copied().collect();
+    let cat: Vec<u32> = docs
+        .iter()
+        .filter(|d| !d.is_empty() && d.len() <= seq_len)
+        .take(max_docs)
+        .flatten()
+        .copied()
+        .collect();
     let n = cat.len() / seq_len;
     if n == 0 {
-        return Err(CalibError::NotEnoughTokens { needed: seq_len, available: cat.len() });
+        return Err(CalibError::NotEnoughTokens {
+            needed: seq_len,
+            available: cat.len(),
+        });
     }
     let windows = cat.chunks_exact(seq_len).map(<[u32]>::to_vec).collect();
-    Ok(CalibrationSet { seq_len, windows, description: format!("AWQ style: {n} blocks of {seq_len} tokens from ≤{max_docs} short documents") })
+    Ok(CalibrationSet {
+        seq_len,
+        windows,
+        description: format!(
+            "AWQ style: {n} blocks of {seq_len} tokens from ≤{max_docs} short documents"
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -144,7 +183,11 @@ mod tests {
             assert_eq!(w.len(), 64);
             assert!(w.windows(2).all(|p| p[1] == p[0] + 1));
         }
-        let docs = vec![(0..50).collect::<Vec<u32>>(), (100..400).collect(), (500..520).collect()];
+        let docs = vec![
+            (0..50).collect::<Vec<u32>>(),
+            (100..400).collect(),
+            (500..520).collect(),
+        ];
         let g = gptq_windows(&docs, 4, 64, 0).unwrap();
         assert!(g.windows.iter().all(|w| w[0] >= 100 && w[63] < 400));
         // Documents of at most 64 tokens (the 50- and 20-token ones) give one 64-token block.
@@ -154,6 +197,9 @@ mod tests {
         assert!(awq_blocks(&docs, 10, 16).is_err());
         assert!(first_windows(&ids, 20, 64).is_err());
         assert!(first_windows(&ids, 0, 64).is_err());
-        assert_eq!(first_windows(&ids, 2, 10).unwrap().fingerprint(), first_windows(&ids, 2, 10).unwrap().fingerprint());
+        assert_eq!(
+            first_windows(&ids, 2, 10).unwrap().fingerprint(),
+            first_windows(&ids, 2, 10).unwrap().fingerprint()
+        );
     }
 }

@@ -16,10 +16,15 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use qwen3_quant_core::{Hessian, LinearId, LinearInput, LinearKind, LinearStats, Propagation, QuantizedLinear, Quantizer};
+use qwen3_quant_core::{
+    Hessian, LinearId, LinearInput, LinearKind, LinearStats, Propagation, QuantizedLinear,
+    Quantizer,
+};
 use qwen3_quant_io::Checkpoint;
 use qwen3_quant_model::layer::add_in_place;
-use qwen3_quant_model::{DecoderLayer, FeedForward, LinearWeight, NoObserver, Qwen3Model, Rope, Site};
+use qwen3_quant_model::{
+    DecoderLayer, FeedForward, LinearWeight, NoObserver, Qwen3Model, Rope, Site,
+};
 use serde::Serialize;
 
 use crate::activations::{ActivationDtype, ActivationStore};
@@ -52,7 +57,12 @@ pub struct DriverOptions {
 
 impl Default for DriverOptions {
     fn default() -> Self {
-        DriverOptions { chunk_sequences: 8, progress: false, weight_mode: WeightMode::FakeQuant, activations: ActivationDtype::F32 }
+        DriverOptions {
+            chunk_sequences: 8,
+            progress: false,
+            weight_mode: WeightMode::FakeQuant,
+            activations: ActivationDtype::F32,
+        }
     }
 }
 
@@ -133,7 +143,10 @@ fn site_of(id: &LinearId) -> Site {
 fn module_name(id: &LinearId) -> String {
     let s = id.to_string();
     // `layers.{i}.` prefix removed: the layer has its own column.
-    s.split_once('.').and_then(|(_, rest)| rest.split_once('.')).map(|(_, m)| m.to_string()).unwrap_or(s)
+    s.split_once('.')
+        .and_then(|(_, rest)| rest.split_once('.'))
+        .map(|(_, m)| m.to_string())
+        .unwrap_or(s)
 }
 
 struct Driver<'a> {
@@ -148,9 +161,16 @@ struct Driver<'a> {
 
 impl Driver<'_> {
     /// Quantizes `ids` of `layer` with `stats` and swaps the results into the layer.
-    fn quantize_group(&mut self, layer: &mut DecoderLayer, ids: &[LinearId], stats: &HashMap<Site, LinearStats>) -> Result<()> {
+    fn quantize_group(
+        &mut self,
+        layer: &mut DecoderLayer,
+        ids: &[LinearId],
+        stats: &HashMap<Site, LinearStats>,
+    ) -> Result<()> {
         for id in ids {
-            let weight = layer.linear(id.kind, id.expert).ok_or_else(|| CalibError::InvalidOptions(format!("{id} missing")))?;
+            let weight = layer
+                .linear(id.kind, id.expert)
+                .ok_or_else(|| CalibError::InvalidOptions(format!("{id} missing")))?;
             let (out_f, in_f) = (weight.out_features(), weight.in_features());
             let w = weight.to_dense();
             let site = site_of(id);
@@ -158,28 +178,49 @@ impl Driver<'_> {
             let mut st = stats.get(&site).unwrap_or(&empty);
             let mut fallback = None;
             let substitute;
-            let needs_stats = self.method.stats_required().hessian || self.method.stats_required().channel_stats;
+            let needs_stats =
+                self.method.stats_required().hessian || self.method.stats_required().channel_stats;
             if needs_stats && st.tokens == 0 {
                 // An expert no calibration token reached: an identity Hessian makes Hessian-based
                 // methods reduce to plain rounding with the same grid (GPTQModel's RTN fail-safe).
                 let mut h = Hessian::new(in_f);
                 (0..in_f).for_each(|i| h.data[i * in_f + i] = 1.0);
                 h.n_sequences = 2;
-                substitute = LinearStats { hessian: Some(h), channels: None, tokens: 0 };
+                substitute = LinearStats {
+                    hessian: Some(h),
+                    channels: None,
+                    tokens: 0,
+                };
                 st = &substitute;
-                fallback = Some("no calibration tokens: identity statistics (RTN-equivalent)".to_string());
+                fallback =
+                    Some("no calibration tokens: identity statistics (RTN-equivalent)".to_string());
             }
             let t0 = Instant::now();
             let outcome = self
                 .method
-                .quantize_linear(LinearInput { id: *id, weight: &w, out_features: out_f, in_features: in_f }, st)
+                .quantize_linear(
+                    LinearInput {
+                        id: *id,
+                        weight: &w,
+                        out_features: out_f,
+                        in_features: in_f,
+                    },
+                    st,
+                )
                 .map_err(|e| e.with_id(*id))?;
             let seconds = t0.elapsed().as_secs_f64();
             let new_weight = match self.opts.weight_mode {
-                WeightMode::FakeQuant => LinearWeight::dense(out_f, in_f, outcome.linear.dequantize())?,
-                WeightMode::Packed => LinearWeight::Packed(
-                    outcome.linear.to_packed().map_err(|e| CalibError::Pack { id: id.to_string(), reason: e.to_string() })?,
-                ),
+                WeightMode::FakeQuant => {
+                    LinearWeight::dense(out_f, in_f, outcome.linear.dequantize())?
+                }
+                WeightMode::Packed => {
+                    LinearWeight::Packed(outcome.linear.to_packed().map_err(|e| {
+                        CalibError::Pack {
+                            id: id.to_string(),
+                            reason: e.to_string(),
+                        }
+                    })?)
+                }
             };
             layer.replace_linear(id, new_weight)?;
             let rec = LinearRecord {
@@ -200,7 +241,10 @@ impl Driver<'_> {
                     rec.loss,
                     rec.damp,
                     rec.seconds,
-                    rec.fallback.as_deref().map(|f| format!("  [{f}]")).unwrap_or_default()
+                    rec.fallback
+                        .as_deref()
+                        .map(|f| format!("  [{f}]"))
+                        .unwrap_or_default()
                 ));
             }
             self.run.records.push(rec);
@@ -231,10 +275,18 @@ impl Driver<'_> {
     }
 
     /// True-sequential processing of a dense layer; `h` becomes the quantized layer's output.
-    fn true_sequential_dense(&mut self, layer: &mut DecoderLayer, h: &mut ActivationStore) -> Result<()> {
+    fn true_sequential_dense(
+        &mut self,
+        layer: &mut DecoderLayer,
+        h: &mut ActivationStore,
+    ) -> Result<()> {
         let seq = self.seq;
         let li = layer.index;
-        let id = |kind| LinearId { layer: li, kind, expert: None };
+        let id = |kind| LinearId {
+            layer: li,
+            kind,
+            expert: None,
+        };
         let rows = |s0: usize, s1: usize| (s0 * seq, s1 * seq);
 
         // [k, v, q] on input_layernorm(h).
@@ -243,7 +295,11 @@ impl Driver<'_> {
             let (r0, r1) = rows(s0, s1);
             Ok((layer.attn_input(&h.rows(r0, r1)), hid))
         })?;
-        self.quantize_group(layer, &[id(LinearKind::K), id(LinearKind::V), id(LinearKind::Q)], &stats)?;
+        self.quantize_group(
+            layer,
+            &[id(LinearKind::K), id(LinearKind::V), id(LinearKind::Q)],
+            &stats,
+        )?;
 
         // [o] on the attention output of the quantized q/k/v; keep it for the residual update.
         let qd = layer.attn.q_proj.out_features();
@@ -277,7 +333,9 @@ impl Driver<'_> {
         self.quantize_group(layer, &[id(LinearKind::Up), id(LinearKind::Gate)], &stats)?;
 
         // [down] on the activation of the quantized gate/up, kept for the output.
-        let FeedForward::Dense(mlp) = &layer.ffn else { unreachable!("dense layer") };
+        let FeedForward::Dense(mlp) = &layer.ffn else {
+            unreachable!("dense layer")
+        };
         let inter = mlp.gate.out_features();
         let mut act = vec![0.0f32; self.n_seq * seq * inter];
         {
@@ -292,7 +350,9 @@ impl Driver<'_> {
             let stats = coll.finish(self.n_seq)?;
             self.quantize_group(layer, &[id(LinearKind::Down)], &stats)?;
         }
-        let FeedForward::Dense(mlp) = &layer.ffn else { unreachable!("dense layer") };
+        let FeedForward::Dense(mlp) = &layer.ffn else {
+            unreachable!("dense layer")
+        };
         for (s0, s1) in self.chunks() {
             let (r0, r1) = rows(s0, s1);
             let y = mlp.down.apply(&act[r0 * inter..r1 * inter], r1 - r0)?;
@@ -319,7 +379,9 @@ impl Driver<'_> {
         }
         let stats = coll.finish(self.n_seq)?;
         if let FeedForward::Moe(m) = &layer.ffn {
-            let counts = (0..m.experts.len()).map(|e| stats.get(&Site::ExpertInput(e)).map_or(0, |s| s.tokens)).collect();
+            let counts = (0..m.experts.len())
+                .map(|e| stats.get(&Site::ExpertInput(e)).map_or(0, |s| s.tokens))
+                .collect();
             self.run.expert_tokens.push((li, counts));
         }
         let ids = layer.linear_ids();
@@ -347,7 +409,9 @@ pub fn quantize_model(
     opts: &DriverOptions,
 ) -> Result<QuantizationRun> {
     run_layers(model, calib, method, opts, &mut |_, i| {
-        Err(CalibError::InvalidOptions(format!("layer {i} is not loaded")))
+        Err(CalibError::InvalidOptions(format!(
+            "layer {i} is not loaded"
+        )))
     })
 }
 
@@ -388,7 +452,9 @@ fn run_layers(
     let n_layers = model.config.num_hidden_layers;
     let pb = if opts.progress {
         let pb = ProgressBar::new(n_layers as u64);
-        if let Ok(style) = ProgressStyle::with_template("{msg:>10} [{elapsed_precise}] {wide_bar} {pos}/{len} layers (ETA {eta})") {
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg:>10} [{elapsed_precise}] {wide_bar} {pos}/{len} layers (ETA {eta})",
+        ) {
             pb.set_style(style);
         }
         pb.set_message(method.name().to_string());
@@ -396,10 +462,24 @@ fn run_layers(
     } else {
         ProgressBar::hidden()
     };
-    let run = QuantizationRun { quantized: Vec::new(), records: Vec::new(), seconds: 0.0, calib_tokens: 0, expert_tokens: Vec::new() };
+    let run = QuantizationRun {
+        quantized: Vec::new(),
+        records: Vec::new(),
+        seconds: 0.0,
+        calib_tokens: 0,
+        expert_tokens: Vec::new(),
+    };
 
     if !needs_data {
-        let mut d = Driver { method, opts, n_seq: 0, seq: 0, rope: Rope::new(2, 1.0, 0), run, pb };
+        let mut d = Driver {
+            method,
+            opts,
+            n_seq: 0,
+            seq: 0,
+            rope: Rope::new(2, 1.0, 0),
+            run,
+            pb,
+        };
         for li in 0..n_layers {
             if li >= model.layers.len() {
                 fetch(model, li)?;
@@ -418,10 +498,22 @@ fn run_layers(
         CalibError::InvalidOptions(format!("{} needs calibration data", method.name()))
     })?;
     let (n_seq, seq) = (calib.len(), calib.seq_len);
-    let mut d = Driver { method, opts, n_seq, seq, rope: model.rope(seq), run, pb };
+    let mut d = Driver {
+        method,
+        opts,
+        n_seq,
+        seq,
+        rope: model.rope(seq),
+        run,
+        pb,
+    };
     d.run.calib_tokens = calib.tokens();
     // Layer-0 inputs of every window, captured once.
-    let mut h = ActivationStore::new(model.embed(&calib.flat(0, n_seq))?, model.config.hidden_size, opts.activations);
+    let mut h = ActivationStore::new(
+        model.embed(&calib.flat(0, n_seq))?,
+        model.config.hidden_size,
+        opts.activations,
+    );
     let true_seq = method.true_sequential() && method.propagation() == Propagation::Quantized;
     for li in 0..n_layers {
         if li >= model.layers.len() {

@@ -29,13 +29,16 @@
 pub mod activations;
 pub mod data;
 pub mod driver;
-pub mod projection;
 mod error;
+pub mod projection;
 pub mod stats;
 
 pub use activations::{ActivationDtype, ActivationStore};
 pub use data::{awq_blocks, first_windows, gptq_windows, random_windows, CalibrationSet};
-pub use driver::{peak_rss_mb, quantize_checkpoint, quantize_model, DriverOptions, LinearRecord, QuantizationRun, WeightMode};
+pub use driver::{
+    peak_rss_mb, quantize_checkpoint, quantize_model, DriverOptions, LinearRecord, QuantizationRun,
+    WeightMode,
+};
 pub use error::{CalibError, Result};
 pub use projection::{measure_gemm_gflops, project, Projection};
 pub use stats::StatsCollector;

@@ -42,25 +42,51 @@ impl Projection {
 ///
 /// `true_sequential` runs each layer once (stages interleaved with quantization); otherwise the
 /// layer runs twice (statistics on the full-precision layer, then the quantized layer's outputs).
-pub fn project(config: &ModelConfig, samples: usize, seq_len: usize, stats: StatsRequest, true_sequential: bool) -> Projection {
+pub fn project(
+    config: &ModelConfig,
+    samples: usize,
+    seq_len: usize,
+    stats: StatsRequest,
+    true_sequential: bool,
+) -> Projection {
     let n = (samples * seq_len) as f64;
-    let (h, qd, kvd) = (config.hidden_size as f64, config.q_dim() as f64, config.kv_dim() as f64);
+    let (h, qd, kvd) = (
+        config.hidden_size as f64,
+        config.q_dim() as f64,
+        config.kv_dim() as f64,
+    );
     let attn_params = h * qd + 2.0 * h * kvd + qd * h;
     // Causal attention: QKᵀ and P·V over on average seq/2 keys, per head.
-    let attn_core = 2.0 * 2.0 * (seq_len as f64 / 2.0) * config.head_dim as f64 * config.num_attention_heads as f64;
-    let (mut fwd, mut hess, mut solve, mut max_d, mut act) = (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let attn_core = 2.0
+        * 2.0
+        * (seq_len as f64 / 2.0)
+        * config.head_dim as f64
+        * config.num_attention_heads as f64;
+    let (mut fwd, mut hess, mut solve, mut max_d, mut act) =
+        (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
     for layer in 0..config.num_hidden_layers {
-        let (mlp_active, sites, linears): (f64, Vec<(f64, f64)>, Vec<(f64, f64)>) = match (&config.moe, config.is_moe_layer(layer)) {
-            (Some(m), true) => {
-                let (mi, k, e) = (m.moe_intermediate_size as f64, m.num_experts_per_tok as f64, m.num_experts as f64);
-                let lin = (0..m.num_experts).flat_map(|_| [(mi, h), (mi, h), (h, mi)]).collect();
-                (3.0 * h * mi * k + h * e, vec![(h, n * k), (mi, n * k)], lin)
-            }
-            _ => {
-                let i = config.intermediate_size as f64;
-                (3.0 * h * i, vec![(h, n), (i, n)], vec![(i, h), (i, h), (h, i)])
-            }
-        };
+        let (mlp_active, sites, linears): (f64, Vec<(f64, f64)>, Vec<(f64, f64)>) =
+            match (&config.moe, config.is_moe_layer(layer)) {
+                (Some(m), true) => {
+                    let (mi, k, e) = (
+                        m.moe_intermediate_size as f64,
+                        m.num_experts_per_tok as f64,
+                        m.num_experts as f64,
+                    );
+                    let lin = (0..m.num_experts)
+                        .flat_map(|_| [(mi, h), (mi, h), (h, mi)])
+                        .collect();
+                    (3.0 * h * mi * k + h * e, vec![(h, n * k), (mi, n * k)], lin)
+                }
+                _ => {
+                    let i = config.intermediate_size as f64;
+                    (
+                        3.0 * h * i,
+                        vec![(h, n), (i, n)],
+                        vec![(i, h), (i, h), (h, i)],
+                    )
+                }
+            };
         // lm_head is never run during calibration; each layer runs once (true-sequential) or twice.
         let passes = if true_sequential { 1.0 } else { 2.0 };
         fwd += passes * n * (2.0 * (attn_params + mlp_active) + attn_core);
@@ -70,11 +96,22 @@ pub fn project(config: &ModelConfig, samples: usize, seq_len: usize, stats: Stat
                 hess += rows * d * d;
                 max_d = max_d.max(d);
             }
-            for (rows, cols) in [(qd, h), (kvd, h), (kvd, h), (h, qd)].into_iter().chain(linears) {
+            for (rows, cols) in [(qd, h), (kvd, h), (kvd, h), (h, qd)]
+                .into_iter()
+                .chain(linears)
+            {
                 solve += cols * cols * cols + 2.0 * rows * cols * cols;
             }
         }
-        act = act.max(n * 4.0 * (2.0 * h + qd + config.intermediate_size.max(config.moe.as_ref().map_or(0, |m| m.moe_intermediate_size)) as f64));
+        act = act.max(
+            n * 4.0
+                * (2.0 * h
+                    + qd
+                    + config
+                        .intermediate_size
+                        .max(config.moe.as_ref().map_or(0, |m| m.moe_intermediate_size))
+                        as f64),
+        );
     }
     Projection {
         tokens: n,
@@ -114,7 +151,10 @@ mod tests {
                 "num_attention_heads":4,"num_key_value_heads":2,"head_dim":16,"rope_theta":10000}"#,
         )
         .unwrap();
-        let req = StatsRequest { hessian: true, channel_stats: false };
+        let req = StatsRequest {
+            hessian: true,
+            channel_stats: false,
+        };
         let a = project(&cfg, 8, 64, req, true);
         let b = project(&cfg, 16, 64, req, true);
         assert!((b.forward_flops / a.forward_flops - 2.0).abs() < 1e-9);
@@ -122,7 +162,10 @@ mod tests {
         // Per layer: inputs of width 64 (attn), 64 (o), 64 (mlp) and 128 (down).
         assert_eq!(a.stats_flops, 2.0 * n * (3.0 * 64.0 * 64.0 + 128.0 * 128.0));
         assert!(project(&cfg, 8, 64, req, false).forward_flops > a.forward_flops);
-        assert_eq!(project(&cfg, 8, 64, StatsRequest::default(), true).stats_flops, 0.0);
+        assert_eq!(
+            project(&cfg, 8, 64, StatsRequest::default(), true).stats_flops,
+            0.0
+        );
         assert!(a.eta_seconds(100.0) > 0.0);
     }
 }

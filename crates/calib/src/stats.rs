@@ -19,20 +19,37 @@ pub struct StatsCollector {
 impl StatsCollector {
     /// A collector for `layer` gathering what `request` asks for.
     pub fn new(layer: usize, request: StatsRequest) -> Self {
-        StatsCollector { layer, request, sites: HashMap::new(), error: None }
+        StatsCollector {
+            layer,
+            request,
+            sites: HashMap::new(),
+            error: None,
+        }
     }
 
     /// Adds `rows` input rows of `site` (`x` is `[rows, cols]`).
     pub fn add(&mut self, site: Site, x: &[f32], rows: usize, cols: usize) -> Result<()> {
         let st = self.sites.entry(site).or_default();
         st.tokens += rows;
-        let ctx = |source| CalibError::Stats { site: format!("layer {} {site:?}", self.layer), source };
+        let ctx = |source| CalibError::Stats {
+            site: format!("layer {} {site:?}", self.layer),
+            source,
+        };
         if self.request.hessian {
-            st.hessian.get_or_insert_with(|| Hessian::new(cols)).accumulate(x, rows).map_err(ctx)?;
+            st.hessian
+                .get_or_insert_with(|| Hessian::new(cols))
+                .accumulate(x, rows)
+                .map_err(ctx)?;
         }
         if self.request.channel_stats {
-            let ctx = |source| CalibError::Stats { site: format!("layer {} {site:?}", self.layer), source };
-            st.channels.get_or_insert_with(|| ChannelStats::new(cols)).accumulate(x, rows).map_err(ctx)?;
+            let ctx = |source| CalibError::Stats {
+                site: format!("layer {} {site:?}", self.layer),
+                source,
+            };
+            st.channels
+                .get_or_insert_with(|| ChannelStats::new(cols))
+                .accumulate(x, rows)
+                .map_err(ctx)?;
         }
         Ok(())
     }

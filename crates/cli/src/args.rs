@@ -216,6 +216,9 @@ pub struct BenchArgs {
     /// Seconds of timing per kernel.
     #[arg(long, default_value_t = 2.0)]
     pub seconds: f64,
+    /// gemv: time the exact f32-activation kernel instead of the default int8-activation one.
+    #[arg(long)]
+    pub exact: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

@@ -47,12 +47,18 @@ pub fn calibration_set(
             let docs: Vec<&str> = rows.iter().filter_map(|r| r["text"].as_str()).collect();
             match seed {
                 Some(s) => {
-                    let ids = docs.iter().map(|d| tok.encode(d)).collect::<Result<Vec<_>, _>>()?;
+                    let ids = docs
+                        .iter()
+                        .map(|d| tok.encode(d))
+                        .collect::<Result<Vec<_>, _>>()?;
                     let mut set = gptq_windows(&ids, samples, seq_len, s)?;
                     set.description = format!("c4 sample: {}", set.description);
                     Ok(set)
                 }
-                None => from_stream(tok.encode(&docs.join("\n\n"))?, "c4 sample documents joined by blank lines"),
+                None => from_stream(
+                    tok.encode(&docs.join("\n\n"))?,
+                    "c4 sample documents joined by blank lines",
+                ),
             }
         }
         path => {

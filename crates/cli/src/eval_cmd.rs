@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use qwen3_quant_eval::{
-    evaluate_ppl, load_dataset, run_mmlu, run_task, Dataset, EvalReport, LanguageModel, MmluOptions, PplOptions,
-    PplResult, Progress, Task, TaskOptions,
+    evaluate_ppl, load_dataset, run_mmlu, run_task, Dataset, EvalReport, LanguageModel,
+    MmluOptions, PplOptions, PplResult, Progress, Task, TaskOptions,
 };
 use qwen3_quant_model::{Qwen3Model, Tokenizer};
 
@@ -14,7 +14,9 @@ use crate::output::print_json;
 
 /// The data folder: `--data-dir`/`QWEN3_QUANT_DATA`, else the bundled `assets/data`.
 pub fn data_dir(explicit: Option<&Path>) -> PathBuf {
-    explicit.map(Path::to_path_buf).unwrap_or_else(qwen3_quant_eval::default_data_dir)
+    explicit
+        .map(Path::to_path_buf)
+        .unwrap_or_else(qwen3_quant_eval::default_data_dir)
 }
 
 /// Progress bars unless the output must stay machine-readable and quiet.
@@ -42,17 +44,25 @@ pub fn ppl_of(
             bail!("unknown dataset {name:?}: expected docs, wikitext2, wikitext2-raw, c4 or a text file");
         }
     }
-    let loaded = load_dataset(&dataset, data, Some(tok)).with_context(|| format!("loading dataset {name}"))?;
+    let loaded = load_dataset(&dataset, data, Some(tok))
+        .with_context(|| format!("loading dataset {name}"))?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
-    let opts = PplOptions { seq_len, max_windows: windows.or(dataset.default_max_windows()), batch_size: batch, stride: None };
+    let opts = PplOptions {
+        seq_len,
+        max_windows: windows.or(dataset.default_max_windows()),
+        batch_size: batch,
+        stride: None,
+    };
     Ok(evaluate_ppl(model, &loaded.ids, &opts, progress())?)
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
-    let model = Qwen3Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
-    let tok = Tokenizer::from_dir(&a.model).with_context(|| format!("loading the tokenizer of {}", a.model.display()))?;
+    let model =
+        Qwen3Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let tok = Tokenizer::from_dir(&a.model)
+        .with_context(|| format!("loading the tokenizer of {}", a.model.display()))?;
     let data = data_dir(a.data_dir.as_deref());
     let mut datasets = a.dataset.clone();
     if datasets.is_empty() && a.tasks.is_empty() {
@@ -62,13 +72,20 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     for name in &datasets {
         let r = ppl_of(&model, &tok, name, &data, a.seq_len, a.windows, a.batch)?;
         if !a.json {
-            println!("{name}: ppl {:.4} ({} windows x {}, {:.1} tokens/s)", r.ppl, r.windows, r.seq_len, r.tokens_per_s);
+            println!(
+                "{name}: ppl {:.4} ({} windows x {}, {:.1} tokens/s)",
+                r.ppl, r.windows, r.seq_len, r.tokens_per_s
+            );
         }
         report.add_ppl(name.clone(), r);
     }
     for name in &a.tasks {
         if name == "mmlu" {
-            let opts = MmluOptions { limit_per_subject: a.limit, batch_size: a.batch, ..MmluOptions::default() };
+            let opts = MmluOptions {
+                limit_per_subject: a.limit,
+                batch_size: a.batch,
+                ..MmluOptions::default()
+            };
             let r = run_mmlu(&model, &tok, &data.join("tasks/mmlu"), &opts, progress())?;
             if !a.json {
                 println!("mmlu: acc {:.4} ({} questions)", r.acc, r.n);
@@ -88,8 +105,14 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         let r = run_task(&model, &tok, task, &data, &opts, progress())?;
         if !a.json {
             match r.acc_norm {
-                Some(n) => println!("{name}: acc {:.4}  acc_norm {:.4}  (n = {}, {:.1} s)", r.acc, n, r.n, r.seconds),
-                None => println!("{name}: acc {:.4}  (n = {}, {:.1} s)", r.acc, r.n, r.seconds),
+                Some(n) => println!(
+                    "{name}: acc {:.4}  acc_norm {:.4}  (n = {}, {:.1} s)",
+                    r.acc, n, r.n, r.seconds
+                ),
+                None => println!(
+                    "{name}: acc {:.4}  (n = {}, {:.1} s)",
+                    r.acc, r.n, r.seconds
+                ),
             }
         }
         report.add_task(&r);

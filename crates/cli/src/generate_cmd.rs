@@ -24,7 +24,14 @@ impl SplitMix {
 /// Picks the next token from `logits` under the sampling settings.
 fn sample(logits: &[f32], a: &GenerateArgs, rng: &mut SplitMix) -> u32 {
     if a.temperature <= 0.0 {
-        return logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32;
+        return logits
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+            )
+            .0 as u32;
     }
     let mut idx: Vec<usize> = (0..logits.len()).collect();
     idx.sort_by(|&x, &y| logits[y].total_cmp(&logits[x]));
@@ -32,7 +39,10 @@ fn sample(logits: &[f32], a: &GenerateArgs, rng: &mut SplitMix) -> u32 {
         idx.truncate(k.max(1));
     }
     let max = logits[idx[0]];
-    let mut probs: Vec<f64> = idx.iter().map(|&i| (((logits[i] - max) / a.temperature) as f64).exp()).collect();
+    let mut probs: Vec<f64> = idx
+        .iter()
+        .map(|&i| (((logits[i] - max) / a.temperature) as f64).exp())
+        .collect();
     let total: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= total);
     if let Some(p) = a.top_p {
@@ -58,7 +68,8 @@ fn sample(logits: &[f32], a: &GenerateArgs, rng: &mut SplitMix) -> u32 {
 }
 
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
-    let model = Qwen3Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let model =
+        Qwen3Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
     let tok = Tokenizer::from_dir(&a.model)?;
     let prompt = tok.encode(&a.prompt)?;
     anyhow::ensure!(!prompt.is_empty(), "the prompt encodes to no tokens");
@@ -79,7 +90,9 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let new = &ids[prompt.len()..];
     let text = tok.decode(new)?;
     if a.json {
-        print_json(&json!({"model": a.model, "prompt": a.prompt, "completion": text, "tokens": new.len(), "seconds": secs}));
+        print_json(
+            &json!({"model": a.model, "prompt": a.prompt, "completion": text, "tokens": new.len(), "seconds": secs}),
+        );
     } else {
         println!("{}{}", a.prompt, text);
         eprintln!("[{} tokens in {:.2} s]", new.len(), secs);

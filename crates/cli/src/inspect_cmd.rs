@@ -37,7 +37,12 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
         params += t.numel() as u64;
         tensor_bytes += bytes;
     }
-    let file_bytes: u64 = ckpt.shards().iter().filter_map(|s| std::fs::metadata(s.path()).ok()).map(|m| m.len()).sum();
+    let file_bytes: u64 = ckpt
+        .shards()
+        .iter()
+        .filter_map(|s| std::fs::metadata(s.path()).ok())
+        .map(|m| m.len())
+        .sum();
     let scheme = quantization_scheme(&a.dir);
     let moe = cfg.moe.as_ref().map(|m| {
         json!({"num_experts": m.num_experts, "num_experts_per_tok": m.num_experts_per_tok,
@@ -86,9 +91,18 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
             cfg.tie_word_embeddings
         );
         if let Some(m) = &cfg.moe {
-            println!("  experts {} (top-{}), expert width {}", m.num_experts, m.num_experts_per_tok, m.moe_intermediate_size);
+            println!(
+                "  experts {} (top-{}), expert width {}",
+                m.num_experts, m.num_experts_per_tok, m.moe_intermediate_size
+            );
         }
-        println!("  {} tensors in {} shard(s), {:.2} M parameters, {:.2} MB on disk", ckpt.names().len(), ckpt.shards().len(), params as f64 / 1e6, file_bytes as f64 / 1e6);
+        println!(
+            "  {} tensors in {} shard(s), {:.2} M parameters, {:.2} MB on disk",
+            ckpt.names().len(),
+            ckpt.shards().len(),
+            params as f64 / 1e6,
+            file_bytes as f64 / 1e6
+        );
         for (k, (n, b)) in &dtypes {
             println!("    {k:>5}: {n} tensors, {:.2} MB", *b as f64 / 1e6);
         }

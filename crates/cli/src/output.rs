@@ -4,7 +4,10 @@ use serde_json::Value;
 
 /// Prints `value` as the command's single JSON object.
 pub fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).expect("serialisable"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serialisable")
+    );
 }
 
 /// Reports a failure: `{"error": ...}` on stdout with `--json`, a message on stderr always.

@@ -3,10 +3,13 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context};
-use qwen3_quant_calib::{ActivationDtype, measure_gemm_gflops, peak_rss_mb, project, quantize_checkpoint, DriverOptions, QuantizationRun, WeightMode};
-use qwen3_quant_io::Checkpoint;
+use qwen3_quant_calib::{
+    measure_gemm_gflops, peak_rss_mb, project, quantize_checkpoint, ActivationDtype, DriverOptions,
+    QuantizationRun, WeightMode,
+};
 use qwen3_quant_core::{Bits, GroupSize, QuantScheme, Quantizer, RangeConvention};
 use qwen3_quant_gptq::{Gptq, GptqConfig};
+use qwen3_quant_io::Checkpoint;
 use qwen3_quant_model::{Qwen3Model, Tokenizer};
 use qwen3_quant_rtn::{MseSearch, Rtn, RtnConfig};
 use serde_json::{json, Value};
@@ -21,13 +24,23 @@ fn parse_eval_spec(spec: &str) -> anyhow::Result<(String, Option<usize>)> {
     match spec.split_once(':') {
         None => Ok((spec.to_string(), None)),
         Some((n, "all")) => Ok((n.to_string(), None)),
-        Some((n, w)) => Ok((n.to_string(), Some(w.parse().with_context(|| format!("bad window count in --eval {spec}"))?))),
+        Some((n, w)) => Ok((
+            n.to_string(),
+            Some(
+                w.parse()
+                    .with_context(|| format!("bad window count in --eval {spec}"))?,
+            ),
+        )),
     }
 }
 
 fn build_method(a: &QuantizeArgs) -> anyhow::Result<Box<dyn Quantizer>> {
     let bits = Bits::new(a.bits)?;
-    let group = if a.per_channel { None } else { Some(a.group_size) };
+    let group = if a.per_channel {
+        None
+    } else {
+        Some(a.group_size)
+    };
     match a.method {
         MethodArg::Rtn => {
             // The reference protocol: per-group RTN uses the group's own min/max (llm-awq), per-channel
@@ -64,7 +77,10 @@ fn build_method(a: &QuantizeArgs) -> anyhow::Result<Box<dyn Quantizer>> {
             Ok(Box::new(Gptq::new(cfg)?))
         }
         MethodArg::Awq | MethodArg::Smoothquant | MethodArg::Billm => {
-            bail!("--method {:?} is not available in this build yet (RTN and GPTQ are)", a.method)
+            bail!(
+                "--method {:?} is not available in this build yet (RTN and GPTQ are)",
+                a.method
+            )
         }
     }
 }
@@ -79,10 +95,15 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     let method = build_method(&a)?;
     let data = data_dir(a.data_dir.as_deref());
     // Layers are streamed from the memory-mapped checkpoint one at a time by the driver.
-    let ckpt = Checkpoint::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
+    let ckpt =
+        Checkpoint::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
     let config = ckpt.config()?;
     let tok = Tokenizer::from_dir(&a.model)?;
-    let evals = a.eval.iter().map(|s| parse_eval_spec(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    let evals = a
+        .eval
+        .iter()
+        .map(|s| parse_eval_spec(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let req = method.stats_required();
     let calib = if req.hessian || req.channel_stats {
@@ -114,22 +135,41 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     }
     let opts = DriverOptions {
         progress: std::env::var_os("QWEN3_QUANT_QUIET").is_none(),
-        weight_mode: if a.packed { WeightMode::Packed } else { WeightMode::FakeQuant },
-        activations: if a.bf16_activations { ActivationDtype::Bf16 } else { ActivationDtype::F32 },
+        weight_mode: if a.packed {
+            WeightMode::Packed
+        } else {
+            WeightMode::FakeQuant
+        },
+        activations: if a.bf16_activations {
+            ActivationDtype::Bf16
+        } else {
+            ActivationDtype::F32
+        },
         ..DriverOptions::default()
     };
-    let (model, run): (Qwen3Model, QuantizationRun) = quantize_checkpoint(&ckpt, calib.as_ref(), method.as_ref(), &opts)?;
+    let (model, run): (Qwen3Model, QuantizationRun) =
+        quantize_checkpoint(&ckpt, calib.as_ref(), method.as_ref(), &opts)?;
     let rss = peak_rss_mb();
 
     let mut eval = serde_json::Map::new();
     for (name, windows) in &evals {
         let r = ppl_of(&model, &tok, name, &data, a.seq_len, *windows, 4)?;
         if !a.json {
-            println!("{name}: ppl {:.4} ({} windows x {})", r.ppl, r.windows, r.seq_len);
+            println!(
+                "{name}: ppl {:.4} ({} windows x {})",
+                r.ppl, r.windows, r.seq_len
+            );
         }
-        eval.insert(name.clone(), json!({"ppl": r.ppl, "windows": r.windows, "seq_len": r.seq_len, "seconds": r.seconds}));
+        eval.insert(
+            name.clone(),
+            json!({"ppl": r.ppl, "windows": r.windows, "seq_len": r.seq_len, "seconds": r.seconds}),
+        );
     }
-    let group_size: Value = if a.per_channel { Value::Null } else { json!(a.group_size) };
+    let group_size: Value = if a.per_channel {
+        Value::Null
+    } else {
+        json!(a.group_size)
+    };
     let mut expert_tokens = BTreeMap::new();
     for (layer, counts) in &run.expert_tokens {
         expert_tokens.insert(layer.to_string(), counts.clone());

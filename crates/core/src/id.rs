@@ -23,8 +23,15 @@ pub enum LinearKind {
 
 impl LinearKind {
     /// All kinds, in checkpoint order.
-    pub const ALL: [LinearKind; 7] =
-        [LinearKind::Q, LinearKind::K, LinearKind::V, LinearKind::O, LinearKind::Gate, LinearKind::Up, LinearKind::Down];
+    pub const ALL: [LinearKind; 7] = [
+        LinearKind::Q,
+        LinearKind::K,
+        LinearKind::V,
+        LinearKind::O,
+        LinearKind::Gate,
+        LinearKind::Up,
+        LinearKind::Down,
+    ];
 
     /// Module name (`q_proj`, …, `down_proj`).
     pub fn proj_name(self) -> &'static str {
@@ -65,7 +72,11 @@ pub struct LinearId {
 impl LinearId {
     /// A dense (non-expert) linear.
     pub fn new(layer: usize, kind: LinearKind) -> Self {
-        Self { layer, kind, expert: None }
+        Self {
+            layer,
+            kind,
+            expert: None,
+        }
     }
 }
 
@@ -84,8 +95,22 @@ mod tests {
     use super::*;
     #[test]
     fn display() {
-        assert_eq!(LinearId::new(3, LinearKind::Q).to_string(), "layers.3.self_attn.q_proj");
-        assert_eq!(LinearId { layer: 3, kind: LinearKind::Up, expert: Some(5) }.to_string(), "layers.3.mlp.experts.5.up_proj");
-        assert_eq!(LinearId::new(0, LinearKind::Down).to_string(), "layers.0.mlp.down_proj");
+        assert_eq!(
+            LinearId::new(3, LinearKind::Q).to_string(),
+            "layers.3.self_attn.q_proj"
+        );
+        assert_eq!(
+            LinearId {
+                layer: 3,
+                kind: LinearKind::Up,
+                expert: Some(5)
+            }
+            .to_string(),
+            "layers.3.mlp.experts.5.up_proj"
+        );
+        assert_eq!(
+            LinearId::new(0, LinearKind::Down).to_string(),
+            "layers.0.mlp.down_proj"
+        );
     }
 }

@@ -31,7 +31,7 @@ pub use id::{LinearId, LinearKind};
 pub use linear::{canonical_g_idx, QuantizedLinear};
 pub use method::{LinearInput, MethodError, Propagation, QuantOutcome, Quantizer, StatsRequest};
 pub use scheme::{
-    base_range, dequantize_code, fake_quantize, find_params, min_max, params_from_range, quantize_code,
-    round_half_even, Bits, GroupSize, QuantParams, QuantScheme, RangeConvention,
+    base_range, dequantize_code, fake_quantize, find_params, min_max, params_from_range,
+    quantize_code, round_half_even, Bits, GroupSize, QuantParams, QuantScheme, RangeConvention,
 };
 pub use stats::{ChannelStats, Hessian, LinearStats};

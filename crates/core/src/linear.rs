@@ -37,12 +37,22 @@ pub struct QuantizedLinear {
 }
 
 /// Canonical `g_idx` for a layout (see [`QuantizedLinear`]).
-pub fn canonical_g_idx(in_features: usize, group_size: Option<usize>, perm: Option<&[u32]>) -> Vec<u32> {
+pub fn canonical_g_idx(
+    in_features: usize,
+    group_size: Option<usize>,
+    perm: Option<&[u32]>,
+) -> Vec<u32> {
     let mut g = vec![0u32; in_features];
     if let Some(gs) = group_size {
         match perm {
-            None => g.iter_mut().enumerate().for_each(|(c, v)| *v = (c / gs) as u32),
-            Some(p) => p.iter().enumerate().for_each(|(j, &c)| g[c as usize] = (j / gs) as u32),
+            None => g
+                .iter_mut()
+                .enumerate()
+                .for_each(|(c, v)| *v = (c / gs) as u32),
+            Some(p) => p
+                .iter()
+                .enumerate()
+                .for_each(|(j, &c)| g[c as usize] = (j / gs) as u32),
         }
     }
     g
@@ -69,7 +79,10 @@ impl QuantizedLinear {
         perm: Option<Vec<u32>>,
     ) -> Result<Self> {
         if group_size == Some(0) {
-            return Err(Error::InvalidConfig { field: "group_size", reason: "group size must be positive" });
+            return Err(Error::InvalidConfig {
+                field: "group_size",
+                reason: "group size must be positive",
+            });
         }
         if perm.is_some() && group_size.is_none() {
             return Err(Error::InvalidConfig {
@@ -82,7 +95,11 @@ impl QuantizedLinear {
             if expected == actual {
                 Ok(())
             } else {
-                Err(Error::ShapeMismatch { what, expected, actual })
+                Err(Error::ShapeMismatch {
+                    what,
+                    expected,
+                    actual,
+                })
             }
         };
         check("codes", out_features * in_features, codes.len())?;
@@ -91,13 +108,21 @@ impl QuantizedLinear {
         check("g_idx", in_features, g_idx.len())?;
         let maxq = bits.maxq();
         let range = |what, v: &[u8]| match v.iter().position(|&c| c > maxq) {
-            Some(i) => Err(Error::OutOfRange { what, index: i, value: v[i] as u64, max: maxq as u64 }),
+            Some(i) => Err(Error::OutOfRange {
+                what,
+                index: i,
+                value: v[i] as u64,
+                max: maxq as u64,
+            }),
             None => Ok(()),
         };
         range("codes", &codes)?;
         range("zeros", &zeros)?;
         if let Some(i) = first_non_finite(&scales) {
-            return Err(Error::NonFinite { what: "scales", index: i });
+            return Err(Error::NonFinite {
+                what: "scales",
+                index: i,
+            });
         }
         if let Some(p) = &perm {
             check("perm", in_features, p.len())?;
@@ -117,9 +142,23 @@ impl QuantizedLinear {
         }
         let expect = canonical_g_idx(in_features, group_size, perm.as_deref());
         if let Some(c) = (0..in_features).find(|&c| expect[c] != g_idx[c]) {
-            return Err(Error::InconsistentGroups { column: c, reason: "g_idx does not match group_size/perm" });
+            return Err(Error::InconsistentGroups {
+                column: c,
+                reason: "g_idx does not match group_size/perm",
+            });
         }
-        Ok(Self { out_features, in_features, bits, group_size, sym, codes, scales, zeros, g_idx, perm })
+        Ok(Self {
+            out_features,
+            in_features,
+            bits,
+            group_size,
+            sym,
+            codes,
+            scales,
+            zeros,
+            g_idx,
+            perm,
+        })
     }
 
     /// Output features (rows).
@@ -219,25 +258,97 @@ mod tests {
         let perm = vec![3u32, 1, 0, 2];
         let g_idx = canonical_g_idx(4, Some(2), Some(&perm));
         assert_eq!(g_idx, vec![1, 0, 1, 0]);
-        let q = QuantizedLinear::new(1, 4, b, Some(2), false, vec![0, 1, 2, 3], vec![0.5, 2.0], vec![1, 2], g_idx.clone(), Some(perm.clone()))
-            .unwrap();
-        assert_eq!(q.dequantize(), vec![2.0 * -2.0, 0.5 * 0.0, 2.0 * 0.0, 0.5 * 2.0]);
+        let q = QuantizedLinear::new(
+            1,
+            4,
+            b,
+            Some(2),
+            false,
+            vec![0, 1, 2, 3],
+            vec![0.5, 2.0],
+            vec![1, 2],
+            g_idx.clone(),
+            Some(perm.clone()),
+        )
+        .unwrap();
+        assert_eq!(
+            q.dequantize(),
+            vec![2.0 * -2.0, 0.5 * 0.0, 2.0 * 0.0, 0.5 * 2.0]
+        );
         // wrong g_idx
-        assert!(QuantizedLinear::new(1, 4, b, Some(2), false, vec![0; 4], vec![1.0; 2], vec![0; 2], vec![0, 0, 1, 1], Some(perm))
-            .is_err());
+        assert!(QuantizedLinear::new(
+            1,
+            4,
+            b,
+            Some(2),
+            false,
+            vec![0; 4],
+            vec![1.0; 2],
+            vec![0; 2],
+            vec![0, 0, 1, 1],
+            Some(perm)
+        )
+        .is_err());
         // code out of range
-        assert!(QuantizedLinear::new(1, 4, b, None, false, vec![4, 0, 0, 0], vec![1.0], vec![0], vec![0; 4], None).is_err());
+        assert!(QuantizedLinear::new(
+            1,
+            4,
+            b,
+            None,
+            false,
+            vec![4, 0, 0, 0],
+            vec![1.0],
+            vec![0],
+            vec![0; 4],
+            None
+        )
+        .is_err());
         // NaN scale
-        assert!(QuantizedLinear::new(1, 4, b, None, false, vec![0; 4], vec![f32::NAN], vec![0], vec![0; 4], None).is_err());
+        assert!(QuantizedLinear::new(
+            1,
+            4,
+            b,
+            None,
+            false,
+            vec![0; 4],
+            vec![f32::NAN],
+            vec![0],
+            vec![0; 4],
+            None
+        )
+        .is_err());
         // shape
-        assert!(QuantizedLinear::new(1, 4, b, None, false, vec![0; 3], vec![1.0], vec![0], vec![0; 4], None).is_err());
+        assert!(QuantizedLinear::new(
+            1,
+            4,
+            b,
+            None,
+            false,
+            vec![0; 3],
+            vec![1.0],
+            vec![0],
+            vec![0; 4],
+            None
+        )
+        .is_err());
     }
 
     #[test]
     fn bits_per_weight_counts_metadata() {
         let b = Bits::B4;
-        let q = QuantizedLinear::new(2, 256, b, Some(128), false, vec![0; 512], vec![1.0; 4], vec![0; 4], canonical_g_idx(256, Some(128), None), None)
-            .unwrap();
+        let q = QuantizedLinear::new(
+            2,
+            256,
+            b,
+            Some(128),
+            false,
+            vec![0; 512],
+            vec![1.0; 4],
+            vec![0; 4],
+            canonical_g_idx(256, Some(128), None),
+            None,
+        )
+        .unwrap();
         let expect = (4.0 * 512.0 + 16.0 * 4.0 + 4.0 * 4.0) / 512.0;
         assert!((q.bits_per_weight() - expect).abs() < 1e-12);
     }

@@ -45,7 +45,8 @@ impl LinearInput<'_> {
     /// # Errors
     /// [`MethodError::InvalidShape`] or [`MethodError::NonFinite`] naming the linear.
     pub fn validate(&self) -> Result<(), MethodError> {
-        check_weight(self.weight, self.out_features, self.in_features).map_err(|e| e.with_id(self.id))
+        check_weight(self.weight, self.out_features, self.in_features)
+            .map_err(|e| e.with_id(self.id))
     }
 }
 
@@ -53,13 +54,26 @@ impl LinearInput<'_> {
 ///
 /// # Errors
 /// [`MethodError::InvalidShape`] or [`MethodError::NonFinite`].
-pub fn check_weight(weight: &[f32], out_features: usize, in_features: usize) -> Result<(), MethodError> {
+pub fn check_weight(
+    weight: &[f32],
+    out_features: usize,
+    in_features: usize,
+) -> Result<(), MethodError> {
     let expected = out_features.saturating_mul(in_features);
     if weight.len() != expected {
-        return Err(MethodError::InvalidShape { id: None, what: "weight", expected, actual: weight.len() });
+        return Err(MethodError::InvalidShape {
+            id: None,
+            what: "weight",
+            expected,
+            actual: weight.len(),
+        });
     }
     if let Some(index) = first_non_finite(weight) {
-        return Err(MethodError::NonFinite { id: None, what: "weight", index });
+        return Err(MethodError::NonFinite {
+            id: None,
+            what: "weight",
+            index,
+        });
     }
     Ok(())
 }
@@ -90,7 +104,11 @@ pub trait Quantizer: Send + Sync {
     ///
     /// # Errors
     /// See [`MethodError`].
-    fn quantize_linear(&self, input: LinearInput<'_>, stats: &LinearStats) -> Result<QuantOutcome, MethodError>;
+    fn quantize_linear(
+        &self,
+        input: LinearInput<'_>,
+        stats: &LinearStats,
+    ) -> Result<QuantOutcome, MethodError>;
 }
 
 fn show(id: &Option<LinearId>) -> String {
@@ -178,9 +196,14 @@ mod tests {
 
     #[test]
     fn error_names_linear() {
-        let e = check_weight(&[1.0, f32::NAN], 1, 2).unwrap_err().with_id(LinearId::new(2, LinearKind::K));
+        let e = check_weight(&[1.0, f32::NAN], 1, 2)
+            .unwrap_err()
+            .with_id(LinearId::new(2, LinearKind::K));
         assert!(e.to_string().contains("layers.2.self_attn.k_proj"), "{e}");
-        assert!(matches!(check_weight(&[1.0], 1, 2), Err(MethodError::InvalidShape { .. })));
+        assert!(matches!(
+            check_weight(&[1.0], 1, 2),
+            Err(MethodError::InvalidShape { .. })
+        ));
         // object safety
         fn _obj(_: &dyn Quantizer) {}
     }

@@ -67,13 +67,18 @@ mod tests {
         let ng = n.div_ceil(gs);
         let bits = Bits::B4;
         let perm: Vec<u32> = (0..n as u32).map(|j| (j * 7) % n as u32).collect(); // 7 coprime to 200
-        for (group, p) in [(Some(gs), Some(perm.clone())), (Some(gs), None), (None, None)] {
+        for (group, p) in [
+            (Some(gs), Some(perm.clone())),
+            (Some(gs), None),
+            (None, None),
+        ] {
             let ngr = if group.is_some() { ng } else { 1 };
             let codes: Vec<u8> = (0..o * n).map(|i| (i * 5 % 16) as u8).collect();
             let scales: Vec<f32> = (0..o * ngr).map(|i| 0.01 + i as f32 * 0.003).collect();
             let zeros: Vec<u8> = (0..o * ngr).map(|i| (i % 16) as u8).collect();
             let g_idx = canonical_g_idx(n, group, p.as_deref());
-            let q = QuantizedLinear::new(o, n, bits, group, false, codes, scales, zeros, g_idx, p).unwrap();
+            let q = QuantizedLinear::new(o, n, bits, group, false, codes, scales, zeros, g_idx, p)
+                .unwrap();
             let packed = q.to_packed().unwrap();
             let a = q.dequantize();
             let b = packed.dequantize();

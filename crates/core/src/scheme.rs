@@ -86,10 +86,12 @@ pub enum GroupSize {
 impl GroupSize {
     /// `Group(n)`, or an error for `n == 0`.
     pub fn group(n: usize) -> Result<Self> {
-        NonZeroUsize::new(n).map(GroupSize::Group).ok_or(Error::InvalidConfig {
-            field: "group_size",
-            reason: "group size must be positive",
-        })
+        NonZeroUsize::new(n)
+            .map(GroupSize::Group)
+            .ok_or(Error::InvalidConfig {
+                field: "group_size",
+                reason: "group size must be positive",
+            })
     }
 
     /// Number of groups along a row of `in_features` columns (1 unless `Group`).
@@ -138,14 +140,24 @@ impl QuantScheme {
     /// `sym = true` with [`RangeConvention::Awq`] is rejected with [`Error::InvalidConfig`]: the
     /// reference's symmetric AWQ path (`--no_zero_point`) raises a NameError, so there is no
     /// behaviour to reproduce. Use [`RangeConvention::Gptq`] for symmetric quantization.
-    pub fn new(bits: Bits, group: GroupSize, sym: bool, convention: RangeConvention) -> Result<Self> {
+    pub fn new(
+        bits: Bits,
+        group: GroupSize,
+        sym: bool,
+        convention: RangeConvention,
+    ) -> Result<Self> {
         if sym && convention == RangeConvention::Awq {
             return Err(Error::InvalidConfig {
                 field: "sym",
                 reason: "symmetric quantization is not defined for the AWQ range convention",
             });
         }
-        Ok(Self { bits, group, sym, convention })
+        Ok(Self {
+            bits,
+            group,
+            sym,
+            convention,
+        })
     }
 
     /// Bit width.
@@ -188,7 +200,11 @@ impl QuantParams {
 
 /// Minimum and maximum of `values` (`(+inf, -inf)` for an empty slice).
 pub fn min_max(values: &[f32]) -> (f32, f32) {
-    values.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+    values
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
 }
 
 /// Range `[xmin, xmax]` of a group after the convention's adjustments (before any MSE shrink).
@@ -230,7 +246,11 @@ pub fn params_from_range(xmin: f32, xmax: f32, scheme: &QuantScheme) -> QuantPar
     match scheme.convention {
         RangeConvention::Gptq => {
             let scale = (xmax - xmin) / maxq;
-            let zero = if scheme.sym { (maxq + 1.0) / 2.0 } else { round_half_even(-xmin / scale) };
+            let zero = if scheme.sym {
+                (maxq + 1.0) / 2.0
+            } else {
+                round_half_even(-xmin / scale)
+            };
             QuantParams { scale, zero }
         }
         RangeConvention::Awq => {
@@ -279,11 +299,22 @@ mod tests {
 
     #[test]
     fn ties_round_to_even() {
-        for (x, e) in [(0.5, 0.0), (1.5, 2.0), (2.5, 2.0), (-0.5, -0.0), (-1.5, -2.0), (-2.5, -2.0), (3.5, 4.0)] {
+        for (x, e) in [
+            (0.5, 0.0),
+            (1.5, 2.0),
+            (2.5, 2.0),
+            (-0.5, -0.0),
+            (-1.5, -2.0),
+            (-2.5, -2.0),
+            (3.5, 4.0),
+        ] {
             assert_eq!(round_half_even(x), e, "{x}");
         }
         // A tie inside quantize_code: x/scale = 2.5 -> 2, + zero.
-        let p = QuantParams { scale: 1.0, zero: 3.0 };
+        let p = QuantParams {
+            scale: 1.0,
+            zero: 3.0,
+        };
         assert_eq!(quantize_code(2.5, p, 15), 5);
         assert_eq!(quantize_code(3.5, p, 15), 7);
         assert_eq!(quantize_code(-0.5, p, 15), 3);
@@ -300,7 +331,9 @@ mod tests {
 
     #[test]
     fn sym_awq_rejected() {
-        assert!(QuantScheme::new(Bits::B4, GroupSize::PerChannel, true, RangeConvention::Awq).is_err());
+        assert!(
+            QuantScheme::new(Bits::B4, GroupSize::PerChannel, true, RangeConvention::Awq).is_err()
+        );
         assert!(GroupSize::group(0).is_err());
         assert_eq!(GroupSize::group(128).unwrap().n_groups(300), 3);
     }

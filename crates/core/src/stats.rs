@@ -42,7 +42,9 @@ unsafe impl Sync for DstPtr {}
 fn syrk_lower_blocks(dst: &mut [f32], d: usize, x: &[f32], rows: usize) {
     debug_assert!(dst.len() == d * d && x.len() == rows * d);
     let nb = d.div_ceil(SYRK_BLOCK);
-    let tiles: Vec<(usize, usize)> = (0..nb).flat_map(|bi| (0..=bi).map(move |bj| (bi, bj))).collect();
+    let tiles: Vec<(usize, usize)> = (0..nb)
+        .flat_map(|bi| (0..=bi).map(move |bj| (bi, bj)))
+        .collect();
     let ptr = DstPtr(dst.as_mut_ptr());
     let one_task = tiles.len() == 1 || rayon::current_num_threads() <= 1;
     let run = |&(bi, bj): &(usize, usize)| {
@@ -105,7 +107,11 @@ fn mirror_lower_to_upper(a: &mut [f32], d: usize) {
 impl Hessian {
     /// Zero matrix.
     pub fn new(dim: usize) -> Self {
-        Self { dim, data: vec![0.0; dim * dim], n_sequences: 0 }
+        Self {
+            dim,
+            data: vec![0.0; dim * dim],
+            n_sequences: 0,
+        }
     }
 
     /// Wraps an existing `[dim, dim]` matrix (see the type docs for `n_sequences`).
@@ -114,9 +120,17 @@ impl Hessian {
     /// [`Error::ShapeMismatch`] if `data.len() != dim²`.
     pub fn from_matrix(dim: usize, data: Vec<f32>, n_sequences: usize) -> Result<Self> {
         if data.len() != dim * dim {
-            return Err(Error::ShapeMismatch { what: "hessian", expected: dim * dim, actual: data.len() });
+            return Err(Error::ShapeMismatch {
+                what: "hessian",
+                expected: dim * dim,
+                actual: data.len(),
+            });
         }
-        Ok(Self { dim, data, n_sequences })
+        Ok(Self {
+            dim,
+            data,
+            n_sequences,
+        })
     }
 
     /// Adds one sequence `x` (`[rows, dim]`): `data += xᵀx`, `n_sequences += 1`.
@@ -131,10 +145,17 @@ impl Hessian {
     pub fn accumulate(&mut self, x: &[f32], rows: usize) -> Result<()> {
         let d = self.dim;
         if x.len() != rows * d {
-            return Err(Error::ShapeMismatch { what: "hessian input", expected: rows * d, actual: x.len() });
+            return Err(Error::ShapeMismatch {
+                what: "hessian input",
+                expected: rows * d,
+                actual: x.len(),
+            });
         }
         if let Some(i) = first_non_finite(x) {
-            return Err(Error::NonFinite { what: "hessian input", index: i });
+            return Err(Error::NonFinite {
+                what: "hessian input",
+                index: i,
+            });
         }
         self.n_sequences += 1;
         if rows == 0 || d == 0 {
@@ -174,7 +195,11 @@ pub struct ChannelStats {
 impl ChannelStats {
     /// Empty statistics for `dim` channels.
     pub fn new(dim: usize) -> Self {
-        Self { abs_max: vec![0.0; dim], abs_sum: vec![0.0; dim], count: 0 }
+        Self {
+            abs_max: vec![0.0; dim],
+            abs_sum: vec![0.0; dim],
+            count: 0,
+        }
     }
 
     /// Adds `rows` rows of `x` (`[rows, dim]`).
@@ -184,13 +209,25 @@ impl ChannelStats {
     pub fn accumulate(&mut self, x: &[f32], rows: usize) -> Result<()> {
         let d = self.abs_max.len();
         if x.len() != rows * d {
-            return Err(Error::ShapeMismatch { what: "channel stats input", expected: rows * d, actual: x.len() });
+            return Err(Error::ShapeMismatch {
+                what: "channel stats input",
+                expected: rows * d,
+                actual: x.len(),
+            });
         }
         if let Some(i) = first_non_finite(x) {
-            return Err(Error::NonFinite { what: "channel stats input", index: i });
+            return Err(Error::NonFinite {
+                what: "channel stats input",
+                index: i,
+            });
         }
         for row in x.chunks_exact(d.max(1)).take(rows) {
-            for ((m, s), &v) in self.abs_max.iter_mut().zip(self.abs_sum.iter_mut()).zip(row) {
+            for ((m, s), &v) in self
+                .abs_max
+                .iter_mut()
+                .zip(self.abs_sum.iter_mut())
+                .zip(row)
+            {
                 let a = v.abs();
                 *m = m.max(a);
                 *s += a as f64;
@@ -226,14 +263,19 @@ mod tests {
     #[test]
     fn hessian_matches_naive() {
         let (rows, d) = (37, 70);
-        let x: Vec<f32> = (0..rows * d).map(|i| ((i * 7919 % 113) as f32 - 56.0) / 17.0).collect();
+        let x: Vec<f32> = (0..rows * d)
+            .map(|i| ((i * 7919 % 113) as f32 - 56.0) / 17.0)
+            .collect();
         let mut h = Hessian::new(d);
         h.accumulate(&x, rows).unwrap();
         h.accumulate(&x, rows).unwrap();
         let s = h.scaled();
         for i in 0..d {
             for j in 0..d {
-                let naive: f64 = (0..rows).map(|p| x[p * d + i] as f64 * x[p * d + j] as f64).sum::<f64>() * 2.0;
+                let naive: f64 = (0..rows)
+                    .map(|p| x[p * d + i] as f64 * x[p * d + j] as f64)
+                    .sum::<f64>()
+                    * 2.0;
                 assert!((h.data[i * d + j] as f64 - naive).abs() <= 1e-4 * naive.abs().max(1.0));
                 // 2/N · Σ = 2/2 · (2·xᵀx)
                 assert!((s[i * d + j] as f64 - naive).abs() <= 1e-4 * naive.abs().max(1.0));
@@ -251,13 +293,20 @@ mod tests {
     fn hessian_multi_tile_matches_naive() {
         // 3 tiles of 256 (the last one ragged).
         let (rows, d) = (9, 600);
-        let x: Vec<f32> = (0..rows * d).map(|i| ((i * 7919 % 113) as f32 - 56.0) / 17.0).collect();
+        let x: Vec<f32> = (0..rows * d)
+            .map(|i| ((i * 7919 % 113) as f32 - 56.0) / 17.0)
+            .collect();
         let mut h = Hessian::new(d);
         h.accumulate(&x, rows).unwrap();
         for i in (0..d).step_by(7) {
             for j in 0..d {
-                let naive: f64 = (0..rows).map(|p| x[p * d + i] as f64 * x[p * d + j] as f64).sum();
-                assert!((h.data[i * d + j] as f64 - naive).abs() <= 1e-4 * naive.abs().max(1.0), "{i} {j}");
+                let naive: f64 = (0..rows)
+                    .map(|p| x[p * d + i] as f64 * x[p * d + j] as f64)
+                    .sum();
+                assert!(
+                    (h.data[i * d + j] as f64 - naive).abs() <= 1e-4 * naive.abs().max(1.0),
+                    "{i} {j}"
+                );
                 assert_eq!(h.data[i * d + j], h.data[j * d + i]);
             }
         }

@@ -32,12 +32,19 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>, EvalError> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| EvalError::parse(path, format!("line {}: {e}", i + 1))))
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| EvalError::parse(path, format!("line {}: {e}", i + 1)))
+        })
         .collect()
 }
 
 /// `row[field]` as a string.
-pub(crate) fn str_field<'a>(row: &'a serde_json::Value, field: &str, path: &Path) -> Result<&'a str, EvalError> {
+pub(crate) fn str_field<'a>(
+    row: &'a serde_json::Value,
+    field: &str,
+    path: &Path,
+) -> Result<&'a str, EvalError> {
     row.get(field)
         .and_then(|v| v.as_str())
         .ok_or_else(|| EvalError::parse(path, format!("missing string field {field:?}")))
@@ -56,23 +63,36 @@ pub(crate) fn py_strip(s: &str) -> &str {
 /// Reads an i32 tensor of a safetensors file as token ids.
 pub fn read_token_tensor(path: &Path, name: &str) -> Result<Vec<u32>, EvalError> {
     let bytes = std::fs::read(path).map_err(|e| EvalError::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| EvalError::parse(path, e.to_string()))?;
-    let t = st.tensor(name).map_err(|e| EvalError::parse(path, format!("tensor {name:?}: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| EvalError::parse(path, e.to_string()))?;
+    let t = st
+        .tensor(name)
+        .map_err(|e| EvalError::parse(path, format!("tensor {name:?}: {e}")))?;
     let data = t.data();
     let ids: Vec<i64> = match t.dtype() {
-        safetensors::Dtype::I32 => {
-            data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect()
-        }
+        safetensors::Dtype::I32 => data
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+            .collect(),
         safetensors::Dtype::I64 => data
             .chunks_exact(8)
             .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
             .collect(),
-        safetensors::Dtype::U32 => {
-            data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect()
+        safetensors::Dtype::U32 => data
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+            .collect(),
+        d => {
+            return Err(EvalError::parse(
+                path,
+                format!("tensor {name:?} has dtype {d:?}, expected an integer type"),
+            ))
         }
-        d => return Err(EvalError::parse(path, format!("tensor {name:?} has dtype {d:?}, expected an integer type"))),
     };
     ids.into_iter()
-        .map(|x| u32::try_from(x).map_err(|_| EvalError::parse(path, format!("negative/oversized token id {x}"))))
+        .map(|x| {
+            u32::try_from(x)
+                .map_err(|_| EvalError::parse(path, format!("negative/oversized token id {x}")))
+        })
         .collect()
 }

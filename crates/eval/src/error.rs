@@ -38,9 +38,15 @@ pub enum EvalError {
 
 impl EvalError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        EvalError::Io { path: path.into(), source }
+        EvalError::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub(crate) fn parse(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        EvalError::Parse { path: path.into(), message: message.into() }
+        EvalError::Parse {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }

@@ -48,8 +48,8 @@ mod error;
 pub mod mmlu;
 pub mod model;
 pub mod ppl;
-pub mod qwen3;
 mod progress;
+pub mod qwen3;
 pub mod report;
 pub mod tasks;
 

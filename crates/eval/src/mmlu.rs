@@ -31,7 +31,12 @@ pub const MMLU_SUBDIR: &str = "tasks/mmlu";
 pub const CHOICES: [&str; 4] = ["A", "B", "C", "D"];
 
 /// The four categories, in Hendrycks' order.
-pub const CATEGORIES: [&str; 4] = ["STEM", "humanities", "social sciences", "other (business, health, misc.)"];
+pub const CATEGORIES: [&str; 4] = [
+    "STEM",
+    "humanities",
+    "social sciences",
+    "other (business, health, misc.)",
+];
 
 /// Hendrycks' subject → subcategory map (`categories.py`).
 pub const SUBCATEGORIES: [(&str, &str); 57] = [
@@ -98,7 +103,9 @@ pub const SUBCATEGORIES: [(&str, &str); 57] = [
 pub fn category_of(subject: &str) -> Option<&'static str> {
     let sub = SUBCATEGORIES.iter().find(|(s, _)| *s == subject)?.1;
     Some(match sub {
-        "physics" | "chemistry" | "biology" | "computer science" | "math" | "engineering" => CATEGORIES[0],
+        "physics" | "chemistry" | "biology" | "computer science" | "math" | "engineering" => {
+            CATEGORIES[0]
+        }
         "history" | "philosophy" | "law" => CATEGORIES[1],
         "politics" | "culture" | "economics" | "geography" | "psychology" => CATEGORIES[2],
         _ => CATEGORIES[3],
@@ -161,8 +168,8 @@ impl Default for MmluOptions {
 
 /// pandas' default NA strings (`pandas._libs.parsers.STR_NA_VALUES`, pandas 2.x).
 const PANDAS_NA: [&str; 19] = [
-    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
-    "NULL", "NaN", "None", "n/a", "nan", "null",
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
 ];
 
 fn cell(s: &str, pandas_na: bool) -> String {
@@ -183,15 +190,25 @@ pub fn load_csv(path: &Path, pandas_na: bool) -> Result<Vec<MmluQuestion>, EvalE
     for (i, rec) in rdr.records().enumerate() {
         let rec = rec.map_err(|e| EvalError::parse(path, e.to_string()))?;
         if rec.len() != 6 {
-            return Err(EvalError::parse(path, format!("row {}: {} columns, expected 6", i + 1, rec.len())));
+            return Err(EvalError::parse(
+                path,
+                format!("row {}: {} columns, expected 6", i + 1, rec.len()),
+            ));
         }
         let answer = CHOICES
             .iter()
             .position(|c| *c == rec[5].trim())
-            .ok_or_else(|| EvalError::parse(path, format!("row {}: answer {:?}", i + 1, &rec[5])))?;
+            .ok_or_else(|| {
+                EvalError::parse(path, format!("row {}: answer {:?}", i + 1, &rec[5]))
+            })?;
         out.push(MmluQuestion {
             question: cell(&rec[0], pandas_na),
-            choices: [cell(&rec[1], pandas_na), cell(&rec[2], pandas_na), cell(&rec[3], pandas_na), cell(&rec[4], pandas_na)],
+            choices: [
+                cell(&rec[1], pandas_na),
+                cell(&rec[2], pandas_na),
+                cell(&rec[3], pandas_na),
+                cell(&rec[4], pandas_na),
+            ],
             answer,
         });
     }
@@ -204,7 +221,12 @@ pub fn list_subjects(mmlu_dir: &Path) -> Result<Vec<String>, EvalError> {
     let mut subjects: Vec<String> = std::fs::read_dir(&dir)
         .map_err(|e| EvalError::io(&dir, e))?
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix("_test.csv")).map(str::to_string))
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix("_test.csv"))
+                .map(str::to_string)
+        })
         .collect();
     subjects.sort();
     Ok(subjects)
@@ -226,10 +248,14 @@ pub fn format_example(q: &MmluQuestion, include_answer: bool) -> String {
 /// Header plus the first `k` dev examples.
 pub fn gen_prompt(dev: &[MmluQuestion], subject: &str, k: usize, style: SubjectStyle) -> String {
     let subject = match style {
-        SubjectStyle::Hendrycks => subject.split('_').map(|w| format!(" {w}")).collect::<String>(),
+        SubjectStyle::Hendrycks => subject
+            .split('_')
+            .map(|w| format!(" {w}"))
+            .collect::<String>(),
         SubjectStyle::Plain => subject.replace('_', " "),
     };
-    let mut s = format!("The following are multiple choice questions (with answers) about {subject}.\n\n");
+    let mut s =
+        format!("The following are multiple choice questions (with answers) about {subject}.\n\n");
     for q in &dev[..k.min(dev.len())] {
         s.push_str(&format_example(q, true));
     }
@@ -302,7 +328,10 @@ pub struct MmluResult {
 pub fn choice_ids(encoder: &dyn TextEncoder) -> Result<[u32; 4], EvalError> {
     let mut out = [0u32; 4];
     for (o, c) in out.iter_mut().zip(CHOICES) {
-        *o = *encoder.encode(c)?.last().ok_or_else(|| EvalError::Tokenizer(format!("{c:?} encodes to nothing")))?;
+        *o = *encoder
+            .encode(c)?
+            .last()
+            .ok_or_else(|| EvalError::Tokenizer(format!("{c:?} encodes to nothing")))?;
     }
     Ok(out)
 }
@@ -324,7 +353,10 @@ pub fn run_mmlu(
     // (subject index, prompt, answer)
     let mut items: Vec<(usize, MmluPrompt, usize)> = Vec::new();
     for (si, subject) in subjects.iter().enumerate() {
-        let dev = load_csv(&mmlu_dir.join("dev").join(format!("{subject}_dev.csv")), opts.pandas_na)?;
+        let dev = load_csv(
+            &mmlu_dir.join("dev").join(format!("{subject}_dev.csv")),
+            opts.pandas_na,
+        )?;
         let test_path: PathBuf = mmlu_dir.join("test").join(format!("{subject}_test.csv"));
         let mut test = load_csv(&test_path, opts.pandas_na)?;
         if let Some(l) = opts.limit_per_subject {
@@ -348,7 +380,11 @@ pub fn run_mmlu(
         for (&i, row) in chunk.iter().zip(&logits) {
             let scores: Vec<f64> = ids
                 .iter()
-                .map(|&t| row.get(t as usize).map(|&x| x as f64).ok_or_else(|| EvalError::Model("short logits row".into())))
+                .map(|&t| {
+                    row.get(t as usize)
+                        .map(|&x| x as f64)
+                        .ok_or_else(|| EvalError::Model("short logits row".into()))
+                })
                 .collect::<Result<_, _>>()?;
             correct[i] = (crate::tasks::argmax(&scores) == items[i].2) as u8 as f64;
         }
@@ -356,18 +392,39 @@ pub fn run_mmlu(
     }
     pb.finish_and_clear();
     let group = |pred: &dyn Fn(usize) -> bool| {
-        let v: Vec<f64> = items.iter().zip(&correct).filter(|((s, _, _), _)| pred(*s)).map(|(_, &c)| c).collect();
-        GroupAcc { acc: if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 }, n: v.len() }
+        let v: Vec<f64> = items
+            .iter()
+            .zip(&correct)
+            .filter(|((s, _, _), _)| pred(*s))
+            .map(|(_, &c)| c)
+            .collect();
+        GroupAcc {
+            acc: if v.is_empty() {
+                f64::NAN
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            },
+            n: v.len(),
+        }
     };
-    let subj_res: Vec<(String, GroupAcc)> =
-        subjects.iter().enumerate().map(|(si, s)| (s.clone(), group(&|x| x == si))).collect();
+    let subj_res: Vec<(String, GroupAcc)> = subjects
+        .iter()
+        .enumerate()
+        .map(|(si, s)| (s.clone(), group(&|x| x == si)))
+        .collect();
     let categories = CATEGORIES
         .iter()
-        .map(|c| (c.to_string(), group(&|x| category_of(&subjects[x]) == Some(c))))
+        .map(|c| {
+            (
+                c.to_string(),
+                group(&|x| category_of(&subjects[x]) == Some(c)),
+            )
+        })
         .filter(|(_, g)| g.n > 0)
         .collect();
     let (acc, acc_stderr) = mean_and_stderr(&correct);
-    let mean_shots = items.iter().map(|(_, p, _)| p.k as f64).sum::<f64>() / items.len().max(1) as f64;
+    let mean_shots =
+        items.iter().map(|(_, p, _)| p.k as f64).sum::<f64>() / items.len().max(1) as f64;
     Ok(MmluResult {
         acc,
         acc_stderr,

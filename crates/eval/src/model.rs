@@ -20,9 +20,16 @@ pub trait LanguageModel: Send + Sync {
     /// For each sequence `s` of length `n ≥ 1`: the model is run on `s[..n-1]` and
     /// `result[i][t] = log p(s[t+1] | s[..=t])` for `t < n-1` (so `n-1` values; empty for `n = 1`).
     fn target_logprobs(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, EvalError> {
-        let inputs: Vec<&[u32]> = seqs.iter().map(|s| &s[..s.len().saturating_sub(1)]).collect();
+        let inputs: Vec<&[u32]> = seqs
+            .iter()
+            .map(|s| &s[..s.len().saturating_sub(1)])
+            .collect();
         let nonempty: Vec<&[u32]> = inputs.iter().copied().filter(|s| !s.is_empty()).collect();
-        let mut all = if nonempty.is_empty() { Vec::new() } else { self.logits(&nonempty)? };
+        let mut all = if nonempty.is_empty() {
+            Vec::new()
+        } else {
+            self.logits(&nonempty)?
+        };
         let vocab = self.vocab_size();
         let mut out = Vec::with_capacity(seqs.len());
         let mut it = all.drain(..);
@@ -31,7 +38,9 @@ pub trait LanguageModel: Send + Sync {
                 out.push(Vec::new());
                 continue;
             }
-            let logits = it.next().ok_or_else(|| EvalError::Model("too few logits rows returned".into()))?;
+            let logits = it
+                .next()
+                .ok_or_else(|| EvalError::Model("too few logits rows returned".into()))?;
             check_len(&logits, inp.len(), vocab)?;
             let lp = (0..inp.len())
                 .map(|t| token_logprob(&logits[t * vocab..(t + 1) * vocab], seq[t + 1] as usize))
@@ -46,7 +55,11 @@ pub trait LanguageModel: Send + Sync {
         let vocab = self.vocab_size();
         let all = self.logits(seqs)?;
         if all.len() != seqs.len() {
-            return Err(EvalError::Model(format!("{} logits rows for {} sequences", all.len(), seqs.len())));
+            return Err(EvalError::Model(format!(
+                "{} logits rows for {} sequences",
+                all.len(),
+                seqs.len()
+            )));
         }
         all.into_iter()
             .zip(seqs)
@@ -91,8 +104,11 @@ pub fn log_sum_exp(row: &[f32]) -> f64 {
 
 /// `log_softmax(row)[target]`, computed stably (see [`log_sum_exp`]).
 pub fn token_logprob(row: &[f32], target: usize) -> Result<f32, EvalError> {
-    let x = *row
-        .get(target)
-        .ok_or_else(|| EvalError::InvalidInput(format!("token id {target} outside vocabulary of {}", row.len())))?;
+    let x = *row.get(target).ok_or_else(|| {
+        EvalError::InvalidInput(format!(
+            "token id {target} outside vocabulary of {}",
+            row.len()
+        ))
+    })?;
     Ok((x as f64 - log_sum_exp(row)) as f32)
 }

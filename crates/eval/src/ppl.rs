@@ -42,7 +42,12 @@ pub struct PplOptions {
 
 impl Default for PplOptions {
     fn default() -> Self {
-        PplOptions { seq_len: 2048, max_windows: None, batch_size: 1, stride: None }
+        PplOptions {
+            seq_len: 2048,
+            max_windows: None,
+            batch_size: 1,
+            stride: None,
+        }
     }
 }
 
@@ -65,10 +70,15 @@ pub struct PplResult {
 
 /// `(start, end, first_scored_target)` of each window: the window is `ids[start..end]` and the
 /// targets `ids[t]` for `t ∈ [first_scored_target, end)` are scored.
-pub fn plan_windows(n_tokens: usize, opts: &PplOptions) -> Result<Vec<(usize, usize, usize)>, EvalError> {
+pub fn plan_windows(
+    n_tokens: usize,
+    opts: &PplOptions,
+) -> Result<Vec<(usize, usize, usize)>, EvalError> {
     let l = opts.seq_len;
     if l < 2 {
-        return Err(EvalError::InvalidInput(format!("seq_len must be at least 2, got {l}")));
+        return Err(EvalError::InvalidInput(format!(
+            "seq_len must be at least 2, got {l}"
+        )));
     }
     let mut out = Vec::new();
     match opts.stride {
@@ -80,7 +90,9 @@ pub fn plan_windows(n_tokens: usize, opts: &PplOptions) -> Result<Vec<(usize, us
         }
         Some(s) => {
             if s == 0 || s > l {
-                return Err(EvalError::InvalidInput(format!("stride must be in 1..={l}, got {s}")));
+                return Err(EvalError::InvalidInput(format!(
+                    "stride must be in 1..={l}, got {s}"
+                )));
             }
             let mut prev_end = 0usize;
             let mut begin = 0usize;
@@ -127,14 +139,22 @@ pub fn evaluate_ppl(
         let seqs: Vec<&[u32]> = chunk.iter().map(|&(b, e, _)| &ids[b..e]).collect();
         let lps = model.target_logprobs(&seqs)?;
         if lps.len() != seqs.len() {
-            return Err(EvalError::Model(format!("{} results for {} windows", lps.len(), seqs.len())));
+            return Err(EvalError::Model(format!(
+                "{} results for {} windows",
+                lps.len(),
+                seqs.len()
+            )));
         }
         let sums: Vec<(f64, usize)> = chunk
             .par_iter()
             .zip(lps.par_iter())
             .map(|(&(b, e, first), lp)| {
                 if lp.len() != e - b - 1 {
-                    return Err(EvalError::Model(format!("{} log-probs for a window of {}", lp.len(), e - b)));
+                    return Err(EvalError::Model(format!(
+                        "{} log-probs for a window of {}",
+                        lp.len(),
+                        e - b
+                    )));
                 }
                 // lp[t - b - 1] = log p(ids[t] | ids[b..t]).
                 let s: f64 = lp[first - b - 1..].iter().map(|&x| -(x as f64)).sum();
@@ -148,9 +168,13 @@ pub fn evaluate_ppl(
     pb.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
     let mean_nll = match opts.stride {
-        None => per_window.iter().map(|&(s, n)| s / n as f64).sum::<f64>() / per_window.len() as f64,
+        None => {
+            per_window.iter().map(|&(s, n)| s / n as f64).sum::<f64>() / per_window.len() as f64
+        }
         Some(_) => {
-            let (s, n) = per_window.iter().fold((0.0, 0usize), |(a, b), &(s, n)| (a + s, b + n));
+            let (s, n) = per_window
+                .iter()
+                .fold((0.0, 0usize), |(a, b), &(s, n)| (a + s, b + n));
             s / n as f64
         }
     };
@@ -160,7 +184,11 @@ pub fn evaluate_ppl(
         seq_len: opts.seq_len,
         tokens,
         seconds,
-        tokens_per_s: if seconds > 0.0 { tokens as f64 / seconds } else { 0.0 },
+        tokens_per_s: if seconds > 0.0 {
+            tokens as f64 / seconds
+        } else {
+            0.0
+        },
     })
 }
 
@@ -257,9 +285,19 @@ pub const C4_PAPER_SEQ_LEN: usize = 2048;
 pub fn dataset_text(dataset: &Dataset, data_dir: &Path) -> Result<Option<String>, EvalError> {
     Ok(match dataset {
         Dataset::Docs | Dataset::C4Paper { .. } => None,
-        Dataset::WikiText2 => Some(join_field(&data_dir.join("wikitext2/wikitext-2-raw-v1.test.jsonl"), "text", "\n\n", None)?),
+        Dataset::WikiText2 => Some(join_field(
+            &data_dir.join("wikitext2/wikitext-2-raw-v1.test.jsonl"),
+            "text",
+            "\n\n",
+            None,
+        )?),
         Dataset::WikiText2Raw => Some(read_text(&data_dir.join("wikitext2/wiki.test.raw"))?),
-        Dataset::C4Sample => Some(join_field(&c4_sample_path(data_dir)?, "text", " ", Some(GPTQ_C4_DOCS))?),
+        Dataset::C4Sample => Some(join_field(
+            &c4_sample_path(data_dir)?,
+            "text",
+            " ",
+            Some(GPTQ_C4_DOCS),
+        )?),
         Dataset::TextFile(p) => Some(read_text(p)?),
         Dataset::JsonlField { path, field } => Some(join_field(path, field, "\n\n", None)?),
     })
@@ -270,16 +308,29 @@ fn c4_sample_path(data_dir: &Path) -> Result<PathBuf, EvalError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map_err(|e| EvalError::io(&dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.to_string_lossy().ends_with(".jsonl.gz") || p.to_string_lossy().ends_with(".jsonl"))
+        .filter(|p| {
+            p.to_string_lossy().ends_with(".jsonl.gz") || p.to_string_lossy().ends_with(".jsonl")
+        })
         .collect();
     files.sort();
-    files.into_iter().next().ok_or_else(|| EvalError::parse(&dir, "no C4 *.jsonl[.gz] sample"))
+    files
+        .into_iter()
+        .next()
+        .ok_or_else(|| EvalError::parse(&dir, "no C4 *.jsonl[.gz] sample"))
 }
 
-fn join_field(path: &Path, field: &str, sep: &str, max_rows: Option<usize>) -> Result<String, EvalError> {
+fn join_field(
+    path: &Path,
+    field: &str,
+    sep: &str,
+    max_rows: Option<usize>,
+) -> Result<String, EvalError> {
     let rows = read_jsonl(path)?;
     let n = max_rows.unwrap_or(rows.len()).min(rows.len());
-    let parts = rows[..n].iter().map(|r| str_field(r, field, path)).collect::<Result<Vec<_>, _>>()?;
+    let parts = rows[..n]
+        .iter()
+        .map(|r| str_field(r, field, path))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(parts.join(sep))
 }
 
@@ -291,10 +342,14 @@ pub fn load_dataset(
     encoder: Option<&dyn TextEncoder>,
 ) -> Result<LoadedDataset, EvalError> {
     let name = dataset.name();
-    let need = || encoder.ok_or_else(|| EvalError::InvalidInput(format!("dataset {name} needs a tokenizer")));
+    let need = || {
+        encoder.ok_or_else(|| EvalError::InvalidInput(format!("dataset {name} needs a tokenizer")))
+    };
     let mut warnings = Vec::new();
     let ids = match dataset {
-        Dataset::Docs => read_token_tensor(&data_dir.join("docs/docs.tokens.safetensors"), "valid")?,
+        Dataset::Docs => {
+            read_token_tensor(&data_dir.join("docs/docs.tokens.safetensors"), "valid")?
+        }
         Dataset::C4Paper { path } => {
             let enc = need()?;
             let rows = read_jsonl(path)?;
@@ -308,7 +363,11 @@ pub fn load_dataset(
             enc.encode(&text)?
         }
     };
-    Ok(LoadedDataset { name, ids, warnings })
+    Ok(LoadedDataset {
+        name,
+        ids,
+        warnings,
+    })
 }
 
 /// Builds the paper's C4 windows from the shard's rows: the concatenation of the full-length
@@ -323,12 +382,17 @@ pub fn c4_paper_windows(
     let mut warnings = Vec::new();
     for (i, &(doc, off)) in C4_PAPER_WINDOWS.iter().enumerate() {
         let Some(row) = rows.get(doc) else {
-            warnings.push(format!("c4 window {i}: document {doc} not in shard of {} docs; skipped", rows.len()));
+            warnings.push(format!(
+                "c4 window {i}: document {doc} not in shard of {} docs; skipped",
+                rows.len()
+            ));
             continue;
         };
         let toks = match cache.entry(doc) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(encoder.encode(str_field(row, "text", path)?)?),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(encoder.encode(str_field(row, "text", path)?)?)
+            }
         };
         if off + C4_PAPER_SEQ_LEN > toks.len() {
             warnings.push(format!(

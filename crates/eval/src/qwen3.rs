@@ -31,13 +31,19 @@ fn by_length(seqs: &[&[u32]]) -> Vec<Vec<usize>> {
 }
 
 /// Final hidden states of a group of equal-length sequences, `[group·len, hidden]`.
-fn hidden_of_group(model: &Qwen3Model, seqs: &[&[u32]], group: &[usize]) -> Result<Vec<f32>, EvalError> {
+fn hidden_of_group(
+    model: &Qwen3Model,
+    seqs: &[&[u32]],
+    group: &[usize],
+) -> Result<Vec<f32>, EvalError> {
     let len = seqs[group[0]].len();
     let mut ids = Vec::with_capacity(group.len() * len);
     for &i in group {
         ids.extend_from_slice(seqs[i]);
     }
-    model.forward_hidden(&ids, group.len(), len).map_err(model_err)
+    model
+        .forward_hidden(&ids, group.len(), len)
+        .map_err(model_err)
 }
 
 impl LanguageModel for Qwen3Model {
@@ -63,7 +69,10 @@ impl LanguageModel for Qwen3Model {
     }
 
     fn target_logprobs(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, EvalError> {
-        let inputs: Vec<&[u32]> = seqs.iter().map(|s| &s[..s.len().saturating_sub(1)]).collect();
+        let inputs: Vec<&[u32]> = seqs
+            .iter()
+            .map(|s| &s[..s.len().saturating_sub(1)])
+            .collect();
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); seqs.len()];
         let (hd, v) = (self.config.hidden_size, self.config.vocab_size);
         for group in by_length(&inputs) {
@@ -73,13 +82,21 @@ impl LanguageModel for Qwen3Model {
             }
             let h = hidden_of_group(self, &inputs, &group)?;
             // Targets of every row of the group, in row order.
-            let targets: Vec<usize> =
-                group.iter().flat_map(|&i| seqs[i][1..].iter().map(|&t| t as usize)).collect();
+            let targets: Vec<usize> = group
+                .iter()
+                .flat_map(|&i| seqs[i][1..].iter().map(|&t| t as usize))
+                .collect();
             if let Some(&bad) = targets.iter().find(|&&t| t >= v) {
-                return Err(EvalError::InvalidInput(format!("target token {bad} outside the vocabulary of {v}")));
+                return Err(EvalError::InvalidInput(format!(
+                    "target token {bad} outside the vocabulary of {v}"
+                )));
             }
             let mut lps = vec![0.0f32; targets.len()];
-            for (block, (hb, lb)) in h.chunks(LM_HEAD_ROWS * hd).zip(lps.chunks_mut(LM_HEAD_ROWS)).enumerate() {
+            for (block, (hb, lb)) in h
+                .chunks(LM_HEAD_ROWS * hd)
+                .zip(lps.chunks_mut(LM_HEAD_ROWS))
+                .enumerate()
+            {
                 let logits = self.lm_head(hb).map_err(model_err)?;
                 lb.par_iter_mut().enumerate().for_each(|(r, lp)| {
                     let row = &logits[r * v..(r + 1) * v];
@@ -103,8 +120,13 @@ impl LanguageModel for Qwen3Model {
                 return Err(EvalError::InvalidInput("empty sequence".into()));
             }
             let h = hidden_of_group(self, seqs, &group)?;
-            let last: Vec<f32> =
-                (0..group.len()).flat_map(|j| h[((j + 1) * len - 1) * hd..(j + 1) * len * hd].iter().copied()).collect();
+            let last: Vec<f32> = (0..group.len())
+                .flat_map(|j| {
+                    h[((j + 1) * len - 1) * hd..(j + 1) * len * hd]
+                        .iter()
+                        .copied()
+                })
+                .collect();
             let logits = self.lm_head(&last).map_err(model_err)?;
             let v = self.config.vocab_size;
             for (j, &i) in group.iter().enumerate() {

@@ -148,8 +148,19 @@ impl From<&MmluResult> for TaskMetrics {
             acc_norm: None,
             n: r.n,
             acc_norm_stderr: None,
-            categories: Some(r.categories.iter().map(|(k, g)| (k.clone(), g.acc)).collect()),
-            subjects: Some(r.subjects.iter().filter(|(_, g)| g.n > 0).map(|(k, g)| (k.clone(), g.acc)).collect()),
+            categories: Some(
+                r.categories
+                    .iter()
+                    .map(|(k, g)| (k.clone(), g.acc))
+                    .collect(),
+            ),
+            subjects: Some(
+                r.subjects
+                    .iter()
+                    .filter(|(_, g)| g.n > 0)
+                    .map(|(k, g)| (k.clone(), g.acc))
+                    .collect(),
+            ),
         }
     }
 }
@@ -190,7 +201,10 @@ impl MetricKey {
 impl EvalReport {
     /// A report for `model` with no results yet.
     pub fn new(model: impl Into<String>) -> Self {
-        EvalReport { model: model.into(), ..Default::default() }
+        EvalReport {
+            model: model.into(),
+            ..Default::default()
+        }
     }
     /// Adds a perplexity result.
     pub fn add_ppl(&mut self, dataset: impl Into<String>, r: PplResult) {
@@ -214,7 +228,11 @@ impl EvalReport {
     }
     /// Every metric present, in report order (ppl first, then acc/acc_norm per task).
     pub fn metric_keys(&self) -> Vec<MetricKey> {
-        let mut v: Vec<MetricKey> = self.ppl.keys().map(|k| MetricKey::Ppl(k.to_string())).collect();
+        let mut v: Vec<MetricKey> = self
+            .ppl
+            .keys()
+            .map(|k| MetricKey::Ppl(k.to_string()))
+            .collect();
         for (k, t) in &self.tasks.0 {
             v.push(MetricKey::Acc(k.clone()));
             if t.acc_norm.is_some() {
@@ -253,7 +271,13 @@ impl EvalReport {
             s.push_str("| task | acc | ± | acc_norm | n |\n|---|---:|---:|---:|---:|\n");
             for (k, t) in &self.tasks.0 {
                 let norm = t.acc_norm.map_or("–".to_string(), |x| format!("{:.4}", x));
-                let _ = writeln!(s, "| {k} | {:.4} | {} | {norm} | {} |", t.acc, fmt_opt(t.acc_stderr), t.n);
+                let _ = writeln!(
+                    s,
+                    "| {k} | {:.4} | {} | {norm} | {} |",
+                    t.acc,
+                    fmt_opt(t.acc_stderr),
+                    t.n
+                );
             }
         }
         s
@@ -325,14 +349,20 @@ pub fn sweep_markdown(entries: &[SweepEntry]) -> String {
 /// Writes the sweep as CSV (same columns as [`sweep_markdown`], raw values, empty when missing).
 pub fn write_sweep_csv(entries: &[SweepEntry], path: &Path) -> Result<(), EvalError> {
     let cols = sweep_columns(entries);
-    let mut w = csv::Writer::from_path(path).map_err(|e| EvalError::Report(format!("{}: {e}", path.display())))?;
+    let mut w = csv::Writer::from_path(path)
+        .map_err(|e| EvalError::Report(format!("{}: {e}", path.display())))?;
     let err = |e: csv::Error| EvalError::Report(format!("{}: {e}", path.display()));
     let mut header = vec!["label".to_string(), "method".into(), "bits".into()];
     header.extend(cols.iter().map(MetricKey::label));
     w.write_record(&header).map_err(err)?;
     for e in entries {
         let mut row = vec![e.label.clone(), e.method.clone(), e.bits.to_string()];
-        row.extend(cols.iter().map(|c| e.report.metric(c).map(|v| v.to_string()).unwrap_or_default()));
+        row.extend(cols.iter().map(|c| {
+            e.report
+                .metric(c)
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        }));
         w.write_record(&row).map_err(err)?;
     }
     w.flush().map_err(|e| EvalError::io(path, e))
@@ -351,7 +381,11 @@ pub struct PlotOptions {
 
 impl Default for PlotOptions {
     fn default() -> Self {
-        PlotOptions { width: 800, height: 600, log_y: false }
+        PlotOptions {
+            width: 800,
+            height: 600,
+            log_y: false,
+        }
     }
 }
 
@@ -379,7 +413,13 @@ pub fn plot_metric_vs_bits(
     opts: &PlotOptions,
 ) -> Result<Legend, EvalError> {
     use plotters::prelude::*;
-    let tr = |y: f64| if opts.log_y { y.max(f64::MIN_POSITIVE).log10() } else { y };
+    let tr = |y: f64| {
+        if opts.log_y {
+            y.max(f64::MIN_POSITIVE).log10()
+        } else {
+            y
+        }
+    };
     let mut methods: Vec<String> = Vec::new();
     for e in entries {
         if !methods.contains(&e.method) {
@@ -392,7 +432,12 @@ pub fn plot_metric_vs_bits(
             let mut pts: Vec<(f64, f64)> = entries
                 .iter()
                 .filter(|e| &e.method == m)
-                .filter_map(|e| e.report.metric(metric).filter(|v| v.is_finite()).map(|v| (e.bits, tr(v))))
+                .filter_map(|e| {
+                    e.report
+                        .metric(metric)
+                        .filter(|v| v.is_finite())
+                        .map(|v| (e.bits, tr(v)))
+                })
                 .collect();
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
             (m.clone(), pts)
@@ -400,14 +445,23 @@ pub fn plot_metric_vs_bits(
         .collect();
     let all: Vec<(f64, f64)> = series.iter().flat_map(|(_, p)| p.iter().copied()).collect();
     if all.is_empty() {
-        return Err(EvalError::Report(format!("no finite values of {} to plot", metric.label())));
+        return Err(EvalError::Report(format!(
+            "no finite values of {} to plot",
+            metric.label()
+        )));
     }
     let pad = |lo: f64, hi: f64| {
         let d = if hi > lo { (hi - lo) * 0.05 } else { 0.5 };
         (lo - d)..(hi + d)
     };
-    let xr = pad(all.iter().map(|p| p.0).fold(f64::INFINITY, f64::min), all.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max));
-    let yr = pad(all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min), all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max));
+    let xr = pad(
+        all.iter().map(|p| p.0).fold(f64::INFINITY, f64::min),
+        all.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max),
+    );
+    let yr = pad(
+        all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min),
+        all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max),
+    );
     let perr = |e: &dyn std::fmt::Display| EvalError::Report(format!("{}: {e}", path.display()));
     let root = BitMapBackend::new(path, (opts.width, opts.height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| perr(&e))?;
@@ -420,18 +474,33 @@ pub fn plot_metric_vs_bits(
     let mut b = xr.start.ceil() as i64;
     while (b as f64) <= xr.end {
         chart
-            .draw_series(LineSeries::new([(b as f64, yr.start), (b as f64, yr.end)], grey))
+            .draw_series(LineSeries::new(
+                [(b as f64, yr.start), (b as f64, yr.end)],
+                grey,
+            ))
             .map_err(|e| perr(&e))?;
         b += 1;
     }
-    let frame = [(xr.start, yr.start), (xr.end, yr.start), (xr.end, yr.end), (xr.start, yr.end), (xr.start, yr.start)];
-    chart.draw_series(LineSeries::new(frame, BLACK)).map_err(|e| perr(&e))?;
+    let frame = [
+        (xr.start, yr.start),
+        (xr.end, yr.start),
+        (xr.end, yr.end),
+        (xr.start, yr.end),
+        (xr.start, yr.start),
+    ];
+    chart
+        .draw_series(LineSeries::new(frame, BLACK))
+        .map_err(|e| perr(&e))?;
     let mut legend = Vec::new();
     for (i, (m, pts)) in series.iter().enumerate() {
         let (r, g, bl) = PALETTE[i % PALETTE.len()];
         let c = RGBColor(r, g, bl);
-        chart.draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2))).map_err(|e| perr(&e))?;
-        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(|e| perr(&e))?;
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+            .map_err(|e| perr(&e))?;
+        chart
+            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))
+            .map_err(|e| perr(&e))?;
         legend.push((m.clone(), (r, g, bl)));
     }
     root.present().map_err(|e| perr(&e))?;

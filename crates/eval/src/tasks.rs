@@ -55,8 +55,15 @@ pub enum Task {
 
 impl Task {
     /// All tasks, in the paper's order (OpenBookQA last, an extra).
-    pub const ALL: [Task; 7] =
-        [Task::Piqa, Task::ArcEasy, Task::ArcChallenge, Task::Hellaswag, Task::Winogrande, Task::Boolq, Task::Openbookqa];
+    pub const ALL: [Task; 7] = [
+        Task::Piqa,
+        Task::ArcEasy,
+        Task::ArcChallenge,
+        Task::Hellaswag,
+        Task::Winogrande,
+        Task::Boolq,
+        Task::Openbookqa,
+    ];
 
     /// lm-eval's task name (`piqa`, `arc_easy`, …).
     pub fn name(self) -> &'static str {
@@ -120,7 +127,9 @@ pub struct McDoc {
 /// multi-character upper cases (`ß` → `Ss`, `ﬁ` → `Fi`) handled as Python does.
 pub fn py_capitalize(s: &str) -> String {
     let mut chars = s.chars();
-    let Some(c) = chars.next() else { return String::new() };
+    let Some(c) = chars.next() else {
+        return String::new();
+    };
     let mut out = match c {
         'Ǆ' | 'ǅ' | 'ǆ' => "ǅ".to_string(),
         'Ǉ' | 'ǈ' | 'ǉ' => "ǈ".to_string(),
@@ -129,7 +138,9 @@ pub fn py_capitalize(s: &str) -> String {
         _ => {
             let mut up = c.to_uppercase();
             let first = up.next().unwrap_or(c);
-            std::iter::once(first).chain(up.flat_map(char::to_lowercase)).collect()
+            std::iter::once(first)
+                .chain(up.flat_map(char::to_lowercase))
+                .collect()
         }
     };
     out.extend(chars.flat_map(char::to_lowercase));
@@ -159,13 +170,22 @@ pub fn hellaswag_preprocess(text: &str) -> String {
     out.replace("  ", " ")
 }
 
-fn get<'a>(row: &'a serde_json::Value, field: &str, path: &Path) -> Result<&'a serde_json::Value, EvalError> {
-    row.get(field).ok_or_else(|| EvalError::parse(path, format!("missing field {field:?}")))
+fn get<'a>(
+    row: &'a serde_json::Value,
+    field: &str,
+    path: &Path,
+) -> Result<&'a serde_json::Value, EvalError> {
+    row.get(field)
+        .ok_or_else(|| EvalError::parse(path, format!("missing field {field:?}")))
 }
 
 fn str_list(v: &serde_json::Value, what: &str, path: &Path) -> Result<Vec<String>, EvalError> {
     v.as_array()
-        .and_then(|a| a.iter().map(|x| x.as_str().map(str::to_string)).collect::<Option<Vec<_>>>())
+        .and_then(|a| {
+            a.iter()
+                .map(|x| x.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+        })
         .ok_or_else(|| EvalError::parse(path, format!("{what} is not a list of strings")))
 }
 
@@ -178,7 +198,13 @@ fn int_like(v: &serde_json::Value, what: &str, path: &Path) -> Result<usize, Eva
 
 fn choice_doc(context: String, choices: Vec<String>, gold: usize) -> McDoc {
     McDoc {
-        requests: choices.iter().map(|c| Request { context: context.clone(), continuation: format!(" {c}") }).collect(),
+        requests: choices
+            .iter()
+            .map(|c| Request {
+                context: context.clone(),
+                continuation: format!(" {c}"),
+            })
+            .collect(),
         choice_lens: choices.iter().map(|c| c.chars().count()).collect(),
         gold,
     }
@@ -198,21 +224,23 @@ pub fn build_doc(task: Task, row: &serde_json::Value, path: &Path) -> Result<McD
             let texts = str_list(get(choices, "text", path)?, "choices.text", path)?;
             let labels = str_list(get(choices, "label", path)?, "choices.label", path)?;
             let key = s("answerKey")?;
-            let gold = labels
-                .iter()
-                .position(|l| l == key)
-                .ok_or_else(|| EvalError::parse(path, format!("answerKey {key:?} not in labels")))?;
-            choice_doc(format!("Question: {}\nAnswer:", s("question")?), texts, gold)
+            let gold = labels.iter().position(|l| l == key).ok_or_else(|| {
+                EvalError::parse(path, format!("answerKey {key:?} not in labels"))
+            })?;
+            choice_doc(
+                format!("Question: {}\nAnswer:", s("question")?),
+                texts,
+                gold,
+            )
         }
         Task::Openbookqa => {
             let choices = get(row, "choices", path)?;
             let texts = str_list(get(choices, "text", path)?, "choices.text", path)?;
             let labels = str_list(get(choices, "label", path)?, "choices.label", path)?;
             let key = s("answerKey")?.trim_start_matches(py_isspace);
-            let gold = labels
-                .iter()
-                .position(|l| l == key)
-                .ok_or_else(|| EvalError::parse(path, format!("answerKey {key:?} not in labels")))?;
+            let gold = labels.iter().position(|l| l == key).ok_or_else(|| {
+                EvalError::parse(path, format!("answerKey {key:?} not in labels"))
+            })?;
             choice_doc(s("question_stem")?.to_string(), texts, gold)
         }
         Task::Hellaswag => {
@@ -220,12 +248,17 @@ pub fn build_doc(task: Task, row: &serde_json::Value, path: &Path) -> Result<McD
             let query = hellaswag_preprocess(&format!("{}: {ctx}", s("activity_label")?));
             let endings = str_list(get(row, "endings", path)?, "endings", path)?;
             let choices = endings.iter().map(|e| hellaswag_preprocess(e)).collect();
-            choice_doc(query, choices, int_like(get(row, "label", path)?, "label", path)?)
+            choice_doc(
+                query,
+                choices,
+                int_like(get(row, "label", path)?, "label", path)?,
+            )
         }
         Task::Boolq => {
             let gold = get(row, "answer", path)?
                 .as_bool()
-                .ok_or_else(|| EvalError::parse(path, "answer is not a boolean"))? as usize;
+                .ok_or_else(|| EvalError::parse(path, "answer is not a boolean"))?
+                as usize;
             choice_doc(
                 format!("{}\nQuestion: {}?\nAnswer:", s("passage")?, s("question")?),
                 vec!["no".into(), "yes".into()],
@@ -234,49 +267,84 @@ pub fn build_doc(task: Task, row: &serde_json::Value, path: &Path) -> Result<McD
         }
         Task::Winogrande => {
             let sentence = s("sentence")?;
-            let idx = sentence.find('_').ok_or_else(|| EvalError::parse(path, "sentence has no blank '_'"))?;
+            let idx = sentence
+                .find('_')
+                .ok_or_else(|| EvalError::parse(path, "sentence has no blank '_'"))?;
             let target = format!(" {}", py_strip(&sentence[idx + 1..]));
             let options = [s("option1")?, s("option2")?];
             let gold = match s("answer")? {
                 "1" => 0,
                 "2" => 1,
-                a => return Err(EvalError::parse(path, format!("answer {a:?} is not \"1\" or \"2\""))),
+                a => {
+                    return Err(EvalError::parse(
+                        path,
+                        format!("answer {a:?} is not \"1\" or \"2\""),
+                    ))
+                }
             };
             McDoc {
                 requests: options
                     .iter()
-                    .map(|o| Request { context: format!("{}{o}", &sentence[..idx]), continuation: target.clone() })
+                    .map(|o| Request {
+                        context: format!("{}{o}", &sentence[..idx]),
+                        continuation: target.clone(),
+                    })
                     .collect(),
                 // lm-eval's choices are the contexts here; acc_norm is not reported for WinoGrande.
-                choice_lens: options.iter().map(|o| sentence[..idx].chars().count() + o.chars().count()).collect(),
+                choice_lens: options
+                    .iter()
+                    .map(|o| sentence[..idx].chars().count() + o.chars().count())
+                    .collect(),
                 gold,
             }
         }
     };
     if doc.gold >= doc.requests.len() {
-        return Err(EvalError::parse(path, format!("gold index {} out of {} choices", doc.gold, doc.requests.len())));
+        return Err(EvalError::parse(
+            path,
+            format!(
+                "gold index {} out of {} choices",
+                doc.gold,
+                doc.requests.len()
+            ),
+        ));
     }
     Ok(doc)
 }
 
 /// Loads the first `limit` documents (all with `None`) of a task from a data file.
-pub fn load_task_file(task: Task, path: &Path, limit: Option<usize>) -> Result<Vec<McDoc>, EvalError> {
+pub fn load_task_file(
+    task: Task,
+    path: &Path,
+    limit: Option<usize>,
+) -> Result<Vec<McDoc>, EvalError> {
     let rows = read_jsonl(path)?;
     let n = limit.unwrap_or(rows.len()).min(rows.len());
     rows[..n].iter().map(|r| build_doc(task, r, path)).collect()
 }
 
 /// Loads a task from the bundled data folder (see [`Task::data_file`]).
-pub fn load_task(task: Task, data_dir: &Path, limit: Option<usize>) -> Result<Vec<McDoc>, EvalError> {
+pub fn load_task(
+    task: Task,
+    data_dir: &Path,
+    limit: Option<usize>,
+) -> Result<Vec<McDoc>, EvalError> {
     let path: PathBuf = data_dir.join(task.data_file());
     load_task_file(task, &path, limit)
 }
 
 /// lm-eval `HFLM._encode_pair`: `(context_enc, continuation_enc)`.
-pub fn encode_pair(encoder: &dyn TextEncoder, context: &str, continuation: &str) -> Result<(Vec<u32>, Vec<u32>), EvalError> {
+pub fn encode_pair(
+    encoder: &dyn TextEncoder,
+    context: &str,
+    continuation: &str,
+) -> Result<(Vec<u32>, Vec<u32>), EvalError> {
     let trimmed = context.trim_end_matches(py_isspace);
     let (context, continuation) = if trimmed.len() < context.len() {
-        (trimmed.to_string(), format!("{}{continuation}", &context[trimmed.len()..]))
+        (
+            trimmed.to_string(),
+            format!("{}{continuation}", &context[trimmed.len()..]),
+        )
     } else {
         (context.to_string(), continuation.to_string())
     };
@@ -301,7 +369,12 @@ pub struct TaskOptions {
 
 impl Default for TaskOptions {
     fn default() -> Self {
-        TaskOptions { limit: None, batch_size: 16, max_length: 2048, eot_token_id: None }
+        TaskOptions {
+            limit: None,
+            batch_size: 16,
+            max_length: 2048,
+            eot_token_id: None,
+        }
     }
 }
 
@@ -366,14 +439,29 @@ pub fn mean_and_stderr(xs: &[f64]) -> (f64, f64) {
 
 /// Scores a document from its choices' log-likelihoods.
 pub fn score_doc(doc: &McDoc, loglikelihoods: Vec<f64>) -> DocScore {
-    let norm: Vec<f64> = loglikelihoods.iter().zip(&doc.choice_lens).map(|(l, &n)| l / n as f64).collect();
-    DocScore { pred: argmax(&loglikelihoods), pred_norm: argmax(&norm), gold: doc.gold, loglikelihoods }
+    let norm: Vec<f64> = loglikelihoods
+        .iter()
+        .zip(&doc.choice_lens)
+        .map(|(l, &n)| l / n as f64)
+        .collect();
+    DocScore {
+        pred: argmax(&loglikelihoods),
+        pred_norm: argmax(&norm),
+        gold: doc.gold,
+        loglikelihoods,
+    }
 }
 
 /// Aggregates per-document scores into a [`TaskResult`].
 pub fn aggregate(task: &str, with_norm: bool, docs: Vec<DocScore>, seconds: f64) -> TaskResult {
-    let acc: Vec<f64> = docs.iter().map(|d| (d.pred == d.gold) as u8 as f64).collect();
-    let accn: Vec<f64> = docs.iter().map(|d| (d.pred_norm == d.gold) as u8 as f64).collect();
+    let acc: Vec<f64> = docs
+        .iter()
+        .map(|d| (d.pred == d.gold) as u8 as f64)
+        .collect();
+    let accn: Vec<f64> = docs
+        .iter()
+        .map(|d| (d.pred_norm == d.gold) as u8 as f64)
+        .collect();
     let (a, ase) = mean_and_stderr(&acc);
     let (an, anse) = mean_and_stderr(&accn);
     TaskResult {
@@ -425,7 +513,11 @@ pub fn loglikelihoods(
         let seqs: Vec<&[u32]> = chunk.iter().map(|&i| encoded[i].0.as_slice()).collect();
         let lps = model.target_logprobs(&seqs)?;
         if lps.len() != seqs.len() {
-            return Err(EvalError::Model(format!("{} results for {} sequences", lps.len(), seqs.len())));
+            return Err(EvalError::Model(format!(
+                "{} results for {} sequences",
+                lps.len(),
+                seqs.len()
+            )));
         }
         for (&i, lp) in chunk.iter().zip(&lps) {
             let n = encoded[i].1.min(lp.len());
@@ -451,8 +543,16 @@ pub fn score_docs(
     let reqs: Vec<&Request> = docs.iter().flat_map(|d| d.requests.iter()).collect();
     let lls = loglikelihoods(model, encoder, &reqs, opts, progress)?;
     let mut it = lls.into_iter();
-    let scores = docs.iter().map(|d| score_doc(d, it.by_ref().take(d.requests.len()).collect())).collect();
-    Ok(aggregate(task.name(), task.has_acc_norm(), scores, start.elapsed().as_secs_f64()))
+    let scores = docs
+        .iter()
+        .map(|d| score_doc(d, it.by_ref().take(d.requests.len()).collect()))
+        .collect();
+    Ok(aggregate(
+        task.name(),
+        task.has_acc_norm(),
+        scores,
+        start.elapsed().as_secs_f64(),
+    ))
 }
 
 /// Loads a bundled task (first `opts.limit` documents) and scores it.
@@ -500,7 +600,8 @@ pub fn compare_with_lm_eval_samples(
     opts: &TaskOptions,
 ) -> Result<GoldenComparison, EvalError> {
     let text = std::fs::read_to_string(samples).map_err(|e| EvalError::io(samples, e))?;
-    let golden: serde_json::Value = serde_json::from_str(&text).map_err(|e| EvalError::parse(samples, e.to_string()))?;
+    let golden: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| EvalError::parse(samples, e.to_string()))?;
     let mut out = GoldenComparison {
         requests: 0,
         request_mismatches: 0,
@@ -510,19 +611,25 @@ pub fn compare_with_lm_eval_samples(
         decision_mismatches: Vec::new(),
     };
     for task in Task::ALL {
-        let Some(gdocs) = golden.get(task.name()).and_then(|v| v.as_array()) else { continue };
+        let Some(gdocs) = golden.get(task.name()).and_then(|v| v.as_array()) else {
+            continue;
+        };
         let n = docs_per_task.min(gdocs.len());
         let docs = load_task(task, data_dir, Some(n))?;
         let reqs: Vec<&Request> = docs.iter().flat_map(|d| d.requests.iter()).collect();
         let lls = loglikelihoods(model, encoder, &reqs, opts, Progress::Hidden)?;
         let mut k = 0;
         for (di, (d, gd)) in docs.iter().zip(gdocs).enumerate() {
-            let greqs = gd.get("requests").and_then(|v| v.as_array()).ok_or_else(|| EvalError::parse(samples, "no requests"))?;
+            let greqs = gd
+                .get("requests")
+                .and_then(|v| v.as_array())
+                .ok_or_else(|| EvalError::parse(samples, "no requests"))?;
             let mut want_lls = Vec::with_capacity(greqs.len());
             for (ci, (r, gr)) in d.requests.iter().zip(greqs).enumerate() {
                 out.requests += 1;
                 if gr.get("context").and_then(|v| v.as_str()) != Some(r.context.as_str())
-                    || gr.get("continuation").and_then(|v| v.as_str()) != Some(r.continuation.as_str())
+                    || gr.get("continuation").and_then(|v| v.as_str())
+                        != Some(r.continuation.as_str())
                 {
                     out.request_mismatches += 1;
                 }
@@ -578,9 +685,15 @@ mod tests {
 
     #[test]
     fn capitalize_matches_python() {
-        for (input, want) in
-            [("he", "He"), ("the lady", "The lady"), ("JOHN said", "John said"), ("", ""), ("élan Vital", "Élan vital"), ("ǆemal", "ǅemal"), ("ßa", "Ssa")]
-        {
+        for (input, want) in [
+            ("he", "He"),
+            ("the lady", "The lady"),
+            ("JOHN said", "John said"),
+            ("", ""),
+            ("élan Vital", "Élan vital"),
+            ("ǆemal", "ǅemal"),
+            ("ßa", "Ssa"),
+        ] {
             assert_eq!(py_capitalize(input), want);
         }
     }
@@ -597,7 +710,10 @@ mod tests {
             d.requests[3].continuation,
             "  Earn a bachelor's degree in a fashion-related field. Degrees for the fashion industry include art, fashion merchandising, and marketing."
         );
-        assert_eq!(d.choice_lens[3], d.requests[3].continuation.chars().count() - 1);
+        assert_eq!(
+            d.choice_lens[3],
+            d.requests[3].continuation.chars().count() - 1
+        );
     }
 
     #[test]
@@ -614,8 +730,14 @@ mod tests {
     fn acc_norm_divides_by_characters() {
         let doc = McDoc {
             requests: vec![
-                Request { context: "c".into(), continuation: " ab".into() },
-                Request { context: "c".into(), continuation: " abcdef".into() },
+                Request {
+                    context: "c".into(),
+                    continuation: " ab".into(),
+                },
+                Request {
+                    context: "c".into(),
+                    continuation: " abcdef".into(),
+                },
             ],
             gold: 1,
             choice_lens: vec![2, 6],

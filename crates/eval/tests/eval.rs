@@ -24,7 +24,9 @@ struct Bigram {
 
 impl Bigram {
     fn new(vocab: usize) -> Self {
-        let table = (0..vocab * vocab).map(|i| ((i * 7919 % 31) as f32 - 15.0) * 0.37).collect();
+        let table = (0..vocab * vocab)
+            .map(|i| ((i * 7919 % 31) as f32 - 15.0) * 0.37)
+            .collect();
         Bigram { vocab, table }
     }
     /// Hand-computed log p(b | a), in f64.
@@ -44,7 +46,11 @@ impl LanguageModel for Bigram {
             .iter()
             .map(|s| {
                 s.iter()
-                    .flat_map(|&t| self.table[t as usize * self.vocab..(t as usize + 1) * self.vocab].iter().copied())
+                    .flat_map(|&t| {
+                        self.table[t as usize * self.vocab..(t as usize + 1) * self.vocab]
+                            .iter()
+                            .copied()
+                    })
                     .collect()
             })
             .collect())
@@ -64,7 +70,10 @@ fn micro() -> &'static (Qwen3Model, Tokenizer) {
     static MICRO: OnceLock<(Qwen3Model, Tokenizer)> = OnceLock::new();
     MICRO.get_or_init(|| {
         let dir = assets().join("models/qwen3-micro");
-        (Qwen3Model::load(&dir).unwrap(), Tokenizer::from_dir(&dir).unwrap())
+        (
+            Qwen3Model::load(&dir).unwrap(),
+            Tokenizer::from_dir(&dir).unwrap(),
+        )
     })
 }
 
@@ -79,10 +88,16 @@ mod ppl {
 
     #[test]
     fn windows_drop_the_tail() {
-        let o = PplOptions { seq_len: 10, ..Default::default() };
+        let o = PplOptions {
+            seq_len: 10,
+            ..Default::default()
+        };
         let p = plan_windows(35, &o).unwrap();
         assert_eq!(p, vec![(0, 10, 1), (10, 20, 11), (20, 30, 21)]);
-        let o2 = PplOptions { max_windows: Some(2), ..o.clone() };
+        let o2 = PplOptions {
+            max_windows: Some(2),
+            ..o.clone()
+        };
         assert_eq!(plan_windows(35, &o2).unwrap().len(), 2);
         assert!(plan_windows(9, &o).is_err());
         assert_eq!(plan_windows(10, &o).unwrap().len(), 1);
@@ -90,7 +105,11 @@ mod ppl {
 
     #[test]
     fn sliding_windows_score_each_token_once() {
-        let o = PplOptions { seq_len: 8, stride: Some(3), ..Default::default() };
+        let o = PplOptions {
+            seq_len: 8,
+            stride: Some(3),
+            ..Default::default()
+        };
         let p = plan_windows(20, &o).unwrap();
         assert_eq!(p[0], (0, 8, 1));
         assert_eq!(p[1], (3, 11, 8));
@@ -111,7 +130,11 @@ mod ppl {
         let m = Bigram::new(11);
         let ids: Vec<u32> = (0..103u32).map(|i| (i * i + 3 * i + 1) % 11).collect();
         for batch in [1, 2, 5] {
-            let o = PplOptions { seq_len: 16, batch_size: batch, ..Default::default() };
+            let o = PplOptions {
+                seq_len: 16,
+                batch_size: batch,
+                ..Default::default()
+            };
             let r = evaluate_ppl(&m, &ids, &o, Progress::Hidden).unwrap();
             assert_eq!((r.windows, r.seq_len, r.tokens), (6, 16, 96));
             let mut acc = 0.0;
@@ -121,15 +144,31 @@ mod ppl {
                 acc += nll;
             }
             let expect = (acc / 6.0).exp();
-            assert!((r.ppl - expect).abs() / expect < 1e-6, "{} vs {expect}", r.ppl);
+            assert!(
+                (r.ppl - expect).abs() / expect < 1e-6,
+                "{} vs {expect}",
+                r.ppl
+            );
         }
         // Sliding window: token-weighted over every target once.
-        let o = PplOptions { seq_len: 16, stride: Some(16), ..Default::default() };
+        let o = PplOptions {
+            seq_len: 16,
+            stride: Some(16),
+            ..Default::default()
+        };
         let r = evaluate_ppl(&m, &ids, &o, Progress::Hidden).unwrap();
         // Bigram: only the previous token matters. Targets 16, 32, … open a window and are not scored.
         let scored: Vec<usize> = (1..103).filter(|t| t % 16 != 0).collect();
-        let nll: f64 = scored.iter().map(|&t| -m.logp(ids[t - 1], ids[t])).sum::<f64>() / scored.len() as f64;
-        let o3 = PplOptions { seq_len: 16, stride: Some(5), ..Default::default() };
+        let nll: f64 = scored
+            .iter()
+            .map(|&t| -m.logp(ids[t - 1], ids[t]))
+            .sum::<f64>()
+            / scored.len() as f64;
+        let o3 = PplOptions {
+            seq_len: 16,
+            stride: Some(5),
+            ..Default::default()
+        };
         let r3 = evaluate_ppl(&m, &ids, &o3, Progress::Hidden).unwrap();
         let all: f64 = (1..103).map(|t| -m.logp(ids[t - 1], ids[t])).sum::<f64>() / 102.0;
         assert!((r3.ppl - all.exp()).abs() / all.exp() < 1e-6);
@@ -146,13 +185,32 @@ mod ppl {
                 3
             }
             fn logits(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, EvalError> {
-                Ok(seqs.iter().map(|s| s.iter().flat_map(|_| [3.0e38f32, 3.0e38 - 4.0e31, -3.0e38]).collect()).collect())
+                Ok(seqs
+                    .iter()
+                    .map(|s| {
+                        s.iter()
+                            .flat_map(|_| [3.0e38f32, 3.0e38 - 4.0e31, -3.0e38])
+                            .collect()
+                    })
+                    .collect())
             }
         }
-        let r = evaluate_ppl(&Huge, &[0, 0, 0, 0], &PplOptions { seq_len: 4, ..Default::default() }, Progress::Hidden)
-            .unwrap();
+        let r = evaluate_ppl(
+            &Huge,
+            &[0, 0, 0, 0],
+            &PplOptions {
+                seq_len: 4,
+                ..Default::default()
+            },
+            Progress::Hidden,
+        )
+        .unwrap();
         // Target 0 is the max: the two top logits differ by 4e31, so p(0) = 1.
-        assert!(r.ppl.is_finite() && (r.ppl - 1.0).abs() < 1e-12, "{}", r.ppl);
+        assert!(
+            r.ppl.is_finite() && (r.ppl - 1.0).abs() < 1e-12,
+            "{}",
+            r.ppl
+        );
         let row = [1000.0f32, 1000.0, -1000.0];
         let lp = qwen3_quant_eval::model::token_logprob(&row, 0).unwrap();
         assert!((lp as f64 - (0.5f64).ln()).abs() < 1e-6);
@@ -163,13 +221,22 @@ mod ppl {
         let docs = load_dataset(&Dataset::Docs, &data_dir(), None).unwrap();
         assert_eq!(docs.ids.len(), 254_048);
         assert!(docs.ids.iter().all(|&t| t < 8192));
-        let text = qwen3_quant_eval::ppl::dataset_text(&Dataset::WikiText2, &data_dir()).unwrap().unwrap();
+        let text = qwen3_quant_eval::ppl::dataset_text(&Dataset::WikiText2, &data_dir())
+            .unwrap()
+            .unwrap();
         assert_eq!(text.len(), 1_296_370); // bytes of "\n\n".join(rows), PROVENANCE.md
-        let raw = qwen3_quant_eval::ppl::dataset_text(&Dataset::WikiText2Raw, &data_dir()).unwrap().unwrap();
+        let raw = qwen3_quant_eval::ppl::dataset_text(&Dataset::WikiText2Raw, &data_dir())
+            .unwrap()
+            .unwrap();
         assert_eq!(raw.len(), 1_290_590);
-        let c4 = qwen3_quant_eval::ppl::dataset_text(&Dataset::C4Sample, &data_dir()).unwrap().unwrap();
+        let c4 = qwen3_quant_eval::ppl::dataset_text(&Dataset::C4Sample, &data_dir())
+            .unwrap()
+            .unwrap();
         assert!(c4.len() > 1_000_000);
-        assert!(load_dataset(&Dataset::WikiText2, &data_dir(), None).is_err(), "needs an encoder");
+        assert!(
+            load_dataset(&Dataset::WikiText2, &data_dir(), None).is_err(),
+            "needs an encoder"
+        );
         let w = load_dataset(&Dataset::WikiText2Raw, &data_dir(), Some(&Bytes)).unwrap();
         assert_eq!(w.ids.len(), 1_290_590);
         assert_eq!(Dataset::parse("c4"), Dataset::C4Sample);
@@ -183,7 +250,11 @@ mod ppl {
         // 45,220 docs; doc 25247 (window 0) is long, everything else is short.
         let mut s = String::new();
         for i in 0..45_220 {
-            let text = if i == 25_247 { "x".repeat(388 + 2048) } else { "short".to_string() };
+            let text = if i == 25_247 {
+                "x".repeat(388 + 2048)
+            } else {
+                "short".to_string()
+            };
             s.push_str(&format!("{{\"text\": \"{text}\"}}\n"));
         }
         std::fs::write(&path, s).unwrap();
@@ -201,7 +272,9 @@ mod tasks {
     use qwen3_quant_eval::Progress;
 
     fn golden() -> serde_json::Value {
-        let text = std::fs::read_to_string(assets().join("golden/lm_eval_micro_samples_limit10.json")).unwrap();
+        let text =
+            std::fs::read_to_string(assets().join("golden/lm_eval_micro_samples_limit10.json"))
+                .unwrap();
         serde_json::from_str(&text).unwrap()
     }
 
@@ -218,13 +291,27 @@ mod tasks {
                 let greqs = gd["requests"].as_array().unwrap();
                 assert_eq!(d.requests.len(), greqs.len(), "{} doc {i}", task.name());
                 for (r, gr) in d.requests.iter().zip(greqs) {
-                    assert_eq!(r.context, gr["context"].as_str().unwrap(), "{} doc {i} context", task.name());
-                    assert_eq!(r.continuation, gr["continuation"].as_str().unwrap(), "{} doc {i}", task.name());
+                    assert_eq!(
+                        r.context,
+                        gr["context"].as_str().unwrap(),
+                        "{} doc {i} context",
+                        task.name()
+                    );
+                    assert_eq!(
+                        r.continuation,
+                        gr["continuation"].as_str().unwrap(),
+                        "{} doc {i}",
+                        task.name()
+                    );
                 }
                 match &gd["target"] {
-                    serde_json::Value::Number(n) => assert_eq!(d.gold as u64, n.as_u64().unwrap(), "{} {i}", task.name()),
+                    serde_json::Value::Number(n) => {
+                        assert_eq!(d.gold as u64, n.as_u64().unwrap(), "{} {i}", task.name())
+                    }
                     // WinoGrande's target is the continuation; the gold index comes from `answer`.
-                    serde_json::Value::String(s) => assert_eq!(&d.requests[d.gold].continuation[1..], s),
+                    serde_json::Value::String(s) => {
+                        assert_eq!(&d.requests[d.gold].continuation[1..], s)
+                    }
                     v => panic!("unexpected target {v}"),
                 }
             }
@@ -241,11 +328,17 @@ mod tasks {
                 .iter()
                 .zip(g[task.name()].as_array().unwrap())
                 .map(|(d, gd)| {
-                    let lls = gd["requests"].as_array().unwrap().iter().map(|r| r["loglikelihood"].as_f64().unwrap()).collect();
+                    let lls = gd["requests"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| r["loglikelihood"].as_f64().unwrap())
+                        .collect();
                     qwen3_quant_eval::tasks::score_doc(d, lls)
                 })
                 .collect();
-            let r = qwen3_quant_eval::tasks::aggregate(task.name(), task.has_acc_norm(), scores, 0.0);
+            let r =
+                qwen3_quant_eval::tasks::aggregate(task.name(), task.has_acc_norm(), scores, 0.0);
             assert_eq!(r.n, 10);
             assert!((0.0..=1.0).contains(&r.acc));
             assert_eq!(r.acc_norm.is_some(), task.has_acc_norm());
@@ -255,8 +348,15 @@ mod tasks {
     #[test]
     fn encode_pair_moves_trailing_space_and_splits_whole() {
         let tok = micro_tokenizer();
-        let (ctx, cont) = encode_pair(tok, "Question: dresser\nAnswer:", " replace drawer with bobby pin ").unwrap();
-        let whole = tok.encode("Question: dresser\nAnswer: replace drawer with bobby pin ").unwrap();
+        let (ctx, cont) = encode_pair(
+            tok,
+            "Question: dresser\nAnswer:",
+            " replace drawer with bobby pin ",
+        )
+        .unwrap();
+        let whole = tok
+            .encode("Question: dresser\nAnswer: replace drawer with bobby pin ")
+            .unwrap();
         assert_eq!(ctx, tok.encode("Question: dresser\nAnswer:").unwrap());
         assert_eq!([ctx.clone(), cont.clone()].concat(), whole);
         let text = tok.decode(&cont).unwrap();
@@ -271,7 +371,10 @@ mod tasks {
         let m = Bigram::new(256);
         let docs = load_task(Task::Piqa, &data_dir(), Some(6)).unwrap();
         for batch in [1, 3, 16] {
-            let opts = TaskOptions { batch_size: batch, ..Default::default() };
+            let opts = TaskOptions {
+                batch_size: batch,
+                ..Default::default()
+            };
             let r = score_docs(&m, &Bytes, Task::Piqa, &docs, &opts, Progress::Hidden).unwrap();
             assert_eq!(r.n, 6);
             let mut accs = Vec::new();
@@ -282,12 +385,18 @@ mod tasks {
                     let ctx = req.context.as_bytes();
                     let cont = req.continuation.as_bytes();
                     let all: Vec<u8> = [ctx, cont].concat();
-                    let expect: f64 = (ctx.len()..all.len()).map(|t| m.logp(all[t - 1] as u32, all[t] as u32)).sum();
+                    let expect: f64 = (ctx.len()..all.len())
+                        .map(|t| m.logp(all[t - 1] as u32, all[t] as u32))
+                        .sum();
                     assert!((ll - expect).abs() < 1e-3, "{ll} vs {expect}");
                     lls.push(expect);
                 }
                 let pred = if lls[1] > lls[0] { 1 } else { 0 };
-                let n: Vec<f64> = lls.iter().zip(&d.choice_lens).map(|(l, &c)| l / c as f64).collect();
+                let n: Vec<f64> = lls
+                    .iter()
+                    .zip(&d.choice_lens)
+                    .map(|(l, &c)| l / c as f64)
+                    .collect();
                 let pred_n = if n[1] > n[0] { 1 } else { 0 };
                 accs.push((pred == d.gold) as u8 as f64);
                 norms.push((pred_n == d.gold) as u8 as f64);
@@ -299,7 +408,10 @@ mod tasks {
             assert!((r.acc_norm.unwrap() - norms.iter().sum::<f64>() / 6.0).abs() < 1e-12);
         }
         // Truncation to max_length keeps the continuation's log-probs computable.
-        let opts = TaskOptions { max_length: 8, ..Default::default() };
+        let opts = TaskOptions {
+            max_length: 8,
+            ..Default::default()
+        };
         let r = score_docs(&m, &Bytes, Task::Piqa, &docs[..1], &opts, Progress::Hidden).unwrap();
         assert!(r.docs[0].loglikelihoods.iter().all(|x| x.is_finite()));
     }
@@ -308,7 +420,8 @@ mod tasks {
 mod mmlu {
     use super::*;
     use qwen3_quant_eval::mmlu::{
-        build_prompt, category_of, choice_ids, gen_prompt, list_subjects, load_csv, SubjectStyle, CATEGORIES, SUBCATEGORIES,
+        build_prompt, category_of, choice_ids, gen_prompt, list_subjects, load_csv, SubjectStyle,
+        CATEGORIES, SUBCATEGORIES,
     };
     use qwen3_quant_eval::{run_mmlu, MmluOptions, Progress};
 
@@ -365,7 +478,14 @@ Answer:";
         let dev = load_csv(&mmlu_dir().join("dev/abstract_algebra_dev.csv"), true).unwrap();
         let test = load_csv(&mmlu_dir().join("test/abstract_algebra_test.csv"), true).unwrap();
         assert_eq!((dev.len(), test.len()), (5, 100));
-        let p = build_prompt(&Bytes, &dev, "abstract_algebra", &test[0], &MmluOptions::default()).unwrap();
+        let p = build_prompt(
+            &Bytes,
+            &dev,
+            "abstract_algebra",
+            &test[0],
+            &MmluOptions::default(),
+        )
+        .unwrap();
         assert_eq!(p.k, 5);
         assert_eq!(p.text, ABSTRACT_ALGEBRA_0);
         assert_eq!(p.ids.len(), ABSTRACT_ALGEBRA_0.len());
@@ -379,19 +499,40 @@ Answer:";
         let dev = load_csv(&mmlu_dir().join("dev/abstract_algebra_dev.csv"), true).unwrap();
         let test = load_csv(&mmlu_dir().join("test/abstract_algebra_test.csv"), true).unwrap();
         let q = &test[0];
-        let len = |k| (gen_prompt(&dev, "abstract_algebra", k, SubjectStyle::Hendrycks) + &qwen3_quant_eval::mmlu::format_example(q, false)).len();
+        let len = |k| {
+            (gen_prompt(&dev, "abstract_algebra", k, SubjectStyle::Hendrycks)
+                + &qwen3_quant_eval::mmlu::format_example(q, false))
+                .len()
+        };
         // Exactly the 3-shot length fits: k goes 5 → 4 → 3.
-        let opts = MmluOptions { max_len: len(3), ..Default::default() };
+        let opts = MmluOptions {
+            max_len: len(3),
+            ..Default::default()
+        };
         let p = build_prompt(&Bytes, &dev, "abstract_algebra", q, &opts).unwrap();
         assert_eq!(p.k, 3);
         assert_eq!(p.ids.len(), len(3));
-        let opts = MmluOptions { max_len: len(3) - 1, ..Default::default() };
-        assert_eq!(build_prompt(&Bytes, &dev, "abstract_algebra", q, &opts).unwrap().k, 2);
+        let opts = MmluOptions {
+            max_len: len(3) - 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            build_prompt(&Bytes, &dev, "abstract_algebra", q, &opts)
+                .unwrap()
+                .k,
+            2
+        );
         // Even 0 shots too long: left-truncated to max_len.
-        let opts = MmluOptions { max_len: 10, ..Default::default() };
+        let opts = MmluOptions {
+            max_len: 10,
+            ..Default::default()
+        };
         let p = build_prompt(&Bytes, &dev, "abstract_algebra", q, &opts).unwrap();
         assert_eq!((p.k, p.ids.len()), (0, 10));
-        let tail: Vec<u32> = p.text.as_bytes()[p.text.len() - 10..].iter().map(|&b| b as u32).collect();
+        let tail: Vec<u32> = p.text.as_bytes()[p.text.len() - 10..]
+            .iter()
+            .map(|&b| b as u32)
+            .collect();
         assert_eq!(p.ids, tail);
     }
 
@@ -411,10 +552,26 @@ Answer:";
             assert!(category_of(s).is_some(), "{s}");
         }
         assert_eq!(SUBCATEGORIES.len(), 57);
-        let count = |c: &str| subjects.iter().filter(|s| category_of(s) == Some(c)).count();
-        assert_eq!([count(CATEGORIES[0]), count(CATEGORIES[1]), count(CATEGORIES[2]), count(CATEGORIES[3])], [18, 13, 12, 14]);
+        let count = |c: &str| {
+            subjects
+                .iter()
+                .filter(|s| category_of(s) == Some(c))
+                .count()
+        };
+        assert_eq!(
+            [
+                count(CATEGORIES[0]),
+                count(CATEGORIES[1]),
+                count(CATEGORIES[2]),
+                count(CATEGORIES[3])
+            ],
+            [18, 13, 12, 14]
+        );
         let ids = choice_ids(micro_tokenizer()).unwrap();
-        assert_eq!(ids.iter().collect::<std::collections::HashSet<_>>().len(), 4);
+        assert_eq!(
+            ids.iter().collect::<std::collections::HashSet<_>>().len(),
+            4
+        );
     }
 
     /// A model whose last-position logits favour the letter of the byte at position 0 of the
@@ -459,22 +616,47 @@ Answer:";
 
 mod report {
     use qwen3_quant_eval::mmlu::{GroupAcc, MmluResult};
-    use qwen3_quant_eval::report::{plot_metric_vs_bits, sweep_markdown, write_sweep_csv, PlotOptions};
+    use qwen3_quant_eval::report::{
+        plot_metric_vs_bits, sweep_markdown, write_sweep_csv, PlotOptions,
+    };
     use qwen3_quant_eval::tasks::{aggregate, DocScore};
     use qwen3_quant_eval::{EvalReport, MetricKey, PplResult, SweepEntry};
 
     fn sample(ppl: f64, acc_b: bool) -> EvalReport {
         let mut r = EvalReport::new("models/qwen3-micro");
-        r.add_ppl("docs", PplResult { ppl, windows: 32, seq_len: 1024, tokens: 32768, seconds: 2.0, tokens_per_s: 16384.0 });
-        let d = |pred, gold| DocScore { loglikelihoods: vec![-1.0, -2.0], gold, pred, pred_norm: pred };
-        r.add_task(&aggregate("piqa", true, vec![d(0, 0), d(1, 0), d(1, 1), d(0, usize::from(!acc_b))], 1.0));
+        r.add_ppl(
+            "docs",
+            PplResult {
+                ppl,
+                windows: 32,
+                seq_len: 1024,
+                tokens: 32768,
+                seconds: 2.0,
+                tokens_per_s: 16384.0,
+            },
+        );
+        let d = |pred, gold| DocScore {
+            loglikelihoods: vec![-1.0, -2.0],
+            gold,
+            pred,
+            pred_norm: pred,
+        };
+        r.add_task(&aggregate(
+            "piqa",
+            true,
+            vec![d(0, 0), d(1, 0), d(1, 1), d(0, usize::from(!acc_b))],
+            1.0,
+        ));
         r.add_task(&aggregate("winogrande", false, vec![d(0, 0)], 1.0));
         r.add_mmlu(&MmluResult {
             acc: 0.25,
             acc_stderr: 0.01,
             n: 100,
             subjects: vec![("anatomy".into(), GroupAcc { acc: 0.25, n: 100 })],
-            categories: vec![("other (business, health, misc.)".into(), GroupAcc { acc: 0.25, n: 100 })],
+            categories: vec![(
+                "other (business, health, misc.)".into(),
+                GroupAcc { acc: 0.25, n: 100 },
+            )],
             mean_shots: 5.0,
             seconds: 1.0,
         });
@@ -490,7 +672,19 @@ mod report {
         assert_eq!(keys.len(), 3);
         let p = v["ppl"]["docs"].as_object().unwrap();
         let pk: std::collections::BTreeSet<&str> = p.keys().map(|s| s.as_str()).collect();
-        assert_eq!(pk, ["ppl", "windows", "seq_len", "tokens", "seconds", "tokens_per_s"].into_iter().collect());
+        assert_eq!(
+            pk,
+            [
+                "ppl",
+                "windows",
+                "seq_len",
+                "tokens",
+                "seconds",
+                "tokens_per_s"
+            ]
+            .into_iter()
+            .collect()
+        );
         assert_eq!(p["windows"], 32);
         let piqa = &v["tasks"]["piqa"];
         assert_eq!(piqa["acc"], 0.75);
@@ -503,24 +697,53 @@ mod report {
         assert!(w["acc_stderr"].is_null(), "n = 1: undefined stderr is null");
         assert_eq!(v["tasks"]["mmlu"]["acc"], 0.25);
         assert!(v["tasks"]["mmlu"]["acc_norm"].is_null());
-        assert_eq!(v["tasks"]["mmlu"]["categories"]["other (business, health, misc.)"], 0.25);
+        assert_eq!(
+            v["tasks"]["mmlu"]["categories"]["other (business, health, misc.)"],
+            0.25
+        );
         // Task order is insertion order, and the JSON reads back.
-        let order: Vec<&str> = v["tasks"].as_object().unwrap().keys().map(|s| s.as_str()).collect();
+        let order: Vec<&str> = v["tasks"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|s| s.as_str())
+            .collect();
         assert_eq!(order.len(), 3);
         let back: EvalReport = serde_json::from_str(&r.to_json().unwrap()).unwrap();
-        assert_eq!(back.tasks.keys().collect::<Vec<_>>(), vec!["piqa", "winogrande", "mmlu"]);
+        assert_eq!(
+            back.tasks.keys().collect::<Vec<_>>(),
+            vec!["piqa", "winogrande", "mmlu"]
+        );
         assert_eq!(back.ppl, r.ppl);
         let md = r.to_markdown();
-        assert!(md.contains("| docs | 18.5676 | 32 | 1024 | 32768 |"), "{md}");
-        assert!(md.contains("| piqa | 0.7500 | 0.2500 | 0.7500 | 4 |"), "{md}");
+        assert!(
+            md.contains("| docs | 18.5676 | 32 | 1024 | 32768 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| piqa | 0.7500 | 0.2500 | 0.7500 | 4 |"),
+            "{md}"
+        );
     }
 
     #[test]
     fn sweep_tables_and_plot() {
-        let entries: Vec<SweepEntry> = [("fp", 16.0, 18.57), ("rtn", 8.0, 18.57), ("rtn", 4.0, 18.91), ("rtn", 3.0, 20.8), ("gptq", 4.0, 18.80), ("gptq", 3.0, 19.7)]
-            .into_iter()
-            .map(|(m, b, p)| SweepEntry { method: m.into(), bits: b, label: format!("{m}_w{b}"), report: sample(p, b > 3.5) })
-            .collect();
+        let entries: Vec<SweepEntry> = [
+            ("fp", 16.0, 18.57),
+            ("rtn", 8.0, 18.57),
+            ("rtn", 4.0, 18.91),
+            ("rtn", 3.0, 20.8),
+            ("gptq", 4.0, 18.80),
+            ("gptq", 3.0, 19.7),
+        ]
+        .into_iter()
+        .map(|(m, b, p)| SweepEntry {
+            method: m.into(),
+            bits: b,
+            label: format!("{m}_w{b}"),
+            report: sample(p, b > 3.5),
+        })
+        .collect();
         let md = sweep_markdown(&entries);
         assert!(md.starts_with("| label | method | bits | ppl:docs | piqa:acc | piqa:acc_norm | winogrande:acc | mmlu:acc |"), "{md}");
         assert!(md.contains("| rtn_w3 | rtn | 3 | 20.800 | 50.00 |"), "{md}");
@@ -529,18 +752,42 @@ mod report {
         write_sweep_csv(&entries, &csv_path).unwrap();
         let csv = std::fs::read_to_string(&csv_path).unwrap();
         assert_eq!(csv.lines().count(), 7);
-        assert!(csv.starts_with("label,method,bits,ppl:docs,piqa:acc,piqa:acc_norm,winogrande:acc,mmlu:acc\n"));
+        assert!(csv.starts_with(
+            "label,method,bits,ppl:docs,piqa:acc,piqa:acc_norm,winogrande:acc,mmlu:acc\n"
+        ));
         let png = dir.path().join("ppl.png");
-        let legend =
-            plot_metric_vs_bits(&entries, &MetricKey::Ppl("docs".into()), &png, &PlotOptions { log_y: true, ..Default::default() })
-                .unwrap();
-        assert_eq!(legend.iter().map(|l| l.0.as_str()).collect::<Vec<_>>(), ["fp", "rtn", "gptq"]);
+        let legend = plot_metric_vs_bits(
+            &entries,
+            &MetricKey::Ppl("docs".into()),
+            &png,
+            &PlotOptions {
+                log_y: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            legend.iter().map(|l| l.0.as_str()).collect::<Vec<_>>(),
+            ["fp", "rtn", "gptq"]
+        );
         let bytes = std::fs::read(&png).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
         assert!(bytes.len() > 1000);
         let acc_png = dir.path().join("acc.png");
-        plot_metric_vs_bits(&entries, &MetricKey::Acc("piqa".into()), &acc_png, &PlotOptions::default()).unwrap();
-        assert!(plot_metric_vs_bits(&entries, &MetricKey::Acc("nope".into()), &acc_png, &PlotOptions::default()).is_err());
+        plot_metric_vs_bits(
+            &entries,
+            &MetricKey::Acc("piqa".into()),
+            &acc_png,
+            &PlotOptions::default(),
+        )
+        .unwrap();
+        assert!(plot_metric_vs_bits(
+            &entries,
+            &MetricKey::Acc("nope".into()),
+            &acc_png,
+            &PlotOptions::default()
+        )
+        .is_err());
     }
 }
 
@@ -559,29 +806,57 @@ mod micro {
         use qwen3_quant_eval::tasks::compare_with_lm_eval_samples;
         let (model, tok) = micro();
         let golden = assets().join("golden/lm_eval_micro_samples_limit10.json");
-        let opts = TaskOptions { batch_size: 16, ..Default::default() };
+        let opts = TaskOptions {
+            batch_size: 16,
+            ..Default::default()
+        };
         let c = compare_with_lm_eval_samples(model, tok, &data_dir(), &golden, 10, &opts).unwrap();
-        eprintln!("worst relative log-likelihood difference vs lm-eval: {:.2e} {:?}", c.max_rel_diff, c.worst);
+        eprintln!(
+            "worst relative log-likelihood difference vs lm-eval: {:.2e} {:?}",
+            c.max_rel_diff, c.worst
+        );
         assert_eq!(c.docs, 7 * 10);
         assert_eq!(c.requests, 10 * (2 + 4 + 4 + 4 + 2 + 2 + 4));
         assert_eq!(c.request_mismatches, 0);
         assert!(c.max_rel_diff < 1e-4, "{c:?}");
-        assert!(c.decision_mismatches.is_empty(), "{:?}", c.decision_mismatches);
+        assert!(
+            c.decision_mismatches.is_empty(),
+            "{:?}",
+            c.decision_mismatches
+        );
     }
 
     /// `acc` / `acc_norm` of `lm_eval --limit 50` (`assets/golden/lm_eval_micro_limit50.json`).
     fn check_limit50(tasks: &[Task]) {
         let (model, tok) = micro();
-        let g: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(assets().join("golden/lm_eval_micro_limit50.json")).unwrap()).unwrap();
+        let g: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(assets().join("golden/lm_eval_micro_limit50.json")).unwrap(),
+        )
+        .unwrap();
         for &task in tasks {
-            let opts = TaskOptions { batch_size: 16, limit: Some(50), ..Default::default() };
-            let r = qwen3_quant_eval::run_task(model, tok, task, &data_dir(), &opts, Progress::Hidden).unwrap();
+            let opts = TaskOptions {
+                batch_size: 16,
+                limit: Some(50),
+                ..Default::default()
+            };
+            let r =
+                qwen3_quant_eval::run_task(model, tok, task, &data_dir(), &opts, Progress::Hidden)
+                    .unwrap();
             let want = &g["results"][task.name()];
             assert_eq!(r.n, 50);
-            assert!((r.acc - want["acc"].as_f64().unwrap()).abs() < 1e-9, "{} acc {} vs {}", task.name(), r.acc, want["acc"]);
+            assert!(
+                (r.acc - want["acc"].as_f64().unwrap()).abs() < 1e-9,
+                "{} acc {} vs {}",
+                task.name(),
+                r.acc,
+                want["acc"]
+            );
             match want.get("acc_norm") {
-                Some(v) => assert!((r.acc_norm.unwrap() - v.as_f64().unwrap()).abs() < 1e-9, "{} acc_norm", task.name()),
+                Some(v) => assert!(
+                    (r.acc_norm.unwrap() - v.as_f64().unwrap()).abs() < 1e-9,
+                    "{} acc_norm",
+                    task.name()
+                ),
                 None => assert!(r.acc_norm.is_none()),
             }
         }

@@ -31,19 +31,30 @@ fn main() {
                 x.push(noise + (0..8).map(|k| a[k] * f[k * inp + j]).sum::<f32>());
             }
         }
-        let w: Vec<f32> = (0..out * inp).map(|_| rng.gen_range(-0.05f32..0.05)).collect();
+        let w: Vec<f32> = (0..out * inp)
+            .map(|_| rng.gen_range(-0.05f32..0.05))
+            .collect();
         let t = Instant::now();
         let mut h = Hessian::new(inp);
         h.accumulate(&x, tokens).unwrap();
         let th = t.elapsed();
         let hs = h.scaled();
         for (name, cfg) in [
-            ("w4 g128 act-order", GptqConfig::default().with_group_size(Some(128))),
+            (
+                "w4 g128 act-order",
+                GptqConfig::default().with_group_size(Some(128)),
+            ),
             ("w4 per-channel act-order", GptqConfig::default()),
-            ("w4 g128 no act-order", GptqConfig { act_order: false, ..GptqConfig::default().with_group_size(Some(128)) }),
+            (
+                "w4 g128 no act-order",
+                GptqConfig {
+                    act_order: false,
+                    ..GptqConfig::default().with_group_size(Some(128))
+                },
+            ),
         ] {
             quantize_weight(&w, out, inp, &hs, &cfg).unwrap(); // warm-up
-            // The machine may be shared: report the minimum and the median of several runs.
+                                                               // The machine may be shared: report the minimum and the median of several runs.
             let mut times = Vec::new();
             let mut loss = 0.0;
             for _ in 0..9 {
@@ -58,7 +69,9 @@ fn main() {
             for _ in 0..reps {
                 quantize_weight(&w, out, inp, &hs, &cfg).unwrap();
             }
-            let cpu = c0.zip(cpu_ms()).map_or(f64::NAN, |(a, b)| (b - a) / reps as f64);
+            let cpu = c0
+                .zip(cpu_ms())
+                .map_or(f64::NAN, |(a, b)| (b - a) / reps as f64);
             println!(
                 "{out}x{inp} {name}: wall min {:.2} ms, median {:.2} ms; cpu {cpu:.1} ms per linear (loss {loss:.4}); hessian accumulate of {tokens} tokens {:.2} ms",
                 times[0],

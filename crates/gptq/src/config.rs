@@ -66,9 +66,17 @@ impl GptqConfig {
     /// - [`MethodError::InvalidConfig`] for `group_size = Some(0)`, `block_size = 0`, or a
     ///   negative / non-finite `percdamp`.
     pub fn validate(&self) -> Result<(), MethodError> {
-        let bad = |field, reason| Err(MethodError::InvalidConfig(CoreError::InvalidConfig { field, reason }));
+        let bad = |field, reason| {
+            Err(MethodError::InvalidConfig(CoreError::InvalidConfig {
+                field,
+                reason,
+            }))
+        };
         if self.bits.get() < 2 {
-            return Err(MethodError::UnsupportedBits { method: "gptq", bits: self.bits.get() });
+            return Err(MethodError::UnsupportedBits {
+                method: "gptq",
+                bits: self.bits.get(),
+            });
         }
         if self.group_size == Some(0) {
             return bad("group_size", "must be positive");

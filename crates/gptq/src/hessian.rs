@@ -1,10 +1,10 @@
 //! Hessian preparation: dead columns, act-order permutation, damping and the upper Cholesky
 //! factor of `H⁻¹` (faer, f64).
 
-use faer::linalg::solvers::LltError;
-use faer::linalg::triangular_inverse::invert_lower_triangular;
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
+use faer::linalg::solvers::LltError;
+use faer::linalg::triangular_inverse::invert_lower_triangular;
 use faer::{Mat, Par};
 
 /// Stable descending order of `diag` (ties keep the original column order).
@@ -35,13 +35,22 @@ pub(crate) struct FactorFailure {
 ///
 /// `h` is `[n, n]` row-major (f32, symmetric), already permuted and with dead columns fixed. On failure the damping
 /// is multiplied by 10 (or set to `0.01·mean(diag)` if it was 0) up to `retries` times.
-pub(crate) fn hinv_upper(h: &[f32], n: usize, percdamp: f64, retries: u32) -> Result<HinvFactor, FactorFailure> {
+pub(crate) fn hinv_upper(
+    h: &[f32],
+    n: usize,
+    percdamp: f64,
+    retries: u32,
+) -> Result<HinvFactor, FactorFailure> {
     let mean_diag = (0..n).map(|i| h[i * n + i] as f64).sum::<f64>() / n.max(1) as f64;
     let mut damp = percdamp * mean_diag;
     let mut fail = FactorFailure { column: 0, damp };
     for attempt in 0..=retries {
         if attempt > 0 {
-            damp = if damp > 0.0 { damp * 10.0 } else { 0.01 * mean_diag };
+            damp = if damp > 0.0 {
+                damp * 10.0
+            } else {
+                0.01 * mean_diag
+            };
         }
         match try_factor(h, n, damp) {
             Ok(u) => return Ok(HinvFactor { u, damp }),
@@ -60,7 +69,9 @@ pub(crate) fn hinv_upper(h: &[f32], n: usize, percdamp: f64, retries: u32) -> Re
 fn try_factor(h: &[f32], n: usize, damp: f64) -> Result<Vec<f32>, usize> {
     // (J H J)[i, j] = H[n-1-i, n-1-j] = H[n-1-j, n-1-i] (symmetric): read along rows of H so the
     // column-major fill is sequential in memory.
-    let a = Mat::<f64>::from_fn(n, n, |i, j| h[(n - 1 - j) * n + (n - 1 - i)] as f64 + if i == j { damp } else { 0.0 });
+    let a = Mat::<f64>::from_fn(n, n, |i, j| {
+        h[(n - 1 - j) * n + (n - 1 - i)] as f64 + if i == j { damp } else { 0.0 }
+    });
     // A failing pivot k of the flipped matrix is processing column n-1-k.
     let pivot = |e: LltError| match e {
         LltError::NonPositivePivot { index } => n - 1 - index.min(n - 1),
@@ -69,7 +80,14 @@ fn try_factor(h: &[f32], n: usize, damp: f64) -> Result<Vec<f32>, usize> {
     let par = Par::rayon(0);
     // In-place factorisation (no copy of the n×n matrix); only the lower triangle is used.
     let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(n, par, Default::default()));
-    cholesky_in_place(a.as_mut(), Default::default(), par, MemStack::new(&mut mem), Default::default()).map_err(pivot)?;
+    cholesky_in_place(
+        a.as_mut(),
+        Default::default(),
+        par,
+        MemStack::new(&mut mem),
+        Default::default(),
+    )
+    .map_err(pivot)?;
     let mut linv = Mat::<f64>::zeros(n, n);
     invert_lower_triangular(linv.as_mut(), a.as_ref(), par);
     let mut u = vec![0f32; n * n];

@@ -81,7 +81,10 @@ impl Quantizer for Gptq {
         "gptq"
     }
     fn stats_required(&self) -> StatsRequest {
-        StatsRequest { hessian: true, channel_stats: false }
+        StatsRequest {
+            hessian: true,
+            channel_stats: false,
+        }
     }
     fn propagation(&self) -> Propagation {
         Propagation::Quantized
@@ -93,7 +96,13 @@ impl Quantizer for Gptq {
     /// ([`qwen3_quant_core::Hessian::scaled`], `2/N_seq · ΣXᵀX`, which only affects `loss`).
     fn quantize_linear(&self, input: LinearInput<'_>, stats: &LinearStats) -> Result<QuantOutcome> {
         let id = input.id;
-        let h = stats.hessian.as_ref().ok_or(MethodError::MissingStatistics { id: Some(id), what: "hessian" })?;
+        let h = stats
+            .hessian
+            .as_ref()
+            .ok_or(MethodError::MissingStatistics {
+                id: Some(id),
+                what: "hessian",
+            })?;
         if h.dim != input.in_features {
             return Err(MethodError::InvalidShape {
                 id: Some(id),
@@ -102,9 +111,19 @@ impl Quantizer for Gptq {
                 actual: h.dim,
             });
         }
-        let out = quantize_weight(input.weight, input.out_features, input.in_features, &h.scaled(), &self.config)
-            .map_err(|e| e.with_id(id))?;
-        Ok(QuantOutcome { linear: out.linear, loss: out.loss, damp: out.damp })
+        let out = quantize_weight(
+            input.weight,
+            input.out_features,
+            input.in_features,
+            &h.scaled(),
+            &self.config,
+        )
+        .map_err(|e| e.with_id(id))?;
+        Ok(QuantOutcome {
+            linear: out.linear,
+            loss: out.loss,
+            damp: out.damp,
+        })
     }
 }
 

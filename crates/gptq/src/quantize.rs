@@ -10,8 +10,8 @@ use rayon::prelude::*;
 
 use qwen3_quant_core::method::check_weight;
 use qwen3_quant_core::{
-    canonical_g_idx, dequantize_code, find_params, quantize_code, GroupSize, MethodError, QuantParams, QuantScheme,
-    QuantizedLinear, RangeConvention,
+    canonical_g_idx, dequantize_code, find_params, quantize_code, GroupSize, MethodError,
+    QuantParams, QuantScheme, QuantizedLinear, RangeConvention,
 };
 
 use crate::config::GptqConfig;
@@ -39,7 +39,11 @@ enum ParamSource<'a> {
     Dynamic(usize),
     /// Precomputed on the original W over original column groups: `[out, n_groups]`, with the
     /// group of each processing position.
-    Static { params: &'a [QuantParams], n_groups: usize, group_of_pos: &'a [u32] },
+    Static {
+        params: &'a [QuantParams],
+        n_groups: usize,
+        group_of_pos: &'a [u32],
+    },
 }
 
 struct Shared<'a> {
@@ -76,13 +80,27 @@ pub fn quantize_weight(
     check_weight(w, out_features, in_features)?;
     let n = in_features;
     if out_features == 0 || n == 0 {
-        return Err(MethodError::InvalidShape { id: None, what: "weight (empty dimension)", expected: 1, actual: 0 });
+        return Err(MethodError::InvalidShape {
+            id: None,
+            what: "weight (empty dimension)",
+            expected: 1,
+            actual: 0,
+        });
     }
     if hessian.len() != n * n {
-        return Err(MethodError::InvalidShape { id: None, what: "hessian", expected: n * n, actual: hessian.len() });
+        return Err(MethodError::InvalidShape {
+            id: None,
+            what: "hessian",
+            expected: n * n,
+            actual: hessian.len(),
+        });
     }
     if let Some(index) = hessian.iter().position(|v| !v.is_finite()) {
-        return Err(MethodError::NonFinite { id: None, what: "hessian", index });
+        return Err(MethodError::NonFinite {
+            id: None,
+            what: "hessian",
+            index,
+        });
     }
     let group = match config.group_size {
         Some(g) => GroupSize::group(g)?,
@@ -94,7 +112,9 @@ pub fn quantize_weight(
 
     // Per-channel params first, on the original W (before dead columns are zeroed).
     let channel_params: Vec<QuantParams> = if config.group_size.is_none() {
-        w.par_chunks(n).map(|row| find_params(row, &scheme)).collect()
+        w.par_chunks(n)
+            .map(|row| find_params(row, &scheme))
+            .collect()
     } else {
         Vec::new()
     };
@@ -102,20 +122,33 @@ pub fn quantize_weight(
     // Dead columns.
     let mut diag: Vec<f32> = (0..n).map(|i| hessian[i * n + i]).collect();
     if let Some(c) = diag.iter().position(|&d| d < 0.0) {
-        return Err(MethodError::HessianNotPositiveDefinite { id: None, column: c, damp: 0.0 });
+        return Err(MethodError::HessianNotPositiveDefinite {
+            id: None,
+            column: c,
+            damp: 0.0,
+        });
     }
     let dead: Vec<bool> = diag.iter().map(|&d| d == 0.0).collect();
-    dead.iter().zip(diag.iter_mut()).filter(|(d, _)| **d).for_each(|(_, v)| *v = 1.0);
+    dead.iter()
+        .zip(diag.iter_mut())
+        .filter(|(d, _)| **d)
+        .for_each(|(_, v)| *v = 1.0);
     let mut w0 = w.to_vec();
     if dead.iter().any(|&d| d) {
         w0.par_chunks_mut(n).for_each(|row| {
-            row.iter_mut().zip(&dead).filter(|(_, &d)| d).for_each(|(x, _)| *x = 0.0);
+            row.iter_mut()
+                .zip(&dead)
+                .filter(|(_, &d)| d)
+                .for_each(|(x, _)| *x = 0.0);
         });
     }
 
     // Static groups: params on the original (dead-zeroed) W over original column groups.
     let static_params: Vec<QuantParams> = match (config.static_groups, config.group_size) {
-        (true, Some(gs)) => w0.par_chunks(n).flat_map_iter(|row| row.chunks(gs).map(|g| find_params(g, &scheme))).collect(),
+        (true, Some(gs)) => w0
+            .par_chunks(n)
+            .flat_map_iter(|row| row.chunks(gs).map(|g| find_params(g, &scheme)))
+            .collect(),
         _ => Vec::new(),
     };
 
@@ -135,19 +168,26 @@ pub fn quantize_weight(
         hp
     };
     let orig_col = |j: usize| perm.as_ref().map_or(j, |p| p[j] as usize);
-    let factor = hinv_upper(&hp, n, config.percdamp as f64, config.max_damp_retries).map_err(|f| {
-        MethodError::HessianNotPositiveDefinite { id: None, column: orig_col(f.column.min(n - 1)), damp: f.damp }
-    })?;
+    let factor =
+        hinv_upper(&hp, n, config.percdamp as f64, config.max_damp_retries).map_err(|f| {
+            MethodError::HessianNotPositiveDefinite {
+                id: None,
+                column: orig_col(f.column.min(n - 1)),
+                damp: f.damp,
+            }
+        })?;
 
     // W in processing order.
     let mut wp = match &perm {
         Some(p) => {
             let mut wp = vec![0f32; out_features * n];
-            wp.par_chunks_mut(n).zip(w0.par_chunks(n)).for_each(|(dst, src)| {
-                for (d, &c) in dst.iter_mut().zip(p) {
-                    *d = src[c as usize];
-                }
-            });
+            wp.par_chunks_mut(n)
+                .zip(w0.par_chunks(n))
+                .for_each(|(dst, src)| {
+                    for (d, &c) in dst.iter_mut().zip(p) {
+                        *d = src[c as usize];
+                    }
+                });
             wp
         }
         None => w0,
@@ -160,16 +200,34 @@ pub fn quantize_weight(
     let src = if config.group_size.is_none() {
         ParamSource::PerChannel(&channel_params)
     } else if config.static_groups {
-        ParamSource::Static { params: &static_params, n_groups, group_of_pos: &group_of_pos }
+        ParamSource::Static {
+            params: &static_params,
+            n_groups,
+            group_of_pos: &group_of_pos,
+        }
     } else {
         ParamSource::Dynamic(config.group_size.unwrap_or(n))
     };
-    let sh = Shared { n, u: &factor.u, block: config.block_size.min(n), maxq, scheme, src, n_groups_out: n_groups };
+    let sh = Shared {
+        n,
+        u: &factor.u,
+        block: config.block_size.min(n),
+        maxq,
+        scheme,
+        src,
+        n_groups_out: n_groups,
+    };
 
     // Column loop, rows in parallel chunks.
     let mut qp = vec![0f32; out_features * n];
     let mut codes_p = vec![0u8; out_features * n];
-    let mut params = vec![QuantParams { scale: 0.0, zero: 0.0 }; out_features * n_groups];
+    let mut params = vec![
+        QuantParams {
+            scale: 0.0,
+            zero: 0.0
+        };
+        out_features * n_groups
+    ];
     let threads = rayon::current_num_threads().max(1);
     // Small row chunks keep the transposed block (`block × rows`) in L2; U is re-read per chunk.
     let chunk_rows = out_features.div_ceil(threads * 2).clamp(16, 128);
@@ -187,12 +245,16 @@ pub fn quantize_weight(
         Some(p) => {
             let mut codes = vec![0u8; out_features * n];
             let mut fq = vec![0f32; out_features * n];
-            codes.par_chunks_mut(n).zip(fq.par_chunks_mut(n)).enumerate().for_each(|(r, (cr, fr))| {
-                for (j, &c) in p.iter().enumerate() {
-                    cr[c as usize] = codes_p[r * n + j];
-                    fr[c as usize] = qp[r * n + j];
-                }
-            });
+            codes
+                .par_chunks_mut(n)
+                .zip(fq.par_chunks_mut(n))
+                .enumerate()
+                .for_each(|(r, (cr, fr))| {
+                    for (j, &c) in p.iter().enumerate() {
+                        cr[c as usize] = codes_p[r * n + j];
+                        fr[c as usize] = qp[r * n + j];
+                    }
+                });
             (codes, fq)
         }
         None => (codes_p, qp),
@@ -207,10 +269,18 @@ pub fn quantize_weight(
         }
     }
     if let Some(index) = scales.iter().position(|s| !s.is_finite()) {
-        return Err(MethodError::NonFinite { id: None, what: "scales", index });
+        return Err(MethodError::NonFinite {
+            id: None,
+            what: "scales",
+            index,
+        });
     }
     if let Some(index) = fake_quant.iter().position(|s| !s.is_finite()) {
-        return Err(MethodError::NonFinite { id: None, what: "quantized weight", index });
+        return Err(MethodError::NonFinite {
+            id: None,
+            what: "quantized weight",
+            index,
+        });
     }
     // Only desc_act groups need the permutation to describe the layout.
     let out_perm = match (config.group_size, config.static_groups) {
@@ -230,7 +300,12 @@ pub fn quantize_weight(
         g_idx,
         out_perm,
     )?;
-    Ok(GptqOutput { linear, fake_quant, loss, damp: factor.damp })
+    Ok(GptqOutput {
+        linear,
+        fake_quant,
+        loss,
+        damp: factor.damp,
+    })
 }
 
 /// GPTQ on `rows` consecutive output rows starting at `row0` (all blocks). Returns the loss.
@@ -298,7 +373,11 @@ fn run_chunk_impl(
                 zero[r] = pc[row0 + r].zero;
             }
         }
-        ParamSource::Static { params: sp, n_groups, .. } => {
+        ParamSource::Static {
+            params: sp,
+            n_groups,
+            ..
+        } => {
             params.copy_from_slice(&sp[row0 * n_groups..(row0 + rows) * n_groups]);
         }
         ParamSource::Dynamic(_) => {}
@@ -334,7 +413,11 @@ fn run_chunk_impl(
                         }
                     }
                 }
-                ParamSource::Static { group_of_pos, n_groups, .. } => {
+                ParamSource::Static {
+                    group_of_pos,
+                    n_groups,
+                    ..
+                } => {
                     let g = group_of_pos[col] as usize;
                     for r in 0..rows {
                         let p = params[r * n_groups + g];
@@ -352,7 +435,10 @@ fn run_chunk_impl(
             let crow = &mut ct[i * rows..(i + 1) * rows];
             let mut sq = 0f64;
             for r in 0..rows {
-                let p = QuantParams { scale: scale[r], zero: zero[r] };
+                let p = QuantParams {
+                    scale: scale[r],
+                    zero: zero[r],
+                };
                 let code = quantize_code(x[r], p, sh.maxq);
                 let qv = dequantize_code(code, p);
                 crow[r] = code;
@@ -363,7 +449,10 @@ fn run_chunk_impl(
             }
             loss += sq / (d as f64 * d as f64) / 2.0;
             // W1[:, k] -= err · U[col, k] for the rest of the block.
-            for (k, wk) in tail[..(bsz - i - 1) * rows].chunks_exact_mut(rows).enumerate() {
+            for (k, wk) in tail[..(bsz - i - 1) * rows]
+                .chunks_exact_mut(rows)
+                .enumerate()
+            {
                 let uk = urow[i + 1 + k];
                 for (a, &b) in wk.iter_mut().zip(e.iter()) {
                     *a -= b * uk;
@@ -407,7 +496,14 @@ fn run_chunk_impl(
 
 /// `dst[j * dst_rs + i] = src[i * src_rs + j]` for `i < n_rows`, `j < n_cols` (tiled so both the
 /// reads and the strided writes stay in cache).
-fn transpose<T: Copy>(src: &[T], src_rs: usize, dst: &mut [T], dst_rs: usize, n_rows: usize, n_cols: usize) {
+fn transpose<T: Copy>(
+    src: &[T],
+    src_rs: usize,
+    dst: &mut [T],
+    dst_rs: usize,
+    n_rows: usize,
+    n_cols: usize,
+) {
     const TILE: usize = 16;
     for i0 in (0..n_rows).step_by(TILE) {
         for j0 in (0..n_cols).step_by(TILE) {

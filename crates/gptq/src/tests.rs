@@ -1,6 +1,7 @@
 use super::*;
 use qwen3_quant_core::{
-    fake_quantize, find_params, Bits, GroupSize, Hessian, LinearId, LinearKind, QuantScheme, RangeConvention,
+    fake_quantize, find_params, Bits, GroupSize, Hessian, LinearId, LinearKind, QuantScheme,
+    RangeConvention,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -13,7 +14,9 @@ fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
 fn correlated_x(tokens: usize, dim: usize, seed: u64) -> Vec<f32> {
     let z = rand_vec(tokens * dim, seed);
     let m = rand_vec(dim * dim, seed + 1);
-    let scale: Vec<f32> = (0..dim).map(|j| 0.2 + 2.0 * ((j * 7919) % 13) as f32 / 13.0).collect();
+    let scale: Vec<f32> = (0..dim)
+        .map(|j| 0.2 + 2.0 * ((j * 7919) % 13) as f32 / 13.0)
+        .collect();
     let mut x = vec![0f32; tokens * dim];
     for t in 0..tokens {
         for j in 0..dim {
@@ -40,7 +43,13 @@ fn identity(n: usize) -> Vec<f32> {
 }
 
 fn cfg(bits: u8, gs: Option<usize>, sym: bool, act: bool) -> GptqConfig {
-    GptqConfig { bits: Bits::new(bits).unwrap(), group_size: gs, sym, act_order: act, ..Default::default() }
+    GptqConfig {
+        bits: Bits::new(bits).unwrap(),
+        group_size: gs,
+        sym,
+        act_order: act,
+        ..Default::default()
+    }
 }
 
 /// RTN with GPTQ's quantizer over original column groups.
@@ -65,7 +74,9 @@ fn output_err(w: &[f32], q: &[f32], out: usize, n: usize, x: &[f32], tokens: usi
     let mut e = 0f64;
     for r in 0..out {
         for t in 0..tokens {
-            let s: f64 = (0..n).map(|j| ((w[r * n + j] - q[r * n + j]) as f64) * x[t * n + j] as f64).sum();
+            let s: f64 = (0..n)
+                .map(|j| ((w[r * n + j] - q[r * n + j]) as f64) * x[t * n + j] as f64)
+                .sum();
             e += s * s;
         }
     }
@@ -77,10 +88,20 @@ fn identity_hessian_equals_rtn() {
     let (out, n) = (12, 96);
     let w = rand_vec(out * n, 1);
     let h = identity(n);
-    for (bits, gs, sym) in [(4, None, false), (3, Some(32), false), (4, Some(32), true), (2, Some(40), false), (8, None, true)] {
+    for (bits, gs, sym) in [
+        (4, None, false),
+        (3, Some(32), false),
+        (4, Some(32), true),
+        (2, Some(40), false),
+        (8, None, true),
+    ] {
         for act in [false, true] {
             let o = quantize_weight(&w, out, n, &h, &cfg(bits, gs, sym, act)).unwrap();
-            assert_eq!(o.fake_quant, rtn(&w, out, n, bits, gs, sym), "bits {bits} gs {gs:?} sym {sym} act {act}");
+            assert_eq!(
+                o.fake_quant,
+                rtn(&w, out, n, bits, gs, sym),
+                "bits {bits} gs {gs:?} sym {sym} act {act}"
+            );
             assert_eq!(o.linear.dequantize(), o.fake_quant);
         }
     }
@@ -98,14 +119,25 @@ fn beats_rtn_on_correlated_inputs() {
     let w = rand_vec(out * n, 2);
     let x = correlated_x(tokens, n, 3);
     let h = hessian_of(&x, tokens, n);
-    for (bits, gs, act, stat) in
-        [(4, None, false, false), (3, None, true, false), (3, Some(16), true, false), (2, Some(32), false, false), (3, Some(16), true, true)]
-    {
-        let c = GptqConfig { static_groups: stat, block_size: 16, ..cfg(bits, gs, false, act) };
+    for (bits, gs, act, stat) in [
+        (4, None, false, false),
+        (3, None, true, false),
+        (3, Some(16), true, false),
+        (2, Some(32), false, false),
+        (3, Some(16), true, true),
+    ] {
+        let c = GptqConfig {
+            static_groups: stat,
+            block_size: 16,
+            ..cfg(bits, gs, false, act)
+        };
         let o = quantize_weight(&w, out, n, &h, &c).unwrap();
         let eg = output_err(&w, &o.fake_quant, out, n, &x, tokens);
         let er = output_err(&w, &rtn(&w, out, n, bits, gs, false), out, n, &x, tokens);
-        assert!(eg < er, "bits {bits} gs {gs:?} act {act} static {stat}: gptq {eg} rtn {er}");
+        assert!(
+            eg < er,
+            "bits {bits} gs {gs:?} act {act} static {stat}: gptq {eg} rtn {er}"
+        );
     }
 }
 
@@ -113,12 +145,37 @@ fn beats_rtn_on_correlated_inputs() {
 /// `block` only matters for group params: like the reference they are read from W as it was at
 /// the start of the enclosing block (equal to the fully updated W when groups align with blocks).
 #[allow(clippy::too_many_arguments)]
-fn slow_gptq(w: &[f32], out: usize, n: usize, h: &[f32], bits: u8, gs: Option<usize>, act: bool, block: usize) -> Vec<u8> {
-    let s = QuantScheme::new(Bits::new(bits).unwrap(), GroupSize::PerChannel, false, RangeConvention::Gptq).unwrap();
+fn slow_gptq(
+    w: &[f32],
+    out: usize,
+    n: usize,
+    h: &[f32],
+    bits: u8,
+    gs: Option<usize>,
+    act: bool,
+    block: usize,
+) -> Vec<u8> {
+    let s = QuantScheme::new(
+        Bits::new(bits).unwrap(),
+        GroupSize::PerChannel,
+        false,
+        RangeConvention::Gptq,
+    )
+    .unwrap();
     let maxq = s.maxq();
     let mut h: Vec<f64> = h.iter().map(|&v| v as f64).collect();
     let mut w: Vec<f64> = w.iter().map(|&v| v as f64).collect();
-    let chan: Vec<_> = (0..out).map(|r| find_params(&w[r * n..(r + 1) * n].iter().map(|&v| v as f32).collect::<Vec<_>>(), &s)).collect();
+    let chan: Vec<_> = (0..out)
+        .map(|r| {
+            find_params(
+                &w[r * n..(r + 1) * n]
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect::<Vec<_>>(),
+                &s,
+            )
+        })
+        .collect();
     for i in 0..n {
         if h[i * n + i] == 0.0 {
             h[i * n + i] = 1.0;
@@ -127,7 +184,10 @@ fn slow_gptq(w: &[f32], out: usize, n: usize, h: &[f32], bits: u8, gs: Option<us
     }
     let perm: Vec<usize> = if act {
         let diag: Vec<f32> = (0..n).map(|i| h[i * n + i] as f32).collect();
-        act_order_perm(&diag).into_iter().map(|v| v as usize).collect()
+        act_order_perm(&diag)
+            .into_iter()
+            .map(|v| v as usize)
+            .collect()
     } else {
         (0..n).collect()
     };
@@ -147,7 +207,8 @@ fn slow_gptq(w: &[f32], out: usize, n: usize, h: &[f32], bits: u8, gs: Option<us
         let mut l = vec![0f64; n * n];
         for i in 0..n {
             for j in 0..=i {
-                let s: f64 = a[i * n + j] - (0..j).map(|k| l[i * n + k] * l[j * n + k]).sum::<f64>();
+                let s: f64 =
+                    a[i * n + j] - (0..j).map(|k| l[i * n + k] * l[j * n + k]).sum::<f64>();
                 l[i * n + j] = if i == j { s.sqrt() } else { s / l[j * n + j] };
             }
         }
@@ -209,13 +270,36 @@ fn matches_slow_reference() {
         h[7 * n + k] = 0.0;
         h[k * n + 7] = 0.0;
     }
-    for (bits, gs, act, block) in [(4, None, false, 16), (3, None, true, 16), (4, Some(16), true, 16), (3, Some(32), false, 16), (2, Some(16), true, 48), (3, Some(8), false, 20)] {
-        let c = GptqConfig { block_size: block, ..cfg(bits, gs, false, act) };
+    for (bits, gs, act, block) in [
+        (4, None, false, 16),
+        (3, None, true, 16),
+        (4, Some(16), true, 16),
+        (3, Some(32), false, 16),
+        (2, Some(16), true, 48),
+        (3, Some(8), false, 20),
+    ] {
+        let c = GptqConfig {
+            block_size: block,
+            ..cfg(bits, gs, false, act)
+        };
         let o = quantize_weight(&w, out, n, &h, &c).unwrap();
         let slow = slow_gptq(&w, out, n, &h, bits, gs, act, block);
-        let same = o.linear.codes().iter().zip(&slow).filter(|(a, b)| a == b).count();
-        eprintln!("slow-reference match {bits} {gs:?} {act} {block}: {same}/{}", out * n);
-        assert!(same as f64 >= 0.99 * (out * n) as f64, "{bits} {gs:?} {act}: {same}/{}", out * n);
+        let same = o
+            .linear
+            .codes()
+            .iter()
+            .zip(&slow)
+            .filter(|(a, b)| a == b)
+            .count();
+        eprintln!(
+            "slow-reference match {bits} {gs:?} {act} {block}: {same}/{}",
+            out * n
+        );
+        assert!(
+            same as f64 >= 0.99 * (out * n) as f64,
+            "{bits} {gs:?} {act}: {same}/{}",
+            out * n
+        );
     }
 }
 
@@ -256,24 +340,57 @@ fn bad_inputs_are_typed_errors() {
     let c = GptqConfig::default();
     let mut wn = w.clone();
     wn[5] = f32::NAN;
-    assert!(matches!(quantize_weight(&wn, out, n, &h, &c), Err(MethodError::NonFinite { what: "weight", index: 5, .. })));
+    assert!(matches!(
+        quantize_weight(&wn, out, n, &h, &c),
+        Err(MethodError::NonFinite {
+            what: "weight",
+            index: 5,
+            ..
+        })
+    ));
     let mut hn = h.clone();
     hn[10] = f32::INFINITY;
-    assert!(matches!(quantize_weight(&w, out, n, &hn, &c), Err(MethodError::NonFinite { what: "hessian", .. })));
+    assert!(matches!(
+        quantize_weight(&w, out, n, &hn, &c),
+        Err(MethodError::NonFinite {
+            what: "hessian",
+            ..
+        })
+    ));
     let mut hneg = h.clone();
     hneg[2 * n + 2] = -1.0;
     assert!(matches!(
         quantize_weight(&w, out, n, &hneg, &c),
         Err(MethodError::HessianNotPositiveDefinite { column: 2, .. })
     ));
-    assert!(matches!(quantize_weight(&w, out, n, &h[..10], &c), Err(MethodError::InvalidShape { .. })));
     assert!(matches!(
-        quantize_weight(&w, out, n, &h, &GptqConfig { bits: Bits::new(1).unwrap(), ..c }),
+        quantize_weight(&w, out, n, &h[..10], &c),
+        Err(MethodError::InvalidShape { .. })
+    ));
+    assert!(matches!(
+        quantize_weight(
+            &w,
+            out,
+            n,
+            &h,
+            &GptqConfig {
+                bits: Bits::new(1).unwrap(),
+                ..c
+            }
+        ),
         Err(MethodError::UnsupportedBits { bits: 1, .. })
     ));
     assert!(Gptq::new(GptqConfig { block_size: 0, ..c }).is_err());
-    assert!(Gptq::new(GptqConfig { group_size: Some(0), ..c }).is_err());
-    assert!(Gptq::new(GptqConfig { percdamp: f32::NAN, ..c }).is_err());
+    assert!(Gptq::new(GptqConfig {
+        group_size: Some(0),
+        ..c
+    })
+    .is_err());
+    assert!(Gptq::new(GptqConfig {
+        percdamp: f32::NAN,
+        ..c
+    })
+    .is_err());
 }
 
 #[test]
@@ -284,8 +401,24 @@ fn damping_retries() {
     let w = vec![0.3, -0.7, 0.1, 0.9];
     let o = quantize_weight(&w, 2, 2, &h, &GptqConfig::default()).unwrap();
     assert!(o.damp > 9.0 && o.damp < 11.0, "{}", o.damp);
-    let e = quantize_weight(&w, 2, 2, &h, &GptqConfig { max_damp_retries: 1, ..Default::default() }).unwrap_err();
-    assert!(matches!(e, MethodError::HessianNotPositiveDefinite { column: 0 | 1, .. }), "{e:?}");
+    let e = quantize_weight(
+        &w,
+        2,
+        2,
+        &h,
+        &GptqConfig {
+            max_damp_retries: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            MethodError::HessianNotPositiveDefinite { column: 0 | 1, .. }
+        ),
+        "{e:?}"
+    );
     let e = e.with_id(LinearId::new(4, LinearKind::Down));
     assert!(e.to_string().contains("layers.4.mlp.down_proj"), "{e}");
 }
@@ -297,11 +430,24 @@ fn act_order_layout_is_consistent() {
     let x = correlated_x(tokens, n, 11);
     let h = hessian_of(&x, tokens, n);
     for gs in [None, Some(16), Some(24), Some(128)] {
-        for (act, stat, sym, block) in [(true, false, false, 32), (true, true, false, 32), (false, false, true, 7), (true, false, true, 128)] {
-            let c = GptqConfig { static_groups: stat, block_size: block, ..cfg(3, gs, sym, act) };
+        for (act, stat, sym, block) in [
+            (true, false, false, 32),
+            (true, true, false, 32),
+            (false, false, true, 7),
+            (true, false, true, 128),
+        ] {
+            let c = GptqConfig {
+                static_groups: stat,
+                block_size: block,
+                ..cfg(3, gs, sym, act)
+            };
             let o = quantize_weight(&w, out, n, &h, &c).unwrap();
             let l = &o.linear;
-            assert_eq!(l.dequantize(), o.fake_quant, "gs {gs:?} act {act} static {stat}");
+            assert_eq!(
+                l.dequantize(),
+                o.fake_quant,
+                "gs {gs:?} act {act} static {stat}"
+            );
             let has_perm = act && gs.is_some() && !stat;
             assert_eq!(l.perm().is_some(), has_perm);
             if let (Some(p), Some(g)) = (l.perm(), gs) {
@@ -329,8 +475,17 @@ fn loss_formula() {
     let w = rand_vec(out * n, 12);
     let h: Vec<f32> = identity(n).iter().map(|v| v * 2.0).collect();
     let o = quantize_weight(&w, out, n, &h, &cfg(3, None, false, false)).unwrap();
-    let se: f64 = w.iter().zip(&o.fake_quant).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
-    assert!((o.loss - se * 2.02 / 2.0).abs() < 1e-5 * se.max(1e-9), "{} vs {}", o.loss, se * 1.01);
+    let se: f64 = w
+        .iter()
+        .zip(&o.fake_quant)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
+    assert!(
+        (o.loss - se * 2.02 / 2.0).abs() < 1e-5 * se.max(1e-9),
+        "{} vs {}",
+        o.loss,
+        se * 1.01
+    );
     assert!((o.damp - 0.02).abs() < 1e-9);
 }
 
@@ -343,18 +498,43 @@ fn quantizer_trait() {
     assert!(g.true_sequential());
     let (out, n) = (4, 16);
     let w = rand_vec(out * n, 13);
-    let id = LinearId { layer: 1, kind: LinearKind::Up, expert: Some(2) };
-    let input = LinearInput { id, weight: &w, out_features: out, in_features: n };
-    let e = g.quantize_linear(input, &LinearStats::default()).unwrap_err();
-    assert!(matches!(e, MethodError::MissingStatistics { id: Some(_), .. }));
+    let id = LinearId {
+        layer: 1,
+        kind: LinearKind::Up,
+        expert: Some(2),
+    };
+    let input = LinearInput {
+        id,
+        weight: &w,
+        out_features: out,
+        in_features: n,
+    };
+    let e = g
+        .quantize_linear(input, &LinearStats::default())
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        MethodError::MissingStatistics { id: Some(_), .. }
+    ));
     assert!(e.to_string().contains("layers.1.mlp.experts.2.up_proj"));
     let x = correlated_x(32, n, 14);
     let mut h = Hessian::new(n);
     h.accumulate(&x, 32).unwrap();
-    let st = LinearStats { hessian: Some(h.clone()), channels: None, tokens: 32 };
+    let st = LinearStats {
+        hessian: Some(h.clone()),
+        channels: None,
+        tokens: 32,
+    };
     let o = g.quantize_linear(input, &st).unwrap();
     let direct = quantize_weight(&w, out, n, &h.scaled(), &GptqConfig::default()).unwrap();
     assert_eq!(o.linear, direct.linear);
-    let bad = LinearStats { hessian: Some(Hessian::new(n + 1)), channels: None, tokens: 0 };
-    assert!(matches!(g.quantize_linear(input, &bad), Err(MethodError::InvalidShape { .. })));
+    let bad = LinearStats {
+        hessian: Some(Hessian::new(n + 1)),
+        channels: None,
+        tokens: 0,
+    };
+    assert!(matches!(
+        g.quantize_linear(input, &bad),
+        Err(MethodError::InvalidShape { .. })
+    ));
 }

@@ -35,7 +35,11 @@ impl Checkpoint {
         } else if single.is_file() {
             let file = SafetensorsFile::open(&single)?;
             let location = file.names().map(|n| (n.to_string(), 0)).collect();
-            Ok(Checkpoint { dir, shards: vec![file], location })
+            Ok(Checkpoint {
+                dir,
+                shards: vec![file],
+                location,
+            })
         } else {
             Err(IoError::NoCheckpoint(dir))
         }
@@ -43,8 +47,12 @@ impl Checkpoint {
 
     fn open_sharded(dir: PathBuf, index: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(index).map_err(io_err(index))?;
-        let invalid = |reason: String| IoError::InvalidIndex { path: index.to_path_buf(), reason };
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let invalid = |reason: String| IoError::InvalidIndex {
+            path: index.to_path_buf(),
+            reason,
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         let map = value
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -52,28 +60,42 @@ impl Checkpoint {
         let mut shard_names: BTreeMap<String, usize> = BTreeMap::new();
         let mut wanted: Vec<(String, String)> = Vec::with_capacity(map.len());
         for (tensor, file) in map {
-            let file = file.as_str().ok_or_else(|| invalid(format!("{tensor}: shard name is not a string")))?;
+            let file = file
+                .as_str()
+                .ok_or_else(|| invalid(format!("{tensor}: shard name is not a string")))?;
             if file.contains('/') || file.contains('\\') || file.starts_with('.') {
-                return Err(invalid(format!("{tensor}: shard name {file:?} must be a plain file name")));
+                return Err(invalid(format!(
+                    "{tensor}: shard name {file:?} must be a plain file name"
+                )));
             }
             let next = shard_names.len();
             shard_names.entry(file.to_string()).or_insert(next);
             wanted.push((tensor.clone(), file.to_string()));
         }
-        let mut shards: Vec<Option<SafetensorsFile>> = (0..shard_names.len()).map(|_| None).collect();
+        let mut shards: Vec<Option<SafetensorsFile>> =
+            (0..shard_names.len()).map(|_| None).collect();
         for (name, &i) in &shard_names {
             shards[i] = Some(SafetensorsFile::open(dir.join(name))?);
         }
-        let shards: Vec<SafetensorsFile> = shards.into_iter().map(|s| s.expect("every shard opened")).collect();
+        let shards: Vec<SafetensorsFile> = shards
+            .into_iter()
+            .map(|s| s.expect("every shard opened"))
+            .collect();
         let mut location = HashMap::with_capacity(wanted.len());
         for (tensor, file) in wanted {
             let i = shard_names[&file];
             if shards[i].header().tensors.get(&tensor).is_none() {
-                return Err(invalid(format!("{tensor} is listed in {file} but not stored there")));
+                return Err(invalid(format!(
+                    "{tensor} is listed in {file} but not stored there"
+                )));
             }
             location.insert(tensor, i);
         }
-        Ok(Checkpoint { dir, shards, location })
+        Ok(Checkpoint {
+            dir,
+            shards,
+            location,
+        })
     }
 
     /// The directory.
@@ -105,7 +127,10 @@ impl Checkpoint {
 
     /// A tensor by name.
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
-        let &i = self.location.get(name).ok_or_else(|| IoError::MissingTensor(name.to_string()))?;
+        let &i = self
+            .location
+            .get(name)
+            .ok_or_else(|| IoError::MissingTensor(name.to_string()))?;
         self.shards[i].tensor(name)
     }
 
@@ -113,7 +138,11 @@ impl Checkpoint {
     pub fn load_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let t = self.tensor(name)?;
         if t.shape != shape {
-            return Err(IoError::WrongShape { tensor: name.into(), got: t.shape.to_vec(), expected: shape.to_vec() });
+            return Err(IoError::WrongShape {
+                tensor: name.into(),
+                got: t.shape.to_vec(),
+                expected: shape.to_vec(),
+            });
         }
         t.to_f32_finite()
     }

@@ -106,14 +106,20 @@ fn usize_field(v: &Value, key: &'static str) -> std::result::Result<Option<usize
             .as_u64()
             .and_then(|n| usize::try_from(n).ok())
             .map(Some)
-            .ok_or_else(|| ConfigError::InvalidField { field: key, reason: format!("expected a non-negative integer, got {x}") }),
+            .ok_or_else(|| ConfigError::InvalidField {
+                field: key,
+                reason: format!("expected a non-negative integer, got {x}"),
+            }),
     }
 }
 
 fn req_usize(v: &Value, key: &'static str) -> std::result::Result<usize, ConfigError> {
     let n = usize_field(v, key)?.ok_or(ConfigError::MissingField(key))?;
     if n == 0 {
-        return Err(ConfigError::InvalidField { field: key, reason: "must be positive".into() });
+        return Err(ConfigError::InvalidField {
+            field: key,
+            reason: "must be positive".into(),
+        });
     }
     Ok(n)
 }
@@ -125,7 +131,10 @@ fn f64_field(v: &Value, key: &'static str) -> std::result::Result<Option<f64>, C
             .as_f64()
             .filter(|f| f.is_finite())
             .map(Some)
-            .ok_or_else(|| ConfigError::InvalidField { field: key, reason: format!("expected a finite number, got {x}") }),
+            .ok_or_else(|| ConfigError::InvalidField {
+                field: key,
+                reason: format!("expected a finite number, got {x}"),
+            }),
     }
 }
 
@@ -135,7 +144,10 @@ fn bool_field(v: &Value, key: &'static str) -> std::result::Result<Option<bool>,
         Some(x) => x
             .as_bool()
             .map(Some)
-            .ok_or_else(|| ConfigError::InvalidField { field: key, reason: format!("expected a boolean, got {x}") }),
+            .ok_or_else(|| ConfigError::InvalidField {
+                field: key,
+                reason: format!("expected a boolean, got {x}"),
+            }),
     }
 }
 
@@ -155,14 +167,19 @@ impl ModelConfig {
     /// assert_eq!(err, ConfigError::MissingField("vocab_size"));
     /// ```
     pub fn from_json(text: &str) -> std::result::Result<Self, ConfigError> {
-        let v: Value = serde_json::from_str(text).map_err(|e| ConfigError::NotJson(e.to_string()))?;
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| ConfigError::NotJson(e.to_string()))?;
         if !v.is_object() {
             return Err(ConfigError::NotJson("top level is not an object".into()));
         }
         let architecture = match get(&v, "model_type").and_then(Value::as_str) {
             Some("qwen3") => Architecture::Qwen3,
             Some("qwen3_moe") => Architecture::Qwen3Moe,
-            Some(other) => return Err(ConfigError::Unsupported(format!("model_type {other:?} (expected qwen3 or qwen3_moe)"))),
+            Some(other) => {
+                return Err(ConfigError::Unsupported(format!(
+                    "model_type {other:?} (expected qwen3 or qwen3_moe)"
+                )))
+            }
             None => return Err(ConfigError::MissingField("model_type")),
         };
         let vocab_size = req_usize(&v, "vocab_size")?;
@@ -170,7 +187,12 @@ impl ModelConfig {
         let num_hidden_layers = req_usize(&v, "num_hidden_layers")?;
         let num_attention_heads = req_usize(&v, "num_attention_heads")?;
         let num_key_value_heads = match usize_field(&v, "num_key_value_heads")? {
-            Some(0) => return Err(ConfigError::InvalidField { field: "num_key_value_heads", reason: "must be positive".into() }),
+            Some(0) => {
+                return Err(ConfigError::InvalidField {
+                    field: "num_key_value_heads",
+                    reason: "must be positive".into(),
+                })
+            }
             Some(n) => n,
             None => num_attention_heads,
         };
@@ -186,25 +208,38 @@ impl ModelConfig {
             None => return Err(ConfigError::MissingField("head_dim")),
         };
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(ConfigError::InvalidField { field: "head_dim", reason: format!("{head_dim} must be positive and even (RoPE)") });
+            return Err(ConfigError::InvalidField {
+                field: "head_dim",
+                reason: format!("{head_dim} must be positive and even (RoPE)"),
+            });
         }
         let rms_norm_eps = f64_field(&v, "rms_norm_eps")?.unwrap_or(1e-6);
         let rope_theta = match f64_field(&v, "rope_theta")? {
             Some(t) => t,
             None => match get(&v, "rope_parameters") {
-                Some(p) => f64_field(p, "rope_theta")?.ok_or(ConfigError::MissingField("rope_parameters.rope_theta"))?,
+                Some(p) => f64_field(p, "rope_theta")?
+                    .ok_or(ConfigError::MissingField("rope_parameters.rope_theta"))?,
                 None => return Err(ConfigError::MissingField("rope_theta")),
             },
         };
         if rope_theta <= 0.0 {
-            return Err(ConfigError::InvalidField { field: "rope_theta", reason: "must be positive".into() });
+            return Err(ConfigError::InvalidField {
+                field: "rope_theta",
+                reason: "must be positive".into(),
+            });
         }
         // Only plain RoPE is implemented; YaRN and friends would silently give wrong logits.
         let scaling = get(&v, "rope_scaling").or_else(|| get(&v, "rope_parameters"));
         if let Some(s) = scaling {
-            let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("default");
+            let kind = s
+                .get("rope_type")
+                .or_else(|| s.get("type"))
+                .and_then(Value::as_str)
+                .unwrap_or("default");
             if kind != "default" {
-                return Err(ConfigError::Unsupported(format!("rope scaling of type {kind:?}")));
+                return Err(ConfigError::Unsupported(format!(
+                    "rope scaling of type {kind:?}"
+                )));
             }
         }
         if bool_field(&v, "attention_bias")?.unwrap_or(false) {
@@ -220,10 +255,17 @@ impl ModelConfig {
         }
         let tie_word_embeddings = bool_field(&v, "tie_word_embeddings")?.unwrap_or(false);
         let max_position_embeddings = usize_field(&v, "max_position_embeddings")?.unwrap_or(40960);
-        let dtype = get(&v, "torch_dtype").or_else(|| get(&v, "dtype")).and_then(Value::as_str).map(str::to_string);
+        let dtype = get(&v, "torch_dtype")
+            .or_else(|| get(&v, "dtype"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let eos_token_ids = match get(&v, "eos_token_id") {
             None => Vec::new(),
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(|x| x as u32)
+                .collect(),
             Some(x) => x.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
         };
 
@@ -232,7 +274,8 @@ impl ModelConfig {
             Architecture::Qwen3Moe => {
                 let num_experts = match usize_field(&v, "num_experts")? {
                     Some(n) => n,
-                    None => usize_field(&v, "num_local_experts")?.ok_or(ConfigError::MissingField("num_experts"))?,
+                    None => usize_field(&v, "num_local_experts")?
+                        .ok_or(ConfigError::MissingField("num_experts"))?,
                 };
                 let num_experts_per_tok = req_usize(&v, "num_experts_per_tok")?;
                 if num_experts == 0 || num_experts_per_tok > num_experts {
@@ -247,9 +290,15 @@ impl ModelConfig {
                         .iter()
                         .map(|x| x.as_u64().map(|n| n as usize))
                         .collect::<Option<Vec<_>>>()
-                        .ok_or(ConfigError::InvalidField { field: "mlp_only_layers", reason: "expected integers".into() })?,
+                        .ok_or(ConfigError::InvalidField {
+                            field: "mlp_only_layers",
+                            reason: "expected integers".into(),
+                        })?,
                     Some(_) => {
-                        return Err(ConfigError::InvalidField { field: "mlp_only_layers", reason: "expected a list".into() })
+                        return Err(ConfigError::InvalidField {
+                            field: "mlp_only_layers",
+                            reason: "expected a list".into(),
+                        })
                     }
                 };
                 Some(MoeConfig {
@@ -257,12 +306,16 @@ impl ModelConfig {
                     num_experts_per_tok,
                     moe_intermediate_size: req_usize(&v, "moe_intermediate_size")?,
                     norm_topk_prob: bool_field(&v, "norm_topk_prob")?.unwrap_or(false),
-                    decoder_sparse_step: usize_field(&v, "decoder_sparse_step")?.unwrap_or(1).max(1),
+                    decoder_sparse_step: usize_field(&v, "decoder_sparse_step")?
+                        .unwrap_or(1)
+                        .max(1),
                     mlp_only_layers,
                 })
             }
         };
-        let needs_dense = moe.as_ref().is_none_or(|m| (0..num_hidden_layers).any(|i| !m.is_sparse(i)));
+        let needs_dense = moe
+            .as_ref()
+            .is_none_or(|m| (0..num_hidden_layers).any(|i| !m.is_sparse(i)));
         let intermediate_size = match usize_field(&v, "intermediate_size")? {
             Some(n) if n > 0 => n,
             _ if needs_dense => return Err(ConfigError::MissingField("intermediate_size")),
@@ -306,7 +359,9 @@ impl ModelConfig {
 impl MoeConfig {
     /// transformers' rule: sparse unless listed in `mlp_only_layers`, on every `decoder_sparse_step`-th layer.
     pub fn is_sparse(&self, layer: usize) -> bool {
-        !self.mlp_only_layers.contains(&layer) && self.num_experts > 0 && (layer + 1) % self.decoder_sparse_step == 0
+        !self.mlp_only_layers.contains(&layer)
+            && self.num_experts > 0
+            && (layer + 1) % self.decoder_sparse_step == 0
     }
 }
 
@@ -345,22 +400,63 @@ mod tests {
 
     #[test]
     fn missing_and_invalid_fields_are_typed_errors() {
-        for field in ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "rope_theta", "intermediate_size"] {
+        for field in [
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "rope_theta",
+            "intermediate_size",
+        ] {
             let mut v: serde_json::Value = serde_json::from_str(DENSE_451).unwrap();
             v.as_object_mut().unwrap().remove(field);
-            assert_eq!(ModelConfig::from_json(&v.to_string()).unwrap_err(), ConfigError::MissingField(field), "{field}");
+            assert_eq!(
+                ModelConfig::from_json(&v.to_string()).unwrap_err(),
+                ConfigError::MissingField(field),
+                "{field}"
+            );
         }
         let bad = DENSE_451.replace("\"num_key_value_heads\":2", "\"num_key_value_heads\":3");
-        assert!(matches!(ModelConfig::from_json(&bad), Err(ConfigError::InvalidField { .. })));
+        assert!(matches!(
+            ModelConfig::from_json(&bad),
+            Err(ConfigError::InvalidField { .. })
+        ));
         let bad = DENSE_451.replace("\"head_dim\":16", "\"head_dim\":15");
-        assert!(matches!(ModelConfig::from_json(&bad), Err(ConfigError::InvalidField { field: "head_dim", .. })));
-        let bad = DENSE_451.replace("\"rope_scaling\":null", "\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4}");
-        assert!(matches!(ModelConfig::from_json(&bad), Err(ConfigError::Unsupported(_))));
+        assert!(matches!(
+            ModelConfig::from_json(&bad),
+            Err(ConfigError::InvalidField {
+                field: "head_dim",
+                ..
+            })
+        ));
+        let bad = DENSE_451.replace(
+            "\"rope_scaling\":null",
+            "\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4}",
+        );
+        assert!(matches!(
+            ModelConfig::from_json(&bad),
+            Err(ConfigError::Unsupported(_))
+        ));
         let bad = DENSE_451.replace("\"hidden_size\":64", "\"hidden_size\":\"64\"");
-        assert!(matches!(ModelConfig::from_json(&bad), Err(ConfigError::InvalidField { field: "hidden_size", .. })));
-        assert!(matches!(ModelConfig::from_json("[1,2]"), Err(ConfigError::NotJson(_))));
-        assert!(matches!(ModelConfig::from_json("{"), Err(ConfigError::NotJson(_))));
+        assert!(matches!(
+            ModelConfig::from_json(&bad),
+            Err(ConfigError::InvalidField {
+                field: "hidden_size",
+                ..
+            })
+        ));
+        assert!(matches!(
+            ModelConfig::from_json("[1,2]"),
+            Err(ConfigError::NotJson(_))
+        ));
+        assert!(matches!(
+            ModelConfig::from_json("{"),
+            Err(ConfigError::NotJson(_))
+        ));
         let llama = DENSE_451.replace("qwen3", "llama");
-        assert!(matches!(ModelConfig::from_json(&llama), Err(ConfigError::Unsupported(_))));
+        assert!(matches!(
+            ModelConfig::from_json(&llama),
+            Err(ConfigError::Unsupported(_))
+        ));
     }
 }

@@ -89,15 +89,25 @@ pub(crate) fn floats_to_f32(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) -> b
     out.clear();
     match dtype {
         Dtype::BF16 => out.extend(
-            bytes.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)),
+            bytes
+                .chunks_exact(2)
+                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)),
         ),
         Dtype::F16 => out.extend(
-            bytes.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
+            bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
         ),
-        Dtype::F32 => out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-        Dtype::F64 => out.extend(bytes.chunks_exact(8).map(|c| {
-            f64::from_le_bytes(c.try_into().expect("chunks_exact(8)")) as f32
-        })),
+        Dtype::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        Dtype::F64 => out.extend(
+            bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("chunks_exact(8)")) as f32),
+        ),
         _ => return false,
     }
     true
@@ -115,7 +125,10 @@ mod tests {
     #[test]
     fn bf16_widening_is_exact() {
         let vals = [1.0f32, -2.5, 3.140625, 0.0, -0.0, 1e-3];
-        let bytes: Vec<u8> = vals.iter().flat_map(|v| f32_to_bf16_bits(*v).to_le_bytes()).collect();
+        let bytes: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| f32_to_bf16_bits(*v).to_le_bytes())
+            .collect();
         let mut out = Vec::new();
         assert!(floats_to_f32(Dtype::BF16, &bytes, &mut out));
         for (a, b) in vals.iter().zip(&out) {
@@ -125,7 +138,18 @@ mod tests {
 
     #[test]
     fn dtype_names_round_trip() {
-        for d in [Dtype::BF16, Dtype::F16, Dtype::F32, Dtype::F64, Dtype::I64, Dtype::I32, Dtype::I16, Dtype::I8, Dtype::U8, Dtype::Bool] {
+        for d in [
+            Dtype::BF16,
+            Dtype::F16,
+            Dtype::F32,
+            Dtype::F64,
+            Dtype::I64,
+            Dtype::I32,
+            Dtype::I16,
+            Dtype::I8,
+            Dtype::U8,
+            Dtype::Bool,
+        ] {
             assert_eq!(Dtype::parse(d.as_str()), Some(d));
         }
         assert_eq!(Dtype::parse("F8_E4M3"), None);

@@ -59,25 +59,46 @@ pub struct Header {
 pub fn parse_header(bytes: &[u8], path: &Path) -> Result<Header> {
     let file_len = bytes.len() as u64;
     if file_len < 8 {
-        return Err(IoError::Truncated { path: path.into(), len: file_len });
+        return Err(IoError::Truncated {
+            path: path.into(),
+            len: file_len,
+        });
     }
     let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
     if header_len > MAX_HEADER_LEN || header_len > file_len - 8 {
-        return Err(IoError::HeaderTooLong { path: path.into(), header_len, file_len });
+        return Err(IoError::HeaderTooLong {
+            path: path.into(),
+            header_len,
+            file_len,
+        });
     }
     let data_offset = 8 + header_len as usize;
-    let invalid = |reason: String| IoError::InvalidHeader { path: path.into(), reason };
-    let text = std::str::from_utf8(&bytes[8..data_offset]).map_err(|e| invalid(format!("not UTF-8: {e}")))?;
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| invalid(format!("not JSON: {e}")))?;
-    let obj = value.as_object().ok_or_else(|| invalid("the header is not a JSON object".into()))?;
+    let invalid = |reason: String| IoError::InvalidHeader {
+        path: path.into(),
+        reason,
+    };
+    let text = std::str::from_utf8(&bytes[8..data_offset])
+        .map_err(|e| invalid(format!("not UTF-8: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| invalid("the header is not a JSON object".into()))?;
     let data_len = file_len - data_offset as u64;
 
-    let mut header = Header { data_offset, ..Header::default() };
+    let mut header = Header {
+        data_offset,
+        ..Header::default()
+    };
     for (name, entry) in obj {
         if name == "__metadata__" {
-            let map = entry.as_object().ok_or_else(|| invalid("__metadata__ is not an object".into()))?;
+            let map = entry
+                .as_object()
+                .ok_or_else(|| invalid("__metadata__ is not an object".into()))?;
             for (k, v) in map {
-                let v = v.as_str().ok_or_else(|| invalid(format!("__metadata__.{k} is not a string")))?;
+                let v = v
+                    .as_str()
+                    .ok_or_else(|| invalid(format!("__metadata__.{k} is not a string")))?;
                 header.metadata.insert(k.clone(), v.to_string());
             }
             continue;
@@ -89,19 +110,37 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<Header> {
     Ok(header)
 }
 
-fn parse_entry(name: &str, entry: &serde_json::Value, path: &Path, data_len: u64) -> Result<TensorInfo> {
-    let invalid = |reason: String| IoError::InvalidHeader { path: path.into(), reason: format!("tensor {name}: {reason}") };
-    let obj = entry.as_object().ok_or_else(|| invalid("entry is not an object".into()))?;
-    let dtype_str = obj.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| invalid("missing dtype".into()))?;
+fn parse_entry(
+    name: &str,
+    entry: &serde_json::Value,
+    path: &Path,
+    data_len: u64,
+) -> Result<TensorInfo> {
+    let invalid = |reason: String| IoError::InvalidHeader {
+        path: path.into(),
+        reason: format!("tensor {name}: {reason}"),
+    };
+    let obj = entry
+        .as_object()
+        .ok_or_else(|| invalid("entry is not an object".into()))?;
+    let dtype_str = obj
+        .get("dtype")
+        .and_then(|d| d.as_str())
+        .ok_or_else(|| invalid("missing dtype".into()))?;
     let dtype = Dtype::parse(dtype_str).ok_or_else(|| IoError::UnknownDtype {
         path: path.into(),
         tensor: name.into(),
         dtype: dtype_str.into(),
     })?;
-    let shape_val = obj.get("shape").and_then(|s| s.as_array()).ok_or_else(|| invalid("missing shape".into()))?;
+    let shape_val = obj
+        .get("shape")
+        .and_then(|s| s.as_array())
+        .ok_or_else(|| invalid("missing shape".into()))?;
     let mut shape = Vec::with_capacity(shape_val.len());
     for d in shape_val {
-        let d = d.as_u64().ok_or_else(|| invalid("shape entries must be non-negative integers".into()))?;
+        let d = d
+            .as_u64()
+            .ok_or_else(|| invalid("shape entries must be non-negative integers".into()))?;
         shape.push(usize::try_from(d).map_err(|_| invalid("dimension too large".into()))?);
     }
     let offsets = obj
@@ -109,10 +148,20 @@ fn parse_entry(name: &str, entry: &serde_json::Value, path: &Path, data_len: u64
         .and_then(|o| o.as_array())
         .filter(|o| o.len() == 2)
         .ok_or_else(|| invalid("data_offsets must be [start, end]".into()))?;
-    let start = offsets[0].as_u64().ok_or_else(|| invalid("bad start offset".into()))?;
-    let end = offsets[1].as_u64().ok_or_else(|| invalid("bad end offset".into()))?;
+    let start = offsets[0]
+        .as_u64()
+        .ok_or_else(|| invalid("bad start offset".into()))?;
+    let end = offsets[1]
+        .as_u64()
+        .ok_or_else(|| invalid("bad end offset".into()))?;
     if start > end || end > data_len {
-        return Err(IoError::OffsetsOutOfBounds { path: path.into(), tensor: name.into(), start, end, data_len });
+        return Err(IoError::OffsetsOutOfBounds {
+            path: path.into(),
+            tensor: name.into(),
+            start,
+            end,
+            data_len,
+        });
     }
     let expected = shape
         .iter()
@@ -128,16 +177,28 @@ fn parse_entry(name: &str, entry: &serde_json::Value, path: &Path, data_len: u64
             got: end - start,
         });
     }
-    Ok(TensorInfo { dtype, shape, start: start as usize, end: end as usize })
+    Ok(TensorInfo {
+        dtype,
+        shape,
+        start: start as usize,
+        end: end as usize,
+    })
 }
 
 fn check_overlaps(tensors: &BTreeMap<String, TensorInfo>, path: &Path) -> Result<()> {
-    let mut ranges: Vec<(&str, usize, usize)> =
-        tensors.iter().filter(|(_, t)| t.end > t.start).map(|(n, t)| (n.as_str(), t.start, t.end)).collect();
+    let mut ranges: Vec<(&str, usize, usize)> = tensors
+        .iter()
+        .filter(|(_, t)| t.end > t.start)
+        .map(|(n, t)| (n.as_str(), t.start, t.end))
+        .collect();
     ranges.sort_by_key(|r| (r.1, r.2));
     for w in ranges.windows(2) {
         if w[1].1 < w[0].2 {
-            return Err(IoError::OverlappingTensors { path: path.into(), first: w[0].0.into(), second: w[1].0.into() });
+            return Err(IoError::OverlappingTensors {
+                path: path.into(),
+                first: w[0].0.into(),
+                second: w[1].0.into(),
+            });
         }
     }
     Ok(())
@@ -167,7 +228,10 @@ pub struct SafetensorsFile {
 
 impl std::fmt::Debug for SafetensorsFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SafetensorsFile").field("path", &self.path).field("tensors", &self.header.tensors.len()).finish()
+        f.debug_struct("SafetensorsFile")
+            .field("path", &self.path)
+            .field("tensors", &self.header.tensors.len())
+            .finish()
     }
 }
 
@@ -194,7 +258,11 @@ impl TensorView<'_> {
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         let mut out = Vec::with_capacity(self.numel());
         if !floats_to_f32(self.dtype, self.data, &mut out) {
-            return Err(IoError::WrongDtype { tensor: self.name.into(), got: self.dtype, wanted: "a float type" });
+            return Err(IoError::WrongDtype {
+                tensor: self.name.into(),
+                got: self.dtype,
+                wanted: "a float type",
+            });
         }
         Ok(out)
     }
@@ -203,7 +271,10 @@ impl TensorView<'_> {
     pub fn to_f32_finite(&self) -> Result<Vec<f32>> {
         let v = self.to_f32()?;
         if let Some(index) = v.iter().position(|x| !x.is_finite()) {
-            return Err(IoError::NonFinite { tensor: self.name.into(), index });
+            return Err(IoError::NonFinite {
+                tensor: self.name.into(),
+                index,
+            });
         }
         Ok(v)
     }
@@ -212,21 +283,44 @@ impl TensorView<'_> {
     pub fn to_i64(&self) -> Result<Vec<i64>> {
         let d = self.data;
         Ok(match self.dtype {
-            Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8"))).collect(),
-            Dtype::I32 => d.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64).collect(),
-            Dtype::I16 => d.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as i64).collect(),
+            Dtype::I64 => d
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
+                .collect(),
+            Dtype::I32 => d
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64)
+                .collect(),
+            Dtype::I16 => d
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]) as i64)
+                .collect(),
             Dtype::I8 => d.iter().map(|&b| b as i8 as i64).collect(),
             Dtype::U8 | Dtype::Bool => d.iter().map(|&b| b as i64).collect(),
-            other => return Err(IoError::WrongDtype { tensor: self.name.into(), got: other, wanted: "an integer type" }),
+            other => {
+                return Err(IoError::WrongDtype {
+                    tensor: self.name.into(),
+                    got: other,
+                    wanted: "an integer type",
+                })
+            }
         })
     }
 
     /// I32 values (packed GPTQ/AWQ words).
     pub fn to_i32(&self) -> Result<Vec<i32>> {
         if self.dtype != Dtype::I32 {
-            return Err(IoError::WrongDtype { tensor: self.name.into(), got: self.dtype, wanted: "I32" });
+            return Err(IoError::WrongDtype {
+                tensor: self.name.into(),
+                got: self.dtype,
+                wanted: "I32",
+            });
         }
-        Ok(self.data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4"))).collect())
+        Ok(self
+            .data
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().expect("4")))
+            .collect())
     }
 }
 
@@ -247,14 +341,22 @@ impl SafetensorsFile {
             Backing::Mmap(unsafe { Mmap::map(&file) }.map_err(io_err(&path))?)
         };
         let header = parse_header(backing.bytes(), &path)?;
-        Ok(SafetensorsFile { path, backing, header })
+        Ok(SafetensorsFile {
+            path,
+            backing,
+            header,
+        })
     }
 
     /// Validates an in-memory safetensors buffer (tests, fuzzing, data embedded in binaries).
     pub fn from_bytes(bytes: Vec<u8>, name: impl Into<PathBuf>) -> Result<Self> {
         let path = name.into();
         let header = parse_header(&bytes, &path)?;
-        Ok(SafetensorsFile { path, backing: Backing::Owned(bytes), header })
+        Ok(SafetensorsFile {
+            path,
+            backing: Backing::Owned(bytes),
+            header,
+        })
     }
 
     /// The file path.
@@ -274,8 +376,11 @@ impl SafetensorsFile {
 
     /// A tensor by name.
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>> {
-        let (name, info) =
-            self.header.tensors.get_key_value(name).ok_or_else(|| IoError::MissingTensor(name.to_string()))?;
+        let (name, info) = self
+            .header
+            .tensors
+            .get_key_value(name)
+            .ok_or_else(|| IoError::MissingTensor(name.to_string()))?;
         let base = self.header.data_offset;
         Ok(TensorView {
             name,

@@ -25,24 +25,50 @@ pub struct TensorData {
 impl TensorData {
     /// An f32 tensor.
     pub fn f32(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> Self {
-        TensorData { name: name.into(), dtype: Dtype::F32, shape, bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+        TensorData {
+            name: name.into(),
+            dtype: Dtype::F32,
+            shape,
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
     }
 
     /// A bf16 tensor from f32 values (round to nearest even).
     pub fn bf16(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> Self {
-        let bytes = values.iter().flat_map(|v| crate::dtype::f32_to_bf16_bits(*v).to_le_bytes()).collect();
-        TensorData { name: name.into(), dtype: Dtype::BF16, shape, bytes }
+        let bytes = values
+            .iter()
+            .flat_map(|v| crate::dtype::f32_to_bf16_bits(*v).to_le_bytes())
+            .collect();
+        TensorData {
+            name: name.into(),
+            dtype: Dtype::BF16,
+            shape,
+            bytes,
+        }
     }
 
     /// An f16 tensor from f32 values (round to nearest even).
     pub fn f16(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> Self {
-        let bytes = values.iter().flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes()).collect();
-        TensorData { name: name.into(), dtype: Dtype::F16, shape, bytes }
+        let bytes = values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes())
+            .collect();
+        TensorData {
+            name: name.into(),
+            dtype: Dtype::F16,
+            shape,
+            bytes,
+        }
     }
 
     /// An i32 tensor (packed words, indices).
     pub fn i32(name: impl Into<String>, shape: Vec<usize>, values: &[i32]) -> Self {
-        TensorData { name: name.into(), dtype: Dtype::I32, shape, bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+        TensorData {
+            name: name.into(),
+            dtype: Dtype::I32,
+            shape,
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
     }
 }
 
@@ -52,12 +78,25 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
 }
 
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    let unique = format!(".{name}.{}.{}.tmp", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let unique = format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
     path.with_file_name(unique)
 }
 
-fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>) -> Result<()> {
+fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -97,27 +136,46 @@ fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut BufWriter<&File>) -> st
 /// let f = SafetensorsFile::open(&path).unwrap();
 /// assert_eq!(f.tensor("w").unwrap().to_f32().unwrap(), vec![1.0, 2.0]);
 /// ```
-pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[TensorData], metadata: &BTreeMap<String, String>) -> Result<()> {
+pub fn write_safetensors(
+    path: impl AsRef<Path>,
+    tensors: &[TensorData],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     let path = path.as_ref();
     let mut sorted: Vec<&TensorData> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("string map"));
+        header.insert(
+            "__metadata__".into(),
+            serde_json::to_value(metadata).expect("string map"),
+        );
     }
     let mut offset = 0usize;
     for (i, t) in sorted.iter().enumerate() {
         if i > 0 && sorted[i - 1].name == t.name {
-            return Err(IoError::InvalidWrite { path: path.into(), reason: format!("duplicate tensor {}", t.name) });
+            return Err(IoError::InvalidWrite {
+                path: path.into(),
+                reason: format!("duplicate tensor {}", t.name),
+            });
         }
         if t.name == "__metadata__" {
-            return Err(IoError::InvalidWrite { path: path.into(), reason: "reserved tensor name __metadata__".into() });
+            return Err(IoError::InvalidWrite {
+                path: path.into(),
+                reason: "reserved tensor name __metadata__".into(),
+            });
         }
         let expected = t.shape.iter().product::<usize>() * t.dtype.size();
         if expected != t.bytes.len() {
             return Err(IoError::InvalidWrite {
                 path: path.into(),
-                reason: format!("tensor {}: shape {:?} of {} needs {expected} bytes, got {}", t.name, t.shape, t.dtype, t.bytes.len()),
+                reason: format!(
+                    "tensor {}: shape {:?} of {} needs {expected} bytes, got {}",
+                    t.name,
+                    t.shape,
+                    t.dtype,
+                    t.bytes.len()
+                ),
             });
         }
         header.insert(

@@ -37,41 +37,78 @@ fn header_length_beyond_file() {
 
 #[test]
 fn garbage_headers() {
-    assert!(matches!(parse(&file_with_header("{not json", &[])), Err(IoError::InvalidHeader { .. })));
-    assert!(matches!(parse(&file_with_header("[1,2]", &[])), Err(IoError::InvalidHeader { .. })));
+    assert!(matches!(
+        parse(&file_with_header("{not json", &[])),
+        Err(IoError::InvalidHeader { .. })
+    ));
+    assert!(matches!(
+        parse(&file_with_header("[1,2]", &[])),
+        Err(IoError::InvalidHeader { .. })
+    ));
     let mut bad_utf8 = file_with_header("{}  ", &[]);
     bad_utf8[9] = 0xff;
-    assert!(matches!(parse(&bad_utf8), Err(IoError::InvalidHeader { .. })));
+    assert!(matches!(
+        parse(&bad_utf8),
+        Err(IoError::InvalidHeader { .. })
+    ));
     let h = r#"{"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#;
-    assert!(matches!(parse(&file_with_header(h, &[0; 4])), Err(IoError::InvalidHeader { .. })));
+    assert!(matches!(
+        parse(&file_with_header(h, &[0; 4])),
+        Err(IoError::InvalidHeader { .. })
+    ));
     let h = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0]}}"#;
-    assert!(matches!(parse(&file_with_header(h, &[0; 4])), Err(IoError::InvalidHeader { .. })));
+    assert!(matches!(
+        parse(&file_with_header(h, &[0; 4])),
+        Err(IoError::InvalidHeader { .. })
+    ));
     let h = r#"{"a":{"shape":[1],"data_offsets":[0,4]}}"#;
-    assert!(matches!(parse(&file_with_header(h, &[0; 4])), Err(IoError::InvalidHeader { .. })));
+    assert!(matches!(
+        parse(&file_with_header(h, &[0; 4])),
+        Err(IoError::InvalidHeader { .. })
+    ));
 }
 
 #[test]
 fn offsets_outside_data() {
     let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
-    assert!(matches!(parse(&file_with_header(h, &[0; 4])), Err(IoError::OffsetsOutOfBounds { .. })));
+    assert!(matches!(
+        parse(&file_with_header(h, &[0; 4])),
+        Err(IoError::OffsetsOutOfBounds { .. })
+    ));
     let h = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}}"#;
-    assert!(matches!(parse(&file_with_header(h, &[0; 8])), Err(IoError::OffsetsOutOfBounds { .. })));
+    assert!(matches!(
+        parse(&file_with_header(h, &[0; 8])),
+        Err(IoError::OffsetsOutOfBounds { .. })
+    ));
 }
 
 #[test]
 fn overlapping_tensors() {
     let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
-    assert!(matches!(parse(&file_with_header(h, &[0; 12])), Err(IoError::OverlappingTensors { .. })));
+    assert!(matches!(
+        parse(&file_with_header(h, &[0; 12])),
+        Err(IoError::OverlappingTensors { .. })
+    ));
 }
 
 #[test]
 fn unknown_dtype_and_length_mismatch() {
     let h = r#"{"a":{"dtype":"F8_E9","shape":[2],"data_offsets":[0,2]}}"#;
-    assert!(matches!(parse(&file_with_header(h, &[0; 2])), Err(IoError::UnknownDtype { .. })));
+    assert!(matches!(
+        parse(&file_with_header(h, &[0; 2])),
+        Err(IoError::UnknownDtype { .. })
+    ));
     let h = r#"{"a":{"dtype":"BF16","shape":[3],"data_offsets":[0,4]}}"#;
-    assert!(matches!(parse(&file_with_header(h, &[0; 4])), Err(IoError::ByteLengthMismatch { .. })));
-    let h = r#"{"a":{"dtype":"BF16","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,4]}}"#;
-    assert!(matches!(parse(&file_with_header(h, &[0; 4])), Err(IoError::InvalidHeader { .. })));
+    assert!(matches!(
+        parse(&file_with_header(h, &[0; 4])),
+        Err(IoError::ByteLengthMismatch { .. })
+    ));
+    let h =
+        r#"{"a":{"dtype":"BF16","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,4]}}"#;
+    assert!(matches!(
+        parse(&file_with_header(h, &[0; 4])),
+        Err(IoError::InvalidHeader { .. })
+    ));
 }
 
 #[test]
@@ -80,14 +117,23 @@ fn wrong_dtype_missing_tensor_and_nan() {
     let p = dir.path().join("x.safetensors");
     write_safetensors(
         &p,
-        &[TensorData::i32("ids", vec![2], &[1, 2]), TensorData::f32("w", vec![2], &[1.0, f32::NAN])],
+        &[
+            TensorData::i32("ids", vec![2], &[1, 2]),
+            TensorData::f32("w", vec![2], &[1.0, f32::NAN]),
+        ],
         &BTreeMap::new(),
     )
     .unwrap();
     let f = SafetensorsFile::open(&p).unwrap();
-    assert!(matches!(f.tensor("ids").unwrap().to_f32(), Err(IoError::WrongDtype { .. })));
+    assert!(matches!(
+        f.tensor("ids").unwrap().to_f32(),
+        Err(IoError::WrongDtype { .. })
+    ));
     assert!(matches!(f.tensor("nope"), Err(IoError::MissingTensor(_))));
-    assert!(matches!(f.tensor("w").unwrap().to_f32_finite(), Err(IoError::NonFinite { index: 1, .. })));
+    assert!(matches!(
+        f.tensor("w").unwrap().to_f32_finite(),
+        Err(IoError::NonFinite { index: 1, .. })
+    ));
     assert_eq!(f.tensor("ids").unwrap().to_i64().unwrap(), vec![1, 2]);
 }
 
@@ -98,17 +144,31 @@ fn writer_output_is_read_by_the_reference_crate_and_round_trips() {
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     let w: Vec<f32> = (0..6).map(|i| i as f32 * 0.25 - 0.5).collect();
-    write_safetensors(&p, &[TensorData::bf16("b", vec![2, 3], &w), TensorData::f32("a", vec![3, 2], &w)], &meta).unwrap();
+    write_safetensors(
+        &p,
+        &[
+            TensorData::bf16("b", vec![2, 3], &w),
+            TensorData::f32("a", vec![3, 2], &w),
+        ],
+        &meta,
+    )
+    .unwrap();
     let bytes = std::fs::read(&p).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(st.tensor("a").unwrap().shape(), &[3, 2]);
     let ours = SafetensorsFile::open(&p).unwrap();
-    assert_eq!(ours.header().metadata.get("format").map(String::as_str), Some("pt"));
+    assert_eq!(
+        ours.header().metadata.get("format").map(String::as_str),
+        Some("pt")
+    );
     assert_eq!(ours.tensor("a").unwrap().to_f32().unwrap(), w);
     assert_eq!(ours.tensor("b").unwrap().dtype, Dtype::BF16);
     assert_eq!(ours.tensor("b").unwrap().to_f32().unwrap(), w);
     // No temporary files left behind.
-    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 1, "{names:?}");
 }
 
@@ -118,8 +178,14 @@ fn writer_rejects_inconsistent_tensors_without_creating_the_file() {
     let p = dir.path().join("bad.safetensors");
     let mut t = TensorData::f32("a", vec![3], &[1.0, 2.0, 3.0]);
     t.shape = vec![4];
-    assert!(matches!(write_safetensors(&p, &[t], &BTreeMap::new()), Err(IoError::InvalidWrite { .. })));
-    let dup = vec![TensorData::f32("a", vec![1], &[1.0]), TensorData::f32("a", vec![1], &[1.0])];
+    assert!(matches!(
+        write_safetensors(&p, &[t], &BTreeMap::new()),
+        Err(IoError::InvalidWrite { .. })
+    ));
+    let dup = vec![
+        TensorData::f32("a", vec![1], &[1.0]),
+        TensorData::f32("a", vec![1], &[1.0]),
+    ];
     assert!(write_safetensors(&p, &dup, &BTreeMap::new()).is_err());
     assert!(!p.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
@@ -129,25 +195,62 @@ fn writer_rejects_inconsistent_tensors_without_creating_the_file() {
 fn sharded_checkpoints_and_bad_indexes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write_safetensors(d.join("s1.safetensors"), &[TensorData::f32("a", vec![1], &[1.0])], &BTreeMap::new()).unwrap();
-    write_safetensors(d.join("s2.safetensors"), &[TensorData::f32("b", vec![1], &[2.0])], &BTreeMap::new()).unwrap();
+    write_safetensors(
+        d.join("s1.safetensors"),
+        &[TensorData::f32("a", vec![1], &[1.0])],
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    write_safetensors(
+        d.join("s2.safetensors"),
+        &[TensorData::f32("b", vec![1], &[2.0])],
+        &BTreeMap::new(),
+    )
+    .unwrap();
     let index = r#"{"metadata":{},"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}}"#;
     std::fs::write(d.join("model.safetensors.index.json"), index).unwrap();
     let c = Checkpoint::open(d).unwrap();
     assert_eq!(c.names(), vec!["a", "b"]);
     assert_eq!(c.tensor("b").unwrap().to_f32().unwrap(), vec![2.0]);
-    assert!(matches!(c.load_f32("a", &[2]), Err(IoError::WrongShape { .. })));
+    assert!(matches!(
+        c.load_f32("a", &[2]),
+        Err(IoError::WrongShape { .. })
+    ));
 
-    std::fs::write(d.join("model.safetensors.index.json"), r#"{"weight_map":{"a":"s2.safetensors"}}"#).unwrap();
-    assert!(matches!(Checkpoint::open(d), Err(IoError::InvalidIndex { .. })));
-    std::fs::write(d.join("model.safetensors.index.json"), r#"{"weight_map":{"a":"../s1.safetensors"}}"#).unwrap();
-    assert!(matches!(Checkpoint::open(d), Err(IoError::InvalidIndex { .. })));
-    std::fs::write(d.join("model.safetensors.index.json"), r#"{"weight_map":{"a":"missing.safetensors"}}"#).unwrap();
+    std::fs::write(
+        d.join("model.safetensors.index.json"),
+        r#"{"weight_map":{"a":"s2.safetensors"}}"#,
+    )
+    .unwrap();
+    assert!(matches!(
+        Checkpoint::open(d),
+        Err(IoError::InvalidIndex { .. })
+    ));
+    std::fs::write(
+        d.join("model.safetensors.index.json"),
+        r#"{"weight_map":{"a":"../s1.safetensors"}}"#,
+    )
+    .unwrap();
+    assert!(matches!(
+        Checkpoint::open(d),
+        Err(IoError::InvalidIndex { .. })
+    ));
+    std::fs::write(
+        d.join("model.safetensors.index.json"),
+        r#"{"weight_map":{"a":"missing.safetensors"}}"#,
+    )
+    .unwrap();
     assert!(matches!(Checkpoint::open(d), Err(IoError::Io { .. })));
     std::fs::write(d.join("model.safetensors.index.json"), "nope").unwrap();
-    assert!(matches!(Checkpoint::open(d), Err(IoError::InvalidIndex { .. })));
+    assert!(matches!(
+        Checkpoint::open(d),
+        Err(IoError::InvalidIndex { .. })
+    ));
     let empty = tempfile::tempdir().unwrap();
-    assert!(matches!(Checkpoint::open(empty.path()), Err(IoError::NoCheckpoint(_))));
+    assert!(matches!(
+        Checkpoint::open(empty.path()),
+        Err(IoError::NoCheckpoint(_))
+    ));
 }
 
 #[test]
@@ -156,7 +259,10 @@ fn every_truncation_of_a_real_file_is_an_error_not_a_panic() {
     let p = dir.path().join("x.safetensors");
     write_safetensors(
         &p,
-        &[TensorData::f32("a", vec![2, 2], &[1.0, 2.0, 3.0, 4.0]), TensorData::i32("b", vec![3], &[1, 2, 3])],
+        &[
+            TensorData::f32("a", vec![2, 2], &[1.0, 2.0, 3.0, 4.0]),
+            TensorData::i32("b", vec![3], &[1, 2, 3]),
+        ],
         &BTreeMap::new(),
     )
     .unwrap();
@@ -175,11 +281,17 @@ fn every_truncation_of_a_real_file_is_an_error_not_a_panic() {
 
 #[test]
 fn opening_never_modifies_the_input() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/models/qwen3-micro");
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../assets/models/qwen3-micro"
+    );
     let path = Path::new(dir).join("model.safetensors");
     let before = std::fs::metadata(&path).unwrap().modified().unwrap();
     let c = Checkpoint::open(dir).unwrap();
     let _ = c.tensor("model.norm.weight").unwrap().to_f32().unwrap();
     drop(c);
-    assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), before);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().modified().unwrap(),
+        before
+    );
 }

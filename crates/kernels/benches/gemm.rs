@@ -28,12 +28,15 @@ fn bench_gemm(c: &mut Criterion) {
         g.throughput(Throughput::Elements((2 * TOKENS * n * k) as u64));
         for &bits in bits_list {
             let w = random_packed(bits, n, k, 128, 0).unwrap();
-            g.bench_function(BenchmarkId::new(format!("q{bits}g128"), format!("{n}x{k}")), |b| {
-                b.iter(|| {
-                    w.gemm(black_box(&x), TOKENS, &mut y).unwrap();
-                    black_box(&y);
-                })
-            });
+            g.bench_function(
+                BenchmarkId::new(format!("q{bits}g128"), format!("{n}x{k}")),
+                |b| {
+                    b.iter(|| {
+                        w.gemm(black_box(&x), TOKENS, &mut y).unwrap();
+                        black_box(&y);
+                    })
+                },
+            );
         }
         let wf: Vec<f32> = (0..n * k).map(|i| (i % 17) as f32 * 0.01).collect();
         g.bench_function(BenchmarkId::new("f32", format!("{n}x{k}")), |b| {

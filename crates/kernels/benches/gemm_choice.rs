@@ -25,7 +25,9 @@ const SHAPES: [(usize, usize, usize); 5] = [
 ];
 
 fn data(len: usize, seed: usize) -> Vec<f32> {
-    (0..len).map(|i| (((i * 7919 + seed) % 1000) as f32 - 500.0) / 5000.0).collect()
+    (0..len)
+        .map(|i| (((i * 7919 + seed) % 1000) as f32 - 500.0) / 5000.0)
+        .collect()
 }
 
 fn ndarray_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
@@ -47,7 +49,10 @@ fn ours_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
     qwen3_quant_kernels::dense::matmul_wt(x, m, k, w, n, y);
 }
 
-type Impl = (&'static str, fn(&[f32], usize, usize, &[f32], usize, &mut [f32]));
+type Impl = (
+    &'static str,
+    fn(&[f32], usize, usize, &[f32], usize, &mut [f32]),
+);
 const IMPLS: [Impl; 3] = [
     ("ndarray_dot", ndarray_wt),
     ("faer", faer_wt),
@@ -68,7 +73,11 @@ fn bench_gemm_choice(c: &mut Criterion) {
         ours_wt(&x, m, k, &w, n, &mut refy);
         for (name, f) in IMPLS {
             f(&x, m, k, &w, n, &mut y);
-            let err = y.iter().zip(&refy).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let err = y
+                .iter()
+                .zip(&refy)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(err < 1e-3, "{name} disagrees with gemm by {err}");
         }
         g.throughput(Throughput::Elements(flops as u64));
@@ -99,13 +108,25 @@ fn bench_gemm_choice(c: &mut Criterion) {
                 t[2]
             })
             .collect();
-        summary.push((shape, med.iter().map(|s| flops / s / 1e9).collect::<Vec<_>>()));
+        summary.push((
+            shape,
+            med.iter().map(|s| flops / s / 1e9).collect::<Vec<_>>(),
+        ));
     }
     g.finish();
-    eprintln!("\ngemm_choice summary (GFLOP/s, median of 5 interleaved calls, {} threads):", rayon::current_num_threads());
-    eprintln!("{:>18} {:>12} {:>12} {:>12}", "m x k x n", IMPLS[0].0, IMPLS[1].0, "gemm(ours)");
+    eprintln!(
+        "\ngemm_choice summary (GFLOP/s, median of 5 interleaved calls, {} threads):",
+        rayon::current_num_threads()
+    );
+    eprintln!(
+        "{:>18} {:>12} {:>12} {:>12}",
+        "m x k x n", IMPLS[0].0, IMPLS[1].0, "gemm(ours)"
+    );
     for (shape, gf) in summary {
-        eprintln!("{shape:>18} {:>12.1} {:>12.1} {:>12.1}", gf[0], gf[1], gf[2]);
+        eprintln!(
+            "{shape:>18} {:>12.1} {:>12.1} {:>12.1}",
+            gf[0], gf[1], gf[2]
+        );
     }
 }
 

@@ -4,7 +4,8 @@
 //! in cache). With `QWEN3_QUANT_BENCH_BIG=1` each case cycles over enough distinct matrices to
 //! exceed a 260 MB L3, so the figure is a memory-bandwidth one (compare with the `membw` bench
 //! and performance-anchors.md §4.3). Throughput is reported in weight bytes per second. For
-//! ≤ 4 bits, `..._q8act` times the int8-activation kernel (`PackedMatrix::gemv_q8`).
+//! ≤ 4 bits, `..._q8act` is the default decode path (`PackedMatrix::gemv`, int8 activations) and
+//! `..._exact` the f32-activation kernel (`PackedMatrix::gemv_exact`).
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -29,7 +30,9 @@ fn bench_gemv(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
     for &(n, k) in &SHAPES {
-        let x: Vec<f32> = (0..k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0).collect();
+        let x: Vec<f32> = (0..k)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0)
+            .collect();
         let mut y = vec![0f32; n];
         for bits in [2u8, 3, 4, 8] {
             let probe = random_packed(bits, n, k, 128, 0).unwrap();
@@ -40,22 +43,30 @@ fn bench_gemv(c: &mut Criterion) {
                 .collect();
             g.throughput(Throughput::Bytes(bytes as u64));
             let mut i = 0usize;
-            g.bench_function(BenchmarkId::new(format!("q{bits}g128"), format!("{n}x{k}")), |b| {
+            let exact = if bits <= 4 {
+                format!("q{bits}g128_exact")
+            } else {
+                format!("q{bits}g128")
+            };
+            g.bench_function(BenchmarkId::new(exact, format!("{n}x{k}")), |b| {
                 b.iter(|| {
                     i += 1;
-                    mats[i % layers].gemv(black_box(&x), &mut y).unwrap();
+                    mats[i % layers].gemv_exact(black_box(&x), &mut y).unwrap();
                     black_box(&y);
                 })
             });
             if bits <= 4 {
-                // The explicit int8-activation kernel (`gemv_q8`, llama.cpp-style Q8 activations).
-                g.bench_function(BenchmarkId::new(format!("q{bits}g128_q8act"), format!("{n}x{k}")), |b| {
-                    b.iter(|| {
-                        i += 1;
-                        mats[i % layers].gemv_q8(black_box(&x), &mut y).unwrap();
-                        black_box(&y);
-                    })
-                });
+                // The int8-activation kernel (llama.cpp-style Q8 activations), the decode default.
+                g.bench_function(
+                    BenchmarkId::new(format!("q{bits}g128_q8act"), format!("{n}x{k}")),
+                    |b| {
+                        b.iter(|| {
+                            i += 1;
+                            mats[i % layers].gemv_q8(black_box(&x), &mut y).unwrap();
+                            black_box(&y);
+                        })
+                    },
+                );
             }
         }
         let bytes = 4 * n * k;
@@ -68,7 +79,14 @@ fn bench_gemv(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("f32", format!("{n}x{k}")), |b| {
             b.iter(|| {
                 i += 1;
-                qwen3_quant_kernels::dense::matmul_wt(black_box(&x), 1, k, &ws[i % layers], n, &mut y);
+                qwen3_quant_kernels::dense::matmul_wt(
+                    black_box(&x),
+                    1,
+                    k,
+                    &ws[i % layers],
+                    n,
+                    &mut y,
+                );
                 black_box(&y);
             })
         });

@@ -14,7 +14,10 @@ use std::time::Duration;
 
 fn bench_membw(c: &mut Criterion) {
     for (label, bytes) in [("16 MiB", 16usize << 20), ("512 MiB", 512 << 20)] {
-        eprintln!("memory_read_bandwidth({label}): {:.1} GB/s", memory_read_bandwidth(bytes, 0.5));
+        eprintln!(
+            "memory_read_bandwidth({label}): {:.1} GB/s",
+            memory_read_bandwidth(bytes, 0.5)
+        );
     }
     let words = (512usize << 20) / 8;
     let buf: Vec<u64> = (0..words as u64).collect();

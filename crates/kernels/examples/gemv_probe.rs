@@ -30,15 +30,28 @@ fn main() {
     } else {
         vec![(4096, 14336), (4096, 4096), (12288, 4096), (4096, 12288)]
     };
-    let shapes: Vec<(usize, usize)> = if big && nums.len() < 2 { shapes[1..].to_vec() } else { shapes };
+    let shapes: Vec<(usize, usize)> = if big && nums.len() < 2 {
+        shapes[1..].to_vec()
+    } else {
+        shapes
+    };
     let target = 400usize << 20;
     if big {
-        println!("read bandwidth (1 GiB probe): {:.1} GB/s", memory_read_bandwidth(1 << 30, 1.0));
+        println!(
+            "read bandwidth (1 GiB probe): {:.1} GB/s",
+            memory_read_bandwidth(1 << 30, 1.0)
+        );
     }
     for (n, k) in shapes {
-        let x: Vec<f32> = (0..k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0).collect();
+        let x: Vec<f32> = (0..k)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0)
+            .collect();
         let mut y = vec![0f32; n];
-        let f32_layers = if big { target.div_ceil(4 * n * k).max(2) } else { 1 };
+        let f32_layers = if big {
+            target.div_ceil(4 * n * k).max(2)
+        } else {
+            1
+        };
         let ws: Vec<Vec<f32>> = (0..f32_layers)
             .map(|l| (0..n * k).map(|i| ((i + l) % 17) as f32 * 0.01).collect())
             .collect();
@@ -46,24 +59,38 @@ fn main() {
         let mut line = format!("{n}x{k}:");
         let f32_ms = median_ms(
             |c| {
-                qwen3_quant_kernels::dense::matmul_wt(black_box(&x), 1, k, &ws[c % f32_layers], n, &mut y);
+                qwen3_quant_kernels::dense::matmul_wt(
+                    black_box(&x),
+                    1,
+                    k,
+                    &ws[c % f32_layers],
+                    n,
+                    &mut y,
+                );
                 black_box(&y);
             },
             calls,
         );
         drop(ws);
-        line += &format!(" f32 {f32_ms:.3} ms ({:.1} GB/s);", (4 * n * k) as f64 / f32_ms / 1e6);
+        line += &format!(
+            " f32 {f32_ms:.3} ms ({:.1} GB/s);",
+            (4 * n * k) as f64 / f32_ms / 1e6
+        );
         let widths: &[u8] = if big { &[4] } else { &[4, 3, 2] };
         for &bits in widths {
             let probe = random_packed(bits, n, k, 128, 0).unwrap();
             let bytes = probe.storage_bytes();
-            let layers = if big { target.div_ceil(bytes).max(2) } else { 1 };
+            let layers = if big {
+                target.div_ceil(bytes).max(2)
+            } else {
+                1
+            };
             let mats: Vec<_> = std::iter::once(probe)
                 .chain((1..layers).map(|l| random_packed(bits, n, k, 128, l as u64).unwrap()))
                 .collect();
             let exact = median_ms(
                 |c| {
-                    mats[c % layers].gemv(black_box(&x), &mut y).unwrap();
+                    mats[c % layers].gemv_exact(black_box(&x), &mut y).unwrap();
                     black_box(&y);
                 },
                 calls,
@@ -85,6 +112,9 @@ fn main() {
         println!("{line}");
     }
     if big {
-        println!("read bandwidth (1 GiB probe): {:.1} GB/s", memory_read_bandwidth(1 << 30, 1.0));
+        println!(
+            "read bandwidth (1 GiB probe): {:.1} GB/s",
+            memory_read_bandwidth(1 << 30, 1.0)
+        );
     }
 }

@@ -20,6 +20,7 @@ fn main() {
         tokens: get(5, "1").parse().unwrap(),
         layers: get(6, "1").parse().unwrap(),
         seconds: get(7, "1.0").parse().unwrap(),
+        exact: std::env::args().any(|a| a == "--exact"),
     };
     let r = bench::run(&spec).unwrap();
     println!(
@@ -39,6 +40,9 @@ fn main() {
         r.gflops
     );
     if a.get(8).is_some() {
-        println!("read bandwidth: {:.1} GB/s", bench::memory_read_bandwidth(1 << 30, 1.0));
+        println!(
+            "read bandwidth: {:.1} GB/s",
+            bench::memory_read_bandwidth(1 << 30, 1.0)
+        );
     }
 }

@@ -39,6 +39,9 @@ pub struct BenchSpec {
     pub layers: usize,
     /// Time budget per kernel (packed and f32 each), in seconds.
     pub seconds: f64,
+    /// GEMV only: time the exact f32-activation kernel ([`PackedMatrix::gemv_exact`]) instead of
+    /// the default decode path ([`PackedMatrix::gemv`], int8 activations where that applies).
+    pub exact: bool,
 }
 
 /// Measured figures (per call = one product with one weight matrix).
@@ -72,7 +75,13 @@ impl Rng {
 }
 
 /// A random packed matrix (codes uniform, scales ~ 0.01, offsets = −scale·mid).
-pub fn random_packed(bits: u8, rows: usize, cols: usize, group_size: usize, seed: u64) -> Result<PackedMatrix> {
+pub fn random_packed(
+    bits: u8,
+    rows: usize,
+    cols: usize,
+    group_size: usize,
+    seed: u64,
+) -> Result<PackedMatrix> {
     let gs = if group_size == 0 || group_size > cols {
         cols.max(1)
     } else {
@@ -81,7 +90,9 @@ pub fn random_packed(bits: u8, rows: usize, cols: usize, group_size: usize, seed
     let ng = cols.div_ceil(gs);
     let mut rng = Rng(seed);
     let mask = if bits >= 8 { 0xFF } else { (1u64 << bits) - 1 };
-    let codes: Vec<u8> = (0..rows * cols).map(|_| (rng.next() & mask) as u8).collect();
+    let codes: Vec<u8> = (0..rows * cols)
+        .map(|_| (rng.next() & mask) as u8)
+        .collect();
     let scales: Vec<f32> = (0..rows * ng).map(|_| 0.01 + 0.005 * rng.f32()).collect();
     let mid = (mask as f32) / 2.0;
     let offsets: Vec<f32> = scales.iter().map(|s| -s * mid).collect();
@@ -125,7 +136,11 @@ pub fn run(spec: &BenchSpec) -> Result<BenchReport> {
         BenchKernel::Gemm => spec.tokens.max(1),
     };
     let layers = spec.layers.max(1);
-    let seconds = if spec.seconds > 0.0 { spec.seconds } else { 1.0 };
+    let seconds = if spec.seconds > 0.0 {
+        spec.seconds
+    } else {
+        1.0
+    };
     let mut rng = Rng(0x5EED);
     let x: Vec<f32> = (0..t * k).map(|_| rng.f32()).collect();
     let mut y = vec![0f32; t * n];
@@ -155,6 +170,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchReport> {
         let us = time_loop(seconds, |c| {
             let w = &mats[c % layers];
             let r = match spec.kernel {
+                BenchKernel::Gemv if spec.exact => w.gemv_exact(black_box(&x), &mut y),
                 BenchKernel::Gemv => w.gemv(black_box(&x), &mut y),
                 BenchKernel::Gemm => w.gemm(black_box(&x), t, &mut y),
             };
@@ -172,35 +188,43 @@ pub fn run(spec: &BenchSpec) -> Result<BenchReport> {
     })
 }
 
+/// A buffer for the read-bandwidth probe: `bytes` rounded to whole 64-bit words.
+pub fn probe_buffer(bytes: usize) -> Vec<u64> {
+    let words = (bytes / 8).max(1024);
+    (0..words as u64)
+        .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .collect()
+}
+
+/// One read pass over `buf`, split into one contiguous part per rayon thread (as a GEMV splits
+/// its rows), returning a checksum so the reads cannot be optimised away.
+pub fn read_pass(buf: &[u64]) -> u64 {
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = buf.len().div_ceil(threads).div_ceil(8) * 8;
+    buf.par_chunks(chunk.max(8))
+        .map(|c| {
+            // 8 independent lanes so the compiler vectorises and the adds do not serialise.
+            let mut acc = [0u64; 8];
+            for b in c.chunks_exact(8) {
+                for l in 0..8 {
+                    acc[l] = acc[l].wrapping_add(b[l]);
+                }
+            }
+            acc.iter().fold(0u64, |a, &v| a.wrapping_add(v))
+        })
+        .reduce(|| 0, u64::wrapping_add)
+}
+
 /// STREAM-like read probe: sums a `bytes`-sized buffer (split across the rayon threads) repeatedly
 /// for about `seconds` and returns the read bandwidth in GB/s (10⁹ bytes per second).
 pub fn memory_read_bandwidth(bytes: usize, seconds: f64) -> f64 {
-    let words = (bytes / 8).max(1024);
-    let buf: Vec<u64> = (0..words as u64)
-        .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .collect();
-    let threads = rayon::current_num_threads().max(1);
-    let chunk = words.div_ceil(threads).div_ceil(8) * 8;
-    let pass = || -> u64 {
-        buf.par_chunks(chunk)
-            .map(|c| {
-                // 8 independent lanes so the compiler vectorises and the adds do not serialise.
-                let mut acc = [0u64; 8];
-                for b in c.chunks_exact(8) {
-                    for l in 0..8 {
-                        acc[l] = acc[l].wrapping_add(b[l]);
-                    }
-                }
-                acc.iter().fold(0u64, |a, &v| a.wrapping_add(v))
-            })
-            .reduce(|| 0, u64::wrapping_add)
-    };
-    black_box(pass());
+    let buf = probe_buffer(bytes);
+    black_box(read_pass(&buf));
     let start = Instant::now();
     let mut passes = 0usize;
     while passes < 2 || start.elapsed().as_secs_f64() < seconds {
-        black_box(pass());
+        black_box(read_pass(&buf));
         passes += 1;
     }
-    (words * 8 * passes) as f64 / start.elapsed().as_secs_f64() / 1e9
+    (buf.len() * 8 * passes) as f64 / start.elapsed().as_secs_f64() / 1e9
 }

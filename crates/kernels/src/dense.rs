@@ -22,7 +22,10 @@ fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
 /// # Panics
 /// If a slice is shorter than its shape says (an internal invariant; callers check shapes).
 pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
-    assert!(x.len() >= m * k && w.len() >= n * k && y.len() >= m * n, "matmul_wt: shape mismatch");
+    assert!(
+        x.len() >= m * k && w.len() >= n * k && y.len() >= m * n,
+        "matmul_wt: shape mismatch"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -84,7 +87,10 @@ pub fn matmul_strided(
         return;
     }
     assert!(x.len() >= (m - 1) * x_rs + k, "matmul_strided: x too short");
-    assert!(k == 0 || b.len() >= (k - 1) * b_rs + n, "matmul_strided: b too short");
+    assert!(
+        k == 0 || b.len() >= (k - 1) * b_rs + n,
+        "matmul_strided: b too short"
+    );
     assert!(y.len() >= (m - 1) * y_rs + n, "matmul_strided: y too short");
     if k == 0 {
         if !accumulate {
@@ -137,9 +143,18 @@ pub fn matmul_wt_strided(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(x.len() >= (m - 1) * x_rs + k, "matmul_wt_strided: x too short");
-    assert!(w.len() >= (n - 1) * w_rs + k, "matmul_wt_strided: w too short");
-    assert!(y.len() >= (m - 1) * y_rs + n, "matmul_wt_strided: y too short");
+    assert!(
+        x.len() >= (m - 1) * x_rs + k,
+        "matmul_wt_strided: x too short"
+    );
+    assert!(
+        w.len() >= (n - 1) * w_rs + k,
+        "matmul_wt_strided: w too short"
+    );
+    assert!(
+        y.len() >= (m - 1) * y_rs + n,
+        "matmul_wt_strided: y too short"
+    );
     // SAFETY: bounds asserted above for the given strides.
     unsafe {
         gemm(
@@ -187,8 +202,12 @@ mod tests {
     #[test]
     fn matmul_wt_matches_naive_on_odd_shapes() {
         for &(m, k, n) in &[(1, 1, 1), (3, 17, 5), (65, 130, 33), (128, 64, 96)] {
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 30.0).collect();
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 30.0)
+                .collect();
             let mut y = vec![f32::NAN; m * n];
             matmul_wt(&x, m, k, &w, n, &mut y);
             let r = naive_wt(&x, m, k, &w, n);

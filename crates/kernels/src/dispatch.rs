@@ -64,6 +64,7 @@ pub(crate) struct CpuFeatures {
     pub avx512: bool,
     pub avx512vnni: bool,
     pub avx512bf16: bool,
+    pub gfni: bool,
 }
 
 /// CPU features, detected once.
@@ -72,7 +73,8 @@ pub(crate) fn cpu() -> &'static CpuFeatures {
     CPU.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+            let avx2 = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma");
             // The AVX-512 kernels exist only when build.rs found a compiler with them (Rust ≥ 1.89).
             #[cfg(qwen3_avx512)]
             let (avx512, avx512vnni, avx512bf16) = {
@@ -89,11 +91,15 @@ pub(crate) fn cpu() -> &'static CpuFeatures {
             };
             #[cfg(not(qwen3_avx512))]
             let (avx512, avx512vnni, avx512bf16) = (false, false, false);
+            // QWEN3_QUANT_NO_GFNI=1 takes the shift-and-mask code extraction instead (A/B runs).
+            let gfni = std::arch::is_x86_feature_detected!("gfni")
+                && std::env::var_os("QWEN3_QUANT_NO_GFNI").is_none();
             CpuFeatures {
                 avx2,
                 avx512,
                 avx512vnni,
                 avx512bf16,
+                gfni,
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -103,6 +109,7 @@ pub(crate) fn cpu() -> &'static CpuFeatures {
                 avx512: false,
                 avx512vnni: false,
                 avx512bf16: false,
+                gfni: false,
             }
         }
     })
@@ -158,10 +165,14 @@ pub fn active_kernel() -> KernelChoice {
 
 /// Every implementation this CPU can run, scalar first.
 pub fn available_kernels() -> Vec<KernelChoice> {
-    [KernelChoice::Scalar, KernelChoice::Avx2, KernelChoice::Avx512]
-        .into_iter()
-        .filter(|c| c.is_supported())
-        .collect()
+    [
+        KernelChoice::Scalar,
+        KernelChoice::Avx2,
+        KernelChoice::Avx512,
+    ]
+    .into_iter()
+    .filter(|c| c.is_supported())
+    .collect()
 }
 
 #[cfg(test)]
@@ -177,6 +188,9 @@ mod tests {
         set_kernel_choice(None);
         assert_eq!(active_kernel(), default_choice());
         assert!(active_kernel().is_supported());
-        assert_eq!(KernelChoice::parse(active_kernel().name()), Some(active_kernel()));
+        assert_eq!(
+            KernelChoice::parse(active_kernel().name()),
+            Some(active_kernel())
+        );
     }
 }

@@ -21,7 +21,11 @@ fn check_bits(bits: u8) -> Result<()> {
 
 pub(crate) fn check_codes(codes: &[u8], bits: u8) -> Result<()> {
     let limit = 1u16 << bits;
-    match codes.iter().enumerate().find(|(_, &c)| u16::from(c) >= limit) {
+    match codes
+        .iter()
+        .enumerate()
+        .find(|(_, &c)| u16::from(c) >= limit)
+    {
         Some((index, &code)) => Err(KernelError::CodeOutOfRange { index, code, bits }),
         None => Ok(()),
     }
@@ -58,7 +62,12 @@ fn pack_stream(len: usize, bits: u8, get: impl Fn(usize) -> u8, mut put: impl Fn
     debug_assert_eq!(nbits, 0);
 }
 
-fn unpack_stream(len: usize, bits: u8, word: impl Fn(usize) -> u32, mut put: impl FnMut(usize, u8)) {
+fn unpack_stream(
+    len: usize,
+    bits: u8,
+    word: impl Fn(usize) -> u32,
+    mut put: impl FnMut(usize, u8),
+) {
     let b = bits as usize;
     let mask = (1u64 << b) - 1;
     let mut acc: u64 = 0;

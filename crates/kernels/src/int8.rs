@@ -35,7 +35,11 @@ pub fn try_quantize_per_token(x: &[f32], m: usize, k: usize) -> Result<(Vec<i8>,
         scales.fill(ABSMAX_CLAMP / 127.0);
         return Ok((q, scales));
     }
-    for ((row, qrow), s) in x.chunks_exact(k).zip(q.chunks_exact_mut(k)).zip(scales.iter_mut()) {
+    for ((row, qrow), s) in x
+        .chunks_exact(k)
+        .zip(q.chunks_exact_mut(k))
+        .zip(scales.iter_mut())
+    {
         let absmax = row.iter().fold(0f32, |a, &v| a.max(v.abs()));
         let scale = absmax.max(ABSMAX_CLAMP) / 127.0;
         *s = scale;
@@ -128,7 +132,14 @@ impl Int8Matrix {
     }
 
     /// [`Int8Matrix::gemm`] with an explicit implementation (clamped to what the CPU supports).
-    pub fn gemm_with(&self, choice: KernelChoice, xq: &[i8], x_scales: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+    pub fn gemm_with(
+        &self,
+        choice: KernelChoice,
+        xq: &[i8],
+        x_scales: &[f32],
+        m: usize,
+        y: &mut [f32],
+    ) -> Result<()> {
         check_len("xq", checked_mul("xq", m, self.cols)?, xq.len())?;
         check_len("x_scales", m, x_scales.len())?;
         check_len("y", checked_mul("y", m, self.rows)?, y.len())?;
@@ -137,7 +148,8 @@ impl Int8Matrix {
         self.gemm_i32(choice, xq, m, &mut acc);
         for i in 0..m {
             for r in 0..self.rows {
-                y[i * self.rows + r] = acc[i * self.rows + r] as f32 * (x_scales[i] * self.scales[r]);
+                y[i * self.rows + r] =
+                    acc[i * self.rows + r] as f32 * (x_scales[i] * self.scales[r]);
             }
         }
         Ok(())
@@ -174,7 +186,8 @@ impl Int8Matrix {
                 let x = &xp[i * kpad..(i + 1) * kpad];
                 for r in r0..r1 {
                     let w = &self.codes[r * kpad..(r + 1) * kpad];
-                    let d = dot_i8(choice, use_vnni, x, w) - if use_vnni { self.row_sums128[r] } else { 0 };
+                    let d = dot_i8(choice, use_vnni, x, w)
+                        - if use_vnni { self.row_sums128[r] } else { 0 };
                     // SAFETY: i < m and r < rows, so the index is inside `acc` (len m·rows);
                     // tasks own disjoint row ranges, so writes never alias.
                     unsafe { *out.0.add(i * rows + r) = d };
@@ -206,11 +219,15 @@ fn dot_i8(choice: KernelChoice, vnni: bool, x: &[u8], w: &[i8]) -> i32 {
         if vnni {
             // SAFETY: `vnni` is set only when the choice is AVX-512 and AVX-512-VNNI was detected;
             // both slices have the same length, a multiple of 64.
-            return unsafe { crate::arch::x86_avx512::dot_u8i8_vnni(x.as_ptr(), w.as_ptr(), x.len()) };
+            return unsafe {
+                crate::arch::x86_avx512::dot_u8i8_vnni(x.as_ptr(), w.as_ptr(), x.len())
+            };
         }
         if choice != KernelChoice::Scalar {
             // SAFETY: AVX2 (implied by any non-scalar clamped choice); same lengths, multiple of 64.
-            return unsafe { crate::arch::x86::dot_i8i8_avx2(x.as_ptr() as *const i8, w.as_ptr(), x.len()) };
+            return unsafe {
+                crate::arch::x86::dot_i8i8_avx2(x.as_ptr() as *const i8, w.as_ptr(), x.len())
+            };
         }
     }
     let _ = (choice, vnni);
@@ -218,7 +235,10 @@ fn dot_i8(choice: KernelChoice, vnni: bool, x: &[u8], w: &[i8]) -> i32 {
 }
 
 fn dot_i8_scalar(x: &[u8], w: &[i8]) -> i32 {
-    x.iter().zip(w).map(|(&a, &b)| i32::from(a as i8) * i32::from(b)).sum()
+    x.iter()
+        .zip(w)
+        .map(|(&a, &b)| i32::from(a as i8) * i32::from(b))
+        .sum()
 }
 
 /// Scalar reference `acc[m, rows]` for tests: plain i32 sums of products.

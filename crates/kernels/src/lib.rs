@@ -34,16 +34,20 @@
 //!   int→float conversion; the `128·Σ(hi+lo)` bias is removed per ≤128-column segment. Rows
 //!   are processed in pairs there, so each activation load feeds two rows.
 //!   Rows are split across rayon threads when the matrix is large enough to pay for it.
-//! * **Int8-activation GEMV** ([`PackedMatrix::gemv_q8`], explicit opt-in; also used by
-//!   [`PackedMatrix::gemv`] when `QWEN3_QUANT_GEMV=q8` is set, read once): like llama.cpp's Q8
-//!   activation blocks, `x` is quantized once per call to int8 per 128-column superblock
+//! * **Int8-activation GEMV** ([`PackedMatrix::gemv_q8`], the default decode path of
+//!   [`PackedMatrix::gemv`] unless `QWEN3_QUANT_GEMV=exact` is set, read once): like llama.cpp's Q8
+//!   activation blocks, `x` is quantized once per call to int8 per block of 32 columns (4-bit codes; 64 for 2/3-bit)
 //!   (`dx = max|x|/127`, round half to even), and AVX-512-VNNI `vpdpbusd` multiplies the unsigned
 //!   1/2/3/4-bit codes (masked out of one 64-byte load, no conversion) with the pre-arranged int8
-//!   activations; each superblock's exact i32 sum gets one f32 FMA with `scale·dx`, the offset term
-//!   uses the exact f32 `Σx`. Four rows per pass share the activation loads; one rayon task per
+//!   activations; each block's exact i32 sum gets one f32 FMA with `scale·dx`, the offset term
+//!   uses the exact f32 `Σx`. With GFNI one `vgf2p8affineqb` per plane replaces each shift-and-mask
+//!   (3-bit: +9% compute). 4-bit is memory-bound and runs one row per pass, so its reads form a
+//!   single sequential stream (rows are contiguous) that software prefetch keeps one row ahead:
+//!   ~90% of the read probe against ~75% with four interleaved row streams. 1/2/3-bit are
+//!   compute-bound and run eight rows per pass sharing each activation load. One rayon task per
 //!   block of ≥ 64 rows. Error bound: [`tolerance::q8_gemv_bound`] (activation rounding), not the
 //!   f32 tolerance; where it does not apply (no VNNI, 8-bit, groups not a multiple of 128) it is
-//!   the exact kernel. The default [`PackedMatrix::gemv`] stays the f32-activation reference.
+//!   the exact kernel, [`PackedMatrix::gemv_exact`], which is the f32-activation reference.
 //! * **GEMM** (`Y = X·Wᵀ`, prefill): for more than 4 tokens, each rayon task owns a block of
 //!   256 output rows and walks K in 512-column panels: the panel is dequantized (SIMD) into a
 //!   512 KB scratch tile and multiplied with the `gemm` crate's f32 micro-kernels, accumulating
@@ -67,10 +71,14 @@
 //! let w = PackedMatrix::new(4, 2, 4, 4, &codes, &scales, &offsets, None).unwrap();
 //! let x = [1.0f32, 2.0, 3.0, 4.0];
 //! let mut y = [0.0f32; 2];
-//! w.gemv(&x, &mut y).unwrap();
+//! w.gemv_exact(&x, &mut y).unwrap();
 //! // row 0: weights [-1, -0.5, 0, 0.5] -> -1 - 1 + 0 + 2 = 0
 //! // row 1: weights [15, 14, 13, 12]  -> 15 + 28 + 39 + 48 = 130
 //! assert!((y[0] - 0.0).abs() < 1e-5 && (y[1] - 130.0).abs() < 1e-3);
+//! // The decode path may round the activations to int8 (llama.cpp-style): close, not exact.
+//! let mut yq = [0.0f32; 2];
+//! w.gemv(&x, &mut yq).unwrap();
+//! assert!((yq[1] - 130.0).abs() < 1.0);
 //! ```
 #![warn(missing_docs)]
 
@@ -154,7 +162,11 @@ pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Resu
     if expected == got {
         Ok(())
     } else {
-        Err(KernelError::ShapeMismatch { what, expected, got })
+        Err(KernelError::ShapeMismatch {
+            what,
+            expected,
+            got,
+        })
     }
 }
 

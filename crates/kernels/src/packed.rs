@@ -92,10 +92,18 @@ impl PackedMatrix {
         }
         let n_groups = cols.div_ceil(group_size);
         check_len("codes", checked_mul("codes", rows, cols)?, codes.len())?;
-        check_len("scales", checked_mul("scales", rows, n_groups)?, scales.len())?;
+        check_len(
+            "scales",
+            checked_mul("scales", rows, n_groups)?,
+            scales.len(),
+        )?;
         check_len("offsets", rows * n_groups, offsets.len())?;
         let limit = 1u16 << bits;
-        if let Some((index, &code)) = codes.iter().enumerate().find(|(_, &c)| u16::from(c) >= limit) {
+        if let Some((index, &code)) = codes
+            .iter()
+            .enumerate()
+            .find(|(_, &c)| u16::from(c) >= limit)
+        {
             return Err(KernelError::CodeOutOfRange { index, code, bits });
         }
         if !scales.iter().all(|s| s.is_finite()) {
@@ -175,7 +183,9 @@ impl PackedMatrix {
     /// Bytes actually held: packed codes (including row padding to 128 columns), f32 scales and
     /// offsets, and the u32 permutation.
     pub fn storage_bytes(&self) -> usize {
-        self.data.len() + 4 * (self.scales.len() + self.offsets.len()) + 4 * self.perm.as_ref().map_or(0, Vec::len)
+        self.data.len()
+            + 4 * (self.scales.len() + self.offsets.len())
+            + 4 * self.perm.as_ref().map_or(0, Vec::len)
     }
 
     fn row(&self, r: usize) -> &[u8] {
@@ -449,7 +459,11 @@ impl PackedMatrix {
         #[cfg(target_arch = "x86_64")]
         {
             use half::bf16;
-            if choice != KernelChoice::Avx512 || !crate::dispatch::cpu().avx512bf16 || self.bits > 4 || self.cols == 0 {
+            if choice != KernelChoice::Avx512
+                || !crate::dispatch::cpu().avx512bf16
+                || self.bits > 4
+                || self.cols == 0
+            {
                 return None;
             }
             if !self.chunk_aligned_groups() {
@@ -499,21 +513,35 @@ impl PackedMatrix {
         }
     }
 
-    /// `y[rows] = W · x` with `x[cols]` in original column order, using [`active_kernel`].
+    /// `y[rows] = W · x` with `x[cols]` in original column order: the decode (one-token) path.
     ///
-    /// Never materialises the f32 weight: codes are decoded 16 at a time in registers.
+    /// Like llama.cpp's CPU kernels, it runs the int8-activation kernel [`PackedMatrix::gemv_q8`]
+    /// where that applies (AVX-512-VNNI, codes of at most 4 bits, 128-aligned groups), which is
+    /// 2–3× faster than the exact kernel and within its documented activation-rounding bound;
+    /// otherwise, or with `QWEN3_QUANT_GEMV=exact` (read once), the exact
+    /// [`PackedMatrix::gemv_exact`]. Prefill and evaluation ([`PackedMatrix::gemm`]) are exact.
     ///
     /// # Errors
     /// [`KernelError::ShapeMismatch`] if `x.len() != cols` or `y.len() != rows`.
     pub fn gemv(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
-        if gemv_q8_by_default() {
-            return self.gemv_q8(x, y);
+        if gemv_exact_only() {
+            return self.gemv_exact(x, y);
         }
+        self.gemv_q8(x, y)
+    }
+
+    /// `y[rows] = W · x` with f32 activations, using [`active_kernel`]: equal to
+    /// `x · dequantize(W)ᵀ` within f32 rounding ([`crate::tolerance`]). Never materialises the
+    /// f32 weight: codes are decoded 16 at a time in registers.
+    ///
+    /// # Errors
+    /// [`KernelError::ShapeMismatch`] if `x.len() != cols` or `y.len() != rows`.
+    pub fn gemv_exact(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
         self.gemv_with(active_kernel(), x, y)
     }
 
-    /// [`PackedMatrix::gemv`] with an explicit implementation (clamped to what the CPU supports);
-    /// for tests and benchmarks.
+    /// [`PackedMatrix::gemv_exact`] with an explicit implementation (clamped to what the CPU
+    /// supports); for tests and benchmarks.
     pub fn gemv_with(&self, choice: KernelChoice, x: &[f32], y: &mut [f32]) -> Result<()> {
         check_len("x", self.cols, x.len())?;
         check_len("y", self.rows, y.len())?;
@@ -571,16 +599,17 @@ impl PackedMatrix {
     }
 
     /// `y = W · x` with **int8 activations** (like llama.cpp's Q8 activation blocks): `x` is
-    /// quantized once per call to `q = round(x / dx)`, `dx = max|x| / 127` per 128-column
-    /// superblock (storage order), and each superblock's `Σ code·q` is an exact i32 sum
-    /// (AVX-512-VNNI `vpdpbusd`, codes as the unsigned operand), scaled once by `scale·dx`. The
-    /// offset term `Σ_g offset_g·Σ_{j∈g} x_j` uses the exact f32 activations.
+    /// quantized once per call to `q = round(x / dx)`, `dx = max|x| / 127` per block of 32
+    /// (4-bit codes), 64 (2-, 3-bit) or 128 (1-bit) columns in storage order, and each block's
+    /// `Σ code·q` is an exact i32 sum (AVX-512-VNNI `vpdpbusd`, codes as the unsigned operand),
+    /// scaled once by `scale·dx`. The offset term `Σ_g offset_g·Σ_{j∈g} x_j` uses the exact f32
+    /// activations.
     ///
-    /// This is an explicit, approximate kernel choice: its error against `x · dequantize(W)ᵀ` is
-    /// that of the activation rounding, bounded by [`crate::tolerance::q8_gemv_bound`], not the
-    /// f32 tolerance of [`PackedMatrix::gemv`]. Where it does not apply (see
-    /// [`PackedMatrix::q8_gemv_applies`]) it runs the exact kernel. [`PackedMatrix::gemv`] uses it
-    /// only when `QWEN3_QUANT_GEMV=q8` is set (read once).
+    /// Its error against `x · dequantize(W)ᵀ` is that of the activation rounding, bounded by
+    /// [`crate::tolerance::q8_gemv_bound`], not the f32 tolerance of
+    /// [`PackedMatrix::gemv_exact`]. Where it does not apply (see
+    /// [`PackedMatrix::q8_gemv_applies`]) it runs the exact kernel. [`PackedMatrix::gemv`] (the
+    /// decode path) uses it unless `QWEN3_QUANT_GEMV=exact` is set.
     ///
     /// # Errors
     /// [`KernelError::ShapeMismatch`] if `x.len() != cols` or `y.len() != rows`.
@@ -590,6 +619,19 @@ impl PackedMatrix {
 
     /// [`PackedMatrix::gemv_q8`] with an explicit implementation (clamped to what the CPU supports).
     pub fn gemv_q8_with(&self, choice: KernelChoice, x: &[f32], y: &mut [f32]) -> Result<()> {
+        self.gemv_q8_impl(choice, x, y, crate::dispatch::cpu().gfni)
+    }
+
+    /// [`PackedMatrix::gemv_q8_with`], choosing the code extraction (GFNI affine ops, which the
+    /// caller has checked the CPU has, or shifts and masks).
+    fn gemv_q8_impl(
+        &self,
+        choice: KernelChoice,
+        x: &[f32],
+        y: &mut [f32],
+        gfni: bool,
+    ) -> Result<()> {
+        let _ = gfni;
         check_len("x", self.cols, x.len())?;
         check_len("y", self.rows, y.len())?;
         let choice = choice.clamp_to_supported();
@@ -611,6 +653,7 @@ impl PackedMatrix {
                 gidx: &prep.gidx,
                 xsum: &xsum,
                 n_groups: self.n_groups,
+                gfni,
             };
             let block = |r0: usize, ys: &mut [f32]| {
                 // SAFETY: `q8_applies` checked AVX-512 (clamped choice) and VNNI; rows
@@ -629,9 +672,19 @@ impl PackedMatrix {
             };
             // A few large row blocks per thread (multiples of 4 rows): task overhead stays
             // far below the per-block work, and late tasks still balance the load.
-            for_row_blocks(y, self.rows * self.cols, 4, 64, 4, block);
+            for_row_blocks(y, self.rows * self.cols, 4, 64, 8, block);
         }
         Ok(())
+    }
+
+    /// Columns per activation scale in the int8-activation GEMV: the columns one i32 lane of the
+    /// VNNI kernel sums (see `q8_prep`), 32 for 4-bit codes, 64 for 2- and 3-bit, 128 for 1-bit.
+    fn q8_block(&self) -> usize {
+        match self.bits {
+            4 => 32,
+            2 | 3 => 64,
+            _ => SUPER,
+        }
     }
 
     /// Int8 activations arranged for the VNNI kernel (see `arch::x86_avx512`), from the
@@ -639,7 +692,8 @@ impl PackedMatrix {
     #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
     fn q8_prep(&self, xs: &[f32]) -> Q8Prep {
         let n_sb = self.pad_cols / SUPER;
-        let (q, dx) = quantize_x_q8(xs);
+        let block = self.q8_block();
+        let (q, dx) = quantize_x_q8(xs, block);
         let arrange = |p: usize| -> (Vec<i8>, Vec<f32>) {
             let k = 8 / p;
             let nsb = 4 / p;
@@ -659,24 +713,34 @@ impl PackedMatrix {
                         xq[dst..dst + 16].copy_from_slice(&q[col..col + 16]);
                     }
                 }
+                // i32 lane `i` sums bytes 4i..4i+4 of unit `u = i / 4` over every shift: columns
+                // of the unit's first chunk onwards, all inside one `block`.
                 for i in 0..16 {
-                    let sb = blk * nsb + (i / 4) / p;
+                    let u = i / 4;
+                    let sb = blk * nsb + u / p;
                     if sb < n_sb {
-                        dv[blk * 16 + i] = dx[sb];
+                        let col = sb * SUPER + (u % p) * k * CHUNK;
+                        dv[blk * 16 + i] = dx[col / block];
                     }
                 }
             }
             (xq, dv)
         };
-        let (xq_a, dx_a) = arrange(if self.bits == 3 { 2 } else { self.bits as usize });
+        let (xq_a, dx_a) = arrange(if self.bits == 3 {
+            2
+        } else {
+            self.bits as usize
+        });
         let gidx = (0..n_sb.next_multiple_of(4))
-            .map(|sb| if self.n_groups <= 1 { 0 } else { ((sb * SUPER / self.group_size).min(self.n_groups - 1)) as u32 })
+            .map(|sb| {
+                if self.n_groups <= 1 {
+                    0
+                } else {
+                    ((sb * SUPER / self.group_size).min(self.n_groups - 1)) as u32
+                }
+            })
             .collect();
-        Q8Prep {
-            xq_a,
-            dx_a,
-            gidx,
-        }
+        Q8Prep { xq_a, dx_a, gidx }
     }
 
     /// `y[m, rows] = x[m, cols] · Wᵀ` (prefill path), using [`active_kernel`].
@@ -692,7 +756,13 @@ impl PackedMatrix {
     }
 
     /// [`PackedMatrix::gemm`] with an explicit implementation (clamped to what the CPU supports).
-    pub fn gemm_with(&self, choice: KernelChoice, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+    pub fn gemm_with(
+        &self,
+        choice: KernelChoice,
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+    ) -> Result<()> {
         check_len("x", checked_mul("x", m, self.cols)?, x.len())?;
         check_len("y", checked_mul("y", m, self.rows)?, y.len())?;
         let choice = choice.clamp_to_supported();
@@ -776,7 +846,15 @@ impl PackedMatrix {
         Ok(())
     }
 
-    fn dequant_tile_with(&self, choice: KernelChoice, r0: usize, nr: usize, k0: usize, kw: usize, out: &mut [f32]) {
+    fn dequant_tile_with(
+        &self,
+        choice: KernelChoice,
+        r0: usize,
+        nr: usize,
+        k0: usize,
+        kw: usize,
+        out: &mut [f32],
+    ) {
         #[cfg(target_arch = "x86_64")]
         {
             if choice != KernelChoice::Scalar && self.chunk_aligned_groups() {
@@ -831,13 +909,31 @@ struct Q8Prep {
     gidx: Vec<u32>,
 }
 
-/// Quantizes storage-order activations (length a multiple of 128) to int8 per 128-column
-/// superblock: `q = round_half_even(x / dx)`, `dx = max|x| / 127` (0 for an all-zero block).
-pub(crate) fn quantize_x_q8(xs: &[f32]) -> (Vec<i8>, Vec<f32>) {
-    debug_assert!(xs.len() % SUPER == 0);
+/// Int8 activations per `block` columns (32, 64 or 128; `xs.len()` a multiple of 128):
+/// `q = round_half_even(x / dx)` clamped to ±127 with `dx = max|x| / 127` per block. Smaller
+/// blocks keep an outlier channel (Qwen3 has a few "massive" activation channels) from coarsening
+/// the step of more than its own block.
+pub(crate) fn quantize_x_q8(xs: &[f32], block: usize) -> (Vec<i8>, Vec<f32>) {
+    debug_assert!(xs.len() % SUPER == 0 && matches!(block, 32 | 64 | 128));
     let mut q = vec![0i8; xs.len()];
-    let mut dx = Vec::with_capacity(xs.len() / SUPER);
-    for (xb, qb) in xs.chunks_exact(SUPER).zip(q.chunks_exact_mut(SUPER)) {
+    let mut dx = Vec::with_capacity(xs.len() / block);
+    #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+    if crate::dispatch::cpu().avx512 {
+        for (xb, qb) in xs.chunks_exact(block).zip(q.chunks_exact_mut(block)) {
+            // SAFETY: AVX-512 checked above; both blocks hold exactly `block` (a multiple of 16) elements.
+            dx.push(unsafe {
+                crate::arch::x86_avx512::quantize_block_q8(xb.as_ptr(), qb.as_mut_ptr(), block / 16)
+            });
+        }
+        return (q, dx);
+    }
+    quantize_x_q8_scalar(xs, block, &mut q, &mut dx);
+    (q, dx)
+}
+
+/// Portable [`quantize_x_q8`] into `q` (zeroed, `xs.len()` bytes) and `dx` (pushed per block).
+pub(crate) fn quantize_x_q8_scalar(xs: &[f32], block: usize, q: &mut [i8], dx: &mut Vec<f32>) {
+    for (xb, qb) in xs.chunks_exact(block).zip(q.chunks_exact_mut(block)) {
         let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));
         let d = amax / 127.0;
         dx.push(d);
@@ -848,13 +944,14 @@ pub(crate) fn quantize_x_q8(xs: &[f32]) -> (Vec<i8>, Vec<f32>) {
             }
         }
     }
-    (q, dx)
 }
 
-/// Whether [`PackedMatrix::gemv`] should use the int8-activation kernel (`QWEN3_QUANT_GEMV=q8`).
-fn gemv_q8_by_default() -> bool {
-    static Q8: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *Q8.get_or_init(|| std::env::var("QWEN3_QUANT_GEMV").is_ok_and(|v| v.trim().eq_ignore_ascii_case("q8")))
+/// Whether [`PackedMatrix::gemv`] must stay exact (`QWEN3_QUANT_GEMV=exact`).
+fn gemv_exact_only() -> bool {
+    static EXACT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *EXACT.get_or_init(|| {
+        std::env::var("QWEN3_QUANT_GEMV").is_ok_and(|v| v.trim().eq_ignore_ascii_case("exact"))
+    })
 }
 
 /// Up to this many tokens, [`PackedMatrix::gemm`] runs GEMV per token.
@@ -911,6 +1008,30 @@ fn pack_row(bits: u8, pad_cols: usize, src: &[u8], dst: &mut [u8]) {
 mod tests {
     use super::*;
 
+    /// The SIMD activation quantizer is bit-identical to the portable one, ties included.
+    #[test]
+    fn q8_activation_quantizer_matches_scalar() {
+        let mut xs: Vec<f32> = (0..1024)
+            .map(|i| (((i * 2654435761u64 as usize) >> 9) % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        // Exact .5 ties after scaling: max 127 makes d = 1, so x/d = x.
+        xs[..128]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = (i as f32 - 64.0) + 0.5);
+        xs[0] = 127.0;
+        xs[256..384].fill(0.0);
+        for block in [32, 64, 128] {
+            let (q, dx) = quantize_x_q8(&xs, block);
+            let (mut q2, mut dx2) = (vec![0i8; xs.len()], Vec::new());
+            quantize_x_q8_scalar(&xs, block, &mut q2, &mut dx2);
+            assert_eq!(q, q2, "block {block}");
+            assert_eq!(dx, dx2, "block {block}");
+            assert_eq!(dx.len(), xs.len() / block);
+        }
+        assert_eq!(quantize_x_q8(&xs, 128).0[1], -62); // -62.5 rounds to even
+    }
+
     /// The f32 AVX-512 / AVX2 row kernels for every width (the public entry points prefer the
     /// bf16 kernel for ≤ 4 bits where the CPU has it, so exercise the others directly).
     #[test]
@@ -924,10 +1045,15 @@ mod tests {
                     .map(|i| ((i * 2654435761) >> 7) as u32 % (max + 1))
                     .map(|c| c as u8)
                     .collect();
-                let scales: Vec<f32> = (0..rows * ng).map(|i| 0.01 + 0.001 * (i % 7) as f32).collect();
+                let scales: Vec<f32> = (0..rows * ng)
+                    .map(|i| 0.01 + 0.001 * (i % 7) as f32)
+                    .collect();
                 let offsets: Vec<f32> = (0..rows * ng).map(|i| -0.02 * (i % 5) as f32).collect();
-                let p = PackedMatrix::new(bits, rows, cols, gs, &codes, &scales, &offsets, None).unwrap();
-                let x: Vec<f32> = (0..cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+                let p = PackedMatrix::new(bits, rows, cols, gs, &codes, &scales, &offsets, None)
+                    .unwrap();
+                let x: Vec<f32> = (0..cols)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                    .collect();
                 let (mut xs, mut xsum) = (Vec::new(), Vec::new());
                 p.prepare_x(&x, &mut xs, &mut xsum);
                 for choice in crate::available_kernels() {
@@ -964,40 +1090,81 @@ mod tests {
                     let codes: Vec<u8> = (0..rows * cols)
                         .map(|i| (((i * 2654435761) >> 7) as u32 % (max + 1)) as u8)
                         .collect();
-                    let scales: Vec<f32> = (0..rows * ng).map(|i| 0.01 + 0.001 * (i % 7) as f32).collect();
-                    let offsets: Vec<f32> = (0..rows * ng).map(|i| -0.02 * (i % 5) as f32).collect();
-                    let perm: Option<Vec<u32>> = (cols == 300).then(|| (0..cols as u32).rev().collect());
-                    let p = PackedMatrix::new(bits, rows, cols, gs, &codes, &scales, &offsets, perm.clone()).unwrap();
-                    let x: Vec<f32> = (0..cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0 * (1.0 + (i % 13) as f32)).collect();
+                    let scales: Vec<f32> = (0..rows * ng)
+                        .map(|i| 0.01 + 0.001 * (i % 7) as f32)
+                        .collect();
+                    let offsets: Vec<f32> =
+                        (0..rows * ng).map(|i| -0.02 * (i % 5) as f32).collect();
+                    let perm: Option<Vec<u32>> =
+                        (cols == 300).then(|| (0..cols as u32).rev().collect());
+                    let p = PackedMatrix::new(
+                        bits,
+                        rows,
+                        cols,
+                        gs,
+                        &codes,
+                        &scales,
+                        &offsets,
+                        perm.clone(),
+                    )
+                    .unwrap();
+                    let x: Vec<f32> = (0..cols)
+                        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0 * (1.0 + (i % 13) as f32))
+                        .collect();
                     let mut y = vec![f32::NAN; rows];
                     p.gemv_q8(&x, &mut y).unwrap();
+                    // The shift-and-mask extraction gives the same integer sums as GFNI's.
+                    let mut y2 = vec![f32::NAN; rows];
+                    p.gemv_q8_impl(active_kernel(), &x, &mut y2, false).unwrap();
+                    assert_eq!(
+                        y, y2,
+                        "bits {bits} gs {gs} {rows}x{cols}: GFNI vs shift/mask"
+                    );
                     let (mut xs, mut xsum) = (Vec::new(), Vec::new());
                     p.prepare_x(&x, &mut xs, &mut xsum);
-                    let (q, dx) = quantize_x_q8(&xs);
+                    let block = p.q8_block();
+                    let (q, dx) = quantize_x_q8(&xs, block);
                     let applies = p.q8_gemv_applies();
                     assert_eq!(applies && crate::dispatch::cpu().avx512vnni, applies);
                     for r in 0..rows {
-                        let (mut def, mut exact, mut bound_sum, mut xn, mut wn) = (0f64, 0f64, 0f64, 0f64, 0f64);
+                        let (mut def, mut exact, mut bound_sum, mut xn, mut wn) =
+                            (0f64, 0f64, 0f64, 0f64, 0f64);
                         for j in 0..cols {
                             let g = j / gs;
-                            let (s, o) = (f64::from(scales[r * ng + g]), f64::from(offsets[r * ng + g]));
+                            let (s, o) = (
+                                f64::from(scales[r * ng + g]),
+                                f64::from(offsets[r * ng + g]),
+                            );
                             let c = f64::from(codes[r * cols + j]);
-                            let sb = j / SUPER;
-                            def += s * c * f64::from(dx[sb]) * f64::from(q[j]) + o * f64::from(xs[j]);
+                            let b = j / block;
+                            def +=
+                                s * c * f64::from(dx[b]) * f64::from(q[j]) + o * f64::from(xs[j]);
                             exact += (s * c + o) * f64::from(xs[j]);
-                            bound_sum += (s * c).abs() * f64::from(dx[sb]);
+                            bound_sum += (s * c).abs() * f64::from(dx[b]);
                             xn += f64::from(xs[j]).powi(2);
                             wn += (s * c + o).powi(2);
                         }
                         let (xn, wn) = (xn.sqrt() as f32, wn.sqrt() as f32);
                         let got = f64::from(y[r]);
-                        let tol = f64::from(crate::tolerance::rel_tol(bits) * xn * wn + crate::tolerance::ABS_FLOOR);
+                        let tol = f64::from(
+                            crate::tolerance::rel_tol(bits) * xn * wn + crate::tolerance::ABS_FLOOR,
+                        );
                         if applies {
                             assert!((got - def).abs() <= tol, "bits {bits} gs {gs} {rows}x{cols} row {r}: {got} vs definition {def}");
-                            let b = f64::from(crate::tolerance::q8_gemv_bound(bound_sum as f32, xn, wn));
-                            assert!((got - exact).abs() <= b, "bits {bits} gs {gs} row {r}: {got} vs exact {exact} (bound {b})");
+                            let b = f64::from(crate::tolerance::q8_gemv_bound(
+                                bound_sum as f32,
+                                xn,
+                                wn,
+                            ));
+                            assert!(
+                                (got - exact).abs() <= b,
+                                "bits {bits} gs {gs} row {r}: {got} vs exact {exact} (bound {b})"
+                            );
                         } else {
-                            assert!((got - exact).abs() <= tol, "fallback bits {bits} gs {gs} row {r}: {got} vs {exact}");
+                            assert!(
+                                (got - exact).abs() <= tol,
+                                "fallback bits {bits} gs {gs} row {r}: {got} vs {exact}"
+                            );
                         }
                     }
                 }
@@ -1019,8 +1186,12 @@ fn for_row_blocks(
 ) {
     let threads = rayon::current_num_threads();
     if threads > 1 && work >= 1 << 18 {
-        let chunk = (y.len() / (threads * blocks_per_thread)).max(min_rows).next_multiple_of(multiple);
-        y.par_chunks_mut(chunk).enumerate().for_each(|(ci, ys)| block(ci * chunk, ys));
+        let chunk = (y.len() / (threads * blocks_per_thread))
+            .max(min_rows)
+            .next_multiple_of(multiple);
+        y.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(ci, ys)| block(ci * chunk, ys));
     } else {
         block(0, y);
     }

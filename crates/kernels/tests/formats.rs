@@ -32,7 +32,10 @@ fn gptq_3bit_straddling_words_known_answer() {
     assert_eq!(w, expected);
     // One output column (n = 1), k = 32 inputs.
     let q = gptq_format::pack_qweight(&v, 1, 32, 3).unwrap();
-    assert_eq!(q.iter().map(|&x| x as u32).collect::<Vec<_>>(), expected.to_vec());
+    assert_eq!(
+        q.iter().map(|&x| x as u32).collect::<Vec<_>>(),
+        expected.to_vec()
+    );
     assert_eq!(gptq_format::unpack_qweight(&q, 1, 32, 3).unwrap(), v);
     // Two columns: qweight is [3, 2], column c in position c of each word row.
     let mut codes = v.clone();
@@ -44,20 +47,35 @@ fn gptq_3bit_straddling_words_known_answer() {
     }
     // qzeros along n: the same stream.
     let z = gptq_format::pack_qzeros(&v, 1, 32, 3).unwrap();
-    assert_eq!(z.iter().map(|&x| x as u32).collect::<Vec<_>>(), expected.to_vec());
+    assert_eq!(
+        z.iter().map(|&x| x as u32).collect::<Vec<_>>(),
+        expected.to_vec()
+    );
 }
 
 #[test]
 fn gptq_4bit_and_2bit_known_answers() {
     // k = 8 codes 0..7 in one 4-bit word, LSB first.
     let c: Vec<u8> = (0..8).collect();
-    assert_eq!(gptq_format::pack_qweight(&c, 1, 8, 4).unwrap(), vec![0x7654_3210]);
+    assert_eq!(
+        gptq_format::pack_qweight(&c, 1, 8, 4).unwrap(),
+        vec![0x7654_3210]
+    );
     // Symmetric 4-bit v1 zeros (8 − 1 = 7) give 0x77777777.
-    assert_eq!(gptq_format::pack_qzeros(&[7u8; 8], 1, 8, 4).unwrap(), vec![0x7777_7777]);
+    assert_eq!(
+        gptq_format::pack_qzeros(&[7u8; 8], 1, 8, 4).unwrap(),
+        vec![0x7777_7777]
+    );
     let c2: Vec<u8> = (0..16).map(|i| (i % 4) as u8).collect();
-    assert_eq!(gptq_format::pack_qweight(&c2, 1, 16, 2).unwrap()[0] as u32, 0xE4E4_E4E4);
+    assert_eq!(
+        gptq_format::pack_qweight(&c2, 1, 16, 2).unwrap()[0] as u32,
+        0xE4E4_E4E4
+    );
     let c8 = [1u8, 2, 3, 0xFF];
-    assert_eq!(gptq_format::pack_qweight(&c8, 1, 4, 8).unwrap()[0] as u32, 0xFF03_0201);
+    assert_eq!(
+        gptq_format::pack_qweight(&c8, 1, 4, 8).unwrap()[0] as u32,
+        0xFF03_0201
+    );
 }
 
 #[test]
@@ -142,16 +160,21 @@ fn format_errors() {
 }
 
 fn gptq_case() -> impl Strategy<Value = (u8, usize, usize, Vec<u8>)> {
-    (prop::sample::select(vec![1u8, 2, 3, 4, 8]), 1usize..7, 1usize..4).prop_flat_map(|(bits, n, kmul)| {
-        // k·bits must be a multiple of 32: k a multiple of 32 always works.
-        let k = 32 * kmul;
-        (
-            Just(bits),
-            Just(n),
-            Just(k),
-            prop::collection::vec(0u8..=((1u16 << bits) - 1) as u8, n * k),
-        )
-    })
+    (
+        prop::sample::select(vec![1u8, 2, 3, 4, 8]),
+        1usize..7,
+        1usize..4,
+    )
+        .prop_flat_map(|(bits, n, kmul)| {
+            // k·bits must be a multiple of 32: k a multiple of 32 always works.
+            let k = 32 * kmul;
+            (
+                Just(bits),
+                Just(n),
+                Just(k),
+                prop::collection::vec(0u8..=((1u16 << bits) - 1) as u8, n * k),
+            )
+        })
 }
 
 proptest! {

@@ -80,7 +80,9 @@ fn w8a8_end_to_end_close_to_f32() {
     let mut rng = StdRng::seed_from_u64(9);
     let (m, rows, cols) = (4, 16, 256);
     let x: Vec<f32> = (0..m * cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-    let wf: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-0.1f32..0.1)).collect();
+    let wf: Vec<f32> = (0..rows * cols)
+        .map(|_| rng.gen_range(-0.1f32..0.1))
+        .collect();
     let (wq, ws) = int8::quantize_per_token(&wf, rows, cols);
     let (xq, xs) = int8::quantize_per_token(&x, m, cols);
     let mat = Int8Matrix::new(wq, ws, rows, cols).unwrap();
@@ -89,7 +91,11 @@ fn w8a8_end_to_end_close_to_f32() {
     for i in 0..m {
         for r in 0..rows {
             let exact: f32 = (0..cols).map(|k| x[i * cols + k] * wf[r * cols + k]).sum();
-            assert!((y[i * rows + r] - exact).abs() < 0.05, "{} vs {exact}", y[i * rows + r]);
+            assert!(
+                (y[i * rows + r] - exact).abs() < 0.05,
+                "{} vs {exact}",
+                y[i * rows + r]
+            );
         }
     }
 }

@@ -17,12 +17,26 @@ struct Case {
     perm: Option<Vec<u32>>,
 }
 
-fn make_case(rng: &mut StdRng, bits: u8, rows: usize, cols: usize, gs: usize, with_perm: bool) -> Case {
+fn make_case(
+    rng: &mut StdRng,
+    bits: u8,
+    rows: usize,
+    cols: usize,
+    gs: usize,
+    with_perm: bool,
+) -> Case {
     let ng = cols.div_ceil(gs);
     let max = (1u16 << bits) - 1;
-    let codes = (0..rows * cols).map(|_| rng.gen_range(0..=max) as u8).collect();
-    let scales: Vec<f32> = (0..rows * ng).map(|_| rng.gen_range(0.001f32..0.1)).collect();
-    let offsets = scales.iter().map(|s| -s * rng.gen_range(0.0..=max as f32)).collect();
+    let codes = (0..rows * cols)
+        .map(|_| rng.gen_range(0..=max) as u8)
+        .collect();
+    let scales: Vec<f32> = (0..rows * ng)
+        .map(|_| rng.gen_range(0.001f32..0.1))
+        .collect();
+    let offsets = scales
+        .iter()
+        .map(|s| -s * rng.gen_range(0.0..=max as f32))
+        .collect();
     let perm = with_perm.then(|| {
         let mut p: Vec<u32> = (0..cols as u32).collect();
         for i in (1..cols).rev() {
@@ -63,7 +77,8 @@ fn dense_reference(c: &Case) -> Vec<f32> {
     for r in 0..c.rows {
         for j in 0..c.cols {
             let g = j / c.gs;
-            let v = c.scales[r * ng + g] * f32::from(c.codes[r * c.cols + j]) + c.offsets[r * ng + g];
+            let v =
+                c.scales[r * ng + g] * f32::from(c.codes[r * c.cols + j]) + c.offsets[r * ng + g];
             let oj = c.perm.as_ref().map_or(j, |p| p[j] as usize);
             w[r * c.cols + oj] = v;
         }
@@ -81,7 +96,11 @@ fn check(bits: u8, x: &[f32], m: usize, w: &[f32], rows: usize, cols: usize, y: 
         for r in 0..rows {
             let wr = &w[r * cols..(r + 1) * cols];
             let wn = wr.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
-            let reference: f64 = xr.iter().zip(wr).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            let reference: f64 = xr
+                .iter()
+                .zip(wr)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
             let got = f64::from(y[i * rows + r]);
             let bound = f64::from(tol) * xn * wn + f64::from(tolerance::ABS_FLOOR);
             assert!(
@@ -106,17 +125,32 @@ fn run_case(rng: &mut StdRng, c: &Case, ms: &[usize]) {
     let w = dense_reference(c);
     let deq = p.dequantize();
     for (a, b) in deq.iter().zip(&w) {
-        assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{ctx0}: dequantize {a} vs {b}");
+        assert!(
+            (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+            "{ctx0}: dequantize {a} vs {b}"
+        );
     }
     for &m in ms {
-        let x: Vec<f32> = (0..m * c.cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let x: Vec<f32> = (0..m * c.cols)
+            .map(|_| rng.gen_range(-1.0f32..1.0))
+            .collect();
         let mut scalar = vec![f32::NAN; m * c.rows];
-        p.gemm_with(KernelChoice::Scalar, &x, m, &mut scalar).unwrap();
+        p.gemm_with(KernelChoice::Scalar, &x, m, &mut scalar)
+            .unwrap();
         for k in available_kernels() {
             let ctx = format!("{ctx0} m {m} kernel {k:?}");
             let mut y = vec![f32::NAN; m * c.rows];
             p.gemm_with(k, &x, m, &mut y).unwrap();
-            check(c.bits, &x, m, &w, c.rows, c.cols, &y, &format!("{ctx} gemm"));
+            check(
+                c.bits,
+                &x,
+                m,
+                &w,
+                c.rows,
+                c.cols,
+                &y,
+                &format!("{ctx} gemm"),
+            );
             // SIMD against scalar, same tolerance.
             check(
                 c.bits,
@@ -131,11 +165,23 @@ fn run_case(rng: &mut StdRng, c: &Case, ms: &[usize]) {
             if m >= 1 {
                 let mut yv = vec![f32::NAN; c.rows];
                 p.gemv_with(k, &x[..c.cols], &mut yv).unwrap();
-                check(c.bits, &x[..c.cols], 1, &w, c.rows, c.cols, &yv, &format!("{ctx} gemv"));
+                check(
+                    c.bits,
+                    &x[..c.cols],
+                    1,
+                    &w,
+                    c.rows,
+                    c.cols,
+                    &yv,
+                    &format!("{ctx} gemv"),
+                );
                 let tol = tolerance::rel_tol(c.bits);
                 for (a, b) in yv.iter().zip(&scalar[..c.rows]) {
                     let scale = (a.abs() + b.abs()).max(1.0) * tol * 8.0;
-                    assert!((a - b).abs() <= scale.max(1e-3 * tol), "{ctx}: simd {a} vs scalar {b}");
+                    assert!(
+                        (a - b).abs() <= scale.max(1e-3 * tol),
+                        "{ctx}: simd {a} vs scalar {b}"
+                    );
                 }
             }
         }
@@ -225,7 +271,7 @@ fn perm_semantics_and_accessors() {
     assert_eq!(p.scales(), &[1.0]);
     assert_eq!(p.offsets(), &[0.0]);
     let mut y = [0f32];
-    p.gemv(&[1.0, 10.0, 100.0], &mut y).unwrap();
+    p.gemv_exact(&[1.0, 10.0, 100.0], &mut y).unwrap();
     assert_eq!(y[0], 2.0 + 30.0 + 100.0);
     // padded to 128 columns: 64 bytes of codes + scale + offset + 3 perm entries.
     assert_eq!(p.storage_bytes(), 64 + 8 + 12);
@@ -284,11 +330,25 @@ fn bad_inputs_are_errors_not_panics() {
         Err(KernelError::NonFinite { .. })
     ));
     assert!(matches!(
-        new(4, 4, &ok_codes, &[1.0; 2], &[0.0; 2], Some(vec![0, 1, 1, 3])),
+        new(
+            4,
+            4,
+            &ok_codes,
+            &[1.0; 2],
+            &[0.0; 2],
+            Some(vec![0, 1, 1, 3])
+        ),
         Err(KernelError::InvalidPermutation)
     ));
     assert!(matches!(
-        new(4, 4, &ok_codes, &[1.0; 2], &[0.0; 2], Some(vec![0, 1, 2, 4])),
+        new(
+            4,
+            4,
+            &ok_codes,
+            &[1.0; 2],
+            &[0.0; 2],
+            Some(vec![0, 1, 2, 4])
+        ),
         Err(KernelError::InvalidPermutation)
     ));
     assert!(matches!(
@@ -328,7 +388,11 @@ fn kernel_choice_parsing_and_clamping() {
     assert_eq!(KernelChoice::parse("AVX512"), Some(KernelChoice::Avx512));
     assert_eq!(KernelChoice::parse("scalar"), Some(KernelChoice::Scalar));
     assert_eq!(KernelChoice::parse("neon"), None);
-    for k in [KernelChoice::Scalar, KernelChoice::Avx2, KernelChoice::Avx512] {
+    for k in [
+        KernelChoice::Scalar,
+        KernelChoice::Avx2,
+        KernelChoice::Avx512,
+    ] {
         assert!(k.clamp_to_supported().is_supported());
     }
     assert!(available_kernels().contains(&qwen3_quant_kernels::active_kernel()));

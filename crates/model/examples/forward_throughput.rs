@@ -14,13 +14,22 @@ use qwen3_quant_model::Qwen3Model;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
     let args: Vec<String> = std::env::args().collect();
-    let dir = args.get(1).filter(|s| !s.is_empty()).cloned().unwrap_or_else(|| format!("{root}/models/qwen3-micro"));
+    let dir = args
+        .get(1)
+        .filter(|s| !s.is_empty())
+        .cloned()
+        .unwrap_or_else(|| format!("{root}/models/qwen3-micro"));
     let windows: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(32);
     let batch: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(4);
     let seq = 1024;
     let model = Qwen3Model::load(&dir)?;
     let docs = SafetensorsFile::open(format!("{root}/data/docs/docs.tokens.safetensors"))?;
-    let ids: Vec<u32> = docs.tensor("valid")?.to_i64()?.into_iter().map(|x| x as u32).collect();
+    let ids: Vec<u32> = docs
+        .tensor("valid")?
+        .to_i64()?
+        .into_iter()
+        .map(|x| x as u32)
+        .collect();
     let v = model.config.vocab_size;
     let mut nll_sum = 0.0f64;
     let start = Instant::now();
@@ -37,7 +46,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for t in 0..seq - 1 {
                 let row = &logits[(s * seq + t) * v..(s * seq + t + 1) * v];
                 let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let lse = row.iter().map(|x| ((x - max) as f64).exp()).sum::<f64>().ln() + max as f64;
+                let lse = row
+                    .iter()
+                    .map(|x| ((x - max) as f64).exp())
+                    .sum::<f64>()
+                    .ln()
+                    + max as f64;
                 nll += lse - row[chunk[s * seq + t + 1] as usize] as f64;
             }
             nll_sum += nll / (seq - 1) as f64;

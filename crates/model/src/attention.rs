@@ -66,15 +66,18 @@ impl Attention {
         let group = self.heads / self.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out_h = vec![0.0f32; n * qd];
-        out_h.par_chunks_mut(seq * hd).enumerate().for_each(|(bh, out)| {
-            let (b, h) = (bh / self.heads, bh % self.heads);
-            let kvh = h / group;
-            let q = &qh[bh * seq * hd..(bh + 1) * seq * hd];
-            let kv_off = (b * self.kv_heads + kvh) * seq * hd;
-            let kk = &kh[kv_off..kv_off + seq * hd];
-            let vv = &vh[kv_off..kv_off + seq * hd];
-            causal_head(q, kk, vv, seq, hd, scale, out);
-        });
+        out_h
+            .par_chunks_mut(seq * hd)
+            .enumerate()
+            .for_each(|(bh, out)| {
+                let (b, h) = (bh / self.heads, bh % self.heads);
+                let kvh = h / group;
+                let q = &qh[bh * seq * hd..(bh + 1) * seq * hd];
+                let kv_off = (b * self.kv_heads + kvh) * seq * hd;
+                let kk = &kh[kv_off..kv_off + seq * hd];
+                let vv = &vh[kv_off..kv_off + seq * hd];
+                causal_head(q, kk, vv, seq, hd, scale, out);
+            });
         Ok(from_head_major(&out_h, batch, seq, self.heads, hd))
     }
 
@@ -86,7 +89,15 @@ impl Attention {
 }
 
 /// Causal softmax attention of one head: `out = softmax(q·kᵀ·scale + mask) · v`, all `[seq, hd]`.
-fn causal_head(q: &[f32], k: &[f32], v: &[f32], seq: usize, hd: usize, scale: f32, out: &mut [f32]) {
+fn causal_head(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seq: usize,
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
     let mut scores = vec![0.0f32; QUERY_BLOCK * seq];
     let mut i0 = 0;
     while i0 < seq {
@@ -101,7 +112,18 @@ fn causal_head(q: &[f32], k: &[f32], v: &[f32], seq: usize, hd: usize, scale: f3
             softmax_in_place(&mut row[..visible]);
             row[visible..].fill(0.0);
         }
-        dense::matmul_strided(&scores, rows, keys, keys, v, hd, hd, &mut out[i0 * hd..], hd, false);
+        dense::matmul_strided(
+            &scores,
+            rows,
+            keys,
+            keys,
+            v,
+            hd,
+            hd,
+            &mut out[i0 * hd..],
+            hd,
+            false,
+        );
         i0 = i1;
     }
 }
@@ -109,26 +131,30 @@ fn causal_head(q: &[f32], k: &[f32], v: &[f32], seq: usize, hd: usize, scale: f3
 /// `[b·s, heads·hd]` → `[b, heads, s, hd]`.
 fn to_head_major(x: &[f32], _batch: usize, seq: usize, heads: usize, hd: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(seq * hd).enumerate().for_each(|(bh, dst)| {
-        let (b, h) = (bh / heads, bh % heads);
-        for s in 0..seq {
-            let src = &x[((b * seq + s) * heads + h) * hd..][..hd];
-            dst[s * hd..(s + 1) * hd].copy_from_slice(src);
-        }
-    });
+    out.par_chunks_mut(seq * hd)
+        .enumerate()
+        .for_each(|(bh, dst)| {
+            let (b, h) = (bh / heads, bh % heads);
+            for s in 0..seq {
+                let src = &x[((b * seq + s) * heads + h) * hd..][..hd];
+                dst[s * hd..(s + 1) * hd].copy_from_slice(src);
+            }
+        });
     out
 }
 
 /// `[b, heads, s, hd]` → `[b·s, heads·hd]`.
 fn from_head_major(x: &[f32], batch: usize, seq: usize, heads: usize, hd: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(heads * hd).enumerate().for_each(|(row, dst)| {
-        let (b, s) = (row / seq, row % seq);
-        for h in 0..heads {
-            let src = &x[((b * heads + h) * seq + s) * hd..][..hd];
-            dst[h * hd..(h + 1) * hd].copy_from_slice(src);
-        }
-    });
+    out.par_chunks_mut(heads * hd)
+        .enumerate()
+        .for_each(|(row, dst)| {
+            let (b, s) = (row / seq, row % seq);
+            for h in 0..heads {
+                let src = &x[((b * heads + h) * seq + s) * hd..][..hd];
+                dst[h * hd..(h + 1) * hd].copy_from_slice(src);
+            }
+        });
     let _ = batch;
     out
 }

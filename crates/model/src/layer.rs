@@ -39,11 +39,13 @@ pub struct DecoderLayer {
 
 /// `a += b` elementwise.
 pub fn add_in_place(a: &mut [f32], b: &[f32]) {
-    a.par_chunks_mut(8192).zip(b.par_chunks(8192)).for_each(|(a, b)| {
-        for (x, y) in a.iter_mut().zip(b) {
-            *x += y;
-        }
-    });
+    a.par_chunks_mut(8192)
+        .zip(b.par_chunks(8192))
+        .for_each(|(a, b)| {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        });
 }
 
 impl DecoderLayer {
@@ -62,7 +64,14 @@ impl DecoderLayer {
     }
 
     /// Runs the layer in place on `h` `[batch·seq, hidden]`, reporting linear inputs to `obs`.
-    pub fn forward(&self, h: &mut [f32], batch: usize, seq: usize, rope: &Rope, obs: &mut dyn Observer) -> Result<()> {
+    pub fn forward(
+        &self,
+        h: &mut [f32],
+        batch: usize,
+        seq: usize,
+        rope: &Rope,
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
         let n = batch * seq;
         let li = self.index;
         let x = self.attn_input(h);
@@ -141,18 +150,30 @@ impl DecoderLayer {
         let l = self.index;
         let mut ids: Vec<LinearId> = [LinearKind::Q, LinearKind::K, LinearKind::V, LinearKind::O]
             .into_iter()
-            .map(|kind| LinearId { layer: l, kind, expert: None })
+            .map(|kind| LinearId {
+                layer: l,
+                kind,
+                expert: None,
+            })
             .collect();
         match &self.ffn {
             FeedForward::Dense(_) => {
                 for kind in [LinearKind::Gate, LinearKind::Up, LinearKind::Down] {
-                    ids.push(LinearId { layer: l, kind, expert: None });
+                    ids.push(LinearId {
+                        layer: l,
+                        kind,
+                        expert: None,
+                    });
                 }
             }
             FeedForward::Moe(m) => {
                 for e in 0..m.experts.len() {
                     for kind in [LinearKind::Gate, LinearKind::Up, LinearKind::Down] {
-                        ids.push(LinearId { layer: l, kind, expert: Some(e) });
+                        ids.push(LinearId {
+                            layer: l,
+                            kind,
+                            expert: Some(e),
+                        });
                     }
                 }
             }
@@ -162,11 +183,15 @@ impl DecoderLayer {
 
     /// Replaces one linear's weight (dense, fake-quantized or packed) in place; shapes must agree.
     pub fn replace_linear(&mut self, id: &LinearId, weight: LinearWeight) -> Result<LinearWeight> {
-        let slot = self.linear_mut(id.kind, id.expert).ok_or_else(|| ModelError::BadReplacement {
-            id: id.to_string(),
-            reason: "no such linear in this layer".into(),
-        })?;
-        if slot.out_features() != weight.out_features() || slot.in_features() != weight.in_features() {
+        let slot =
+            self.linear_mut(id.kind, id.expert)
+                .ok_or_else(|| ModelError::BadReplacement {
+                    id: id.to_string(),
+                    reason: "no such linear in this layer".into(),
+                })?;
+        if slot.out_features() != weight.out_features()
+            || slot.in_features() != weight.in_features()
+        {
             return Err(ModelError::BadReplacement {
                 id: id.to_string(),
                 reason: format!(

@@ -34,6 +34,6 @@ pub use layer::{DecoderLayer, FeedForward};
 pub use linear::LinearWeight;
 pub use model::Qwen3Model;
 pub use observer::{NoObserver, Observer, Site};
+pub use qwen3_quant_io::ModelConfig;
 pub use rope::Rope;
 pub use tokenizer::Tokenizer;
-pub use qwen3_quant_io::ModelConfig;

@@ -25,9 +25,17 @@ impl LinearWeight {
     /// A dense weight, checking the length.
     pub fn dense(out_features: usize, in_features: usize, weight: Vec<f32>) -> Result<Self> {
         if weight.len() != out_features * in_features {
-            return Err(ModelError::Shape { what: "dense weight", expected: out_features * in_features, got: weight.len() });
+            return Err(ModelError::Shape {
+                what: "dense weight",
+                expected: out_features * in_features,
+                got: weight.len(),
+            });
         }
-        Ok(LinearWeight::Dense { out_features, in_features, weight })
+        Ok(LinearWeight::Dense {
+            out_features,
+            in_features,
+            weight,
+        })
     }
 
     /// Output features.
@@ -66,10 +74,18 @@ impl LinearWeight {
     pub fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
         let (n, k) = (self.out_features(), self.in_features());
         if x.len() != m * k {
-            return Err(ModelError::Shape { what: "linear input", expected: m * k, got: x.len() });
+            return Err(ModelError::Shape {
+                what: "linear input",
+                expected: m * k,
+                got: x.len(),
+            });
         }
         if y.len() != m * n {
-            return Err(ModelError::Shape { what: "linear output", expected: m * n, got: y.len() });
+            return Err(ModelError::Shape {
+                what: "linear output",
+                expected: m * n,
+                got: y.len(),
+            });
         }
         match self {
             LinearWeight::Dense { weight, .. } => dense::matmul_wt(x, m, k, weight, n, y),

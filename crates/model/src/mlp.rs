@@ -22,11 +22,13 @@ impl Mlp {
     pub fn activation(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
         let mut g = self.gate.apply(x, m)?;
         let u = self.up.apply(x, m)?;
-        g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(|(g, u)| {
-            for (a, b) in g.iter_mut().zip(u) {
-                *a = silu(*a) * b;
-            }
-        });
+        g.par_chunks_mut(4096)
+            .zip(u.par_chunks(4096))
+            .for_each(|(g, u)| {
+                for (a, b) in g.iter_mut().zip(u) {
+                    *a = silu(*a) * b;
+                }
+            });
         Ok(g)
     }
 
@@ -77,7 +79,10 @@ impl MoeBlock {
     pub fn route(&self, x: &[f32], m: usize) -> Result<Routing> {
         let e = self.experts.len();
         let logits = self.router.apply(x, m)?;
-        let mut routing = Routing { rows: vec![Vec::new(); e], weights: vec![Vec::new(); e] };
+        let mut routing = Routing {
+            rows: vec![Vec::new(); e],
+            weights: vec![Vec::new(); e],
+        };
         let mut probs = vec![0.0f32; e];
         let mut order: Vec<usize> = (0..e).collect();
         for t in 0..m {
@@ -92,7 +97,11 @@ impl MoeBlock {
             // torch.topk: largest first; ties keep the lower index.
             order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
             let chosen = &order[..self.top_k];
-            let norm = if self.norm_topk_prob { chosen.iter().map(|&i| probs[i]).sum::<f32>() } else { 1.0 };
+            let norm = if self.norm_topk_prob {
+                chosen.iter().map(|&i| probs[i]).sum::<f32>()
+            } else {
+                1.0
+            };
             for &i in chosen {
                 routing.rows[i].push(t);
                 routing.weights[i].push(probs[i] / norm);
@@ -102,7 +111,13 @@ impl MoeBlock {
     }
 
     /// The whole block, `[m, hidden]`; expert inputs are reported to `obs`.
-    pub fn forward(&self, x: &[f32], m: usize, layer: usize, obs: &mut dyn Observer) -> Result<Vec<f32>> {
+    pub fn forward(
+        &self,
+        x: &[f32],
+        m: usize,
+        layer: usize,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<f32>> {
         let hidden = self.router.in_features();
         let routing = self.route(x, m)?;
         let mut out = vec![0.0f32; m * hidden];
@@ -117,7 +132,13 @@ impl MoeBlock {
             }
             let act = expert.activation(&xe, rows.len())?;
             if obs.wants(layer, Site::ExpertDownInput(ei)) {
-                obs.observe(layer, Site::ExpertDownInput(ei), &act, rows.len(), act.len() / rows.len());
+                obs.observe(
+                    layer,
+                    Site::ExpertDownInput(ei),
+                    &act,
+                    rows.len(),
+                    act.len() / rows.len(),
+                );
             }
             let y = expert.down.apply(&act, rows.len())?;
             for (j, (&r, &w)) in rows.iter().zip(&routing.weights[ei]).enumerate() {

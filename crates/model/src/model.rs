@@ -65,13 +65,22 @@ impl Qwen3Model {
         } else {
             None
         };
-        Ok(Qwen3Model { config, embed_tokens, layers: Vec::new(), norm, lm_head })
+        Ok(Qwen3Model {
+            config,
+            embed_tokens,
+            layers: Vec::new(),
+            norm,
+            lm_head,
+        })
     }
 
     /// Loads decoder layer `i` (f32) from a checkpoint.
     pub fn load_layer(ckpt: &Checkpoint, c: &ModelConfig, i: usize) -> Result<DecoderLayer> {
         if i >= c.num_hidden_layers {
-            return Err(ModelError::NoSuchLayer { layer: i, layers: c.num_hidden_layers });
+            return Err(ModelError::NoSuchLayer {
+                layer: i,
+                layers: c.num_hidden_layers,
+            });
         }
         let h = c.hidden_size;
         let p = format!("model.layers.{i}");
@@ -117,7 +126,8 @@ impl Qwen3Model {
         Ok(DecoderLayer {
             index: i,
             input_layernorm: ckpt.load_f32(&format!("{p}.input_layernorm.weight"), &[h])?,
-            post_attention_layernorm: ckpt.load_f32(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+            post_attention_layernorm: ckpt
+                .load_f32(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
             attn,
             ffn,
             eps: c.rms_norm_eps as f32,
@@ -153,13 +163,24 @@ impl Qwen3Model {
         rope: &Rope,
         obs: &mut dyn Observer,
     ) -> Result<()> {
-        let layer = self.layers.get(i).ok_or(ModelError::NoSuchLayer { layer: i, layers: self.layers.len() })?;
+        let layer = self.layers.get(i).ok_or(ModelError::NoSuchLayer {
+            layer: i,
+            layers: self.layers.len(),
+        })?;
         let expected = batch * seq * self.config.hidden_size;
         if h.len() != expected {
-            return Err(ModelError::Shape { what: "hidden states", expected, got: h.len() });
+            return Err(ModelError::Shape {
+                what: "hidden states",
+                expected,
+                got: h.len(),
+            });
         }
         if rope.positions() < seq {
-            return Err(ModelError::Shape { what: "rope positions", expected: seq, got: rope.positions() });
+            return Err(ModelError::Shape {
+                what: "rope positions",
+                expected: seq,
+                got: rope.positions(),
+            });
         }
         layer.forward(h, batch, seq, rope, obs)
     }
@@ -188,7 +209,11 @@ impl Qwen3Model {
     /// Final hidden states (after the final norm) of `batch` sequences of `seq` tokens each.
     pub fn forward_hidden(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Vec<f32>> {
         if ids.len() != batch * seq {
-            return Err(ModelError::Shape { what: "token ids", expected: batch * seq, got: ids.len() });
+            return Err(ModelError::Shape {
+                what: "token ids",
+                expected: batch * seq,
+                got: ids.len(),
+            });
         }
         let rope = self.rope(seq);
         let mut h = self.embed(ids)?;
@@ -215,7 +240,11 @@ impl Qwen3Model {
     /// `[0]` embeddings, `[i]` after layer i−1 for 1 ≤ i < L, `[L]` the last layer after the final norm.
     pub fn hidden_states(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Vec<Vec<f32>>> {
         if ids.len() != batch * seq {
-            return Err(ModelError::Shape { what: "token ids", expected: batch * seq, got: ids.len() });
+            return Err(ModelError::Shape {
+                what: "token ids",
+                expected: batch * seq,
+                got: ids.len(),
+            });
         }
         let rope = self.rope(seq);
         let mut h = self.embed(ids)?;
@@ -232,7 +261,12 @@ impl Qwen3Model {
 
     /// Greedy decoding of `max_new` tokens after `prompt` (recomputes the prefix each step:
     /// simple and exact; a KV cache comes with the generation work).
-    pub fn generate_greedy(&self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Result<Vec<u32>> {
+    pub fn generate_greedy(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        stop: &[u32],
+    ) -> Result<Vec<u32>> {
         let mut ids = prompt.to_vec();
         let v = self.config.vocab_size;
         for _ in 0..max_new {
@@ -242,7 +276,16 @@ impl Qwen3Model {
             let next = logits[..v]
                 .par_iter()
                 .enumerate()
-                .reduce(|| (0, &f32::NEG_INFINITY), |a, b| if b.1 > a.1 || (b.1 == a.1 && b.0 < a.0) { b } else { a })
+                .reduce(
+                    || (0, &f32::NEG_INFINITY),
+                    |a, b| {
+                        if b.1 > a.1 || (b.1 == a.1 && b.0 < a.0) {
+                            b
+                        } else {
+                            a
+                        }
+                    },
+                )
                 .0 as u32;
             ids.push(next);
             if stop.contains(&next) {
@@ -254,6 +297,14 @@ impl Qwen3Model {
 
     /// Total bytes of the quantizable linears as currently stored.
     pub fn linear_bytes(&self) -> usize {
-        self.layers.iter().flat_map(|l| l.linear_ids().into_iter().filter_map(move |id| l.linear(id.kind, id.expert))).map(LinearWeight::storage_bytes).sum()
+        self.layers
+            .iter()
+            .flat_map(|l| {
+                l.linear_ids()
+                    .into_iter()
+                    .filter_map(move |id| l.linear(id.kind, id.expert))
+            })
+            .map(LinearWeight::storage_bytes)
+            .sum()
     }
 }

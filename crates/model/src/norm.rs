@@ -8,7 +8,9 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     debug_assert_eq!(x.len(), out.len());
     let work = |(xr, or): (&[f32], &mut [f32])| rms_norm_row(xr, weight, eps, or);
     if x.len() >= 64 * 1024 {
-        x.par_chunks(dim).zip(out.par_chunks_mut(dim)).for_each(work);
+        x.par_chunks(dim)
+            .zip(out.par_chunks_mut(dim))
+            .for_each(work);
     } else {
         x.chunks(dim).zip(out.chunks_mut(dim)).for_each(work);
     }

@@ -17,8 +17,9 @@ impl Rope {
     /// Matches transformers: `inv_freq = 1 / theta^(2i/d)` in f32, angle = position · inv_freq in f32.
     pub fn new(head_dim: usize, theta: f64, positions: usize) -> Rope {
         let half = head_dim / 2;
-        let inv_freq: Vec<f32> =
-            (0..half).map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32).collect();
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
+            .collect();
         let mut cos = Vec::with_capacity(positions * half);
         let mut sin = Vec::with_capacity(positions * half);
         for p in 0..positions {

@@ -80,7 +80,9 @@ mod tests {
 
     #[test]
     fn softmax_matches_reference() {
-        let mut row: Vec<f32> = (0..37).map(|i| ((i * 17 % 11) as f32 - 5.0) * 0.7).collect();
+        let mut row: Vec<f32> = (0..37)
+            .map(|i| ((i * 17 % 11) as f32 - 5.0) * 0.7)
+            .collect();
         let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let e: Vec<f64> = row.iter().map(|&v| ((v - max) as f64).exp()).collect();
         let s: f64 = e.iter().sum();

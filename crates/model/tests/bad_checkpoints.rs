@@ -18,12 +18,18 @@ fn tensors() -> Vec<TensorData> {
     let mut rand = |n: usize| -> Vec<f32> {
         (0..n)
             .map(|_| {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
             })
             .collect()
     };
-    let mut t = vec![TensorData::bf16("model.embed_tokens.weight", vec![64, 32], &rand(64 * 32))];
+    let mut t = vec![TensorData::bf16(
+        "model.embed_tokens.weight",
+        vec![64, 32],
+        &rand(64 * 32),
+    )];
     t.push(TensorData::bf16("model.norm.weight", vec![32], &[1.0; 32]));
     for i in 0..2 {
         let p = format!("model.layers.{i}");
@@ -39,8 +45,17 @@ fn tensors() -> Vec<TensorData> {
             let n = shape.iter().product();
             t.push(TensorData::bf16(format!("{p}.{name}"), shape, &rand(n)));
         }
-        for (name, n) in [("self_attn.q_norm.weight", 8), ("self_attn.k_norm.weight", 8), ("input_layernorm.weight", 32), ("post_attention_layernorm.weight", 32)] {
-            t.push(TensorData::bf16(format!("{p}.{name}"), vec![n], &vec![1.0; n]));
+        for (name, n) in [
+            ("self_attn.q_norm.weight", 8),
+            ("self_attn.k_norm.weight", 8),
+            ("input_layernorm.weight", 32),
+            ("post_attention_layernorm.weight", 32),
+        ] {
+            t.push(TensorData::bf16(
+                format!("{p}.{name}"),
+                vec![n],
+                &vec![1.0; n],
+            ));
         }
     }
     t
@@ -74,14 +89,19 @@ fn synthetic_model_loads_and_runs() {
 #[test]
 fn nan_weight_is_a_typed_error() {
     let mut t = tensors();
-    let i = t.iter().position(|x| x.name == "model.layers.1.mlp.up_proj.weight").unwrap();
+    let i = t
+        .iter()
+        .position(|x| x.name == "model.layers.1.mlp.up_proj.weight")
+        .unwrap();
     t[i] = TensorData::bf16(t[i].name.clone(), t[i].shape.clone(), &{
         let mut v = vec![0.01f32; 48 * 32];
         v[77] = f32::NAN;
         v
     });
     match load_err(CONFIG, &t) {
-        ModelError::Io(IoError::NonFinite { tensor, index: 77 }) => assert!(tensor.contains("up_proj")),
+        ModelError::Io(IoError::NonFinite { tensor, index: 77 }) => {
+            assert!(tensor.contains("up_proj"))
+        }
         e => panic!("unexpected {e:?}"),
     }
 }
@@ -89,25 +109,46 @@ fn nan_weight_is_a_typed_error() {
 #[test]
 fn wrong_shape_missing_tensor_and_missing_fields() {
     let mut t = tensors();
-    let i = t.iter().position(|x| x.name == "model.layers.0.self_attn.k_proj.weight").unwrap();
+    let i = t
+        .iter()
+        .position(|x| x.name == "model.layers.0.self_attn.k_proj.weight")
+        .unwrap();
     t[i] = TensorData::bf16(t[i].name.clone(), vec![32, 16], &vec![0.0; 512]);
-    assert!(matches!(load_err(CONFIG, &t), ModelError::Io(IoError::WrongShape { .. })));
+    assert!(matches!(
+        load_err(CONFIG, &t),
+        ModelError::Io(IoError::WrongShape { .. })
+    ));
 
     let mut t = tensors();
     t.retain(|x| x.name != "model.layers.1.self_attn.q_norm.weight");
-    assert!(matches!(load_err(CONFIG, &t), ModelError::Io(IoError::MissingTensor(_))));
+    assert!(matches!(
+        load_err(CONFIG, &t),
+        ModelError::Io(IoError::MissingTensor(_))
+    ));
 
-    let untied = CONFIG.replace("\"tie_word_embeddings\":true", "\"tie_word_embeddings\":false");
+    let untied = CONFIG.replace(
+        "\"tie_word_embeddings\":true",
+        "\"tie_word_embeddings\":false",
+    );
     match load_err(&untied, &tensors()) {
         ModelError::Io(IoError::MissingTensor(name)) => assert_eq!(name, "lm_head.weight"),
         e => panic!("unexpected {e:?}"),
     }
 
     let no_layers = CONFIG.replace("\"num_hidden_layers\":2,", "");
-    assert!(matches!(load_err(&no_layers, &tensors()), ModelError::Io(IoError::Config(_))));
+    assert!(matches!(
+        load_err(&no_layers, &tensors()),
+        ModelError::Io(IoError::Config(_))
+    ));
 
     let mut t = tensors();
-    let i = t.iter().position(|x| x.name == "model.norm.weight").unwrap();
+    let i = t
+        .iter()
+        .position(|x| x.name == "model.norm.weight")
+        .unwrap();
     t[i] = TensorData::i32("model.norm.weight", vec![32], &[1; 32]);
-    assert!(matches!(load_err(CONFIG, &t), ModelError::Io(IoError::WrongDtype { .. })));
+    assert!(matches!(
+        load_err(CONFIG, &t),
+        ModelError::Io(IoError::WrongDtype { .. })
+    ));
 }

@@ -8,7 +8,10 @@ const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn check(model_dir: &str, golden: &str) {
@@ -16,11 +19,20 @@ fn check(model_dir: &str, golden: &str) {
     let g = SafetensorsFile::open(format!("{ASSETS}/golden/{golden}")).unwrap();
     let ids_t = g.tensor("input_ids").unwrap();
     let (batch, seq) = (ids_t.shape[0], ids_t.shape[1]);
-    let ids: Vec<u32> = ids_t.to_i64().unwrap().into_iter().map(|x| x as u32).collect();
+    let ids: Vec<u32> = ids_t
+        .to_i64()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as u32)
+        .collect();
     let states = model.hidden_states(&ids, batch, seq).unwrap();
     assert_eq!(states.len(), model.config.num_hidden_layers + 1);
     for (i, s) in states.iter().enumerate() {
-        let want = g.tensor(&format!("hidden_states.{i}")).unwrap().to_f32().unwrap();
+        let want = g
+            .tensor(&format!("hidden_states.{i}"))
+            .unwrap()
+            .to_f32()
+            .unwrap();
         let d = max_abs_diff(s, &want);
         eprintln!("{model_dir} hidden_states.{i}: max |Δ| = {d:.3e}");
         assert!(d <= 1e-3, "{model_dir} hidden_states.{i}: max |Δ| = {d}");
@@ -62,6 +74,10 @@ fn bad_inputs_are_errors() {
     assert!(model.forward(&[1, 99_999], 1, 2).is_err());
     let mut h = vec![0.0f32; 10];
     let rope = model.rope(4);
-    assert!(model.forward_layer(0, &mut h, 1, 4, &rope, &mut qwen3_quant_model::NoObserver).is_err());
-    assert!(model.forward_layer(99, &mut h, 1, 4, &rope, &mut qwen3_quant_model::NoObserver).is_err());
+    assert!(model
+        .forward_layer(0, &mut h, 1, 4, &rope, &mut qwen3_quant_model::NoObserver)
+        .is_err());
+    assert!(model
+        .forward_layer(99, &mut h, 1, 4, &rope, &mut qwen3_quant_model::NoObserver)
+        .is_err());
 }

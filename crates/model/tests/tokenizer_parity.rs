@@ -7,13 +7,21 @@ use sha2::{Digest, Sha256};
 const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
 
 fn golden() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(format!("{ASSETS}/golden/tokenizer_ids.json")).unwrap()).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(format!("{ASSETS}/golden/tokenizer_ids.json")).unwrap(),
+    )
+    .unwrap()
 }
 
 fn check_samples(tok: &Tokenizer, cases: &serde_json::Value) {
     for case in cases.as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(tok.encode(text).unwrap(), want, "text {text:?}");
     }
 }
@@ -31,17 +39,30 @@ fn micro_tokenizer_sample_texts() {
 }
 
 fn wikitext_gptq_form() -> String {
-    let text = std::fs::read_to_string(format!("{ASSETS}/data/wikitext2/wikitext-2-raw-v1.test.jsonl")).unwrap();
+    let text = std::fs::read_to_string(format!(
+        "{ASSETS}/data/wikitext2/wikitext-2-raw-v1.test.jsonl"
+    ))
+    .unwrap();
     let rows: Vec<String> = text
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     rows.join("\n\n")
 }
 
 fn check_split(ids: &[u32], want: &serde_json::Value) {
     assert_eq!(ids.len() as u64, want["n_tokens"].as_u64().unwrap());
-    let first: Vec<u32> = want["first_32"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let first: Vec<u32> = want["first_32"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
     assert_eq!(&ids[..32], &first[..]);
     let mut h = Sha256::new();
     for id in ids {
@@ -55,7 +76,13 @@ fn check_split(ids: &[u32], want: &serde_json::Value) {
 fn wikitext2_test_split_both_forms() {
     let tok = Tokenizer::from_dir(format!("{ASSETS}/models/qwen3-micro")).unwrap();
     let g = golden();
-    check_split(&tok.encode(&wikitext_gptq_form()).unwrap(), &g["wikitext2_test_micro"]["gptq_form"]);
+    check_split(
+        &tok.encode(&wikitext_gptq_form()).unwrap(),
+        &g["wikitext2_test_micro"]["gptq_form"],
+    );
     let raw = std::fs::read_to_string(format!("{ASSETS}/data/wikitext2/wiki.test.raw")).unwrap();
-    check_split(&tok.encode(&raw).unwrap(), &g["wikitext2_test_micro"]["raw_file"]);
+    check_split(
+        &tok.encode(&raw).unwrap(),
+        &g["wikitext2_test_micro"]["raw_file"],
+    );
 }

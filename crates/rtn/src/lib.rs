@@ -25,9 +25,9 @@ use rayon::prelude::*;
 
 use qwen3_quant_core::method::check_weight;
 use qwen3_quant_core::{
-    base_range, canonical_g_idx, fake_quantize, params_from_range, quantize_code, GroupSize, LinearInput, LinearStats,
-    MethodError, Propagation, QuantOutcome, QuantParams, QuantScheme, QuantizedLinear, Quantizer, RangeConvention,
-    StatsRequest,
+    base_range, canonical_g_idx, fake_quantize, params_from_range, quantize_code, GroupSize,
+    LinearInput, LinearStats, MethodError, Propagation, QuantOutcome, QuantParams, QuantScheme,
+    QuantizedLinear, Quantizer, RangeConvention, StatsRequest,
 };
 
 pub use qwen3_quant_core::{Bits, Error as CoreError};
@@ -53,7 +53,11 @@ pub struct MseSearch {
 
 impl Default for MseSearch {
     fn default() -> Self {
-        Self { grid: 100, max_shrink: 0.8, norm: 2.4 }
+        Self {
+            grid: 100,
+            max_shrink: 0.8,
+            norm: 2.4,
+        }
     }
 }
 
@@ -70,8 +74,13 @@ pub struct RtnConfig {
 impl Default for RtnConfig {
     fn default() -> Self {
         Self {
-            scheme: QuantScheme::new(Bits::B4, GroupSize::PerChannel, false, RangeConvention::Gptq)
-                .expect("valid default scheme"),
+            scheme: QuantScheme::new(
+                Bits::B4,
+                GroupSize::PerChannel,
+                false,
+                RangeConvention::Gptq,
+            )
+            .expect("valid default scheme"),
             mse: None,
         }
     }
@@ -96,7 +105,12 @@ impl RtnConfig {
     /// non-positive / non-finite `norm`.
     pub fn validate(&self) -> Result<()> {
         if let Some(m) = self.mse {
-            let bad = |field, reason| Err(MethodError::InvalidConfig(CoreError::InvalidConfig { field, reason }));
+            let bad = |field, reason| {
+                Err(MethodError::InvalidConfig(CoreError::InvalidConfig {
+                    field,
+                    reason,
+                }))
+            };
             if m.grid == 0 {
                 return bad("mse.grid", "must be positive");
             }
@@ -123,7 +137,10 @@ pub fn group_params(values: &[f32], scheme: &QuantScheme, mse: Option<&MseSearch
     for i in 0..steps {
         let p = (1.0 - i as f64 / m.grid as f64) as f32;
         let prm = params_from_range(p * xmin, p * xmax, scheme);
-        let err: f64 = values.iter().map(|&x| ((fake_quantize(x, prm, maxq) - x).abs().powf(m.norm)) as f64).sum();
+        let err: f64 = values
+            .iter()
+            .map(|&x| ((fake_quantize(x, prm, maxq) - x).abs().powf(m.norm)) as f64)
+            .sum();
         if err < best_err {
             best_err = err;
             best = prm;
@@ -140,11 +157,21 @@ pub fn group_params(values: &[f32], scheme: &QuantScheme, mse: Option<&MseSearch
 /// # Errors
 /// [`MethodError::InvalidShape`] (wrong length or an empty dimension), [`MethodError::NonFinite`]
 /// (NaN/Inf weight; `id` is `None`), [`MethodError::InvalidConfig`].
-pub fn quantize_weight(w: &[f32], out_features: usize, in_features: usize, config: &RtnConfig) -> Result<QuantizedLinear> {
+pub fn quantize_weight(
+    w: &[f32],
+    out_features: usize,
+    in_features: usize,
+    config: &RtnConfig,
+) -> Result<QuantizedLinear> {
     config.validate()?;
     check_weight(w, out_features, in_features)?;
     if out_features == 0 || in_features == 0 {
-        return Err(MethodError::InvalidShape { id: None, what: "weight (empty dimension)", expected: 1, actual: 0 });
+        return Err(MethodError::InvalidShape {
+            id: None,
+            what: "weight (empty dimension)",
+            expected: 1,
+            actual: 0,
+        });
     }
     let scheme = &config.scheme;
     let maxq = scheme.maxq();
@@ -154,7 +181,8 @@ pub fn quantize_weight(w: &[f32], out_features: usize, in_features: usize, confi
         _ => in_features,
     };
     let n_groups = group.n_groups(in_features);
-    let tensor_params = (group == GroupSize::PerTensor).then(|| group_params(w, scheme, config.mse.as_ref()));
+    let tensor_params =
+        (group == GroupSize::PerTensor).then(|| group_params(w, scheme, config.mse.as_ref()));
 
     let mut codes = vec![0u8; out_features * in_features];
     let row_params: Vec<Vec<QuantParams>> = codes
@@ -163,7 +191,8 @@ pub fn quantize_weight(w: &[f32], out_features: usize, in_features: usize, confi
         .map(|(crow, wrow)| {
             let mut ps = Vec::with_capacity(n_groups);
             for (cg, wg) in crow.chunks_mut(gs).zip(wrow.chunks(gs)) {
-                let p = tensor_params.unwrap_or_else(|| group_params(wg, scheme, config.mse.as_ref()));
+                let p =
+                    tensor_params.unwrap_or_else(|| group_params(wg, scheme, config.mse.as_ref()));
                 for (c, &x) in cg.iter_mut().zip(wg) {
                     *c = quantize_code(x, p, maxq);
                 }
@@ -183,7 +212,18 @@ pub fn quantize_weight(w: &[f32], out_features: usize, in_features: usize, confi
     }
     let gsize = group.as_option();
     let g_idx = canonical_g_idx(in_features, gsize, None);
-    Ok(QuantizedLinear::new(out_features, in_features, scheme.bits(), gsize, scheme.sym(), codes, scales, zeros, g_idx, None)?)
+    Ok(QuantizedLinear::new(
+        out_features,
+        in_features,
+        scheme.bits(),
+        gsize,
+        scheme.sym(),
+        codes,
+        scales,
+        zeros,
+        g_idx,
+        None,
+    )?)
 }
 
 /// The RTN method as a [`Quantizer`]: needs no statistics, propagates quantized outputs, and is
@@ -219,11 +259,29 @@ impl Quantizer for Rtn {
         false
     }
     /// Quantizes with [`quantize_weight`]; `loss` is `Σ (w − q)²` over the weight, `damp` is 0.
-    fn quantize_linear(&self, input: LinearInput<'_>, _stats: &LinearStats) -> Result<QuantOutcome> {
-        let linear = quantize_weight(input.weight, input.out_features, input.in_features, &self.config)
-            .map_err(|e| e.with_id(input.id))?;
-        let loss = linear.dequantize().iter().zip(input.weight).map(|(q, w)| ((w - q) as f64).powi(2)).sum();
-        Ok(QuantOutcome { linear, loss, damp: 0.0 })
+    fn quantize_linear(
+        &self,
+        input: LinearInput<'_>,
+        _stats: &LinearStats,
+    ) -> Result<QuantOutcome> {
+        let linear = quantize_weight(
+            input.weight,
+            input.out_features,
+            input.in_features,
+            &self.config,
+        )
+        .map_err(|e| e.with_id(input.id))?;
+        let loss = linear
+            .dequantize()
+            .iter()
+            .zip(input.weight)
+            .map(|(q, w)| ((w - q) as f64).powi(2))
+            .sum();
+        Ok(QuantOutcome {
+            linear,
+            loss,
+            damp: 0.0,
+        })
     }
 }
 
