@@ -17,8 +17,8 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use qwen3_quant_core::{
-    Hessian, LinearId, LinearInput, LinearKind, LinearStats, Propagation, QuantizedLinear,
-    Quantizer,
+    Hessian, LinearId, LinearInput, LinearKind, LinearStats, PackedWeight, Propagation,
+    QuantizedWeight, Quantizer,
 };
 use qwen3_quant_io::Checkpoint;
 use qwen3_quant_model::layer::add_in_place;
@@ -92,7 +92,7 @@ pub struct LinearRecord {
 #[derive(Debug)]
 pub struct QuantizationRun {
     /// The quantized linears, in processing order.
-    pub quantized: Vec<(LinearId, QuantizedLinear)>,
+    pub quantized: Vec<(LinearId, QuantizedWeight)>,
     /// The per-linear log.
     pub records: Vec<LinearRecord>,
     /// Wall time of calibration and quantization.
@@ -214,12 +214,13 @@ impl Driver<'_> {
                     LinearWeight::dense(out_f, in_f, outcome.linear.dequantize())?
                 }
                 WeightMode::Packed => {
-                    LinearWeight::Packed(outcome.linear.to_packed().map_err(|e| {
-                        CalibError::Pack {
-                            id: id.to_string(),
-                            reason: e.to_string(),
-                        }
-                    })?)
+                    match outcome.linear.to_packed().map_err(|e| CalibError::Pack {
+                        id: id.to_string(),
+                        reason: e.to_string(),
+                    })? {
+                        PackedWeight::Affine(p) => LinearWeight::Packed(p),
+                        PackedWeight::Binary(b) => LinearWeight::Binary(b),
+                    }
                 }
             };
             layer.replace_linear(id, new_weight)?;

@@ -53,6 +53,14 @@ pub enum Error {
     /// The packed kernels rejected a layout (see [`crate::QuantizedLinear::to_packed`]).
     #[error(transparent)]
     Kernel(#[from] qwen3_quant_kernels::KernelError),
+    /// A value that must be positive (a smoothing factor, a scale) is zero or negative.
+    #[error("non-positive value in {what} at index {index}")]
+    NonPositive {
+        /// Which buffer.
+        what: &'static str,
+        /// Flat index of the first bad value.
+        index: usize,
+    },
     /// A NaN or infinity where finite values are required.
     #[error("non-finite value in {what} at index {index}")]
     NonFinite {

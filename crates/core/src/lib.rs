@@ -18,6 +18,7 @@
 //! # Ok::<(), qwen3_quant_core::Error>(())
 //! ```
 
+mod binary;
 pub mod error;
 pub mod id;
 pub mod linear;
@@ -26,10 +27,12 @@ mod pack;
 pub mod scheme;
 pub mod stats;
 
+pub use binary::{BinaryLinear, PackedWeight, QuantizedWeight};
 pub use error::{Error, Result};
 pub use id::{LinearId, LinearKind};
 pub use linear::{canonical_g_idx, QuantizedLinear};
 pub use method::{LinearInput, MethodError, Propagation, QuantOutcome, Quantizer, StatsRequest};
+pub use qwen3_quant_kernels::BinaryParams;
 pub use scheme::{
     base_range, dequantize_code, fake_quantize, find_params, min_max, params_from_range,
     quantize_code, round_half_even, Bits, GroupSize, QuantParams, QuantScheme, RangeConvention,

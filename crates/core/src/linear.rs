@@ -22,6 +22,13 @@ use crate::scheme::Bits;
 ///
 /// The weight is `W[r, c] = scales[g, r] * (codes[r, c] − zeros[g, r])` with `g = g_idx[c]`,
 /// computed in f32 exactly like the reference fake quantization.
+///
+/// **SmoothQuant extra.** With [`Self::with_smoothing`] the codes quantize the *smoothed* weight
+/// `W·diag(s)` (per-input-channel factors `s`, SmoothQuant's migration of activation outliers
+/// into the weights) and the layer's inputs are divided by `s`; [`Self::dequantize`] then returns
+/// the equivalent weight in the original input space, `W_q[:, c] / s_c`, and
+/// [`Self::dequantize_stored`] the smoothed one. BiLLM's binary weights have their own type,
+/// [`crate::BinaryLinear`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantizedLinear {
     out_features: usize,
@@ -34,6 +41,7 @@ pub struct QuantizedLinear {
     zeros: Vec<u8>,
     g_idx: Vec<u32>,
     perm: Option<Vec<u32>>,
+    smoothing: Option<Vec<f32>>,
 }
 
 /// Canonical `g_idx` for a layout (see [`QuantizedLinear`]).
@@ -158,7 +166,42 @@ impl QuantizedLinear {
             zeros,
             g_idx,
             perm,
+            smoothing: None,
         })
+    }
+
+    /// Marks the codes as quantizing the smoothed weight `W·diag(s)` (see the type docs).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] unless `s.len() == in_features`; [`Error::NonFinite`] for NaN or
+    /// infinite factors; [`Error::OutOfRange`] for a factor that is not positive.
+    pub fn with_smoothing(mut self, s: Vec<f32>) -> Result<Self> {
+        if s.len() != self.in_features {
+            return Err(Error::ShapeMismatch {
+                what: "smoothing",
+                expected: self.in_features,
+                actual: s.len(),
+            });
+        }
+        if let Some(i) = first_non_finite(&s) {
+            return Err(Error::NonFinite {
+                what: "smoothing",
+                index: i,
+            });
+        }
+        if let Some(i) = s.iter().position(|&v| v <= 0.0) {
+            return Err(Error::NonPositive {
+                what: "smoothing",
+                index: i,
+            });
+        }
+        self.smoothing = Some(s);
+        Ok(self)
+    }
+
+    /// SmoothQuant's per-input-channel factors `s`, `[in]`, if the codes hold `W·diag(s)`.
+    pub fn smoothing(&self) -> Option<&[f32]> {
+        self.smoothing.as_deref()
     }
 
     /// Output features (rows).
@@ -206,8 +249,22 @@ impl QuantizedLinear {
         self.perm.as_deref()
     }
 
-    /// Dequantized weight `[out, in]` (f32, bit-identical to the methods' fake quantization).
+    /// Dequantized weight `[out, in]` in the original input space (f32, bit-identical to the
+    /// methods' fake quantization; with smoothing, the stored weight divided by `s` per column).
     pub fn dequantize(&self) -> Vec<f32> {
+        let mut w = self.dequantize_stored();
+        if let (Some(s), n) = (&self.smoothing, self.in_features) {
+            if n > 0 {
+                w.par_chunks_mut(n)
+                    .for_each(|row| row.iter_mut().zip(s).for_each(|(v, f)| *v /= f));
+            }
+        }
+        w
+    }
+
+    /// Dequantized weight `[out, in]` as stored: `scale·(code − zero)`, in the smoothed space when
+    /// [`Self::smoothing`] is set (otherwise equal to [`Self::dequantize`]).
+    pub fn dequantize_stored(&self) -> Vec<f32> {
         let (o, n) = (self.out_features, self.in_features);
         let mut w = vec![0f32; o * n];
         if n == 0 {
@@ -228,7 +285,8 @@ impl QuantizedLinear {
     /// Storage cost in bits per weight, counting honestly what a packed checkpoint holds:
     /// `bits` per code, 16 per scale (fp16), `bits` per zero point for asymmetric schemes
     /// (symmetric zeros are the constant `(maxq+1)/2` and are not stored), and 32 bits per
-    /// column of `g_idx` when an act-order permutation is present (int32 `g_idx`).
+    /// column of `g_idx` when an act-order permutation is present (int32 `g_idx`), and 16 per
+    /// input column for SmoothQuant factors (fp16), when present.
     pub fn bits_per_weight(&self) -> f64 {
         let n_w = (self.out_features * self.in_features) as f64;
         if n_w == 0.0 {
@@ -242,6 +300,9 @@ impl QuantizedLinear {
         }
         if self.perm.is_some() {
             total += 32.0 * self.in_features as f64;
+        }
+        if self.smoothing.is_some() {
+            total += 16.0 * self.in_features as f64;
         }
         total / n_w
     }
@@ -331,6 +392,31 @@ mod tests {
             None
         )
         .is_err());
+    }
+
+    #[test]
+    fn smoothing_divides_columns_and_is_validated() {
+        let q = QuantizedLinear::new(
+            2,
+            3,
+            Bits::B4,
+            None,
+            false,
+            vec![1, 2, 3, 4, 5, 6],
+            vec![1.0, 0.5],
+            vec![0, 0],
+            vec![0; 3],
+            None,
+        )
+        .unwrap();
+        let plain = q.bits_per_weight();
+        assert!(q.clone().with_smoothing(vec![1.0; 2]).is_err());
+        assert!(q.clone().with_smoothing(vec![1.0, f32::NAN, 1.0]).is_err());
+        assert!(q.clone().with_smoothing(vec![1.0, 0.0, 1.0]).is_err());
+        let s = q.with_smoothing(vec![2.0, 4.0, 0.5]).unwrap();
+        assert_eq!(s.dequantize_stored(), vec![1.0, 2.0, 3.0, 2.0, 2.5, 3.0]);
+        assert_eq!(s.dequantize(), vec![0.5, 0.5, 6.0, 1.0, 0.625, 6.0]);
+        assert!((s.bits_per_weight() - plain - 16.0 * 3.0 / 6.0).abs() < 1e-12);
     }
 
     #[test]

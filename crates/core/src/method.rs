@@ -3,9 +3,9 @@
 //! Weights are always `[out_features, in_features]` row-major f32, as in `nn.Linear`.
 //! Methods never see how the model is stored.
 
+use crate::binary::QuantizedWeight;
 use crate::error::{first_non_finite, Error};
 use crate::id::LinearId;
-use crate::linear::QuantizedLinear;
 use crate::stats::LinearStats;
 
 /// Which outputs feed the next decoder layer during sequential quantization.
@@ -81,8 +81,8 @@ pub fn check_weight(
 /// Result of quantizing one linear.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantOutcome {
-    /// The quantized weight.
-    pub linear: QuantizedLinear,
+    /// The quantized weight (affine codes, or BiLLM's binary weights).
+    pub linear: QuantizedWeight,
     /// Method-specific loss (GPTQ: `Σ (w−q)²/d²/2`; RTN: `Σ (w−q)²`).
     pub loss: f64,
     /// Damping finally added to the Hessian diagonal (0 if not applicable).

@@ -10,7 +10,8 @@ impl QuantizedLinear {
     ///
     /// Columns are stored in act-order (`perm`) order when a permutation is present, so every
     /// group is a contiguous run of storage columns; per-channel linears become one group of
-    /// `in_features` columns. The kernels use `W = scale·code + offset`, so
+    /// `in_features` columns; SmoothQuant factors become the kernels' input scale `1/s`. The
+    /// kernels use `W = scale·code + offset`, so
     /// `offset = −scale·zero`; the packed dequantization therefore equals [`Self::dequantize`]
     /// up to one f32 rounding (`s·c − s·z` instead of `s·(c − z)`).
     ///
@@ -43,7 +44,7 @@ impl QuantizedLinear {
                 offsets[r * ng + g] = -s * self.zeros()[g * o + r] as f32;
             }
         }
-        Ok(PackedMatrix::new(
+        let packed = PackedMatrix::new(
             self.bits().get(),
             o,
             n,
@@ -52,7 +53,12 @@ impl QuantizedLinear {
             &scales,
             &offsets,
             self.perm().map(<[u32]>::to_vec),
-        )?)
+        )?;
+        Ok(match self.smoothing() {
+            // The kernels multiply the inputs by 1/s: y = W_q · (x / s).
+            Some(s) => packed.with_input_scale(s.iter().map(|v| 1.0 / v).collect())?,
+            None => packed,
+        })
     }
 }
 
@@ -79,12 +85,19 @@ mod tests {
             let g_idx = canonical_g_idx(n, group, p.as_deref());
             let q = QuantizedLinear::new(o, n, bits, group, false, codes, scales, zeros, g_idx, p)
                 .unwrap();
-            let packed = q.to_packed().unwrap();
-            let a = q.dequantize();
-            let b = packed.dequantize();
-            assert_eq!(a.len(), b.len());
-            for (x, y) in a.iter().zip(&b) {
-                assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "{x} vs {y}");
+            let smoothed = q
+                .clone()
+                .with_smoothing((0..n).map(|j| 0.5 + (j % 7) as f32).collect())
+                .unwrap();
+            for q in [q, smoothed] {
+                let packed = q.to_packed().unwrap();
+                assert_eq!(packed.input_scale().is_some(), q.smoothing().is_some());
+                let a = q.dequantize();
+                let b = packed.dequantize();
+                assert_eq!(a.len(), b.len());
+                for (x, y) in a.iter().zip(&b) {
+                    assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "{x} vs {y}");
+                }
             }
         }
     }

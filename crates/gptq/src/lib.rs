@@ -120,7 +120,7 @@ impl Quantizer for Gptq {
         )
         .map_err(|e| e.with_id(id))?;
         Ok(QuantOutcome {
-            linear: out.linear,
+            linear: out.linear.into(),
             loss: out.loss,
             damp: out.damp,
         })

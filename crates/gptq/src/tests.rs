@@ -527,7 +527,7 @@ fn quantizer_trait() {
     };
     let o = g.quantize_linear(input, &st).unwrap();
     let direct = quantize_weight(&w, out, n, &h.scaled(), &GptqConfig::default()).unwrap();
-    assert_eq!(o.linear, direct.linear);
+    assert_eq!(o.linear, direct.linear.into());
     let bad = LinearStats {
         hessian: Some(Hessian::new(n + 1)),
         channels: None,

@@ -84,6 +84,7 @@
 
 pub mod awq_format;
 pub mod bench;
+mod binary;
 pub mod dense;
 mod dispatch;
 pub mod gptq_format;
@@ -93,6 +94,7 @@ pub mod tolerance;
 
 mod arch;
 
+pub use binary::{BinaryMatrix, BinaryParams, BINARY_BLOCK};
 pub use dispatch::{active_kernel, available_kernels, set_kernel_choice, KernelChoice};
 pub use packed::PackedMatrix;
 

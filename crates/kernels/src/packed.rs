@@ -39,6 +39,8 @@ pub struct PackedMatrix {
     scales: Vec<f32>,
     offsets: Vec<f32>,
     perm: Option<Vec<u32>>,
+    /// Per-input-column factors applied to `x` before the product (original column order).
+    input_scale: Option<Vec<f32>>,
 }
 
 /// (byte index, shift) of storage column `j` in a plane of `b ∈ {1,2,4,8}` bits.
@@ -144,7 +146,32 @@ impl PackedMatrix {
             scales: scales.to_vec(),
             offsets: offsets.to_vec(),
             perm,
+            input_scale: None,
         })
+    }
+
+    /// Multiplies every input column `j` by `scale[j]` (original column order) before the
+    /// product: the kernels then compute `y = W · (x ⊙ scale)`, and [`PackedMatrix::dequantize`]
+    /// returns the equivalent `W · diag(scale)`. SmoothQuant stores `W·diag(s)` and divides the
+    /// activations by `s`, so it passes `scale = 1/s`.
+    ///
+    /// # Errors
+    /// [`KernelError::ShapeMismatch`] unless `scale.len() == cols`; [`KernelError::NonFinite`]
+    /// for NaN/inf factors.
+    pub fn with_input_scale(mut self, scale: Vec<f32>) -> Result<Self> {
+        check_len("input scale", self.cols, scale.len())?;
+        if !scale.iter().all(|v| v.is_finite()) {
+            return Err(KernelError::NonFinite {
+                what: "input scale",
+            });
+        }
+        self.input_scale = Some(scale);
+        Ok(self)
+    }
+
+    /// The per-input-column factors of [`PackedMatrix::with_input_scale`], if any.
+    pub fn input_scale(&self) -> Option<&[f32]> {
+        self.input_scale.as_deref()
     }
 
     /// Output features.
@@ -264,6 +291,11 @@ impl PackedMatrix {
                 }
             }
         }
+        if let Some(sc) = &self.input_scale {
+            for row in out.chunks_exact_mut(self.cols) {
+                row.iter_mut().zip(sc).for_each(|(w, s)| *w *= s);
+            }
+        }
         out
     }
 
@@ -284,9 +316,11 @@ impl PackedMatrix {
     /// Activations permuted to storage order and zero-padded to `pad_cols`, and per-group sums.
     fn prepare_x(&self, x: &[f32], xs: &mut Vec<f32>, xsum: &mut Vec<f32>) {
         xs.clear();
-        match &self.perm {
-            None => xs.extend_from_slice(x),
-            Some(p) => xs.extend(p.iter().map(|&j| x[j as usize])),
+        match (&self.perm, &self.input_scale) {
+            (None, None) => xs.extend_from_slice(x),
+            (Some(p), None) => xs.extend(p.iter().map(|&j| x[j as usize])),
+            (None, Some(sc)) => xs.extend(x.iter().zip(sc).map(|(v, s)| v * s)),
+            (Some(p), Some(sc)) => xs.extend(p.iter().map(|&j| x[j as usize] * sc[j as usize])),
         }
         xsum.clear();
         xsum.extend(
@@ -782,18 +816,17 @@ impl PackedMatrix {
             return Ok(());
         }
         let permuted;
-        let xs: &[f32] = match &self.perm {
-            None => x,
-            Some(p) => {
-                let mut v = vec![0f32; m * self.cols];
-                for (dst, src) in v.chunks_exact_mut(self.cols).zip(x.chunks_exact(self.cols)) {
-                    for (d, &j) in dst.iter_mut().zip(p) {
-                        *d = src[j as usize];
-                    }
-                }
-                permuted = v;
-                &permuted
+        let xs: &[f32] = if self.perm.is_none() && self.input_scale.is_none() {
+            x
+        } else {
+            let (mut v, mut xsum) = (Vec::with_capacity(m * self.pad_cols), Vec::new());
+            let mut row = Vec::new();
+            for src in x.chunks_exact(self.cols) {
+                self.prepare_x(src, &mut row, &mut xsum);
+                v.extend_from_slice(&row[..self.cols]);
             }
+            permuted = v;
+            &permuted
         };
         let rows = self.rows;
         let cols = self.cols;
@@ -986,7 +1019,7 @@ pub(crate) fn decode_chunk(bits: u8, pad_cols: usize, row: &[u8], t: usize, out:
     }
 }
 
-fn pack_row(bits: u8, pad_cols: usize, src: &[u8], dst: &mut [u8]) {
+pub(crate) fn pack_row(bits: u8, pad_cols: usize, src: &[u8], dst: &mut [u8]) {
     if bits == 3 {
         let (lo, hi) = dst.split_at_mut(pad_cols / 4);
         for (j, &c) in src.iter().enumerate() {

@@ -416,3 +416,86 @@ proptest! {
         run_case(&mut rng, &c, &[1, 5]);
     }
 }
+
+/// SmoothQuant-style input scaling: every path computes `W · (x ⊙ scale)`, and `dequantize`
+/// returns `W · diag(scale)`, with and without act-order.
+#[test]
+fn input_scale_applies_on_every_path() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for (bits, rows, cols, perm) in [
+        (4u8, 9usize, 300usize, true),
+        (4, 70, 1024, false),
+        (8, 5, 256, true),
+        (3, 600, 512, false),
+    ] {
+        let c = make_case(&mut rng, bits, rows, cols, 128, perm);
+        let scale: Vec<f32> = (0..cols).map(|_| rng.gen_range(0.25f32..4.0)).collect();
+        let p = build(&c).with_input_scale(scale.clone()).unwrap();
+        assert_eq!(p.input_scale(), Some(&scale[..]));
+        let mut w = dense_reference(&c);
+        w.chunks_exact_mut(cols)
+            .for_each(|row| row.iter_mut().zip(&scale).for_each(|(v, s)| *v *= s));
+        for (a, b) in p.dequantize().iter().zip(&w) {
+            assert!(
+                (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                "dequantize {a} vs {b}"
+            );
+        }
+        for m in [1usize, 3, 9] {
+            let x: Vec<f32> = (0..m * cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            let mut y = vec![f32::NAN; m * rows];
+            p.gemm(&x, m, &mut y).unwrap();
+            check(
+                bits,
+                &x,
+                m,
+                &w,
+                rows,
+                cols,
+                &y,
+                &format!("input scale gemm bits {bits} m {m}"),
+            );
+            if m == 1 {
+                let mut ye = vec![f32::NAN; rows];
+                p.gemv_exact(&x, &mut ye).unwrap();
+                check(bits, &x, 1, &w, rows, cols, &ye, "input scale gemv_exact");
+                // The decode path (int8 activations where it applies) is within the activation
+                // rounding bound: |Δ| ≤ √128/254 · ‖x ⊙ scale‖ · ‖scale_g · code‖ per row.
+                let mut yq = vec![f32::NAN; rows];
+                p.gemv(&x, &mut yq).unwrap();
+                let xn = x
+                    .iter()
+                    .zip(&scale)
+                    .map(|(a, s)| f64::from(a * s).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                let ng = cols.div_ceil(c.gs);
+                for (r, (a, b)) in yq.iter().zip(&ye).enumerate() {
+                    let cn = (0..cols)
+                        .map(|j| {
+                            f64::from(
+                                c.scales[r * ng + j / c.gs] * f32::from(c.codes[r * cols + j]),
+                            )
+                            .powi(2)
+                        })
+                        .sum::<f64>()
+                        .sqrt();
+                    let bound = 128f64.sqrt() / 254.0 * xn * cn + 1e-4;
+                    assert!(
+                        f64::from(a - b).abs() <= bound,
+                        "input scale gemv row {r}: {a} vs {b} (bound {bound})"
+                    );
+                }
+            }
+        }
+    }
+    let p = build(&make_case(&mut rng, 4, 2, 10, 5, false));
+    assert!(matches!(
+        p.clone().with_input_scale(vec![1.0; 9]),
+        Err(KernelError::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        p.with_input_scale(vec![f32::INFINITY; 10]),
+        Err(KernelError::NonFinite { .. })
+    ));
+}

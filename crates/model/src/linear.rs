@@ -1,6 +1,6 @@
 //! Linear layers whose weight representation can be swapped without touching the rest of the model.
 
-use qwen3_quant_kernels::{dense, PackedMatrix};
+use qwen3_quant_kernels::{dense, BinaryMatrix, PackedMatrix};
 
 use crate::error::{ModelError, Result};
 
@@ -19,6 +19,8 @@ pub enum LinearWeight {
     },
     /// Packed low-bit codes computed on directly by the packed kernels.
     Packed(PackedMatrix),
+    /// Packed BiLLM binary weights computed on directly by the binary kernels.
+    Binary(BinaryMatrix),
 }
 
 impl LinearWeight {
@@ -43,6 +45,7 @@ impl LinearWeight {
         match self {
             LinearWeight::Dense { out_features, .. } => *out_features,
             LinearWeight::Packed(p) => p.rows(),
+            LinearWeight::Binary(b) => b.rows(),
         }
     }
 
@@ -51,6 +54,7 @@ impl LinearWeight {
         match self {
             LinearWeight::Dense { in_features, .. } => *in_features,
             LinearWeight::Packed(p) => p.cols(),
+            LinearWeight::Binary(b) => b.cols(),
         }
     }
 
@@ -59,6 +63,7 @@ impl LinearWeight {
         match self {
             LinearWeight::Dense { weight, .. } => weight.clone(),
             LinearWeight::Packed(p) => p.dequantize(),
+            LinearWeight::Binary(b) => b.dequantize(),
         }
     }
 
@@ -67,6 +72,7 @@ impl LinearWeight {
         match self {
             LinearWeight::Dense { weight, .. } => weight.len() * 4,
             LinearWeight::Packed(p) => p.storage_bytes(),
+            LinearWeight::Binary(b) => b.storage_bytes(),
         }
     }
 
@@ -91,6 +97,7 @@ impl LinearWeight {
             LinearWeight::Dense { weight, .. } => dense::matmul_wt(x, m, k, weight, n, y),
             LinearWeight::Packed(p) if m == 1 => p.gemv(x, y)?,
             LinearWeight::Packed(p) => p.gemm(x, m, y)?,
+            LinearWeight::Binary(b) => b.gemm(x, m, y)?,
         }
         Ok(())
     }

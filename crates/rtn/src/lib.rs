@@ -278,7 +278,7 @@ impl Quantizer for Rtn {
             .map(|(q, w)| ((w - q) as f64).powi(2))
             .sum();
         Ok(QuantOutcome {
-            linear,
+            linear: linear.into(),
             loss,
             damp: 0.0,
         })

@@ -858,3 +858,39 @@ pub(crate) unsafe fn quantize_block_q8(x: *const f32, q: *mut i8, vecs: usize) -
         d
     }
 }
+
+/// `Σ_t Σ_l table_b[idx]·x` for one [`crate::BinaryMatrix`] row: `idx = code | salient << 2`, one
+/// 8-entry table per 128-column block (8 chunks), looked up with `vpermps`.
+///
+/// # Safety
+/// AVX-512F/BW/VL available; `row` holds `nchunks` (a multiple of 8) chunks of 2-bit codes
+/// (`4·nchunks` bytes), `xs` `16·nchunks` floats, `tables` `nchunks` floats (8 per 8 chunks),
+/// `salient` `nchunks` masks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+pub(crate) unsafe fn row_dot_table(
+    row: *const u8,
+    xs: *const f32,
+    tables: *const f32,
+    salient: *const u16,
+    nchunks: usize,
+) -> f32 {
+    let four = _mm512_set1_epi32(4);
+    let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    // SAFETY: every read is inside the ranges the caller guarantees.
+    unsafe {
+        let mut t = 0;
+        while t < nchunks {
+            let table = _mm512_castps256_ps512(_mm256_loadu_ps(tables.add((t / 8) * 8)));
+            let c = plane512::<2>(row, t);
+            let idx = _mm512_mask_add_epi32(c, *salient.add(t), c, four);
+            let w = _mm512_permutexvar_ps(idx, table);
+            if t % 2 == 0 {
+                a0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(xs.add(16 * t)), a0);
+            } else {
+                a1 = _mm512_fmadd_ps(w, _mm512_loadu_ps(xs.add(16 * t)), a1);
+            }
+            t += 1;
+        }
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+}
