@@ -242,6 +242,19 @@ impl BinaryMatrix {
                 )
             };
         }
+        #[cfg(target_arch = "aarch64")]
+        if choice == KernelChoice::Neon {
+            // SAFETY: NEON is baseline on AArch64; same ranges as the AVX-512 call above.
+            return unsafe {
+                crate::arch::neon::row_dot_table_neon(
+                    self.row(r).as_ptr(),
+                    xs.as_ptr(),
+                    self.tables[r * self.n_blocks()..].as_ptr().cast(),
+                    self.salient.as_ptr(),
+                    self.pad_cols / CHUNK,
+                )
+            };
+        }
         let _ = choice;
         self.row_dot_scalar(r, xs)
     }

@@ -12,25 +12,29 @@ pub enum KernelChoice {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL (plus VNNI for the int8 GEMM when present).
     Avx512,
+    /// AArch64 NEON (Advanced SIMD, part of the AArch64 baseline).
+    Neon,
 }
 
 impl KernelChoice {
-    /// Parses `scalar`, `avx2` or `avx512` (case-insensitive).
+    /// Parses `scalar`, `avx2`, `avx512` or `neon` (case-insensitive).
     pub fn parse(s: &str) -> Option<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
             "scalar" => Some(Self::Scalar),
             "avx2" => Some(Self::Avx2),
             "avx512" => Some(Self::Avx512),
+            "neon" => Some(Self::Neon),
             _ => None,
         }
     }
 
-    /// Lower-case name (`scalar`, `avx2`, `avx512`).
+    /// Lower-case name (`scalar`, `avx2`, `avx512`, `neon`).
     pub fn name(self) -> &'static str {
         match self {
             Self::Scalar => "scalar",
             Self::Avx2 => "avx2",
             Self::Avx512 => "avx512",
+            Self::Neon => "neon",
         }
     }
 
@@ -40,6 +44,7 @@ impl KernelChoice {
             Self::Scalar => true,
             Self::Avx2 => cpu().avx2,
             Self::Avx512 => cpu().avx512,
+            Self::Neon => cfg!(target_arch = "aarch64"),
         }
     }
 
@@ -59,6 +64,7 @@ impl KernelChoice {
 }
 
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct CpuFeatures {
     pub avx2: bool,
     pub avx512: bool,
@@ -119,7 +125,9 @@ pub(crate) fn cpu() -> &'static CpuFeatures {
 fn default_choice() -> KernelChoice {
     static DEFAULT: OnceLock<KernelChoice> = OnceLock::new();
     *DEFAULT.get_or_init(|| {
-        let best = if cpu().avx512 {
+        let best = if KernelChoice::Neon.is_supported() {
+            KernelChoice::Neon
+        } else if cpu().avx512 {
             KernelChoice::Avx512
         } else if cpu().avx2 {
             KernelChoice::Avx2
@@ -148,6 +156,7 @@ pub fn set_kernel_choice(choice: Option<KernelChoice>) {
         Some(KernelChoice::Scalar) => 1,
         Some(KernelChoice::Avx2) => 2,
         Some(KernelChoice::Avx512) => 3,
+        Some(KernelChoice::Neon) => 4,
     };
     OVERRIDE.store(v, Ordering::Relaxed);
 }
@@ -159,6 +168,7 @@ pub fn active_kernel() -> KernelChoice {
         1 => KernelChoice::Scalar,
         2 => KernelChoice::Avx2,
         3 => KernelChoice::Avx512,
+        4 => KernelChoice::Neon,
         _ => default_choice(),
     }
 }
@@ -169,6 +179,7 @@ pub fn available_kernels() -> Vec<KernelChoice> {
         KernelChoice::Scalar,
         KernelChoice::Avx2,
         KernelChoice::Avx512,
+        KernelChoice::Neon,
     ]
     .into_iter()
     .filter(|c| c.is_supported())

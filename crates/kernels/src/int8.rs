@@ -230,6 +230,13 @@ fn dot_i8(choice: KernelChoice, vnni: bool, x: &[u8], w: &[i8]) -> i32 {
             };
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    if choice == KernelChoice::Neon {
+        // SAFETY: NEON is baseline on AArch64; same lengths, a multiple of 64.
+        return unsafe {
+            crate::arch::neon::dot_i8i8_neon(x.as_ptr() as *const i8, w.as_ptr(), x.len())
+        };
+    }
     let _ = (choice, vnni);
     dot_i8_scalar(x, w)
 }

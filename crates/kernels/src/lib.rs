@@ -5,7 +5,11 @@
 //! * [`PackedMatrix`]: a `[rows, cols]` weight matrix stored as packed 1/2/3/4/8-bit codes with
 //!   per-group affine parameters (`w = scale · code + offset`) and an optional act-order column
 //!   permutation, with [`PackedMatrix::gemv`] (decode) and [`PackedMatrix::gemm`] (prefill) kernels
-//!   that never materialise the whole f32 weight;
+//!   that never materialise the whole f32 weight, and an optional per-input-column scale
+//!   (SmoothQuant's `x / s`, [`PackedMatrix::with_input_scale`]);
+//! * [`BinaryMatrix`]: BiLLM's binary residual weights (salient columns binarized twice, the rest
+//!   in two binary groups, a mean and scale per binarization), 2 bits per weight, computed on by
+//!   one table lookup per 16 columns;
 //! * [`gptq_format`] and [`awq_format`]: bit-exact packers for the GPTQ and AutoAWQ checkpoint layouts;
 //! * [`int8`]: W8A8 (SmoothQuant-style) per-token activation quantization and an int8 GEMM with
 //!   exact i32 accumulation (AVX-512-VNNI when available);
@@ -14,8 +18,10 @@
 //!
 //! # Dispatch
 //! A portable scalar implementation is always compiled. On x86-64, AVX2+FMA and AVX-512
-//! (F/BW/VL) implementations are selected at runtime, once (see [`active_kernel`]). The choice
-//! can be forced with the environment variable `QWEN3_QUANT_KERNEL=scalar|avx2|avx512` (read once)
+//! (F/BW/VL) implementations are selected at runtime, once (see [`active_kernel`]); on AArch64,
+//! NEON (the AArch64 baseline) for the row kernels, tile dequantization, the binary table lookup
+//! and the int8 dot (`scripts/test-aarch64.sh` runs these tests under qemu). The choice
+//! can be forced with the environment variable `QWEN3_QUANT_KERNEL=scalar|avx2|avx512|neon` (read once)
 //! or with [`set_kernel_choice`]; a request for an ISA the CPU lacks falls back to the best one
 //! it has, so forcing never causes undefined behaviour.
 //!

@@ -450,6 +450,25 @@ impl PackedMatrix {
                 }
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        if choice == KernelChoice::Neon && self.chunk_aligned_groups() && self.cols > 0 {
+            let nchunks = self.cols.div_ceil(CHUNK);
+            let scales = &self.scales[r * self.n_groups..(r + 1) * self.n_groups];
+            // SAFETY: NEON is baseline on AArch64; the row holds `pad_cols·bits/8` bytes and `xs`
+            // `pad_cols` floats, covering every chunk `< nchunks`, and `scales` has one entry per
+            // group of `chunks_per_group` chunks.
+            return unsafe {
+                crate::arch::neon::row_dot_neon(
+                    self.bits,
+                    self.row(r).as_ptr(),
+                    self.pad_cols,
+                    xs.as_ptr(),
+                    scales.as_ptr(),
+                    nchunks,
+                    self.chunks_per_group(),
+                )
+            };
+        }
         let _ = (choice, bf);
         self.row_dot_scalar(r, xs)
     }
@@ -713,6 +732,7 @@ impl PackedMatrix {
 
     /// Columns per activation scale in the int8-activation GEMV: the columns one i32 lane of the
     /// VNNI kernel sums (see `q8_prep`), 32 for 4-bit codes, 64 for 2- and 3-bit, 128 for 1-bit.
+    #[cfg_attr(not(all(target_arch = "x86_64", qwen3_avx512)), allow(dead_code))]
     fn q8_block(&self) -> usize {
         match self.bits {
             4 => 32,
@@ -918,6 +938,31 @@ impl PackedMatrix {
                 return;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        if choice == KernelChoice::Neon && self.chunk_aligned_groups() {
+            let cpg = self.chunks_per_group();
+            for i in 0..nr {
+                let r = r0 + i;
+                let sc = &self.scales[r * self.n_groups..(r + 1) * self.n_groups];
+                let of = &self.offsets[r * self.n_groups..(r + 1) * self.n_groups];
+                // SAFETY: NEON is baseline on AArch64; chunks `k0/16 .. ceil((k0+kw)/16)` lie inside
+                // the padded row; the kernel writes only `out[i·kw..(i+1)·kw]` and reads `sc`/`of`
+                // at `t / cpg` for those chunks, which are < n_groups.
+                unsafe {
+                    crate::arch::neon::dequant_row_neon(
+                        self.bits,
+                        self.row(r).as_ptr(),
+                        self.pad_cols,
+                        sc.as_ptr(),
+                        of.as_ptr(),
+                        cpg,
+                        k0 / CHUNK,
+                        &mut out[i * kw..(i + 1) * kw],
+                    );
+                }
+            }
+            return;
+        }
         let _ = choice;
         self.dequant_tile(r0, nr, k0, kw, out);
     }
@@ -946,6 +991,7 @@ struct Q8Prep {
 /// `q = round_half_even(x / dx)` clamped to ±127 with `dx = max|x| / 127` per block. Smaller
 /// blocks keep an outlier channel (Qwen3 has a few "massive" activation channels) from coarsening
 /// the step of more than its own block.
+#[cfg_attr(not(all(target_arch = "x86_64", qwen3_avx512)), allow(dead_code))]
 pub(crate) fn quantize_x_q8(xs: &[f32], block: usize) -> (Vec<i8>, Vec<f32>) {
     debug_assert!(xs.len() % SUPER == 0 && matches!(block, 32 | 64 | 128));
     let mut q = vec![0i8; xs.len()];
@@ -965,6 +1011,7 @@ pub(crate) fn quantize_x_q8(xs: &[f32], block: usize) -> (Vec<i8>, Vec<f32>) {
 }
 
 /// Portable [`quantize_x_q8`] into `q` (zeroed, `xs.len()` bytes) and `dx` (pushed per block).
+#[cfg_attr(not(all(target_arch = "x86_64", qwen3_avx512)), allow(dead_code))]
 pub(crate) fn quantize_x_q8_scalar(xs: &[f32], block: usize, q: &mut [i8], dx: &mut Vec<f32>) {
     for (xb, qb) in xs.chunks_exact(block).zip(q.chunks_exact_mut(block)) {
         let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));

@@ -387,14 +387,23 @@ fn bad_inputs_are_errors_not_panics() {
 fn kernel_choice_parsing_and_clamping() {
     assert_eq!(KernelChoice::parse("AVX512"), Some(KernelChoice::Avx512));
     assert_eq!(KernelChoice::parse("scalar"), Some(KernelChoice::Scalar));
-    assert_eq!(KernelChoice::parse("neon"), None);
+    assert_eq!(KernelChoice::parse("Neon"), Some(KernelChoice::Neon));
+    assert_eq!(KernelChoice::parse("sse2"), None);
     for k in [
         KernelChoice::Scalar,
         KernelChoice::Avx2,
         KernelChoice::Avx512,
+        KernelChoice::Neon,
     ] {
         assert!(k.clamp_to_supported().is_supported());
+        assert_eq!(KernelChoice::parse(k.name()), Some(k));
     }
+    // NEON is the AArch64 baseline; x86 kernels exist only on x86-64.
+    assert_eq!(
+        KernelChoice::Neon.is_supported(),
+        cfg!(target_arch = "aarch64")
+    );
+    assert!(!cfg!(target_arch = "aarch64") || !KernelChoice::Avx2.is_supported());
     assert!(available_kernels().contains(&qwen3_quant_kernels::active_kernel()));
 }
 
