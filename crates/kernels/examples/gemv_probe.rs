@@ -5,7 +5,7 @@
 //! Default shapes: 4096x14336 (the ggml anchor), 4096x4096, 12288x4096, 4096x12288. `--big`
 //! cycles over enough distinct matrices to exceed 260 MB (memory-bound figures).
 
-use qwen3_quant_kernels::bench::{memory_read_bandwidth, random_packed};
+use qwen3_quant_kernels::bench::{memory_read_bandwidth, random_binary, random_packed};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -108,6 +108,18 @@ fn main() {
                 bytes as f64 / q8 / 1e6,
                 f32_again / q8
             );
+        }
+        if !big {
+            // BiLLM binary weights (2 bits per weight plus tables), f32 activations.
+            let b = random_binary(n, k, 0).unwrap();
+            let t = median_ms(
+                |_| {
+                    b.gemv(black_box(&x), &mut y).unwrap();
+                    black_box(&y);
+                },
+                calls,
+            );
+            line += &format!(" billm {t:.3} ms (x{:.2} vs f32);", f32_ms / t);
         }
         println!("{line}");
     }

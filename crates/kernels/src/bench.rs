@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::{KernelError, PackedMatrix, Result};
+use crate::{BinaryMatrix, BinaryParams, KernelError, PackedMatrix, Result, BINARY_BLOCK};
 
 /// Which product to time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +97,23 @@ pub fn random_packed(
     let mid = (mask as f32) / 2.0;
     let offsets: Vec<f32> = scales.iter().map(|s| -s * mid).collect();
     PackedMatrix::new(bits, rows, cols, gs, &codes, &scales, &offsets, None)
+}
+
+/// A random BiLLM-style binary matrix (random signs and groups, 1 in 16 columns salient).
+pub fn random_binary(rows: usize, cols: usize, seed: u64) -> Result<BinaryMatrix> {
+    let mut rng = Rng(seed);
+    let signs: Vec<u8> = (0..rows * cols).map(|_| (rng.next() & 1) as u8).collect();
+    let bit1: Vec<u8> = (0..rows * cols).map(|_| (rng.next() & 1) as u8).collect();
+    let salient: Vec<bool> = (0..cols).map(|_| rng.next() % 16 == 0).collect();
+    let params: Vec<BinaryParams> = (0..rows * cols.div_ceil(BINARY_BLOCK))
+        .map(|_| BinaryParams {
+            sparse: [0.01 * rng.f32(), 0.02],
+            concentrated: [0.01 * rng.f32(), 0.005],
+            salient_first: [0.05 * rng.f32(), 0.1],
+            salient_second: [0.01 * rng.f32(), 0.03],
+        })
+        .collect();
+    BinaryMatrix::new(rows, cols, &signs, &bit1, &salient, &params)
 }
 
 fn time_loop(seconds: f64, mut f: impl FnMut(usize)) -> f64 {
