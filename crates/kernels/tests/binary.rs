@@ -1,6 +1,7 @@
 //! BiLLM binary matrices: dequantization equals the binarization formula, and every kernel
-//! (scalar, AVX2, AVX-512) equals `x · dequantize(W)ᵀ` for odd shapes, GEMV and GEMM.
+//! (scalar, AVX-512, NEON) equals `x · dequantize(W)ᵀ` for odd shapes, GEMV and GEMM.
 
+use proptest::prelude::*;
 use qwen3_quant_kernels::{
     available_kernels, BinaryMatrix, BinaryParams, KernelError, BINARY_BLOCK,
 };
@@ -19,7 +20,12 @@ fn hash(i: usize, salt: usize) -> usize {
 }
 
 fn case(rows: usize, cols: usize) -> Case {
+    case_seeded(rows, cols, 0)
+}
+
+fn case_seeded(rows: usize, cols: usize, seed: usize) -> Case {
     let nb = cols.div_ceil(BINARY_BLOCK);
+    let hash = |i: usize, s: usize| hash(i, s.wrapping_add(seed.wrapping_mul(131)));
     let f = |i: usize, s: usize| (hash(i, s) % 2001) as f32 / 1000.0 - 1.0;
     Case {
         rows,
@@ -78,10 +84,30 @@ fn dequantize_is_the_binarization() {
 #[test]
 fn kernels_match_dequantized_product() {
     for &(rows, cols) in &[(3, 77), (5, 128), (9, 300), (70, 1000), (300, 1024)] {
-        let c = case(rows, cols);
-        let m = build(&c);
-        let w = reference_weight(&c);
-        for tokens in [1usize, 3, 7] {
+        check_products(&case(rows, cols), &[1, 3, 7]);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Random shapes (odd column counts, salient columns anywhere) and parameters.
+    #[test]
+    fn random_binary_shapes_match_reference(rows in 1usize..12, cols in 1usize..400, seed in 0usize..1_000_000) {
+        let c = case_seeded(rows, cols, seed);
+        prop_assert_eq!(build(&c).dequantize(), reference_weight(&c));
+        check_products(&c, &[1, 6]);
+    }
+}
+
+/// GEMM for each token count (and GEMV with every kernel for one token) against the f64
+/// product with the reference weight.
+fn check_products(c: &Case, token_counts: &[usize]) {
+    let (rows, cols) = (c.rows, c.cols);
+    {
+        let m = build(c);
+        let w = reference_weight(c);
+        for &tokens in token_counts {
             let x: Vec<f32> = (0..tokens * cols)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
                 .collect();
