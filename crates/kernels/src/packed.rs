@@ -208,11 +208,12 @@ impl PackedMatrix {
     }
 
     /// Bytes actually held: packed codes (including row padding to 128 columns), f32 scales and
-    /// offsets, and the u32 permutation.
+    /// offsets, the u32 permutation and the f32 input scale.
     pub fn storage_bytes(&self) -> usize {
         self.data.len()
             + 4 * (self.scales.len() + self.offsets.len())
             + 4 * self.perm.as_ref().map_or(0, Vec::len)
+            + 4 * self.input_scale.as_ref().map_or(0, Vec::len)
     }
 
     fn row(&self, r: usize) -> &[u8] {

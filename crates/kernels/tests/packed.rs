@@ -439,8 +439,11 @@ fn input_scale_applies_on_every_path() {
     ] {
         let c = make_case(&mut rng, bits, rows, cols, 128, perm);
         let scale: Vec<f32> = (0..cols).map(|_| rng.gen_range(0.25f32..4.0)).collect();
-        let p = build(&c).with_input_scale(scale.clone()).unwrap();
+        let plain = build(&c);
+        let plain_bytes = plain.storage_bytes();
+        let p = plain.with_input_scale(scale.clone()).unwrap();
         assert_eq!(p.input_scale(), Some(&scale[..]));
+        assert_eq!(p.storage_bytes(), plain_bytes + 4 * cols);
         let mut w = dense_reference(&c);
         w.chunks_exact_mut(cols)
             .for_each(|row| row.iter_mut().zip(&scale).for_each(|(v, s)| *v *= s));
