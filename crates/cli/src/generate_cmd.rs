@@ -76,15 +76,18 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let mut rng = SplitMix(a.seed);
     let mut ids = prompt.clone();
     let start = std::time::Instant::now();
-    let hidden = model.config.hidden_size;
+    // Prompt in one step, then one token per step through the key/value cache.
+    let mut cache = model.new_cache();
+    let mut step: &[u32] = &prompt;
+    let mut next_id;
     for _ in 0..a.max_new_tokens {
-        let h = model.forward_hidden(&ids, 1, ids.len())?;
-        let logits = model.lm_head(&h[(ids.len() - 1) * hidden..])?;
-        let next = sample(&logits, &a, &mut rng);
-        ids.push(next);
-        if model.config.eos_token_ids.contains(&next) {
+        let logits = model.forward_step(step, &mut cache)?;
+        next_id = [sample(&logits, &a, &mut rng)];
+        ids.push(next_id[0]);
+        if model.config.eos_token_ids.contains(&next_id[0]) {
             break;
         }
+        step = &next_id;
     }
     let secs = start.elapsed().as_secs_f64();
     let new = &ids[prompt.len()..];

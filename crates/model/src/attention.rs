@@ -39,25 +39,101 @@ pub struct Attention {
     pub eps: f32,
 }
 
+/// Keys and values of the positions one layer has already seen, row-major `[positions,
+/// kv_heads·head_dim]` (after `k_norm` and RoPE), for incremental decoding.
+#[derive(Clone, Debug, Default)]
+pub struct LayerKv {
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl LayerKv {
+    /// Positions held, given the row width `kv_heads·head_dim`.
+    fn positions(&self, kv_dim: usize) -> usize {
+        self.k.len() / kv_dim.max(1)
+    }
+}
+
 impl Attention {
+    /// q, k, v of `n` rows after the per-head norms and RoPE; row `r` is at position
+    /// `pos0 + r % seq` (rows are `seq`-token sequences, or one continuation when `seq = n`).
+    fn qkv(
+        &self,
+        x: &[f32],
+        n: usize,
+        seq: usize,
+        pos0: usize,
+        rope: &Rope,
+    ) -> Result<[Vec<f32>; 3]> {
+        let hd = self.head_dim;
+        let mut q = self.q_proj.apply(x, n)?;
+        let mut k = self.k_proj.apply(x, n)?;
+        let v = self.v_proj.apply(x, n)?;
+        let (qd, kd) = (self.heads * hd, self.kv_heads * hd);
+        q.par_chunks_mut(qd).enumerate().for_each(|(row, r)| {
+            rms_norm_in_place(r, &self.q_norm, self.eps);
+            r.chunks_mut(hd)
+                .for_each(|h| rope.apply(h, pos0 + row % seq));
+        });
+        k.par_chunks_mut(kd).enumerate().for_each(|(row, r)| {
+            rms_norm_in_place(r, &self.k_norm, self.eps);
+            r.chunks_mut(hd)
+                .for_each(|h| rope.apply(h, pos0 + row % seq));
+        });
+        Ok([q, k, v])
+    }
+
+    /// [`Attention::core`] for `m` new tokens of one sequence that continue the positions held
+    /// in `cache` (empty for a prompt): their keys and values are appended to `cache`, and each
+    /// new token attends to every cached position and to the new ones up to itself.
+    pub fn core_cached(
+        &self,
+        x: &[f32],
+        m: usize,
+        cache: &mut LayerKv,
+        rope: &Rope,
+    ) -> Result<Vec<f32>> {
+        let hd = self.head_dim;
+        let (qd, kd) = (self.heads * hd, self.kv_heads * hd);
+        let pos0 = cache.positions(kd);
+        let [q, k, v] = self.qkv(x, m, m, pos0, rope)?;
+        cache.k.extend_from_slice(&k);
+        cache.v.extend_from_slice(&v);
+        let group = self.heads / self.kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (keys, values) = (&cache.k, &cache.v);
+        let mut out = vec![0.0f32; m * qd];
+        out.par_chunks_mut(hd).enumerate().for_each(|(ih, o)| {
+            let (i, h) = (ih / self.heads, ih % self.heads);
+            let kv = (h / group) * hd;
+            let qi = &q[i * qd + h * hd..][..hd];
+            let visible = pos0 + i + 1;
+            let mut scores: Vec<f32> = (0..visible)
+                .map(|j| {
+                    qi.iter()
+                        .zip(&keys[j * kd + kv..][..hd])
+                        .map(|(a, b)| a * b)
+                        .sum::<f32>()
+                        * scale
+                })
+                .collect();
+            softmax_in_place(&mut scores);
+            for (j, &p) in scores.iter().enumerate() {
+                o.iter_mut()
+                    .zip(&values[j * kd + kv..][..hd])
+                    .for_each(|(d, &vv)| *d += p * vv);
+            }
+        });
+        Ok(out)
+    }
+
     /// Attention output before `o_proj`, `[batch·seq, heads·head_dim]`, from the normed input
     /// `x` `[batch·seq, hidden]`.
     pub fn core(&self, x: &[f32], batch: usize, seq: usize, rope: &Rope) -> Result<Vec<f32>> {
         let n = batch * seq;
         let hd = self.head_dim;
-        let mut q = self.q_proj.apply(x, n)?;
-        let mut k = self.k_proj.apply(x, n)?;
-        let v = self.v_proj.apply(x, n)?;
-        // Per-head norm then RoPE, row by row (the position is the row index within its sequence).
-        let (qd, kd) = (self.heads * hd, self.kv_heads * hd);
-        q.par_chunks_mut(qd).enumerate().for_each(|(row, r)| {
-            rms_norm_in_place(r, &self.q_norm, self.eps);
-            r.chunks_mut(hd).for_each(|h| rope.apply(h, row % seq));
-        });
-        k.par_chunks_mut(kd).enumerate().for_each(|(row, r)| {
-            rms_norm_in_place(r, &self.k_norm, self.eps);
-            r.chunks_mut(hd).for_each(|h| rope.apply(h, row % seq));
-        });
+        let qd = self.heads * hd;
+        let [q, k, v] = self.qkv(x, n, seq, 0, rope)?;
         let qh = to_head_major(&q, batch, seq, self.heads, hd);
         let kh = to_head_major(&k, batch, seq, self.kv_heads, hd);
         let vh = to_head_major(&v, batch, seq, self.kv_heads, hd);

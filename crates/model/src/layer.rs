@@ -3,7 +3,7 @@
 use qwen3_quant_core::{LinearId, LinearKind};
 use rayon::prelude::*;
 
-use crate::attention::Attention;
+use crate::attention::{Attention, LayerKv};
 use crate::error::{ModelError, Result};
 use crate::linear::LinearWeight;
 use crate::mlp::{Mlp, MoeBlock};
@@ -80,6 +80,33 @@ impl DecoderLayer {
         }
         let core = self.attn.core(&x, batch, seq, rope)?;
         drop(x);
+        self.finish(h, core, n, obs)
+    }
+
+    /// [`DecoderLayer::forward`] for `m` new tokens of one sequence continuing the positions in
+    /// `cache` (see [`crate::Attention::core_cached`]), which it extends.
+    pub fn forward_cached(
+        &self,
+        h: &mut [f32],
+        m: usize,
+        cache: &mut LayerKv,
+        rope: &Rope,
+    ) -> Result<()> {
+        let x = self.attn_input(h);
+        let core = self.attn.core_cached(&x, m, cache, rope)?;
+        drop(x);
+        self.finish(h, core, m, &mut crate::observer::NoObserver)
+    }
+
+    /// Everything after attention: `o_proj`, the residual, the MLP (or MoE) and its residual.
+    fn finish(
+        &self,
+        h: &mut [f32],
+        core: Vec<f32>,
+        n: usize,
+        obs: &mut dyn Observer,
+    ) -> Result<()> {
+        let li = self.index;
         if obs.wants(li, Site::OInput) {
             obs.observe(li, Site::OInput, &core, n, core.len() / n.max(1));
         }

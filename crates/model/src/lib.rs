@@ -29,10 +29,11 @@ pub mod rope;
 mod softmax;
 pub mod tokenizer;
 
+pub use attention::LayerKv;
 pub use error::{ModelError, Result};
 pub use layer::{DecoderLayer, FeedForward};
 pub use linear::LinearWeight;
-pub use model::Qwen3Model;
+pub use model::{KvCache, Qwen3Model};
 pub use observer::{NoObserver, Observer, Site};
 pub use qwen3_quant_io::ModelConfig;
 pub use rope::Rope;

@@ -6,7 +6,7 @@ use qwen3_quant_io::{Checkpoint, ModelConfig};
 use qwen3_quant_kernels::dense;
 use rayon::prelude::*;
 
-use crate::attention::Attention;
+use crate::attention::{Attention, LayerKv};
 use crate::error::{ModelError, Result};
 use crate::layer::{DecoderLayer, FeedForward};
 use crate::linear::LinearWeight;
@@ -259,20 +259,70 @@ impl Qwen3Model {
         Ok(states)
     }
 
-    /// Greedy decoding of `max_new` tokens after `prompt` (recomputes the prefix each step:
-    /// simple and exact; a KV cache comes with the generation work).
+    /// An empty key/value cache for [`Qwen3Model::forward_step`].
+    pub fn new_cache(&self) -> KvCache {
+        KvCache {
+            layers: vec![LayerKv::default(); self.layers.len()],
+            positions: 0,
+            rope: self.rope(0),
+        }
+    }
+
+    /// Incremental decoding: runs `ids` (the prompt, or the next token) after the positions
+    /// already in `cache`, extends the cache, and returns the logits of the last of `ids`.
+    /// One-token steps run every linear as a matrix-vector product, which is what the packed
+    /// GEMV kernels are for.
+    ///
+    /// ```no_run
+    /// let model = qwen3_quant_model::Qwen3Model::load("assets/models/qwen3-micro")?;
+    /// let mut cache = model.new_cache();
+    /// let logits = model.forward_step(&[1, 2, 3], &mut cache)?; // prompt
+    /// let next = model.forward_step(&[4], &mut cache)?; // one more token
+    /// assert_eq!((logits.len(), cache.len()), (model.config.vocab_size, 4));
+    /// # Ok::<(), qwen3_quant_model::ModelError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ModelError::Shape`] for no ids or a cache of another model; errors of the layers.
+    pub fn forward_step(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        let m = ids.len();
+        if m == 0 || cache.layers.len() != self.layers.len() {
+            return Err(ModelError::Shape {
+                what: if m == 0 { "token ids" } else { "cache layers" },
+                expected: if m == 0 { 1 } else { self.layers.len() },
+                got: if m == 0 { 0 } else { cache.layers.len() },
+            });
+        }
+        let end = cache.positions + m;
+        if cache.rope.positions() < end {
+            // Grow the RoPE tables geometrically so a long generation rebuilds them O(log n) times.
+            cache.rope = self.rope(end.next_power_of_two().max(64));
+        }
+        let mut h = self.embed(ids)?;
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            layer.forward_cached(&mut h, m, kv, &cache.rope)?;
+        }
+        cache.positions = end;
+        let hs = self.config.hidden_size;
+        self.lm_head(&self.final_norm(&h[(m - 1) * hs..]))
+    }
+
+    /// Greedy decoding of up to `max_new` tokens after `prompt` (stops after a token in `stop`),
+    /// with a key/value cache ([`Qwen3Model::forward_step`]). Ties go to the lowest token id.
     pub fn generate_greedy(
         &self,
         prompt: &[u32],
         max_new: usize,
         stop: &[u32],
     ) -> Result<Vec<u32>> {
-        let mut ids = prompt.to_vec();
+        let mut out = Vec::with_capacity(max_new);
+        if max_new == 0 {
+            return Ok(out);
+        }
+        let mut cache = self.new_cache();
+        let mut logits = self.forward_step(prompt, &mut cache)?;
         let v = self.config.vocab_size;
-        for _ in 0..max_new {
-            let h = self.forward_hidden(&ids, 1, ids.len())?;
-            let last = &h[(ids.len() - 1) * self.config.hidden_size..];
-            let logits = self.lm_head(last)?;
+        loop {
             let next = logits[..v]
                 .par_iter()
                 .enumerate()
@@ -287,12 +337,12 @@ impl Qwen3Model {
                     },
                 )
                 .0 as u32;
-            ids.push(next);
-            if stop.contains(&next) {
-                break;
+            out.push(next);
+            if out.len() == max_new || stop.contains(&next) {
+                return Ok(out);
             }
+            logits = self.forward_step(&[next], &mut cache)?;
         }
-        Ok(ids[prompt.len()..].to_vec())
     }
 
     /// Total bytes of the quantizable linears as currently stored.
@@ -306,5 +356,25 @@ impl Qwen3Model {
             })
             .map(LinearWeight::storage_bytes)
             .sum()
+    }
+}
+
+/// Keys and values of every layer for the positions decoded so far (see
+/// [`Qwen3Model::forward_step`]).
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    layers: Vec<LayerKv>,
+    positions: usize,
+    rope: Rope,
+}
+
+impl KvCache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.positions
+    }
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.positions == 0
     }
 }
