@@ -265,6 +265,7 @@ impl Qwen3Model {
             layers: vec![LayerKv::default(); self.layers.len()],
             positions: 0,
             rope: self.rope(0),
+            kv_dim: self.config.num_key_value_heads * self.config.head_dim,
         }
     }
 
@@ -286,11 +287,26 @@ impl Qwen3Model {
     /// [`ModelError::Shape`] for no ids or a cache of another model; errors of the layers.
     pub fn forward_step(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
         let m = ids.len();
-        if m == 0 || cache.layers.len() != self.layers.len() {
+        if m == 0 {
             return Err(ModelError::Shape {
-                what: if m == 0 { "token ids" } else { "cache layers" },
-                expected: if m == 0 { 1 } else { self.layers.len() },
-                got: if m == 0 { 0 } else { cache.layers.len() },
+                what: "token ids",
+                expected: 1,
+                got: 0,
+            });
+        }
+        if cache.layers.len() != self.layers.len() {
+            return Err(ModelError::Shape {
+                what: "cache layers",
+                expected: self.layers.len(),
+                got: cache.layers.len(),
+            });
+        }
+        let kv_dim = self.config.num_key_value_heads * self.config.head_dim;
+        if cache.kv_dim != kv_dim {
+            return Err(ModelError::Shape {
+                what: "cache key/value width",
+                expected: kv_dim,
+                got: cache.kv_dim,
             });
         }
         let end = cache.positions + m;
@@ -366,6 +382,8 @@ pub struct KvCache {
     layers: Vec<LayerKv>,
     positions: usize,
     rope: Rope,
+    /// `kv_heads·head_dim` of the model that made it (a cache of another model is rejected).
+    kv_dim: usize,
 }
 
 impl KvCache {

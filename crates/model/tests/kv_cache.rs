@@ -61,6 +61,10 @@ fn check(dir: &str) {
     let mut other = Qwen3Model::load(format!("{ASSETS}/models/{dir}")).unwrap();
     other.layers.pop();
     assert!(other.forward_step(&[1], &mut model.new_cache()).is_err());
+    // A cache of a model with other attention widths is an error, not an out-of-bounds read.
+    let mut narrow = Qwen3Model::load(format!("{ASSETS}/models/{dir}")).unwrap();
+    narrow.config.num_key_value_heads /= 2;
+    assert!(model.forward_step(&[1], &mut narrow.new_cache()).is_err());
 }
 
 #[test]
