@@ -17,8 +17,8 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use qwen3_quant_core::{
-    Hessian, LinearId, LinearInput, LinearKind, LinearStats, PackedWeight, Propagation,
-    QuantizedWeight, Quantizer,
+    Hessian, LayerTransform, LinearId, LinearInput, LinearKind, LinearStats, PackedWeight,
+    Propagation, QuantizedWeight, Quantizer, TransformNeeds, TransformRecord,
 };
 use qwen3_quant_io::Checkpoint;
 use qwen3_quant_model::layer::add_in_place;
@@ -31,6 +31,150 @@ use crate::activations::{ActivationDtype, ActivationStore};
 use crate::data::CalibrationSet;
 use crate::error::{CalibError, Result};
 use crate::stats::StatsCollector;
+use crate::transform_ctx::{site_of, TransformContext};
+
+/// What one run applies to every decoder layer: layer-level equivalent transforms (AWQ's scale
+/// and clip search, SmoothQuant's migration, …) in order, then a per-linear quantizer (RTN,
+/// GPTQ, BiLLM) on the transformed weights.
+///
+/// ```
+/// use qwen3_quant_calib::Pipeline;
+/// use qwen3_quant_core::Propagation;
+/// use qwen3_quant_rtn::Rtn;
+/// let rtn = Rtn::default();
+/// let p = Pipeline::new(&rtn);
+/// assert_eq!(p.name(), "rtn");
+/// assert_eq!(p.propagation(), Propagation::Quantized);
+/// ```
+#[derive(Clone, Copy)]
+pub struct Pipeline<'a> {
+    transforms: &'a [&'a dyn LayerTransform],
+    quantizer: Option<&'a dyn Quantizer>,
+    propagation: Option<Propagation>,
+}
+
+impl std::fmt::Debug for Pipeline<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("name", &self.name())
+            .field("propagation", &self.propagation())
+            .finish()
+    }
+}
+
+impl<'a> Pipeline<'a> {
+    /// A per-linear quantizer alone.
+    pub fn new(quantizer: &'a dyn Quantizer) -> Self {
+        Pipeline {
+            transforms: &[],
+            quantizer: Some(quantizer),
+            propagation: None,
+        }
+    }
+
+    /// Transforms alone: the linears stay in full precision (a smoothed or scaled model, e.g.
+    /// to check that a transform is an exact equivalence, or to export it).
+    pub fn transforms_only(transforms: &'a [&'a dyn LayerTransform]) -> Self {
+        Pipeline {
+            transforms,
+            quantizer: None,
+            propagation: None,
+        }
+    }
+
+    /// Transforms that run (in order) on each layer before the quantizer.
+    pub fn with_transforms(mut self, transforms: &'a [&'a dyn LayerTransform]) -> Self {
+        self.transforms = transforms;
+        self
+    }
+
+    /// Overrides which outputs feed the next layer (see [`Pipeline::propagation`]).
+    pub fn with_propagation(mut self, propagation: Propagation) -> Self {
+        self.propagation = Some(propagation);
+        self
+    }
+
+    /// `awq+rtn`-style name of the composition.
+    pub fn name(&self) -> String {
+        let mut parts: Vec<&str> = self.transforms.iter().map(|t| t.name()).collect();
+        parts.extend(self.quantizer.map(|q| q.name()));
+        parts.join("+")
+    }
+
+    /// The per-linear quantizer (`None`: transforms only).
+    pub fn quantizer(&self) -> Option<&'a dyn Quantizer> {
+        self.quantizer
+    }
+
+    /// The transforms.
+    pub fn transforms(&self) -> &'a [&'a dyn LayerTransform] {
+        self.transforms
+    }
+
+    /// Which outputs feed the next layer: the override if set; else the quantizer's choice when
+    /// it needs calibration statistics (GPTQ, BiLLM: quantized outputs); else the first
+    /// transform's (AWQ, SmoothQuant: full precision); else quantized.
+    pub fn propagation(&self) -> Propagation {
+        if let Some(p) = self.propagation {
+            return p;
+        }
+        if let (true, Some(q)) = (self.quantizer_needs_stats(), self.quantizer) {
+            q.propagation()
+        } else if let Some(t) = self.transforms.first() {
+            t.propagation()
+        } else {
+            Propagation::Quantized
+        }
+    }
+
+    fn quantizer_needs_stats(&self) -> bool {
+        self.quantizer.is_some_and(|q| {
+            let req = q.stats_required();
+            req.hessian || req.channel_stats
+        })
+    }
+
+    fn transform_needs(&self) -> TransformNeeds {
+        self.transforms
+            .iter()
+            .map(|t| t.needs())
+            .fold(TransformNeeds::default(), |a, b| TransformNeeds {
+                channel_stats: a.channel_stats || b.channel_stats,
+                input_samples: match (a.input_samples, b.input_samples) {
+                    (Some(x), Some(y)) => Some(x.max(y)),
+                    (x, y) => x.or(y),
+                },
+            })
+    }
+}
+
+/// One line of a transform's log, as reported in JSON.
+#[derive(Clone, Debug, Serialize)]
+pub struct TransformLog {
+    /// Decoder layer.
+    pub layer: usize,
+    /// Transform name (`awq`, `smoothquant`).
+    pub transform: String,
+    /// `scale`, `clip` or `smooth`.
+    pub kind: String,
+    /// The pair or linear it applies to.
+    pub target: String,
+    /// Chosen grid ratio (AWQ) or migration strength (SmoothQuant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    /// Mean clipping ratio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip: Option<f64>,
+    /// Loss of the chosen candidate.
+    pub loss: f64,
+    /// Loss without the transform (ratio 0, no clipping).
+    pub baseline_loss: f64,
+    /// A guard that replaced the search result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    /// Wall time of the search.
+    pub seconds: f64,
+}
 
 /// How quantized weights are put back into the model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -86,6 +230,15 @@ pub struct LinearRecord {
     /// Set when the linear was handled by a fallback (e.g. an expert with no calibration tokens).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// Scale ratio chosen for this linear's input by a transform (AWQ's grid ratio).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_ratio: Option<f64>,
+    /// Loss of that scale search (MSE of the scored block's output).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_loss: Option<f64>,
+    /// Mean clipping ratio chosen for this linear (AWQ).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip: Option<f64>,
 }
 
 /// Everything a run produced.
@@ -101,6 +254,8 @@ pub struct QuantizationRun {
     pub calib_tokens: usize,
     /// Tokens routed to each expert of each MoE layer (empty for dense models).
     pub expert_tokens: Vec<(usize, Vec<usize>)>,
+    /// What the transforms chose, pair by pair and linear by linear.
+    pub transforms: Vec<TransformLog>,
 }
 
 impl QuantizationRun {
@@ -128,18 +283,6 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// The input site of a linear.
-fn site_of(id: &LinearId) -> Site {
-    match (id.kind, id.expert) {
-        (LinearKind::Q | LinearKind::K | LinearKind::V, _) => Site::AttnInput,
-        (LinearKind::O, _) => Site::OInput,
-        (LinearKind::Gate | LinearKind::Up, None) => Site::MlpInput,
-        (LinearKind::Down, None) => Site::DownInput,
-        (LinearKind::Gate | LinearKind::Up, Some(e)) => Site::ExpertInput(e),
-        (LinearKind::Down, Some(e)) => Site::ExpertDownInput(e),
-    }
-}
-
 fn module_name(id: &LinearId) -> String {
     let s = id.to_string();
     // `layers.{i}.` prefix removed: the layer has its own column.
@@ -151,6 +294,9 @@ fn module_name(id: &LinearId) -> String {
 
 struct Driver<'a> {
     method: &'a dyn Quantizer,
+    propagation: Propagation,
+    /// Per linear: (scale ratio, scale loss, clip) chosen by the transforms of its layer.
+    annotations: HashMap<LinearId, (Option<f64>, Option<f64>, Option<f64>)>,
     opts: &'a DriverOptions,
     n_seq: usize,
     seq: usize,
@@ -160,6 +306,16 @@ struct Driver<'a> {
 }
 
 impl Driver<'_> {
+    /// A log line on stderr above the progress bar (also when stderr is not a terminal, where
+    /// indicatif hides the bar and would drop `println`).
+    fn log(&self, line: String) {
+        if self.pb.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.pb.println(line);
+        }
+    }
+
     /// Quantizes `ids` of `layer` with `stats` and swaps the results into the layer.
     fn quantize_group(
         &mut self,
@@ -233,9 +389,12 @@ impl Driver<'_> {
                 tokens: st.tokens,
                 bits_per_weight: outcome.linear.bits_per_weight(),
                 fallback,
+                scale_ratio: self.annotations.get(id).and_then(|a| a.0),
+                scale_loss: self.annotations.get(id).and_then(|a| a.1),
+                clip: self.annotations.get(id).and_then(|a| a.2),
             };
             if self.opts.progress {
-                self.pb.println(format!(
+                self.log(format!(
                     "layer {:>3}  {:<28} loss {:>12.5}  damp {:.5}  {:>7.3} s{}",
                     rec.layer,
                     rec.module,
@@ -364,12 +523,115 @@ impl Driver<'_> {
         Ok(())
     }
 
+    /// Runs the pipeline's transforms on `layer` (whose inputs are `h`) and records what they
+    /// chose; returns the layer's full-precision outputs when those feed the next layer.
+    fn transform_stage(
+        &mut self,
+        pipeline: &Pipeline<'_>,
+        layer: &mut DecoderLayer,
+        h: &ActivationStore,
+    ) -> Result<Option<ActivationStore>> {
+        self.annotations.clear();
+        if pipeline.transforms().is_empty() {
+            return Ok(None);
+        }
+        let li = layer.index;
+        let n_experts = match &layer.ffn {
+            FeedForward::Moe(m) => Some(m.experts.len()),
+            FeedForward::Dense(_) => None,
+        };
+        let keep = self.propagation == Propagation::FullPrecision;
+        // The context borrows the tables while the driver keeps logging.
+        let rope = self.rope.clone();
+        let (mut ctx, out) = TransformContext::capture(
+            layer,
+            h,
+            &rope,
+            self.n_seq,
+            self.seq,
+            self.opts.chunk_sequences,
+            pipeline.transform_needs(),
+            keep,
+        )?;
+        if let Some(e) = n_experts {
+            self.run.expert_tokens.push((li, ctx.expert_tokens(e)));
+        }
+        for t in pipeline.transforms() {
+            let t0 = Instant::now();
+            let records: Vec<TransformRecord> = t.transform_layer(&mut ctx)?;
+            let secs = t0.elapsed().as_secs_f64();
+            for r in records {
+                self.annotate(&r);
+                if self.opts.progress {
+                    self.log(format!(
+                        "layer {:>3}  {:<6} {:<5} {:<44} {}{}loss {:.6e} (baseline {:.6e})  {:.1} s{}",
+                        r.layer,
+                        t.name(),
+                        r.kind,
+                        r.target,
+                        r.ratio
+                            .map(|v| format!("ratio {v:.2}  "))
+                            .unwrap_or_default(),
+                        r.clip.map(|v| format!("clip {v:.3}  ")).unwrap_or_default(),
+                        r.loss,
+                        r.baseline_loss,
+                        r.seconds,
+                        r.fallback
+                            .as_deref()
+                            .map(|f| format!("  [{f}]"))
+                            .unwrap_or_default()
+                    ));
+                }
+                self.run.transforms.push(TransformLog {
+                    layer: r.layer,
+                    transform: t.name().to_string(),
+                    kind: r.kind.to_string(),
+                    target: r.target,
+                    ratio: r.ratio,
+                    clip: r.clip,
+                    loss: r.loss,
+                    baseline_loss: r.baseline_loss,
+                    fallback: r.fallback,
+                    seconds: r.seconds,
+                });
+            }
+            if self.opts.progress {
+                self.log(format!("layer {li:>3}  {} search {secs:.1} s", t.name()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn annotate(&mut self, r: &TransformRecord) {
+        for id in &r.linears {
+            let a = self.annotations.entry(*id).or_default();
+            match r.kind {
+                "clip" => a.2 = r.clip,
+                _ => {
+                    a.0 = r.ratio;
+                    a.1 = Some(r.loss);
+                }
+            }
+        }
+    }
+
+    /// Runs the (quantized) layer over every calibration window, in place.
+    fn forward_all(&self, layer: &DecoderLayer, h: &mut ActivationStore) -> Result<()> {
+        let seq = self.seq;
+        for (s0, s1) in self.chunks() {
+            let mut x = h.rows(s0 * seq, s1 * seq);
+            layer.forward(&mut x, s1 - s0, seq, &self.rope, &mut NoObserver)?;
+            h.set_rows(s0 * seq, &x);
+        }
+        Ok(())
+    }
+
     /// One full-precision pass collecting every site's statistics, quantize all linears, then
     /// propagate the quantized or the full-precision output.
     fn one_pass(&mut self, layer: &mut DecoderLayer, h: &mut ActivationStore) -> Result<()> {
         let seq = self.seq;
         let li = layer.index;
-        let keep_input = self.method.propagation() == Propagation::Quantized;
+        let keep_input = self.propagation == Propagation::Quantized;
         let input = if keep_input { Some(h.clone()) } else { None };
         let mut coll = StatsCollector::new(li, self.method.stats_required());
         let chunks: Vec<(usize, usize)> = self.chunks().collect();
@@ -379,7 +641,8 @@ impl Driver<'_> {
             h.set_rows(s0 * seq, &x);
         }
         let stats = coll.finish(self.n_seq)?;
-        if let FeedForward::Moe(m) = &layer.ffn {
+        let counted = self.run.expert_tokens.iter().any(|(l, _)| *l == li);
+        if let (FeedForward::Moe(m), false) = (&layer.ffn, counted) {
             let counts = (0..m.experts.len())
                 .map(|e| stats.get(&Site::ExpertInput(e)).map_or(0, |s| s.tokens))
                 .collect();
@@ -409,7 +672,17 @@ pub fn quantize_model(
     method: &dyn Quantizer,
     opts: &DriverOptions,
 ) -> Result<QuantizationRun> {
-    run_layers(model, calib, method, opts, &mut |_, i| {
+    quantize_model_with(model, calib, &Pipeline::new(method), opts)
+}
+
+/// [`quantize_model`] for a whole [`Pipeline`]: transforms, then the per-linear quantizer.
+pub fn quantize_model_with(
+    model: &mut Qwen3Model,
+    calib: Option<&CalibrationSet>,
+    pipeline: &Pipeline<'_>,
+    opts: &DriverOptions,
+) -> Result<QuantizationRun> {
+    run_layers(model, calib, pipeline, opts, &mut |_, i| {
         Err(CalibError::InvalidOptions(format!(
             "layer {i} is not loaded"
         )))
@@ -427,14 +700,52 @@ pub fn quantize_checkpoint(
     method: &dyn Quantizer,
     opts: &DriverOptions,
 ) -> Result<(Qwen3Model, QuantizationRun)> {
+    quantize_checkpoint_with(ckpt, calib, &Pipeline::new(method), opts)
+}
+
+/// [`quantize_checkpoint`] for a whole [`Pipeline`].
+pub fn quantize_checkpoint_with(
+    ckpt: &Checkpoint,
+    calib: Option<&CalibrationSet>,
+    pipeline: &Pipeline<'_>,
+    opts: &DriverOptions,
+) -> Result<(Qwen3Model, QuantizationRun)> {
     let config = ckpt.config().map_err(qwen3_quant_model::ModelError::from)?;
     let mut model = Qwen3Model::skeleton(ckpt, config)?;
-    let run = run_layers(&mut model, calib, method, opts, &mut |m, i| {
+    let run = run_layers(&mut model, calib, pipeline, opts, &mut |m, i| {
         let layer = Qwen3Model::load_layer(ckpt, &m.config, i)?;
         m.layers.push(layer);
         Ok(())
     })?;
     Ok((model, run))
+}
+
+/// Stands in for the quantizer of a transforms-only pipeline; never asked to quantize.
+struct NoQuantizer;
+
+impl Quantizer for NoQuantizer {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn stats_required(&self) -> qwen3_quant_core::StatsRequest {
+        qwen3_quant_core::StatsRequest::default()
+    }
+    fn propagation(&self) -> Propagation {
+        Propagation::FullPrecision
+    }
+    fn true_sequential(&self) -> bool {
+        false
+    }
+    fn quantize_linear(
+        &self,
+        input: LinearInput<'_>,
+        _: &LinearStats,
+    ) -> std::result::Result<qwen3_quant_core::QuantOutcome, qwen3_quant_core::MethodError> {
+        Err(qwen3_quant_core::MethodError::Context(format!(
+            "{} reached the quantizer of a transforms-only pipeline",
+            input.id
+        )))
+    }
 }
 
 /// Fetches decoder layer `i` into `model.layers` when it is not there yet.
@@ -443,13 +754,14 @@ type LayerFetch<'a> = dyn FnMut(&mut Qwen3Model, usize) -> Result<()> + 'a;
 fn run_layers(
     model: &mut Qwen3Model,
     calib: Option<&CalibrationSet>,
-    method: &dyn Quantizer,
+    pipeline: &Pipeline<'_>,
     opts: &DriverOptions,
     fetch: &mut LayerFetch<'_>,
 ) -> Result<QuantizationRun> {
     let start = Instant::now();
-    let req = method.stats_required();
-    let needs_data = req.hessian || req.channel_stats;
+    let method = pipeline.quantizer().unwrap_or(&NoQuantizer);
+    let quantize = pipeline.quantizer().is_some();
+    let needs_data = pipeline.quantizer_needs_stats() || !pipeline.transforms().is_empty();
     let n_layers = model.config.num_hidden_layers;
     let pb = if opts.progress {
         let pb = ProgressBar::new(n_layers as u64);
@@ -458,7 +770,7 @@ fn run_layers(
         ) {
             pb.set_style(style);
         }
-        pb.set_message(method.name().to_string());
+        pb.set_message(pipeline.name());
         pb
     } else {
         ProgressBar::hidden()
@@ -469,11 +781,15 @@ fn run_layers(
         seconds: 0.0,
         calib_tokens: 0,
         expert_tokens: Vec::new(),
+        transforms: Vec::new(),
     };
+    let propagation = pipeline.propagation();
 
     if !needs_data {
         let mut d = Driver {
             method,
+            propagation,
+            annotations: HashMap::new(),
             opts,
             n_seq: 0,
             seq: 0,
@@ -487,7 +803,9 @@ fn run_layers(
             }
             let layer = &mut model.layers[li];
             let ids = layer.linear_ids();
-            d.quantize_group(layer, &ids, &HashMap::new())?;
+            if quantize {
+                d.quantize_group(layer, &ids, &HashMap::new())?;
+            }
             d.pb.inc(1);
         }
         d.pb.finish_and_clear();
@@ -496,11 +814,13 @@ fn run_layers(
     }
 
     let calib = calib.filter(|c| !c.is_empty()).ok_or_else(|| {
-        CalibError::InvalidOptions(format!("{} needs calibration data", method.name()))
+        CalibError::InvalidOptions(format!("{} needs calibration data", pipeline.name()))
     })?;
     let (n_seq, seq) = (calib.len(), calib.seq_len);
     let mut d = Driver {
         method,
+        propagation,
+        annotations: HashMap::new(),
         opts,
         n_seq,
         seq,
@@ -515,16 +835,30 @@ fn run_layers(
         model.config.hidden_size,
         opts.activations,
     );
-    let true_seq = method.true_sequential() && method.propagation() == Propagation::Quantized;
+    let true_seq = method.true_sequential() && propagation == Propagation::Quantized;
     for li in 0..n_layers {
         if li >= model.layers.len() {
             fetch(model, li)?;
         }
         let layer = &mut model.layers[li];
-        if true_seq && matches!(layer.ffn, FeedForward::Dense(_)) {
-            d.true_sequential_dense(layer, &mut h)?;
+        let fp_out = d.transform_stage(pipeline, layer, &h)?;
+        if !quantize {
+            // Transforms only: the layer keeps full-precision weights.
+        } else if pipeline.quantizer_needs_stats() {
+            if true_seq && matches!(layer.ffn, FeedForward::Dense(_)) {
+                d.true_sequential_dense(layer, &mut h)?;
+            } else {
+                d.one_pass(layer, &mut h)?;
+            }
         } else {
-            d.one_pass(layer, &mut h)?;
+            let ids = layer.linear_ids();
+            d.quantize_group(layer, &ids, &HashMap::new())?;
+            if propagation == Propagation::Quantized {
+                d.forward_all(layer, &mut h)?;
+            }
+        }
+        if let Some(out) = fp_out {
+            h = out;
         }
         d.pb.inc(1);
     }

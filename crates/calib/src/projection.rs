@@ -23,6 +23,8 @@ pub struct Projection {
     pub stats_flops: f64,
     /// FLOPs of the per-linear solves.
     pub solve_flops: f64,
+    /// FLOPs of a transform's candidate search (AWQ: scored sub-block forwards and clipping).
+    pub search_flops: f64,
     /// Total FLOPs.
     pub total_flops: f64,
     /// Activation buffers held by the driver (bytes, f32).
@@ -118,9 +120,76 @@ pub fn project(
         forward_flops: fwd,
         stats_flops: hess,
         solve_flops: solve,
+        search_flops: 0.0,
         total_flops: fwd + hess + solve,
         activation_bytes: act,
         max_hessian_bytes: max_d * max_d * 4.0,
+    }
+}
+
+/// The candidate search of AWQ-style transforms.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SearchCost {
+    /// Scale candidates per pair (AWQ: 20).
+    pub grid: usize,
+    /// Clip steps per linear (AWQ: 10).
+    pub clip_steps: usize,
+    /// Tokens subsampled for clipping (AWQ: 512).
+    pub clip_samples: usize,
+}
+
+impl Projection {
+    /// Adds the cost of a scale and clip search over `samples × seq_len` tokens: each scale
+    /// candidate runs the attention block, the feed-forward block and `down_proj` once over all
+    /// tokens; each scored block's input and reference output are computed once more per pair;
+    /// each clip step is a partial-dot-product pass over the sampled tokens of v, o, gate, up
+    /// and down.
+    pub fn with_search(
+        mut self,
+        config: &ModelConfig,
+        samples: usize,
+        seq_len: usize,
+        c: SearchCost,
+    ) -> Self {
+        let n = (samples * seq_len) as f64;
+        let (h, qd, kvd) = (
+            config.hidden_size as f64,
+            config.q_dim() as f64,
+            config.kv_dim() as f64,
+        );
+        let attn = 2.0 * (h * qd + 2.0 * h * kvd + qd * h)
+            + 4.0
+                * (seq_len as f64 / 2.0)
+                * config.head_dim as f64
+                * config.num_attention_heads as f64;
+        let mut search = 0.0;
+        for layer in 0..config.num_hidden_layers {
+            let (ffn, down, clip_params) = match (&config.moe, config.is_moe_layer(layer)) {
+                (Some(m), true) => {
+                    let (mi, k, e) = (
+                        m.moe_intermediate_size as f64,
+                        m.num_experts_per_tok as f64,
+                        m.num_experts as f64,
+                    );
+                    (
+                        2.0 * (3.0 * h * mi * k + h * e),
+                        2.0 * h * mi * k,
+                        3.0 * h * mi * e,
+                    )
+                }
+                _ => {
+                    let i = config.intermediate_size as f64;
+                    (6.0 * h * i, 2.0 * h * i, 3.0 * h * i)
+                }
+            };
+            // Candidates, plus inputs and reference outputs (about three forwards per layer).
+            search += n * (c.grid as f64 * (attn + ffn + down) + 3.0 * (attn + ffn));
+            search +=
+                2.0 * (c.clip_steps * c.clip_samples) as f64 * (h * kvd + qd * h + clip_params);
+        }
+        self.search_flops = search;
+        self.total_flops += search;
+        self
     }
 }
 

@@ -24,6 +24,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Continue a prompt.
     Generate(GenerateArgs),
+    /// The study's grid (methods x bits x groups), resumable, sharded, with tables and plots.
+    Sweep(SweepArgs),
 }
 
 impl Command {
@@ -35,6 +37,7 @@ impl Command {
             Command::Quantize(a) => a.json,
             Command::Bench(a) => a.json,
             Command::Generate(a) => a.json,
+            Command::Sweep(a) => a.json,
         }
     }
 }
@@ -74,9 +77,19 @@ pub struct EvalArgs {
     /// Folder with the evaluation data (default: the bundled assets/data).
     #[arg(long, env = "QWEN3_QUANT_DATA")]
     pub data_dir: Option<PathBuf>,
+    /// Arithmetic of the dense products: f32 (exact), or bf16 (activations rounded to bf16,
+    /// f32 accumulation; AVX-512-BF16 where the CPU has it; faster, perplexity within 0.1%).
+    #[arg(long, value_enum, default_value_t = ComputeArg::F32)]
+    pub compute: ComputeArg,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ComputeArg {
+    F32,
+    Bf16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -89,10 +102,30 @@ pub enum MethodArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ActExecArg {
+    Auto,
+    Integer,
+    Fake,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AwqThenArg {
+    Rtn,
+    Gptq,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SalientMetricArg {
+    Hessian,
+    Magnitude,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FormatArg {
     Native,
     Gptq,
     Awq,
+    CompressedTensors,
 }
 
 #[derive(Debug, Args)]
@@ -106,9 +139,12 @@ pub struct QuantizeArgs {
     /// Weight bits.
     #[arg(long, default_value_t = 4)]
     pub bits: u8,
-    /// Activation bits (SmoothQuant).
+    /// Activation bits: per-token symmetric quantization of every decoder linear's input (SmoothQuant's settings; any method).
     #[arg(long)]
     pub act_bits: Option<u8>,
+    /// How quantized activations run: integer int8 products where the weights allow it (auto), always integer, or fake quantization.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub act_exec: ActExecArg,
     /// Group size along the input dimension.
     #[arg(long, default_value_t = 128, conflicts_with = "per_channel")]
     pub group_size: usize,
@@ -139,6 +175,15 @@ pub struct QuantizeArgs {
     /// Migration strength (SmoothQuant).
     #[arg(long, default_value_t = 0.5)]
     pub alpha: f32,
+    /// SmoothQuant without smoothing: per-channel weights and per-token activations only (what the study's code measured).
+    #[arg(long)]
+    pub no_smooth: bool,
+    /// SmoothQuant: also smooth o_proj's input into v_proj's rows (one factor per value channel under GQA).
+    #[arg(long)]
+    pub smooth_o: bool,
+    /// SmoothQuant: also smooth down_proj's input into up_proj's rows.
+    #[arg(long)]
+    pub smooth_down: bool,
     /// RTN range convention: gptq (range widened to include 0) or awq (plain min/max).
     #[arg(long)]
     pub convention: Option<String>,
@@ -152,6 +197,30 @@ pub struct QuantizeArgs {
     /// RTN: search a clipping range per group/channel minimising the 2.4-norm error (GPTQ's grid).
     #[arg(long)]
     pub mse: bool,
+    /// AWQ: scale grid size (ratios i/N, i < N).
+    #[arg(long, default_value_t = 20)]
+    pub awq_grid: usize,
+    /// AWQ: skip the per-channel scale search (clipping only).
+    #[arg(long)]
+    pub no_scale_search: bool,
+    /// AWQ: skip the clip search.
+    #[arg(long)]
+    pub no_clip: bool,
+    /// AWQ: also scale v_proj -> o_proj under GQA (one scale per value channel; the reference skips it).
+    #[arg(long)]
+    pub awq_vo_gqa: bool,
+    /// AWQ: the per-linear quantizer applied after the scale/clip transform (rtn = the reference; gptq = AWQ scales, then GPTQ).
+    #[arg(long, value_enum, default_value = "rtn")]
+    pub awq_then: AwqThenArg,
+    /// BiLLM: columns per block (structural search, means/scales and error-feedback span; a multiple of 64).
+    #[arg(long, default_value_t = 128)]
+    pub blocksize: usize,
+    /// BiLLM: how salient columns are ranked (hessian = w²/d², the reference command; magnitude = |w|).
+    #[arg(long, value_enum, default_value = "hessian")]
+    pub salient_metric: SalientMetricArg,
+    /// BiLLM fixes of the reference's quirks (comma-separated): weights (search on W, not on w²/d²), quantiles (split quantiles over the non-salient entries only), intra (GPTQ feedback inside each block).
+    #[arg(long, value_delimiter = ',')]
+    pub billm_fix: Vec<String>,
     /// Calibration data: docs, c4, wikitext2 or a text file.
     #[arg(long, default_value = "c4")]
     pub calib: String,
@@ -247,6 +316,79 @@ pub struct GenerateArgs {
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Wrap the prompt in the model's chat template (tokenizer_config.json) as one user turn.
+    #[arg(long)]
+    pub chat: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// Full-precision model directory (not with --merge).
+    #[arg(long, required_unless_present = "merge")]
+    pub model: Option<PathBuf>,
+    /// Grid: paper (the study's: RTN, GPTQ, AWQ at w8/w4/w3/w2 x g128/per-channel; SmoothQuant W8A8/W4A8/W4A4; BiLLM) or extended (adds AWQ then GPTQ).
+    #[arg(long, default_value = "paper")]
+    pub grid: String,
+    /// Only these methods: rtn, gptq, awq, awqgptq, smoothquant, billm (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Vec<String>,
+    /// Only these weight bit widths (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub bits: Vec<u8>,
+    /// Only these group sizes: a number, or pc for per-channel (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub groups: Vec<String>,
+    /// Leave out the full-precision baseline row.
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// Perplexity datasets (default: wikitext2,c4, plus docs when the model uses the bundled micro tokenizer).
+    #[arg(long, value_delimiter = ',')]
+    pub dataset: Vec<String>,
+    /// Evaluate only the first N windows of each dataset.
+    #[arg(long)]
+    pub windows: Option<usize>,
+    /// Tokens per evaluation window.
+    #[arg(long, default_value_t = 2048)]
+    pub seq_len: usize,
+    /// Windows (or requests) per forward batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Zero-shot tasks and/or mmlu (opt-in), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    /// Score only the first K examples of each task.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Calibration data: c4, docs, wikitext2 or a text file.
+    #[arg(long, default_value = "c4")]
+    pub calib: String,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 128)]
+    pub samples: usize,
+    /// Tokens per calibration window.
+    #[arg(long, default_value_t = 2048)]
+    pub calib_seq_len: usize,
+    /// Random calibration windows with this seed (default: the first windows).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output folder (cells/, results.md/.csv/.json, plots/).
+    #[arg(long, default_value = "qwen3-quant-sweep")]
+    pub out: PathBuf,
+    /// Run only shard I of N (0-based): cells k with k mod N = I.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Join the results of these sweep folders (one per shard) into --out.
+    #[arg(long, num_args = 1.., conflicts_with = "model")]
+    pub merge: Vec<PathBuf>,
+    /// Keep quantized weights packed (evaluated on the low-bit kernels).
+    #[arg(long)]
+    pub packed: bool,
+    /// Folder with the evaluation and calibration data (default: found automatically).
+    #[arg(long, env = "QWEN3_QUANT_DATA")]
+    pub data_dir: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

@@ -7,16 +7,16 @@ use qwen3_quant_eval::{
     evaluate_ppl, load_dataset, run_mmlu, run_task, Dataset, EvalReport, LanguageModel,
     MmluOptions, PplOptions, PplResult, Progress, Task, TaskOptions,
 };
+use qwen3_quant_formats::{load_model, GptqZeros, LoadOptions};
 use qwen3_quant_model::{Qwen3Model, Tokenizer};
 
-use crate::args::EvalArgs;
+use crate::args::{ComputeArg, EvalArgs};
 use crate::output::print_json;
 
-/// The data folder: `--data-dir`/`QWEN3_QUANT_DATA`, else the bundled `assets/data`.
-pub fn data_dir(explicit: Option<&Path>) -> PathBuf {
-    explicit
-        .map(Path::to_path_buf)
-        .unwrap_or_else(qwen3_quant_eval::default_data_dir)
+/// The data folder: `--data-dir`/`QWEN3_QUANT_DATA`, the source tree's or an installed
+/// `assets/data`, else the sets embedded in the binary (see `data_dir.rs`).
+pub fn data_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    crate::data_dir::data_dir(explicit)
 }
 
 /// Progress bars unless the output must stay machine-readable and quiet.
@@ -58,12 +58,46 @@ pub fn ppl_of(
     Ok(evaluate_ppl(model, &loaded.ids, &opts, progress())?)
 }
 
+/// Loads any checkpoint this project reads (full precision, GPTQ v1/v2, AWQ, compressed-tensors,
+/// native) with the quantized linears packed; notes go to stderr. `QWEN3_QUANT_GPTQ_ZEROS=v1|v2`
+/// forces the GPTQ zero convention of a mislabeled file.
+pub fn load_any(dir: &Path) -> anyhow::Result<Qwen3Model> {
+    let gptq_zeros = match std::env::var("QWEN3_QUANT_GPTQ_ZEROS").ok().as_deref() {
+        None | Some("") => None,
+        Some("v1") => Some(GptqZeros::V1),
+        Some("v2") => Some(GptqZeros::V2),
+        Some(other) => bail!("QWEN3_QUANT_GPTQ_ZEROS={other:?}: expected v1 or v2"),
+    };
+    let loaded = load_model(dir, &LoadOptions { gptq_zeros })
+        .with_context(|| format!("loading {}", dir.display()))?;
+    if let Some(q) = &loaded.quant {
+        eprintln!(
+            "{}: {} checkpoint, {} linears packed",
+            dir.display(),
+            q.format_name(),
+            loaded.packed_linears
+        );
+    }
+    for n in &loaded.notes {
+        eprintln!("note: {n}");
+    }
+    Ok(loaded.model)
+}
+
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
-    let model =
-        Qwen3Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    qwen3_quant_kernels::dense::set_compute(match a.compute {
+        ComputeArg::F32 => qwen3_quant_kernels::dense::Compute::F32,
+        ComputeArg::Bf16 => qwen3_quant_kernels::dense::Compute::Bf16,
+    });
+    let model = load_any(&a.model)?;
     let tok = Tokenizer::from_dir(&a.model)
         .with_context(|| format!("loading the tokenizer of {}", a.model.display()))?;
-    let data = data_dir(a.data_dir.as_deref());
+    let data = data_dir(a.data_dir.as_deref())?;
+    if !a.tasks.is_empty() && crate::data_dir::is_embedded(&data) {
+        bail!(
+            "the zero-shot tasks and MMLU are not embedded in the binary: pass --data-dir DIR (or set QWEN3_QUANT_DATA) to a copy of the repository's assets/data"
+        );
+    }
     let mut datasets = a.dataset.clone();
     if datasets.is_empty() && a.tasks.is_empty() {
         datasets.push("wikitext2".into());

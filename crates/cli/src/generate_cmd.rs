@@ -1,103 +1,87 @@
-//! `qwen3-quant generate`: continue a prompt (greedy, or sampled with temperature/top-k/top-p).
+//! `qwen3-quant generate`: continue a prompt (greedy, or sampled with temperature/top-k/top-p
+//! and a seed), streamed to the terminal, optionally through the model's chat template.
+
+use std::io::Write;
 
 use anyhow::Context;
-use qwen3_quant_model::{Qwen3Model, Tokenizer};
+use qwen3_quant_model::chat::{ChatTemplate, Message};
+use qwen3_quant_model::generation::{generate, Sampler, SamplingParams, TextStream};
+use qwen3_quant_model::Tokenizer;
 use serde_json::json;
 
 use crate::args::GenerateArgs;
+use crate::eval_cmd::load_any;
 use crate::output::print_json;
 
-/// A small deterministic generator (SplitMix64) so `--seed` reproduces a sample exactly.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// Picks the next token from `logits` under the sampling settings.
-fn sample(logits: &[f32], a: &GenerateArgs, rng: &mut SplitMix) -> u32 {
-    if a.temperature <= 0.0 {
-        return logits
-            .iter()
-            .enumerate()
-            .fold(
-                (0, f32::NEG_INFINITY),
-                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-            )
-            .0 as u32;
-    }
-    let mut idx: Vec<usize> = (0..logits.len()).collect();
-    idx.sort_by(|&x, &y| logits[y].total_cmp(&logits[x]));
-    if let Some(k) = a.top_k {
-        idx.truncate(k.max(1));
-    }
-    let max = logits[idx[0]];
-    let mut probs: Vec<f64> = idx
-        .iter()
-        .map(|&i| (((logits[i] - max) / a.temperature) as f64).exp())
-        .collect();
-    let total: f64 = probs.iter().sum();
-    probs.iter_mut().for_each(|p| *p /= total);
-    if let Some(p) = a.top_p {
-        let mut acc = 0.0;
-        let keep = probs.iter().position(|&q| {
-            acc += q;
-            acc >= p as f64
-        });
-        if let Some(k) = keep {
-            probs.truncate(k + 1);
-            idx.truncate(k + 1);
-        }
-    }
-    let total: f64 = probs.iter().sum();
-    let mut r = rng.next_f64() * total;
-    for (i, p) in idx.iter().zip(&probs) {
-        r -= p;
-        if r <= 0.0 {
-            return *i as u32;
-        }
-    }
-    idx[idx.len() - 1] as u32
-}
-
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
-    let model =
-        Qwen3Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let model = load_any(&a.model)?;
     let tok = Tokenizer::from_dir(&a.model)?;
-    let prompt = tok.encode(&a.prompt)?;
-    anyhow::ensure!(!prompt.is_empty(), "the prompt encodes to no tokens");
-    let mut rng = SplitMix(a.seed);
-    let mut ids = prompt.clone();
-    let start = std::time::Instant::now();
-    // Prompt in one step, then one token per step through the key/value cache.
-    let mut cache = model.new_cache();
-    let mut step: &[u32] = &prompt;
-    let mut next_id;
-    for _ in 0..a.max_new_tokens {
-        let logits = model.forward_step(step, &mut cache)?;
-        next_id = [sample(&logits, &a, &mut rng)];
-        ids.push(next_id[0]);
-        if model.config.eos_token_ids.contains(&next_id[0]) {
-            break;
+    let mut stop = model.config.eos_token_ids.clone();
+    let text = if a.chat {
+        let t = ChatTemplate::from_dir(&a.model)?;
+        if let Some(id) = t.eos_token().and_then(|e| tok.token_to_id(e)) {
+            stop.push(id);
         }
-        step = &next_id;
+        t.render(&[Message::new("user", &a.prompt)], true, None)?
+    } else {
+        a.prompt.clone()
+    };
+    let prompt = tok.encode(&text)?;
+    anyhow::ensure!(!prompt.is_empty(), "the prompt encodes to no tokens");
+    let mut sampler = Sampler::new(SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+    })?;
+    let start = std::time::Instant::now();
+    let stream = !a.json;
+    if stream && !a.chat {
+        print!("{}", a.prompt);
+    }
+    let mut out = std::io::stdout().lock();
+    let mut text_stream = TextStream::default();
+    let mut failed: Option<anyhow::Error> = None;
+    let new = generate(
+        &model,
+        &prompt,
+        a.max_new_tokens,
+        &stop,
+        &mut sampler,
+        |id| {
+            if !stream || stop.contains(&id) {
+                return true;
+            }
+            match text_stream.push(&tok, id) {
+                Ok(Some(piece)) => {
+                    // A closed stdout (e.g. piped into `head`) ends the generation quietly.
+                    out.write_all(piece.as_bytes())
+                        .and_then(|_| out.flush())
+                        .is_ok()
+                }
+                Ok(None) => true,
+                Err(e) => {
+                    failed = Some(e.into());
+                    false
+                }
+            }
+        },
+    )
+    .context("generating")?;
+    if let Some(e) = failed {
+        return Err(e);
     }
     let secs = start.elapsed().as_secs_f64();
-    let new = &ids[prompt.len()..];
-    let text = tok.decode(new)?;
+    let shown: Vec<u32> = new.iter().copied().filter(|t| !stop.contains(t)).collect();
+    let completion = tok.decode(&shown)?;
     if a.json {
         print_json(
-            &json!({"model": a.model, "prompt": a.prompt, "completion": text, "tokens": new.len(), "seconds": secs}),
+            &json!({"model": a.model, "prompt": a.prompt, "chat": a.chat, "completion": completion,
+                           "tokens": new.len(), "stopped_on_eos": new.last().is_some_and(|t| stop.contains(t)),
+                           "seconds": secs}),
         );
     } else {
-        println!("{}{}", a.prompt, text);
+        let _ = writeln!(out);
         eprintln!("[{} tokens in {:.2} s]", new.len(), secs);
     }
     Ok(())

@@ -44,6 +44,8 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
         .map(|m| m.len())
         .sum();
     let scheme = quantization_scheme(&a.dir);
+    let summary = qwen3_quant_formats::inspect(&a.dir)
+        .with_context(|| format!("reading the quantization of {}", a.dir.display()))?;
     let moe = cfg.moe.as_ref().map(|m| {
         json!({"num_experts": m.num_experts, "num_experts_per_tok": m.num_experts_per_tok,
                "moe_intermediate_size": m.moe_intermediate_size, "norm_topk_prob": m.norm_topk_prob,
@@ -74,6 +76,7 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
         "file_bytes": file_bytes,
         "dtypes": dtypes.iter().map(|(k, (n, b))| (k.clone(), json!({"tensors": n, "bytes": b}))).collect::<serde_json::Map<_, _>>(),
         "quantization": scheme,
+        "quantized": summary.to_json(),
     });
     if a.json {
         print_json(&report);
@@ -106,9 +109,41 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
         for (k, (n, b)) in &dtypes {
             println!("    {k:>5}: {n} tensors, {:.2} MB", *b as f64 / 1e6);
         }
-        match scheme {
-            Some(s) => println!("  quantization: {s}"),
-            None => println!("  quantization: none (full precision)"),
+        if summary.quantized_linears == 0 {
+            println!("  quantization: none (full precision)");
+        } else {
+            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            println!(
+                "  quantization: {} format, method {}, {} bits, group {}, sym {}, act-order {}{}",
+                summary.format,
+                opt(summary.method.clone()),
+                opt(summary.bits.map(|b| b.to_string())),
+                summary
+                    .group_size
+                    .map_or("per-channel".to_string(), |g| g.to_string()),
+                opt(summary.sym.map(|b| b.to_string())),
+                opt(summary.act_order.map(|b| b.to_string())),
+                summary
+                    .act_bits
+                    .map_or(String::new(), |b| format!(", {b}-bit activations")),
+            );
+            if let Some(f) = &summary.checkpoint_format {
+                println!(
+                    "    zeros: {f}{}",
+                    summary
+                        .quantizer
+                        .as_ref()
+                        .map_or(String::new(), |q| format!(", written by {q}"))
+                );
+            }
+            println!(
+                "    {} quantized linears ({:.2} M weights, {:.2} MB), {} dense: {:.3} bits/weight (every code, scale, zero and index counted)",
+                summary.quantized_linears,
+                summary.quantized_weights as f64 / 1e6,
+                summary.quantized_bytes as f64 / 1e6,
+                summary.dense_linears,
+                summary.bits_per_weight
+            );
         }
     }
     Ok(())

@@ -7,11 +7,15 @@
 mod args;
 mod bench_cmd;
 mod calib_source;
+mod data_dir;
 mod eval_cmd;
 mod generate_cmd;
 mod inspect_cmd;
 mod output;
+mod plan;
 mod quantize_cmd;
+mod save;
+mod sweep_cmd;
 
 use std::process::ExitCode;
 
@@ -20,7 +24,10 @@ use clap::Parser;
 use args::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return output::argument_error(e),
+    };
     let json = cli.command.json();
     let result = match cli.command {
         Command::Inspect(a) => inspect_cmd::run(a),
@@ -28,6 +35,7 @@ fn main() -> ExitCode {
         Command::Quantize(a) => quantize_cmd::run(a),
         Command::Bench(a) => bench_cmd::run(a),
         Command::Generate(a) => generate_cmd::run(a),
+        Command::Sweep(a) => sweep_cmd::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,3 +18,35 @@ pub fn report_error(e: &anyhow::Error, json: bool) {
     }
     eprintln!("error: {msg}");
 }
+
+/// A command line clap rejects: with `--json` anywhere in it, `{"error": ...}` on stdout (and
+/// the usual message on stderr) with clap's exit status 2; help and version print as usual.
+pub fn argument_error(e: clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
+    let informational = matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !json || informational {
+        e.exit();
+    }
+    let rendered = e.render().to_string();
+    // clap's first paragraph is the message ("error: unexpected argument ..."); usage follows.
+    let msg = rendered
+        .trim_start()
+        .split("\n\n")
+        .next()
+        .unwrap_or("invalid arguments")
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_string();
+    print_json(&serde_json::json!({ "error": msg, "kind": format!("{:?}", e.kind()) }));
+    eprint!("{rendered}");
+    std::process::ExitCode::from(2)
+}

@@ -4,17 +4,15 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context};
 use qwen3_quant_calib::{
-    measure_gemm_gflops, peak_rss_mb, project, quantize_checkpoint, ActivationDtype, DriverOptions,
-    QuantizationRun, WeightMode,
+    measure_gemm_gflops, peak_rss_mb, project, quantize_checkpoint_with, ActivationDtype,
+    DriverOptions, QuantizationRun, WeightMode,
 };
-use qwen3_quant_core::{Bits, GroupSize, QuantScheme, Quantizer, RangeConvention};
-use qwen3_quant_gptq::{Gptq, GptqConfig};
 use qwen3_quant_io::Checkpoint;
-use qwen3_quant_model::{Qwen3Model, Tokenizer};
-use qwen3_quant_rtn::{MseSearch, Rtn, RtnConfig};
+use qwen3_quant_model::{ActExecution, Qwen3Model, Tokenizer};
 use serde_json::{json, Value};
 
-use crate::args::{FormatArg, MethodArg, QuantizeArgs};
+use crate::args::{ActExecArg, QuantizeArgs};
+use crate::plan::build_plan;
 use crate::calib_source::calibration_set;
 use crate::eval_cmd::{data_dir, ppl_of};
 use crate::output::print_json;
@@ -34,66 +32,14 @@ fn parse_eval_spec(spec: &str) -> anyhow::Result<(String, Option<usize>)> {
     }
 }
 
-fn build_method(a: &QuantizeArgs) -> anyhow::Result<Box<dyn Quantizer>> {
-    let bits = Bits::new(a.bits)?;
-    let group = if a.per_channel {
-        None
-    } else {
-        Some(a.group_size)
-    };
-    match a.method {
-        MethodArg::Rtn => {
-            // The reference protocol: per-group RTN uses the group's own min/max (llm-awq), per-channel
-            // RTN the GPTQ quantizer (range widened to include 0). Symmetric only exists for the latter.
-            let convention = match a.convention.as_deref() {
-                Some("gptq") => RangeConvention::Gptq,
-                Some("awq") => RangeConvention::Awq,
-                Some(other) => bail!("unknown --convention {other:?} (gptq or awq)"),
-                None if a.sym || a.per_channel => RangeConvention::Gptq,
-                None => RangeConvention::Awq,
-            };
-            let g = match group {
-                None => GroupSize::PerChannel,
-                Some(g) => GroupSize::group(g)?,
-            };
-            let scheme = QuantScheme::new(bits, g, a.sym, convention)?;
-            let mut cfg = RtnConfig::new(scheme);
-            if a.mse {
-                cfg = cfg.with_mse(MseSearch::default());
-            }
-            Ok(Box::new(Rtn::new(cfg)?))
-        }
-        MethodArg::Gptq => {
-            let cfg = GptqConfig {
-                bits,
-                group_size: group,
-                sym: a.sym,
-                act_order: !a.no_act_order,
-                true_sequential: !a.no_true_sequential,
-                percdamp: a.damp,
-                static_groups: a.static_groups,
-                ..GptqConfig::default()
-            };
-            Ok(Box::new(Gptq::new(cfg)?))
-        }
-        MethodArg::Awq | MethodArg::Smoothquant | MethodArg::Billm => {
-            bail!(
-                "--method {:?} is not available in this build yet (RTN and GPTQ are)",
-                a.method
-            )
-        }
-    }
-}
-
 pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     if a.resume {
         bail!("--resume needs per-layer checkpoints, which this build does not write yet");
     }
-    if a.format != FormatArg::Native || a.out.is_some() {
-        bail!("writing quantized checkpoints (--out/--format) is not available in this build yet; use --eval to score in process");
-    }
-    let method = build_method(&a)?;
-    let data = data_dir(a.data_dir.as_deref());
+    crate::save::check_args(&a)?;
+    let plan = build_plan(&a)?;
+    let method = plan.quantizer.as_ref();
+    let data = data_dir(a.data_dir.as_deref())?;
     // Layers are streamed from the memory-mapped checkpoint one at a time by the driver.
     let ckpt =
         Checkpoint::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
@@ -106,7 +52,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     let req = method.stats_required();
-    let calib = if req.hessian || req.channel_stats {
+    let calib = if req.hessian || req.channel_stats || !plan.transforms.is_empty() {
         let set = calibration_set(&a.calib, &data, &tok, a.samples, a.seq_len, a.seed)?;
         if !a.json {
             eprintln!("calibration: {} ({} tokens)", set.description, set.tokens());
@@ -116,18 +62,22 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         None
     };
     // Cost up front: FLOPs, memory and an ETA at this machine's measured GEMM rate.
-    let true_seq = a.method == MethodArg::Gptq && !a.no_true_sequential;
+    let true_seq = method.true_sequential();
     let n_samples = calib.as_ref().map_or(0, |c| c.len());
-    let projection = project(&config, n_samples, a.seq_len, req, true_seq);
+    let mut projection = project(&config, n_samples, a.seq_len, req, true_seq);
+    if let Some(search) = plan.search {
+        projection = projection.with_search(&config, n_samples, a.seq_len, search);
+    }
     let gflops = measure_gemm_gflops();
     let eta = projection.eta_seconds(gflops);
     if !a.json && calib.is_some() {
         eprintln!(
-            "projected: {:.2} TFLOP (forward {:.2}, Hessians {:.2}, solves {:.2}), activations {:.2} GB, ETA ~{:.0} s at {:.0} GFLOP/s",
+            "projected: {:.2} TFLOP (forward {:.2}, Hessians {:.2}, solves {:.2}, search {:.2}), activations {:.2} GB, ETA ~{:.0} s at {:.0} GFLOP/s",
             projection.total_flops / 1e12,
             projection.forward_flops / 1e12,
             projection.stats_flops / 1e12,
             projection.solve_flops / 1e12,
+            projection.search_flops / 1e12,
             projection.activation_bytes / 1e9,
             eta,
             gflops
@@ -147,9 +97,29 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         },
         ..DriverOptions::default()
     };
+    let refs = plan.transform_refs();
+    let pipeline = plan.pipeline(&refs);
     let (model, run): (Qwen3Model, QuantizationRun) =
-        quantize_checkpoint(&ckpt, calib.as_ref(), method.as_ref(), &opts)?;
+        quantize_checkpoint_with(&ckpt, calib.as_ref(), &pipeline, &opts)?;
     let rss = peak_rss_mb();
+    let saved = crate::save::write_output(&a, &model, &run)?;
+    // Weight-activation settings: per-token activation quantization of every decoder linear, as
+    // int8 products where the weights allow it (W8A8, W4A8 per-channel symmetric), else fake.
+    let mut model = model;
+    let activations = match a.act_bits {
+        None => None,
+        Some(bits) => {
+            let summary = match a.act_exec {
+                ActExecArg::Auto => model.quantize_activations_best(bits)?,
+                ActExecArg::Integer => model.quantize_activations(bits, ActExecution::Integer)?,
+                ActExecArg::Fake => model.quantize_activations(bits, ActExecution::Fake)?,
+            };
+            if !a.json {
+                eprintln!("activations: {summary}");
+            }
+            Some(summary)
+        }
+    };
 
     let mut eval = serde_json::Map::new();
     for (name, windows) in &evals {
@@ -175,30 +145,42 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         expert_tokens.insert(layer.to_string(), counts.clone());
     }
     let report = json!({
-        "method": method.name(),
+        "method": format!("{:?}", a.method).to_lowercase(),
+        "pipeline": plan.name(),
         "bits": a.bits,
         "act_bits": a.act_bits,
+        "activations": activations.as_ref().map(|s| json!({
+            "summary": s.to_string(),
+            "execution": match s.execution() {
+                Some(ActExecution::Integer) => "integer",
+                Some(ActExecution::Fake) => "fake",
+                _ => "mixed",
+            },
+        })),
         "group_size": group_size,
         "seconds": run.seconds,
         "bits_per_weight": run.bits_per_weight(),
+        "reference_bits": qwen3_quant_billm::reference_bits(run.quantized.iter().map(|(_, q)| q)),
         "peak_rss_mb": rss,
         "out": a.out,
+        "checkpoint": saved,
         "weights": if a.packed { "packed" } else { "fake-quant f32" },
         "linear_bytes": model.linear_bytes(),
         "eval": eval,
         "calibration": calib.as_ref().map(|c| json!({"description": c.description, "samples": c.len(), "seq_len": c.seq_len, "tokens": c.tokens()})),
         "expert_tokens": expert_tokens,
         "projection": {"total_flops": projection.total_flops, "forward_flops": projection.forward_flops,
-                       "stats_flops": projection.stats_flops, "solve_flops": projection.solve_flops,
+                       "stats_flops": projection.stats_flops, "solve_flops": projection.solve_flops, "search_flops": projection.search_flops,
                        "activation_bytes": projection.activation_bytes, "gemm_gflops": gflops, "eta_seconds": eta},
         "linears": run.records,
+        "transforms": run.transforms,
     });
     if a.json {
         print_json(&report);
     } else {
         println!(
             "{}: {} linears in {:.1} s, {:.3} bits/weight, peak RSS {:.0} MB",
-            method.name(),
+            plan.name(),
             run.quantized.len(),
             run.seconds,
             run.bits_per_weight(),

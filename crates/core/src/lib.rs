@@ -26,15 +26,20 @@ pub mod method;
 mod pack;
 pub mod scheme;
 pub mod stats;
+pub mod transform;
 
 pub use binary::{BinaryLinear, PackedWeight, QuantizedWeight};
 pub use error::{Error, Result};
 pub use id::{LinearId, LinearKind};
 pub use linear::{canonical_g_idx, QuantizedLinear};
 pub use method::{LinearInput, MethodError, Propagation, QuantOutcome, Quantizer, StatsRequest};
-pub use qwen3_quant_kernels::BinaryParams;
+pub use qwen3_quant_kernels::{BinaryParams, BinaryTable};
 pub use scheme::{
     base_range, dequantize_code, fake_quantize, find_params, min_max, params_from_range,
     quantize_code, round_half_even, Bits, GroupSize, QuantParams, QuantScheme, RangeConvention,
 };
 pub use stats::{ChannelStats, Hessian, LinearStats};
+pub use transform::{
+    CandidateFn, CandidateWeights, LayerContext, LayerTransform, LossRequest, ScalePair, ScaleProducer,
+    ScoredBlock, TransformNeeds, TransformRecord,
+};

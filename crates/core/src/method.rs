@@ -171,6 +171,9 @@ pub enum MethodError {
     /// Invalid configuration or a violated invariant of a core type.
     #[error(transparent)]
     InvalidConfig(#[from] Error),
+    /// The layer context (the driver running the model for a transform) failed.
+    #[error("layer context: {0}")]
+    Context(String),
 }
 
 impl MethodError {

@@ -122,6 +122,11 @@ pub enum RangeConvention {
     /// `scale = max(max−min, 1e-5)/maxq`, `zero = clamp(-round(min/scale), 0, maxq)`.
     /// Asymmetric only (see [`QuantScheme::new`]).
     Awq,
+    /// SmoothQuant's `quantize_weight_per_channel_absmax`: symmetric around 0 with
+    /// `scale = max(absmax, 1e-5) / (2^(b−1) − 1)`, so codes span `±(2^(b−1) − 1)` (the level
+    /// `−2^(b−1)` is never used; at 2 bits the grid is ternary). Stored with the symmetric zero
+    /// point `2^(b−1)`. Symmetric only, 2 bits or more.
+    AbsMax,
 }
 
 /// A complete weight quantization scheme. Construct with [`QuantScheme::new`] (validated).
@@ -150,6 +155,12 @@ impl QuantScheme {
             return Err(Error::InvalidConfig {
                 field: "sym",
                 reason: "symmetric quantization is not defined for the AWQ range convention",
+            });
+        }
+        if convention == RangeConvention::AbsMax && (!sym || bits.get() < 2) {
+            return Err(Error::InvalidConfig {
+                field: "convention",
+                reason: "the absmax convention is symmetric and needs at least 2 bits",
             });
         }
         Ok(Self {
@@ -236,6 +247,14 @@ pub fn base_range(values: &[f32], scheme: &QuantScheme) -> (f32, f32) {
                 (mn, mx)
             }
         }
+        RangeConvention::AbsMax => {
+            let a = mn.abs().max(mx.abs());
+            if values.is_empty() {
+                (0.0, 0.0)
+            } else {
+                (-a, a)
+            }
+        }
     }
 }
 
@@ -257,6 +276,14 @@ pub fn params_from_range(xmin: f32, xmax: f32, scheme: &QuantScheme) -> QuantPar
             let scale = (xmax - xmin).max(1e-5) / maxq;
             let zero = (-round_half_even(xmin / scale)).clamp(0.0, maxq);
             QuantParams { scale, zero }
+        }
+        RangeConvention::AbsMax => {
+            let qmax = ((maxq + 1.0) / 2.0) - 1.0;
+            let scale = xmax.abs().max(xmin.abs()).max(1e-5) / qmax;
+            QuantParams {
+                scale,
+                zero: (maxq + 1.0) / 2.0,
+            }
         }
     }
 }
@@ -370,6 +397,31 @@ mod tests {
         assert_eq!(p.zero, 8.0);
         assert_eq!(quantize_code(3.0, p, 15), 15); // clipped: 15 + 8 -> 15
         assert_eq!(fake_quantize(3.0, p, 15), 7.0 * (3.0f32 / 15.0));
+    }
+
+    #[test]
+    fn absmax_params() {
+        assert!(QuantScheme::new(
+            Bits::B4,
+            GroupSize::PerChannel,
+            false,
+            RangeConvention::AbsMax
+        )
+        .is_err());
+        let s = scheme(8, true, RangeConvention::AbsMax);
+        let p = find_params(&[-0.5, 1.27, 0.2], &s);
+        assert_eq!(p.scale, 1.27 / 127.0);
+        assert_eq!(p.zero, 128.0);
+        assert_eq!(fake_quantize(1.27, p, 255), 127.0 * (1.27f32 / 127.0));
+        assert_eq!(quantize_code(-1.27, p, 255), 1); // -127 + 128: the -128 level stays unused
+        let s4 = scheme(4, true, RangeConvention::AbsMax);
+        let p = find_params(&[0.0, 0.0], &s4);
+        assert_eq!(p.scale, 1e-5 / 7.0);
+        assert_eq!(fake_quantize(0.0, p, 15), 0.0);
+        let p = find_params(&[-2.0, 0.7], &s4);
+        assert_eq!(p.scale, 2.0 / 7.0);
+        // 0.7 / (2/7) = 2.45 -> 2
+        assert_eq!(fake_quantize(0.7, p, 15), 2.0 * (2.0f32 / 7.0));
     }
 
     #[test]

@@ -1,17 +1,14 @@
 //! [`LanguageModel`] and [`TextEncoder`] for the Qwen3 model and tokenizer of `qwen3-quant-model`.
 //!
 //! Sequences of equal length are batched into one forward pass. Log-probabilities are computed from
-//! the final hidden states through `lm_head` in blocks of rows, so that a 150k vocabulary never
-//! needs a `[tokens, vocab]` buffer for a whole batch.
+//! the final hidden states by [`Qwen3Model::target_logprobs`] (`lm_head` and the log-softmax fused
+//! over cache-sized blocks of rows), so that a 150k vocabulary never needs a `[tokens, vocab]`
+//! buffer for a whole batch.
 
 use qwen3_quant_model::{Qwen3Model, Tokenizer};
-use rayon::prelude::*;
 
-use crate::model::{log_sum_exp, LanguageModel, TextEncoder};
+use crate::model::{LanguageModel, TextEncoder};
 use crate::EvalError;
-
-/// Rows of hidden states pushed through `lm_head` at once.
-const LM_HEAD_ROWS: usize = 512;
 
 fn model_err(e: qwen3_quant_model::ModelError) -> EvalError {
     EvalError::Model(e.to_string())
@@ -74,7 +71,7 @@ impl LanguageModel for Qwen3Model {
             .map(|s| &s[..s.len().saturating_sub(1)])
             .collect();
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); seqs.len()];
-        let (hd, v) = (self.config.hidden_size, self.config.vocab_size);
+        let v = self.config.vocab_size;
         for group in by_length(&inputs) {
             let len = inputs[group[0]].len();
             if len == 0 {
@@ -82,28 +79,17 @@ impl LanguageModel for Qwen3Model {
             }
             let h = hidden_of_group(self, &inputs, &group)?;
             // Targets of every row of the group, in row order.
-            let targets: Vec<usize> = group
+            let targets: Vec<u32> = group
                 .iter()
-                .flat_map(|&i| seqs[i][1..].iter().map(|&t| t as usize))
+                .flat_map(|&i| seqs[i][1..].iter().copied())
                 .collect();
-            if let Some(&bad) = targets.iter().find(|&&t| t >= v) {
+            if let Some(&bad) = targets.iter().find(|&&t| t as usize >= v) {
                 return Err(EvalError::InvalidInput(format!(
                     "target token {bad} outside the vocabulary of {v}"
                 )));
             }
-            let mut lps = vec![0.0f32; targets.len()];
-            for (block, (hb, lb)) in h
-                .chunks(LM_HEAD_ROWS * hd)
-                .zip(lps.chunks_mut(LM_HEAD_ROWS))
-                .enumerate()
-            {
-                let logits = self.lm_head(hb).map_err(model_err)?;
-                lb.par_iter_mut().enumerate().for_each(|(r, lp)| {
-                    let row = &logits[r * v..(r + 1) * v];
-                    let t = targets[block * LM_HEAD_ROWS + r];
-                    *lp = (row[t] as f64 - log_sum_exp(row)) as f32;
-                });
-            }
+            // lm_head and the log-softmax fused block by block (no [rows, vocab] logits).
+            let lps = self.target_logprobs(&h, &targets).map_err(model_err)?;
             for (j, &i) in group.iter().enumerate() {
                 out[i] = lps[j * len..(j + 1) * len].to_vec();
             }

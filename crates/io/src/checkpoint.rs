@@ -84,7 +84,7 @@ impl Checkpoint {
         let mut location = HashMap::with_capacity(wanted.len());
         for (tensor, file) in wanted {
             let i = shard_names[&file];
-            if shards[i].header().tensors.get(&tensor).is_none() {
+            if !shards[i].header().tensors.contains_key(&tensor) {
                 return Err(invalid(format!(
                     "{tensor} is listed in {file} but not stored there"
                 )));

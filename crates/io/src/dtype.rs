@@ -46,6 +46,41 @@ impl Dtype {
         })
     }
 
+    /// The matching `safetensors` crate dtype.
+    pub fn to_safetensors(self) -> safetensors::Dtype {
+        use safetensors::Dtype as S;
+        match self {
+            Dtype::BF16 => S::BF16,
+            Dtype::F16 => S::F16,
+            Dtype::F32 => S::F32,
+            Dtype::F64 => S::F64,
+            Dtype::I64 => S::I64,
+            Dtype::I32 => S::I32,
+            Dtype::I16 => S::I16,
+            Dtype::I8 => S::I8,
+            Dtype::U8 => S::U8,
+            Dtype::Bool => S::BOOL,
+        }
+    }
+
+    /// The dtype of a `safetensors` crate dtype, if this crate reads it.
+    pub fn from_safetensors(d: safetensors::Dtype) -> Option<Dtype> {
+        use safetensors::Dtype as S;
+        Some(match d {
+            S::BF16 => Dtype::BF16,
+            S::F16 => Dtype::F16,
+            S::F32 => Dtype::F32,
+            S::F64 => Dtype::F64,
+            S::I64 => Dtype::I64,
+            S::I32 => Dtype::I32,
+            S::I16 => Dtype::I16,
+            S::I8 => Dtype::I8,
+            S::U8 => Dtype::U8,
+            S::BOOL => Dtype::Bool,
+            _ => return None,
+        })
+    }
+
     /// The header spelling.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -51,45 +51,14 @@ pub enum IoError {
         /// The dtype string found.
         dtype: String,
     },
-    /// A tensor's byte range lies (partly) outside the data section.
-    #[error("{path}: tensor {tensor}: offsets [{start}, {end}) outside the data section of {data_len} bytes")]
-    OffsetsOutOfBounds {
+    /// The tensors do not tile the data section: offsets out of order, overlapping, with gaps,
+    /// beyond the file, or a byte range that does not match shape × dtype.
+    #[error("{path}: invalid tensor layout: {reason}")]
+    InvalidLayout {
         /// The file.
         path: PathBuf,
-        /// The tensor name.
-        tensor: String,
-        /// Declared start.
-        start: u64,
-        /// Declared end.
-        end: u64,
-        /// Size of the data section.
-        data_len: u64,
-    },
-    /// Two tensors share bytes.
-    #[error("{path}: tensors {first} and {second} overlap")]
-    OverlappingTensors {
-        /// The file.
-        path: PathBuf,
-        /// One tensor.
-        first: String,
-        /// The other tensor.
-        second: String,
-    },
-    /// shape × dtype size does not equal the declared byte length.
-    #[error("{path}: tensor {tensor}: shape {shape:?} of {dtype} needs {expected} bytes, the header gives {got}")]
-    ByteLengthMismatch {
-        /// The file.
-        path: PathBuf,
-        /// The tensor name.
-        tensor: String,
-        /// The declared shape.
-        shape: Vec<usize>,
-        /// The dtype.
-        dtype: crate::Dtype,
-        /// Bytes implied by the shape.
-        expected: u64,
-        /// Bytes given by the offsets.
-        got: u64,
+        /// What is wrong.
+        reason: String,
     },
     /// A tensor the caller asked for is not in the checkpoint.
     #[error("tensor {0} not found in the checkpoint")]

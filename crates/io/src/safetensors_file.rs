@@ -49,7 +49,11 @@ pub struct Header {
 
 /// Parses and validates the header of a complete safetensors byte buffer.
 ///
-/// `path` is only used in error messages. This is the entry point of the fuzz target.
+/// The header is parsed by the `safetensors` crate (the project's one parser, which also checks
+/// that the tensors tile the data section exactly: contiguous from 0, no overlap, shape × dtype
+/// equal to each byte range, nothing missing or left over); on top of it this adds the checks of
+/// this crate: the dtypes it can read, and typed errors for each failure. `path` is only used in
+/// error messages. This is the entry point of the fuzz target.
 ///
 /// ```
 /// use qwen3_quant_io::safetensors_file::parse_header;
@@ -72,136 +76,73 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<Header> {
             file_len,
         });
     }
-    let data_offset = 8 + header_len as usize;
-    let invalid = |reason: String| IoError::InvalidHeader {
-        path: path.into(),
-        reason,
-    };
-    let text = std::str::from_utf8(&bytes[8..data_offset])
-        .map_err(|e| invalid(format!("not UTF-8: {e}")))?;
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| invalid(format!("not JSON: {e}")))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| invalid("the header is not a JSON object".into()))?;
-    let data_len = file_len - data_offset as u64;
-
+    let (n, meta) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| crate_error(e, path, file_len))?;
     let mut header = Header {
-        data_offset,
+        data_offset: 8 + n,
         ..Header::default()
     };
-    for (name, entry) in obj {
-        if name == "__metadata__" {
-            let map = entry
-                .as_object()
-                .ok_or_else(|| invalid("__metadata__ is not an object".into()))?;
-            for (k, v) in map {
-                let v = v
-                    .as_str()
-                    .ok_or_else(|| invalid(format!("__metadata__.{k} is not a string")))?;
-                header.metadata.insert(k.clone(), v.to_string());
-            }
-            continue;
-        }
-        let info = parse_entry(name, entry, path, data_len)?;
-        header.tensors.insert(name.clone(), info);
+    if let Some(m) = meta.metadata() {
+        header.metadata = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     }
-    check_overlaps(&header.tensors, path)?;
+    for (name, info) in meta.tensors() {
+        let dtype = Dtype::from_safetensors(info.dtype).ok_or_else(|| IoError::UnknownDtype {
+            path: path.into(),
+            tensor: name.clone(),
+            dtype: format!("{:?}", info.dtype),
+        })?;
+        let (start, end) = info.data_offsets;
+        header.tensors.insert(
+            name,
+            TensorInfo {
+                dtype,
+                shape: info.shape.clone(),
+                start,
+                end,
+            },
+        );
+    }
     Ok(header)
 }
 
-fn parse_entry(
-    name: &str,
-    entry: &serde_json::Value,
-    path: &Path,
-    data_len: u64,
-) -> Result<TensorInfo> {
-    let invalid = |reason: String| IoError::InvalidHeader {
-        path: path.into(),
-        reason: format!("tensor {name}: {reason}"),
-    };
-    let obj = entry
-        .as_object()
-        .ok_or_else(|| invalid("entry is not an object".into()))?;
-    let dtype_str = obj
-        .get("dtype")
-        .and_then(|d| d.as_str())
-        .ok_or_else(|| invalid("missing dtype".into()))?;
-    let dtype = Dtype::parse(dtype_str).ok_or_else(|| IoError::UnknownDtype {
-        path: path.into(),
-        tensor: name.into(),
-        dtype: dtype_str.into(),
-    })?;
-    let shape_val = obj
-        .get("shape")
-        .and_then(|s| s.as_array())
-        .ok_or_else(|| invalid("missing shape".into()))?;
-    let mut shape = Vec::with_capacity(shape_val.len());
-    for d in shape_val {
-        let d = d
-            .as_u64()
-            .ok_or_else(|| invalid("shape entries must be non-negative integers".into()))?;
-        shape.push(usize::try_from(d).map_err(|_| invalid("dimension too large".into()))?);
-    }
-    let offsets = obj
-        .get("data_offsets")
-        .and_then(|o| o.as_array())
-        .filter(|o| o.len() == 2)
-        .ok_or_else(|| invalid("data_offsets must be [start, end]".into()))?;
-    let start = offsets[0]
-        .as_u64()
-        .ok_or_else(|| invalid("bad start offset".into()))?;
-    let end = offsets[1]
-        .as_u64()
-        .ok_or_else(|| invalid("bad end offset".into()))?;
-    if start > end || end > data_len {
-        return Err(IoError::OffsetsOutOfBounds {
-            path: path.into(),
-            tensor: name.into(),
-            start,
-            end,
-            data_len,
-        });
-    }
-    let expected = shape
-        .iter()
-        .try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64))
-        .ok_or_else(|| invalid("shape overflows".into()))?;
-    if expected != end - start {
-        return Err(IoError::ByteLengthMismatch {
-            path: path.into(),
-            tensor: name.into(),
-            shape,
-            dtype,
-            expected,
-            got: end - start,
-        });
-    }
-    Ok(TensorInfo {
-        dtype,
-        shape,
-        start: start as usize,
-        end: end as usize,
-    })
-}
-
-fn check_overlaps(tensors: &BTreeMap<String, TensorInfo>, path: &Path) -> Result<()> {
-    let mut ranges: Vec<(&str, usize, usize)> = tensors
-        .iter()
-        .filter(|(_, t)| t.end > t.start)
-        .map(|(n, t)| (n.as_str(), t.start, t.end))
-        .collect();
-    ranges.sort_by_key(|r| (r.1, r.2));
-    for w in ranges.windows(2) {
-        if w[1].1 < w[0].2 {
-            return Err(IoError::OverlappingTensors {
-                path: path.into(),
-                first: w[0].0.into(),
-                second: w[1].0.into(),
-            });
+/// Maps the `safetensors` crate's errors to this crate's typed errors.
+fn crate_error(e: safetensors::SafeTensorError, path: &Path, file_len: u64) -> IoError {
+    use safetensors::SafeTensorError as E;
+    let path = path.to_path_buf();
+    match e {
+        E::HeaderTooSmall => IoError::Truncated { path, len: file_len },
+        E::HeaderTooLarge | E::InvalidHeaderLength => IoError::HeaderTooLong {
+            path,
+            header_len: u64::MAX,
+            file_len,
+        },
+        E::InvalidHeaderDeserialization(ref j) if j.to_string().contains("unknown variant") => {
+            // serde names the unknown dtype between backticks.
+            let msg = j.to_string();
+            let dtype = msg.split('`').nth(1).unwrap_or("?").to_string();
+            IoError::UnknownDtype {
+                path,
+                tensor: "(header)".into(),
+                dtype,
+            }
         }
+        E::InvalidOffset(tensor) => IoError::InvalidLayout {
+            path,
+            reason: format!("tensor {tensor}: offsets must tile the data section (contiguous from 0, no overlap, end >= start)"),
+        },
+        E::TensorInvalidInfo | E::ValidationOverflow => IoError::InvalidLayout {
+            path,
+            reason: "a tensor's shape x dtype size does not equal its byte range (or overflows)".into(),
+        },
+        E::MetadataIncompleteBuffer => IoError::InvalidLayout {
+            path,
+            reason: format!("the tensors do not end at the end of the file ({file_len} bytes): truncated or trailing bytes"),
+        },
+        other => IoError::InvalidHeader {
+            path,
+            reason: other.to_string(),
+        },
     }
-    Ok(())
 }
 
 /// Bytes backing a file: a read-only memory map, or an owned buffer (empty files cannot be mapped).

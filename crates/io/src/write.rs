@@ -123,8 +123,24 @@ fn write_atomic_with(
     result
 }
 
-/// Writes a safetensors file atomically. Tensors are laid out in name order; the header is padded
-/// with spaces to a multiple of 8 bytes as the reference writer does.
+impl safetensors::View for &TensorData {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype.to_safetensors()
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Writes a safetensors file atomically, serialized by the `safetensors` crate (tensors
+/// ordered by alignment then name, header padded to 8 bytes) into a temporary file of the
+/// destination directory, which is synced and renamed into place.
 ///
 /// ```
 /// use qwen3_quant_io::write::{write_safetensors, TensorData};
@@ -144,14 +160,6 @@ pub fn write_safetensors(
     let path = path.as_ref();
     let mut sorted: Vec<&TensorData> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut header = serde_json::Map::new();
-    if !metadata.is_empty() {
-        header.insert(
-            "__metadata__".into(),
-            serde_json::to_value(metadata).expect("string map"),
-        );
-    }
-    let mut offset = 0usize;
     for (i, t) in sorted.iter().enumerate() {
         if i > 0 && sorted[i - 1].name == t.name {
             return Err(IoError::InvalidWrite {
@@ -178,22 +186,41 @@ pub fn write_safetensors(
                 ),
             });
         }
-        header.insert(
-            t.name.clone(),
-            serde_json::json!({"dtype": t.dtype.as_str(), "shape": t.shape, "data_offsets": [offset, offset + t.bytes.len()]}),
-        );
-        offset += t.bytes.len();
     }
-    let mut text = serde_json::to_string(&header).expect("serialisable header");
-    while (8 + text.len()) % 8 != 0 {
-        text.push(' ');
-    }
-    write_atomic_with(path, |w| {
-        w.write_all(&(text.len() as u64).to_le_bytes())?;
-        w.write_all(text.as_bytes())?;
-        for t in &sorted {
-            w.write_all(&t.bytes)?;
+    let meta = (!metadata.is_empty()).then(|| {
+        metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    });
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = temp_path(path);
+    let result = (|| {
+        safetensors::serialize_to_file(sorted.iter().map(|t| (t.name.as_str(), *t)), meta, &tmp)
+            .map_err(|e| match e {
+                safetensors::SafeTensorError::IoError(source) => IoError::Io {
+                    path: tmp.clone(),
+                    source,
+                },
+                other => IoError::InvalidWrite {
+                    path: path.into(),
+                    reason: other.to_string(),
+                },
+            })?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&tmp))?;
+        fs::rename(&tmp, path).map_err(io_err(path))?;
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all();
         }
         Ok(())
-    })
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }

@@ -73,12 +73,12 @@ fn offsets_outside_data() {
     let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
     assert!(matches!(
         parse(&file_with_header(h, &[0; 4])),
-        Err(IoError::OffsetsOutOfBounds { .. })
+        Err(IoError::InvalidLayout { .. })
     ));
     let h = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}}"#;
     assert!(matches!(
         parse(&file_with_header(h, &[0; 8])),
-        Err(IoError::OffsetsOutOfBounds { .. })
+        Err(IoError::InvalidLayout { .. })
     ));
 }
 
@@ -87,7 +87,7 @@ fn overlapping_tensors() {
     let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
     assert!(matches!(
         parse(&file_with_header(h, &[0; 12])),
-        Err(IoError::OverlappingTensors { .. })
+        Err(IoError::InvalidLayout { .. })
     ));
 }
 
@@ -101,13 +101,30 @@ fn unknown_dtype_and_length_mismatch() {
     let h = r#"{"a":{"dtype":"BF16","shape":[3],"data_offsets":[0,4]}}"#;
     assert!(matches!(
         parse(&file_with_header(h, &[0; 4])),
-        Err(IoError::ByteLengthMismatch { .. })
+        Err(IoError::InvalidLayout { .. })
     ));
     let h =
         r#"{"a":{"dtype":"BF16","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,4]}}"#;
     assert!(matches!(
         parse(&file_with_header(h, &[0; 4])),
-        Err(IoError::InvalidHeader { .. })
+        Err(IoError::InvalidLayout { .. })
+    ));
+    // A gap between tensors, and bytes after the last one, are refused as well.
+    let h = r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}}"#;
+    assert!(matches!(
+        parse(&file_with_header(h, &[0; 4])),
+        Err(IoError::InvalidLayout { .. })
+    ));
+    let h = r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}"#;
+    assert!(matches!(
+        parse(&file_with_header(h, &[0; 4])),
+        Err(IoError::InvalidLayout { .. })
+    ));
+    // A dtype safetensors defines but this crate cannot read.
+    let h = r#"{"a":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]}}"#;
+    assert!(matches!(
+        parse(&file_with_header(h, &[0; 2])),
+        Err(IoError::UnknownDtype { .. })
     ));
 }
 

@@ -1,31 +1,76 @@
-//! [`BinaryMatrix`]: BiLLM-style binary weights (residual binarization of salient columns, two
-//! binary groups for the rest), packed at 2 bits per weight, and its kernels.
+//! [`BinaryMatrix`]: BiLLM's binary residual weights, packed at 2 bits per weight plus one
+//! 8-entry int8 table per (row, block), and its GEMV/GEMM kernels.
 //!
 //! # What is stored
-//! BiLLM works on 128-column blocks. In each block, a set of *salient* columns (shared by all
-//! rows) is binarized twice (residual, order 2); the other weights of each row are split into a
-//! *sparse* and a *concentrated* group, each binarized once. Every binarization has its own mean
-//! and scale per (row, block): `b = μ + α·sign`. So each weight carries two bits: its first sign,
-//! and either its group (non-salient) or its second-order sign (salient), and each (row, block)
-//! has four (μ, α) pairs, [`BinaryParams`]. The kernels fold these into an 8-entry table per
-//! (row, block), indexed by `salient << 2 | bit1 << 1 | sign`, whose entries are computed exactly
-//! as the reference sums them (`(μ₁ + α₁·s₁) + (μ₂ + α₂·s₂)` for salient columns), so
-//! [`BinaryMatrix::dequantize`] is bit-identical to the method's fake quantization.
+//! BiLLM works on blocks of columns (128 by default). In each block, a set of *salient* columns
+//! (shared by all rows) is binarized twice (residual, order 2); the other weights of each row are
+//! split into a *sparse* and a *concentrated* group, each binarized once. Every binarization has
+//! its own mean and scale per (row, block): `b = μ + α·sign` ([`BinaryParams`]). Each weight
+//! therefore takes one of 8 values of its (row, block), indexed by
+//! `salient << 2 | bit1 << 1 | sign` ([`table_index`]): `sign` is the first sign, `bit1` the group
+//! (non-salient) or the second-order sign (salient). Those 8 values are stored as a
+//! [`BinaryTable`]: 8 int8 codes and one bf16 scale (`value = code · scale`, exact in f32).
 //!
-//! The two bits use [`crate::PackedMatrix`]'s 2-bit plane layout, so decoding is the same one
-//! load, shift and mask per 16 columns, followed by one table lookup (`vpermps`) on AVX-512.
+//! # Layout and storage cost
+//! * **Codes**: 2 bits per weight (`bit1 << 1 | sign`), 16 bytes per row and 64-column chunk;
+//!   bits `2f, 2f + 1` of byte `i` hold column `16f + i` of the chunk, so one 16-byte load
+//!   broadcast to the four 128-bit lanes and one per-lane shift put the 64 codes of a chunk in
+//!   column order, one per byte. Rows are stored in groups of 4, chunk-major
+//!   inside a group (the 4 rows' 16 bytes of chunk 0, then of chunk 1, …; one cache line per
+//!   chunk), so the 4-row GEMV kernel reads one sequential stream.
+//! * **Salient map**: 1 bit per column (shared by all rows).
+//! * **Tables**: 80 bits per (row, block): 8 × int8 + a bf16 scale.
+//!
+//! So a `[rows, cols]` matrix with 128-column blocks costs `2 + 80/128 + 1/rows` = about
+//! **2.63 bits per weight** ([`BinaryMatrix::storage_bytes_for`]). The two bits are the floor of
+//! this representation (a non-salient weight needs its sign and its group, a salient one its two
+//! signs); the tables are BiLLM's own per-(row, block) means and scales (four `(μ, α)` pairs,
+//! folded into 8 values), which in f16 would cost 1 bit per weight and in f32 2 bits.
+//!
+//! # Kernels
+//! * [`BinaryMatrix::gemv`] (decode): with AVX-512-VNNI, the activations are quantized to int8
+//!   once per call, one scale per block (`dx = max|x| / 127`, round half to even, like the
+//!   packed 4-bit decode path); per row and 64-column chunk, the codes are shifted into place,
+//!   OR'ed with the salient bits (one `vpternlogd`), looked up in the (row, block) table with one
+//!   `vpshufb` (the table sits in every 128-bit lane) and multiplied with the int8 activations by
+//!   one `vpdpbusd`; each block's exact i32 sum gets one FMA with `scale · dx`. Four rows share
+//!   each activation load. Elsewhere, or with `QWEN3_QUANT_GEMV=exact`, it is the exact kernel.
+//! * [`BinaryMatrix::gemv_exact`]: f32 activations, one `vpermps` lookup per 16 columns
+//!   (AVX-512) or 8 columns (AVX2), a `tbl` gather (NEON) or scalar code.
+//! * [`BinaryMatrix::gemm`] (prefill, evaluation): blocks of 64 rows are dequantized into a
+//!   scratch tile and multiplied with the f32 GEMM, so evaluation sees exactly
+//!   [`BinaryMatrix::dequantize`].
 
+use half::bf16;
 use rayon::prelude::*;
 
 use crate::dispatch::{active_kernel, KernelChoice};
-use crate::packed::{decode_chunk, pack_row, CHUNK, SUPER};
 use crate::{check_len, checked_mul, KernelError, Result};
 
-/// Columns per BiLLM block (the span of one set of [`BinaryParams`]).
-pub const BINARY_BLOCK: usize = SUPER;
+/// Default columns per BiLLM block (the span of one [`BinaryTable`]); any positive multiple of
+/// [`BINARY_CHUNK`] is accepted by [`BinaryMatrix::from_tables`].
+pub const BINARY_BLOCK: usize = 128;
 
-/// Mean and scale of the four binarizations of one (row, 128-column block): each is
-/// `μ + α·sign`, `sign = ±1`.
+/// Columns per packed chunk (16 bytes of codes per row); block sizes are multiples of it.
+pub const BINARY_CHUNK: usize = 64;
+
+/// Storage bits of one [`BinaryTable`]: 8 int8 codes and a bf16 scale.
+pub const BINARY_TABLE_BITS: usize = 80;
+
+/// Rows interleaved chunk by chunk in the packed codes and tables (see the module docs).
+pub(crate) const ROW_GROUP: usize = 4;
+
+const CHUNK_BYTES: usize = BINARY_CHUNK / 4;
+const QUARTER: usize = BINARY_CHUNK / 4;
+
+/// Index of a weight's value in its (row, block) table: `salient << 2 | bit1 << 1 | sign`.
+#[inline]
+pub fn table_index(salient: bool, bit1: u8, sign: u8) -> usize {
+    usize::from(salient) << 2 | usize::from(bit1 & 1) << 1 | usize::from(sign & 1)
+}
+
+/// Mean and scale of the four binarizations of one (row, block): each is `μ + α·sign`,
+/// `sign = ±1`.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct BinaryParams {
     /// Non-salient weights of the *sparse* group (BiLLM's mask 1): `(μ, α)`.
@@ -39,9 +84,9 @@ pub struct BinaryParams {
 }
 
 impl BinaryParams {
-    /// The 8 weight values, indexed by `salient << 2 | bit1 << 1 | sign` (`sign`, `bit1` ∈ {0, 1},
-    /// 1 = positive). For salient columns `bit1` is the second-order sign; otherwise it selects
-    /// the concentrated group.
+    /// The 8 weight values, indexed by [`table_index`] (`sign`, `bit1` ∈ {0, 1}, 1 = positive).
+    /// For salient columns `bit1` is the second-order sign; otherwise it selects the concentrated
+    /// group. Salient values are summed as the reference does: `(μ₁ ± α₁) + (μ₂ ± α₂)`.
     pub fn table(&self) -> [f32; 8] {
         let b = |p: [f32; 2], s: usize| p[0] + if s == 1 { p[1] } else { -p[1] };
         let mut t = [0f32; 8];
@@ -56,16 +101,100 @@ impl BinaryParams {
         t
     }
 
-    fn is_finite(&self) -> bool {
-        [
-            self.sparse,
-            self.concentrated,
-            self.salient_first,
-            self.salient_second,
-        ]
-        .iter()
-        .flatten()
-        .all(|v| v.is_finite())
+    /// [`BinaryParams::table`] rounded to its stored form.
+    ///
+    /// # Errors
+    /// See [`BinaryTable::quantize`].
+    pub fn quantized_table(&self) -> Result<BinaryTable> {
+        BinaryTable::quantize(&self.table())
+    }
+}
+
+/// The stored form of one (row, block)'s 8 weight values: int8 codes times a bf16 scale.
+///
+/// `value_i = code_i · scale` is exact in f32 (a 7-bit integer times an 8-bit mantissa), so
+/// dequantization is bit-identical everywhere it happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct BinaryTable {
+    codes: [i8; 8],
+    scale: u16,
+}
+
+impl BinaryTable {
+    /// Rounds 8 values to the stored form: `scale = bf16(max|v| / 127)` (round half to even),
+    /// `code = clamp(round_half_even(v / scale), −127, 127)`. The largest value maps to ±127
+    /// (a bf16 scale is within 2⁻⁹ of `max|v| / 127`), so each value is off by at most
+    /// `scale / 2`.
+    ///
+    /// # Errors
+    /// [`KernelError::NonFinite`] if a value is NaN or infinite.
+    pub fn quantize(values: &[f32; 8]) -> Result<Self> {
+        if !values.iter().all(|v| v.is_finite()) {
+            return Err(KernelError::NonFinite {
+                what: "binary table values",
+            });
+        }
+        let amax = values.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let scale = bf16::from_f32(amax / 127.0);
+        let s = scale.to_f32();
+        let mut codes = [0i8; 8];
+        if s > 0.0 {
+            for (c, &v) in codes.iter_mut().zip(values) {
+                *c = (v / s).round_ties_even().clamp(-127.0, 127.0) as i8;
+            }
+        }
+        Ok(Self {
+            codes,
+            scale: scale.to_bits(),
+        })
+    }
+
+    /// Index of a weight's value: [`table_index`].
+    #[inline]
+    pub fn index(salient: bool, bit1: u8, sign: u8) -> usize {
+        table_index(salient, bit1, sign)
+    }
+
+    /// A table from its stored parts (`scale_bits`: a bf16 bit pattern).
+    ///
+    /// # Errors
+    /// [`KernelError::NonFinite`] if the scale is NaN or infinite.
+    pub fn from_parts(codes: [i8; 8], scale_bits: u16) -> Result<Self> {
+        if !bf16::from_bits(scale_bits).is_finite() {
+            return Err(KernelError::NonFinite {
+                what: "binary table scale",
+            });
+        }
+        Ok(Self {
+            codes,
+            scale: scale_bits,
+        })
+    }
+
+    /// The int8 codes, indexed by [`table_index`].
+    pub fn codes(&self) -> [i8; 8] {
+        self.codes
+    }
+
+    /// The scale's bf16 bit pattern.
+    pub fn scale_bits(&self) -> u16 {
+        self.scale
+    }
+
+    /// The scale as f32.
+    pub fn scale(&self) -> f32 {
+        bf16::from_bits(self.scale).to_f32()
+    }
+
+    /// The 8 weight values `code · scale`.
+    pub fn values(&self) -> [f32; 8] {
+        let s = self.scale();
+        self.codes.map(|c| f32::from(c) * s)
+    }
+
+    /// The codes as the kernels hold them: byte `i` is `code_i + 128` (little endian).
+    fn biased(&self) -> u64 {
+        u64::from_le_bytes(self.codes.map(|c| (c as u8) ^ 0x80))
     }
 }
 
@@ -74,18 +203,28 @@ impl BinaryParams {
 pub struct BinaryMatrix {
     rows: usize,
     cols: usize,
-    pad_cols: usize,
-    row_bytes: usize,
-    /// 2-bit codes `bit1 << 1 | sign` in the 2-bit plane layout, `row_bytes` per row.
-    data: Vec<u8>,
-    /// Per 16-column chunk: bit `l` set when column `16t + l` is salient.
-    salient: Vec<u16>,
-    /// Per (row, block): the 8-entry table of [`BinaryParams::table`].
-    tables: Vec<[f32; 8]>,
+    block: usize,
+    n_blocks: usize,
+    n_chunks: usize,
+    /// 2-bit codes, `16 · n_chunks` bytes per row, rows interleaved in groups of
+    /// [`ROW_GROUP`] (see the module docs and `row_codes`).
+    codes: Vec<u8>,
+    /// Bit `l` of entry `c`: column `64c + l` is salient.
+    salient: Vec<u64>,
+    /// The salient map as one byte per column (4 = salient), for the int8 kernel (derived).
+    #[cfg_attr(not(all(target_arch = "x86_64", qwen3_avx512)), allow(dead_code))]
+    salient_bytes: Vec<u8>,
+    /// Per (row, block): the table codes, biased by 128 ([`BinaryTable::biased`]), rows
+    /// interleaved like the codes (`table_offset`).
+    tables: Vec<u64>,
+    /// Per row, `scale_stride` bf16 scales (one per block, zero padded).
+    scales: Vec<u16>,
+    scale_stride: usize,
 }
 
 impl BinaryMatrix {
-    /// Packs a binarized weight.
+    /// Packs a binarized weight with 128-column blocks, rounding each (row, block)'s
+    /// [`BinaryParams::table`] to its stored [`BinaryTable`].
     ///
     /// * `signs`, `bit1`: `[rows, cols]`, each 0 or 1 (`bit1`: concentrated group for
     ///   non-salient columns, second-order sign for salient ones);
@@ -103,15 +242,40 @@ impl BinaryMatrix {
         salient: &[bool],
         params: &[BinaryParams],
     ) -> Result<Self> {
+        let tables = params
+            .iter()
+            .map(BinaryParams::quantized_table)
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_tables(rows, cols, BINARY_BLOCK, signs, bit1, salient, &tables)
+    }
+
+    /// Packs a binarized weight from its stored tables.
+    ///
+    /// `block` (columns per table) must be a positive multiple of [`BINARY_CHUNK`]; `tables` is
+    /// `[rows, ceil(cols / block)]` row-major; the other arguments are as in [`BinaryMatrix::new`].
+    ///
+    /// # Errors
+    /// [`KernelError::InvalidGroupSize`] for `block = 0`, [`KernelError::NotMultiple`] for a
+    /// block that is not a multiple of 64, and the errors of [`BinaryMatrix::new`].
+    pub fn from_tables(
+        rows: usize,
+        cols: usize,
+        block: usize,
+        signs: &[u8],
+        bit1: &[u8],
+        salient: &[bool],
+        tables: &[BinaryTable],
+    ) -> Result<Self> {
+        check_block(block, cols)?;
         let n = checked_mul("signs", rows, cols)?;
         check_len("signs", n, signs.len())?;
         check_len("bit1", n, bit1.len())?;
         check_len("salient", cols, salient.len())?;
-        let n_blocks = cols.div_ceil(BINARY_BLOCK);
+        let n_blocks = cols.div_ceil(block);
         check_len(
-            "params",
-            checked_mul("params", rows, n_blocks)?,
-            params.len(),
+            "tables",
+            checked_mul("tables", rows, n_blocks)?,
+            tables.len(),
         )?;
         for v in [signs, bit1] {
             if let Some((index, &code)) = v.iter().enumerate().find(|(_, &b)| b > 1) {
@@ -122,35 +286,64 @@ impl BinaryMatrix {
                 });
             }
         }
-        if !params.iter().all(BinaryParams::is_finite) {
-            return Err(KernelError::NonFinite {
-                what: "binary params",
-            });
-        }
-        let pad_cols = cols.div_ceil(SUPER) * SUPER;
-        let row_bytes = pad_cols / 4;
-        let mut data = vec![0u8; checked_mul("packed data", rows, row_bytes)?];
-        let mut codes = vec![0u8; cols];
+        let n_chunks = cols.div_ceil(BINARY_CHUNK);
+        let row_bytes = n_chunks * CHUNK_BYTES;
+        let mut codes = vec![0u8; checked_mul("packed codes", rows, row_bytes)?];
         if row_bytes > 0 {
-            for (r, dst) in data.chunks_exact_mut(row_bytes).enumerate() {
-                for (j, c) in codes.iter_mut().enumerate() {
-                    *c = bit1[r * cols + j] << 1 | signs[r * cols + j];
-                }
-                pack_row(2, pad_cols, &codes, dst);
-            }
+            // One group of ROW_GROUP rows per task (groups are contiguous).
+            codes
+                .par_chunks_mut(ROW_GROUP * row_bytes)
+                .enumerate()
+                .for_each(|(g, dst)| {
+                    let t = dst.len() / row_bytes;
+                    for i in 0..t {
+                        let r = g * ROW_GROUP + i;
+                        let (s, b) = (&signs[r * cols..][..cols], &bit1[r * cols..][..cols]);
+                        for (j, (&sj, &bj)) in s.iter().zip(b).enumerate() {
+                            let (c, l) = (j / BINARY_CHUNK, j % BINARY_CHUNK);
+                            let (f, k) = (l / QUARTER, l % QUARTER);
+                            dst[c * CHUNK_BYTES * t + i * CHUNK_BYTES + k] |=
+                                (bj << 1 | sj) << (2 * f);
+                        }
+                    }
+                });
         }
-        let mut mask = vec![0u16; pad_cols / CHUNK];
+        let mut mask = vec![0u64; n_chunks];
+        let mut salient_bytes = vec![0u8; n_chunks * BINARY_CHUNK];
         for (j, _) in salient.iter().enumerate().filter(|(_, &s)| s) {
-            mask[j / CHUNK] |= 1 << (j % CHUNK);
+            mask[j / BINARY_CHUNK] |= 1 << (j % BINARY_CHUNK);
+            salient_bytes[j] = 4;
+        }
+        let scale_stride = n_blocks.next_multiple_of(16);
+        let mut scales = vec![0u16; checked_mul("scales", rows, scale_stride)?];
+        for (r, dst) in scales.chunks_exact_mut(scale_stride.max(1)).enumerate() {
+            for (d, t) in dst
+                .iter_mut()
+                .zip(&tables[r * n_blocks..(r + 1) * n_blocks])
+            {
+                *d = t.scale;
+            }
         }
         Ok(Self {
             rows,
             cols,
-            pad_cols,
-            row_bytes,
-            data,
+            block,
+            n_blocks,
+            n_chunks,
+            codes,
             salient: mask,
-            tables: params.iter().map(BinaryParams::table).collect(),
+            salient_bytes,
+            tables: {
+                let mut t = vec![0u64; tables.len()];
+                for (r, row) in tables.chunks_exact(n_blocks.max(1)).enumerate() {
+                    for (b, tb) in row.iter().enumerate() {
+                        t[table_offset(rows, n_blocks, r, b)] = tb.biased();
+                    }
+                }
+                t
+            },
+            scales,
+            scale_stride,
         })
     }
 
@@ -162,44 +355,72 @@ impl BinaryMatrix {
     pub fn cols(&self) -> usize {
         self.cols
     }
+    /// Columns per table.
+    pub fn block(&self) -> usize {
+        self.block
+    }
 
-    /// Bytes held: 2 bits per (padded) weight, the salient-column bitmap, and the four (μ, α)
-    /// pairs per (row, block) as f32. (The 8-entry tables are derived; a checkpoint stores the
-    /// pairs, so they are counted as 32 bytes, not 32 + 32.)
+    /// Stored bytes of a `[rows, cols]` binary matrix with `block`-column tables: 2 bits per
+    /// weight (columns padded to 64), the salient bitmap (1 bit per padded column) and 10 bytes
+    /// per (row, block) table.
+    pub fn storage_bytes_for(rows: usize, cols: usize, block: usize) -> usize {
+        let n_chunks = cols.div_ceil(BINARY_CHUNK);
+        let n_blocks = cols.div_ceil(block.max(1));
+        rows * n_chunks * CHUNK_BYTES + n_chunks * 8 + rows * n_blocks * BINARY_TABLE_BITS / 8
+    }
+
+    /// Stored bytes ([`BinaryMatrix::storage_bytes_for`]); what a GEMV reads, up to the
+    /// per-column salient bytes (`cols` bytes, shared by all rows) the int8 kernel uses.
     pub fn storage_bytes(&self) -> usize {
-        self.data.len() + 2 * self.salient.len() + 32 * self.tables.len()
+        Self::storage_bytes_for(self.rows, self.cols, self.block)
     }
 
-    fn n_blocks(&self) -> usize {
-        self.cols.div_ceil(BINARY_BLOCK)
+    /// The stored table of row `r`, block `b`.
+    pub fn table(&self, r: usize, b: usize) -> BinaryTable {
+        let i = table_offset(self.rows, self.n_blocks, r, b);
+        BinaryTable {
+            codes: self.tables[i].to_le_bytes().map(|v| (v ^ 0x80) as i8),
+            scale: self.scales[r * self.scale_stride + b],
+        }
     }
 
-    fn row(&self, r: usize) -> &[u8] {
-        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    fn chunks_per_block(&self) -> usize {
+        self.block / BINARY_CHUNK
     }
 
-    /// Table indices of chunk `t` of row `r`.
-    fn chunk_index(&self, r: usize, t: usize, out: &mut [u8; CHUNK]) {
-        decode_chunk(2, self.pad_cols, self.row(r), t, out);
-        let s = self.salient[t];
+    /// Byte offset of row `r`'s chunk 0 in `codes`, and the stride between its chunks.
+    fn row_codes(&self, r: usize) -> (usize, usize) {
+        let rb = self.n_chunks * CHUNK_BYTES;
+        let (g, i) = (r / ROW_GROUP, r % ROW_GROUP);
+        let t = group_rows(self.rows, g);
+        (g * ROW_GROUP * rb + i * CHUNK_BYTES, t * CHUNK_BYTES)
+    }
+
+    /// Table indices of chunk `c` of row `r` (64 columns, in column order).
+    fn chunk_index(&self, r: usize, c: usize, out: &mut [u8; BINARY_CHUNK]) {
+        let (base, stride) = self.row_codes(r);
+        let bytes = &self.codes[base + c * stride..][..CHUNK_BYTES];
+        let sal = self.salient[c];
         for (l, v) in out.iter_mut().enumerate() {
-            *v |= (((s >> l) & 1) as u8) << 2;
+            let (f, i) = (l / QUARTER, l % QUARTER);
+            *v = ((bytes[i] >> (2 * f)) & 3) | (((sal >> l) & 1) as u8) << 2;
         }
     }
 
     /// Dequantized row `r` into `out` (`cols` values).
     fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        let mut idx = [0u8; CHUNK];
-        for (t, dst) in out.chunks_mut(CHUNK).enumerate() {
-            self.chunk_index(r, t, &mut idx);
-            let table = &self.tables[r * self.n_blocks() + t * CHUNK / BINARY_BLOCK];
+        let mut idx = [0u8; BINARY_CHUNK];
+        let m = self.chunks_per_block();
+        for (c, dst) in out.chunks_mut(BINARY_CHUNK).enumerate() {
+            self.chunk_index(r, c, &mut idx);
+            let table = self.table(r, c / m).values();
             for (d, &i) in dst.iter_mut().zip(&idx) {
                 *d = table[i as usize];
             }
         }
     }
 
-    /// The f32 weight `[rows, cols]`, bit-identical to the binarization that produced it.
+    /// The f32 weight `[rows, cols]`: every weight is its table value `code · scale`.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut w = vec![0f32; self.rows * self.cols];
         if self.cols > 0 {
@@ -211,12 +432,13 @@ impl BinaryMatrix {
     }
 
     fn row_dot_scalar(&self, r: usize, xs: &[f32]) -> f32 {
-        let mut idx = [0u8; CHUNK];
+        let mut idx = [0u8; BINARY_CHUNK];
+        let m = self.chunks_per_block();
         let mut total = 0f32;
-        for t in 0..self.pad_cols / CHUNK {
-            self.chunk_index(r, t, &mut idx);
-            let table = &self.tables[r * self.n_blocks() + t * CHUNK / BINARY_BLOCK];
-            let xc = &xs[t * CHUNK..(t + 1) * CHUNK];
+        for c in 0..self.n_chunks {
+            self.chunk_index(r, c, &mut idx);
+            let table = self.table(r, c / m).values();
+            let xc = &xs[c * BINARY_CHUNK..(c + 1) * BINARY_CHUNK];
             total += idx
                 .iter()
                 .zip(xc)
@@ -226,19 +448,48 @@ impl BinaryMatrix {
         total
     }
 
+    /// Row `r`'s codes, tables and scales for the exact SIMD kernels.
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
+    fn exact_row(&self, r: usize) -> BinaryRow {
+        let (base, chunk_stride) = self.row_codes(r);
+        let t0 = table_offset(self.rows, self.n_blocks, r, 0);
+        BinaryRow {
+            codes: self.codes[base..].as_ptr(),
+            chunk_stride,
+            tables: self.tables[t0..].as_ptr(),
+            table_stride: group_rows(self.rows, r / ROW_GROUP),
+            scales: self.scales[r * self.scale_stride..].as_ptr(),
+            n_chunks: self.n_chunks,
+            chunks_per_block: self.chunks_per_block(),
+        }
+    }
+
     fn row_dot(&self, choice: KernelChoice, r: usize, xs: &[f32]) -> f32 {
         #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
         if choice == KernelChoice::Avx512 {
-            // SAFETY: AVX-512 is the clamped choice; the row holds pad/16 chunks of 2-bit codes,
-            // `xs` is padded to `pad_cols`, the salient mask has pad/16 entries and the row's
-            // tables cover every 128-column block (pad/128 of them).
+            // SAFETY: AVX-512 is the clamped choice; the row holds `n_chunks` chunks of 16 code
+            // bytes, `xs` is padded to `64·n_chunks`, the salient map has `n_chunks` words, the
+            // row has `n_blocks` tables and `scale_stride ≥ n_blocks` scales, and every chunk's
+            // block `c / m` is below `n_blocks`.
             return unsafe {
-                crate::arch::x86_avx512::row_dot_table(
-                    self.row(r).as_ptr(),
+                crate::arch::x86_avx512_binary::row_dot_exact(
+                    &self.exact_row(r),
                     xs.as_ptr(),
-                    self.tables[r * self.n_blocks()..].as_ptr().cast(),
                     self.salient.as_ptr(),
-                    self.pad_cols / CHUNK,
+                )
+            };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if choice == KernelChoice::Avx2 {
+            // SAFETY: AVX2 + FMA is the clamped choice; same ranges as the AVX-512 call above.
+            return unsafe {
+                crate::arch::x86::row_dot_binary_avx2(
+                    &self.exact_row(r),
+                    xs.as_ptr(),
+                    self.salient.as_ptr(),
                 )
             };
         }
@@ -246,12 +497,10 @@ impl BinaryMatrix {
         if choice == KernelChoice::Neon {
             // SAFETY: NEON is baseline on AArch64; same ranges as the AVX-512 call above.
             return unsafe {
-                crate::arch::neon::row_dot_table_neon(
-                    self.row(r).as_ptr(),
+                crate::arch::neon::row_dot_binary_neon(
+                    &self.exact_row(r),
                     xs.as_ptr(),
-                    self.tables[r * self.n_blocks()..].as_ptr().cast(),
                     self.salient.as_ptr(),
-                    self.pad_cols / CHUNK,
                 )
             };
         }
@@ -259,32 +508,130 @@ impl BinaryMatrix {
         self.row_dot_scalar(r, xs)
     }
 
-    /// `y[rows] = W · x` (f32 activations, using [`active_kernel`]).
+    /// `y[rows] = W · x`, the decode path: [`BinaryMatrix::gemv_q8`] (int8 activations) where
+    /// it applies, otherwise or with `QWEN3_QUANT_GEMV=exact` (read once)
+    /// [`BinaryMatrix::gemv_exact`].
     ///
     /// # Errors
     /// [`KernelError::ShapeMismatch`] if `x.len() != cols` or `y.len() != rows`.
     pub fn gemv(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+        if gemv_exact_only() {
+            return self.gemv_exact(x, y);
+        }
+        self.gemv_q8(x, y)
+    }
+
+    /// `y[rows] = W · x` with f32 activations (using [`active_kernel`]), equal to
+    /// `x · dequantize(W)ᵀ` within f32 rounding.
+    ///
+    /// # Errors
+    /// [`KernelError::ShapeMismatch`] if `x.len() != cols` or `y.len() != rows`.
+    pub fn gemv_exact(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
         self.gemv_with(active_kernel(), x, y)
     }
 
-    /// [`BinaryMatrix::gemv`] with an explicit implementation (clamped to what the CPU supports).
+    /// [`BinaryMatrix::gemv_exact`] with an explicit implementation (clamped to what the CPU
+    /// supports).
+    ///
+    /// # Errors
+    /// [`KernelError::ShapeMismatch`] if `x.len() != cols` or `y.len() != rows`.
     pub fn gemv_with(&self, choice: KernelChoice, x: &[f32], y: &mut [f32]) -> Result<()> {
         check_len("x", self.cols, x.len())?;
         check_len("y", self.rows, y.len())?;
+        if self.cols == 0 {
+            y.fill(0.0);
+            return Ok(());
+        }
         let choice = choice.clamp_to_supported();
         let mut xs = x.to_vec();
-        xs.resize(self.pad_cols, 0.0);
-        let work = |(r, yr): (usize, &mut f32)| *yr = self.row_dot(choice, r, &xs);
-        if self.rows * self.cols >= 1 << 18 {
-            y.par_iter_mut().enumerate().with_min_len(16).for_each(work);
-        } else {
-            y.iter_mut().enumerate().for_each(work);
-        }
+        xs.resize(self.n_chunks * BINARY_CHUNK, 0.0);
+        split_rows(y, self.rows * self.cols, 1, |r0, ys| {
+            for (i, yr) in ys.iter_mut().enumerate() {
+                *yr = self.row_dot(choice, r0 + i, &xs);
+            }
+        });
         Ok(())
     }
 
-    /// `y[m, rows] = x[m, cols] · Wᵀ`: up to 4 tokens by GEMV, otherwise blocks of 64 rows are
-    /// dequantized into a scratch tile and multiplied with the f32 GEMM.
+    /// Whether [`BinaryMatrix::gemv_q8_with`] runs the int8 kernel for `choice` (AVX-512 with
+    /// VNNI); otherwise it is the exact kernel.
+    pub fn q8_applies(&self, choice: KernelChoice) -> bool {
+        let choice = choice.clamp_to_supported();
+        choice == KernelChoice::Avx512 && crate::dispatch::cpu().avx512vnni && cfg!(qwen3_avx512)
+    }
+
+    /// `y[rows] = W · x` with the activations rounded to int8, one scale per block
+    /// (`dx = max|x| / 127`, round half to even), using [`active_kernel`]. Each output is within
+    /// `Σ_j |w_j| · dx_j / 2` (plus f32 rounding) of `x · dequantize(W)ᵀ`.
+    ///
+    /// # Errors
+    /// [`KernelError::ShapeMismatch`] if `x.len() != cols` or `y.len() != rows`.
+    pub fn gemv_q8(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+        self.gemv_q8_with(active_kernel(), x, y)
+    }
+
+    /// [`BinaryMatrix::gemv_q8`] with an explicit implementation: the exact kernel where the
+    /// int8 one does not apply ([`BinaryMatrix::q8_applies`]).
+    ///
+    /// # Errors
+    /// [`KernelError::ShapeMismatch`] if `x.len() != cols` or `y.len() != rows`.
+    pub fn gemv_q8_with(&self, choice: KernelChoice, x: &[f32], y: &mut [f32]) -> Result<()> {
+        check_len("x", self.cols, x.len())?;
+        check_len("y", self.rows, y.len())?;
+        if !self.q8_applies(choice) || self.cols == 0 {
+            return self.gemv_with(choice, x, y);
+        }
+        #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+        {
+            let prep = self.q8_prep(x);
+            let view = crate::arch::x86_avx512_binary::BinaryQ8View {
+                xq: &prep.xq,
+                dx: &prep.dx,
+                corr: &prep.corr,
+                salient: &self.salient_bytes,
+                codes: &self.codes,
+                tables: &self.tables,
+                scales: &self.scales,
+                n_chunks: self.n_chunks,
+                n_blocks: self.n_blocks,
+                chunks_per_block: self.chunks_per_block(),
+                scale_stride: self.scale_stride,
+                rows: self.rows,
+            };
+            let rows_per_group = crate::arch::x86_avx512_binary::Q8_ROWS;
+            let scratch = rows_per_group * self.scale_stride;
+            split_rows(y, self.rows * self.cols, rows_per_group, |r0, ys| {
+                let mut coef = vec![0f32; scratch];
+                // SAFETY: AVX-512 + VNNI checked by `q8_applies`; the view was built for this
+                // matrix (activations cover every block, `dx`/`corr` hold `scale_stride`
+                // values, `salient` one byte per chunk column); rows `r0 .. r0 + ys.len()`
+                // exist; `coef` holds `Q8_ROWS · scale_stride` floats.
+                unsafe { crate::arch::x86_avx512_binary::gemv_q8_rows(&view, r0, ys, &mut coef) }
+            });
+            return Ok(());
+        }
+        #[allow(unreachable_code)]
+        self.gemv_with(choice, x, y)
+    }
+
+    /// Int8 activations for the q8 kernel: one scale per block, plus the per-block correction
+    /// `128 · dx · Σq` for the tables' +128 bias.
+    #[cfg_attr(not(all(target_arch = "x86_64", qwen3_avx512)), allow(dead_code))]
+    fn q8_prep(&self, x: &[f32]) -> Q8Prep {
+        let len = (self.n_blocks * self.block).max(self.n_chunks * BINARY_CHUNK);
+        let mut xq = vec![0i8; len];
+        let mut dx = vec![0f32; self.scale_stride];
+        let mut corr = vec![0f32; self.scale_stride];
+        for (b, xb) in x.chunks(self.block).enumerate() {
+            let (d, sum) = quantize_block_i8(xb, &mut xq[b * self.block..][..xb.len()]);
+            dx[b] = d;
+            corr[b] = 128.0 * d * sum as f32;
+        }
+        Q8Prep { xq, dx, corr }
+    }
+
+    /// `y[m, rows] = x[m, cols] · Wᵀ`: up to 4 tokens by [`BinaryMatrix::gemv`], otherwise
+    /// blocks of 64 rows are dequantized into a scratch tile and multiplied with the f32 GEMM.
     ///
     /// # Errors
     /// [`KernelError::ShapeMismatch`] if `x.len() != m·cols` or `y.len() != m·rows`.
@@ -321,5 +668,132 @@ impl BinaryMatrix {
             }
         }
         Ok(())
+    }
+}
+
+/// One row of a [`BinaryMatrix`] for the exact SIMD kernels: chunk `c`'s 16 code bytes start at
+/// `codes + c·chunk_stride`, block `b`'s table is `tables[b·table_stride]`, its scale
+/// `scales[b]`.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+pub(crate) struct BinaryRow {
+    pub codes: *const u8,
+    pub chunk_stride: usize,
+    pub tables: *const u64,
+    pub table_stride: usize,
+    pub scales: *const u16,
+    pub n_chunks: usize,
+    pub chunks_per_block: usize,
+}
+
+/// Rows in group `g` (the last group may hold fewer than [`ROW_GROUP`]).
+fn group_rows(rows: usize, g: usize) -> usize {
+    (rows - g * ROW_GROUP).min(ROW_GROUP)
+}
+
+/// Index of row `r`, block `b`'s table: rows interleaved in groups of [`ROW_GROUP`].
+fn table_offset(rows: usize, n_blocks: usize, r: usize, b: usize) -> usize {
+    let (g, i) = (r / ROW_GROUP, r % ROW_GROUP);
+    g * ROW_GROUP * n_blocks + b * group_rows(rows, g) + i
+}
+
+/// Activations prepared for the int8 kernel.
+#[cfg_attr(not(all(target_arch = "x86_64", qwen3_avx512)), allow(dead_code))]
+struct Q8Prep {
+    xq: Vec<i8>,
+    dx: Vec<f32>,
+    corr: Vec<f32>,
+}
+
+/// `q = clamp(round_half_even(x / dx), ±127)` with `dx = max|x| / 127`; returns `(dx, Σq)`.
+#[cfg_attr(not(all(target_arch = "x86_64", qwen3_avx512)), allow(dead_code))]
+fn quantize_block_i8(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    let amax = x.iter().fold(0f32, |a, &v| a.max(v.abs()));
+    let d = amax / 127.0;
+    if !(d > 0.0 && d.is_finite()) {
+        return (0.0, 0);
+    }
+    let inv = 1.0 / d;
+    let mut sum = 0i32;
+    for (qv, &v) in q.iter_mut().zip(x) {
+        *qv = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        sum += i32::from(*qv);
+    }
+    (d, sum)
+}
+
+/// Runs `work(first_row, rows_of_y)` over `y`: inline when there is one thread or the product
+/// (`size` = rows·cols) is too small to repay a fork/join, otherwise in about four blocks per
+/// thread (multiples of `multiple` rows, at least 64).
+fn split_rows(
+    y: &mut [f32],
+    size: usize,
+    multiple: usize,
+    work: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && size >= 1 << 18 {
+        let chunk = (y.len() / (4 * threads)).max(64).next_multiple_of(multiple);
+        y.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, ys)| work(i * chunk, ys));
+    } else {
+        work(0, y);
+    }
+}
+
+fn check_block(block: usize, cols: usize) -> Result<()> {
+    if block == 0 {
+        return Err(KernelError::InvalidGroupSize {
+            group_size: block,
+            cols,
+        });
+    }
+    if block % BINARY_CHUNK != 0 {
+        return Err(KernelError::NotMultiple {
+            what: "binary block",
+            value: block,
+            multiple: BINARY_CHUNK,
+        });
+    }
+    Ok(())
+}
+
+/// Whether [`BinaryMatrix::gemv`] must stay exact (`QWEN3_QUANT_GEMV=exact`, read once).
+fn gemv_exact_only() -> bool {
+    static EXACT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *EXACT.get_or_init(|| {
+        std::env::var("QWEN3_QUANT_GEMV").is_ok_and(|v| v.trim().eq_ignore_ascii_case("exact"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_rounding_is_exact_and_idempotent() {
+        let t = [0.013f32, -0.2, 0.05, -0.051, 0.4, -0.39, 0.0, 1e-5];
+        let q = BinaryTable::quantize(&t).unwrap();
+        let v = q.values();
+        let s = q.scale();
+        assert_eq!(q.codes()[4], 127, "the largest value maps to the top code");
+        for (a, b) in t.iter().zip(&v) {
+            assert!((a - b).abs() <= 0.5 * s * (1.0 + 1e-6), "{a} vs {b}");
+        }
+        assert_eq!(BinaryTable::quantize(&v).unwrap(), q);
+        assert_eq!(BinaryTable::quantize(&[0.0; 8]).unwrap().values(), [0.0; 8]);
+        assert!(BinaryTable::quantize(&[f32::NAN; 8]).is_err());
+        assert!(BinaryTable::from_parts([0; 8], bf16::INFINITY.to_bits()).is_err());
+    }
+
+    #[test]
+    fn biased_codes_round_trip() {
+        let q = BinaryTable::from_parts([-127, -1, 0, 1, 2, 50, 127, -128], 0x3c00).unwrap();
+        let m =
+            BinaryMatrix::from_tables(1, 64, 64, &[0; 64], &[0; 64], &[false; 64], &[q]).unwrap();
+        assert_eq!(m.table(0, 0), q);
     }
 }

@@ -1,10 +1,122 @@
 //! Dense f32 matrix products used by the model (the baseline every packed kernel is compared with).
 //!
 //! Weights follow `nn.Linear`: `W` is `[out, in]` row-major, and `Y = X · Wᵀ` with `X` `[m, in]`.
-//! The heavy lifting is done by the `gemm` crate (runtime-dispatched AVX2/AVX-512/NEON micro-kernels);
-//! see `benches/gemm_choice.rs` for the measurement that picked it over ndarray's matrixmultiply.
+//!
+//! On CPUs with AVX-512 the products of [`gemm_wt`], [`gemm_swiglu`] and [`matmul_wt`] run our
+//! own blocked kernel (`dense/avx512.rs`): `W` is packed into 32-column panels, `X` into 14-row
+//! panels (applying an RMSNorm on the fly when asked, [`RowNorm`]), and a 14 × 32 register tile
+//! accumulates over up to [`KC`] columns of `k`. Its epilogues fuse what the model does next
+//! while the tile is in registers: the residual add ([`Epilogue::Add`]) and SwiGLU's
+//! `silu(gate)·up` ([`gemm_swiglu`], gate and up panels interleaved). Several weights can share
+//! one product (q, k and v: one pass over `X`). Elsewhere, and for fewer than [`MIN_BLOCKED_ROWS`]
+//! rows, the `gemm` crate (runtime-dispatched AVX2/AVX-512/NEON micro-kernels) does the product
+//! and the epilogues run as separate passes; `benches/gemm_choice.rs` compares the two.
+//!
+//! Blocking: an `X` block of `MC ≈ 64K / kc` rows × `kc` columns (≤ 256 KB) stays in L2 while
+//! the 32-column `W` micro-panels (`kc × 32`, 64 KB at `kc = 512`) stream past it, each reused by
+//! every 14-row panel of the block; only the packed `W` (all of it, once per call) lives in L3,
+//! so the footprint does not depend on the L3 size (32 MB and 105 MB machines alike).
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+pub(crate) mod avx512;
+
+/// Columns of `k` one pass of the blocked kernel accumulates (longer products add up passes).
+pub const KC: usize = 512;
+/// Fewer rows than this go to the `gemm` crate (packing `W` would not pay off).
+pub const MIN_BLOCKED_ROWS: usize = 16;
+/// Target floats of one packed `X` block (256 KB, half an L2 of the smallest machine).
+const A_BLOCK_FLOATS: usize = 64 * 1024;
+
+/// The arithmetic of the dense products (process-wide, [`set_compute`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Compute {
+    /// f32 × f32 (exact: the reference perplexities).
+    #[default]
+    F32,
+    /// Activations rounded to bf16 (round half to even) × weights rounded to bf16, products
+    /// accumulated in f32: `vdpbf16ps` with AVX-512-BF16, the same numbers through the f32
+    /// kernels elsewhere. For Qwen3's bf16 checkpoints only the activations round.
+    Bf16,
+}
+
+impl Compute {
+    /// Parses `f32` or `bf16`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" => Some(Compute::F32),
+            "bf16" => Some(Compute::Bf16),
+            _ => None,
+        }
+    }
+}
+
+static COMPUTE: AtomicU8 = AtomicU8::new(0);
+
+/// Selects the arithmetic of every dense product of this process ([`gemm_wt`],
+/// [`gemm_swiglu`], [`matmul_wt`]; the attention stays f32). For an evaluation run, set it once
+/// before the model runs (`qwen3-quant eval --compute bf16`).
+pub fn set_compute(c: Compute) {
+    COMPUTE.store(c as u8, Ordering::Relaxed);
+}
+
+/// The arithmetic [`set_compute`] selected (f32 by default).
+pub fn compute() -> Compute {
+    if COMPUTE.load(Ordering::Relaxed) == Compute::Bf16 as u8 {
+        Compute::Bf16
+    } else {
+        Compute::F32
+    }
+}
+
+/// `x` rounded to the nearest bf16 (ties to even), as f32.
+#[inline]
+pub fn round_bf16(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
+}
+
+/// How the blocked kernel multiplies.
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flavor {
+    F32,
+    /// bf16 pairs and `vdpbf16ps`.
+    Bf16,
+    /// Operands rounded to bf16 while packing, f32 tiles (no AVX-512-BF16).
+    Bf16Emulated,
+}
+
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+impl Flavor {
+    fn current() -> Flavor {
+        match compute() {
+            Compute::F32 => Flavor::F32,
+            Compute::Bf16 if crate::dispatch::cpu().avx512bf16 => Flavor::Bf16,
+            Compute::Bf16 => Flavor::Bf16Emulated,
+        }
+    }
+    /// Packed units (f32 values or bf16 pairs) of `k` columns.
+    fn units(self, k: usize) -> usize {
+        if self == Flavor::Bf16 {
+            k.div_ceil(2)
+        } else {
+            k
+        }
+    }
+}
+
+/// A packed bf16 pair: `lo` in the low half, `hi` in the high half (stored in an f32 slot).
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+#[inline]
+fn bf16_pair(lo: f32, hi: f32) -> f32 {
+    let b = |x: f32| u32::from(half::bf16::from_f32(x).to_bits());
+    f32::from_bits(b(lo) | (b(hi) << 16))
+}
 
 /// How many threads a dense product may use.
 fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
@@ -15,6 +127,225 @@ fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     } else {
         Parallelism::Rayon(threads)
     }
+}
+
+/// An RMSNorm applied to each row of the left operand as it is read:
+/// `x̂[i, j] = weight[j] · (x[i, j] · inv_rms[i])`, bit for bit what `rms_norm` computes.
+#[derive(Clone, Copy, Debug)]
+pub struct RowNorm<'a> {
+    /// `1 / sqrt(mean(x[i]²) + eps)` of each row.
+    pub inv_rms: &'a [f32],
+    /// The norm's weight, one per column.
+    pub weight: &'a [f32],
+}
+
+/// The left operand of a product: `m` rows of `k` values, row `i` at `x[i·rs..]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Lhs<'a> {
+    /// Row-major values.
+    pub x: &'a [f32],
+    /// Rows.
+    pub m: usize,
+    /// Columns (the reduction length).
+    pub k: usize,
+    /// Row stride (≥ `k`).
+    pub rs: usize,
+    /// Normalise each row first.
+    pub norm: Option<RowNorm<'a>>,
+}
+
+impl<'a> Lhs<'a> {
+    /// A contiguous `[m, k]` operand.
+    pub fn new(x: &'a [f32], m: usize, k: usize) -> Self {
+        Lhs {
+            x,
+            m,
+            k,
+            rs: k,
+            norm: None,
+        }
+    }
+
+    /// The same operand, RMS-normalised on the fly.
+    pub fn normed(self, norm: RowNorm<'a>) -> Self {
+        Lhs {
+            norm: Some(norm),
+            ..self
+        }
+    }
+
+    fn check(&self) {
+        assert!(self.rs >= self.k, "dense: row stride below k");
+        assert!(
+            self.m == 0 || self.x.len() >= (self.m - 1) * self.rs + self.k,
+            "dense: lhs too short"
+        );
+        if let Some(n) = self.norm {
+            assert!(
+                n.inv_rms.len() >= self.m && n.weight.len() >= self.k,
+                "dense: norm too short"
+            );
+        }
+    }
+
+    /// The operand as a contiguous `[m, k]` buffer, normalised if asked (for products the
+    /// fused kernels do not run, e.g. packed or activation-quantized weights).
+    pub fn materialise(&self) -> std::borrow::Cow<'a, [f32]> {
+        match self.norm {
+            None if self.rs == self.k => std::borrow::Cow::Borrowed(&self.x[..self.m * self.k]),
+            _ => {
+                let mut out = Vec::with_capacity(self.m * self.k);
+                for i in 0..self.m {
+                    let row = &self.x[i * self.rs..i * self.rs + self.k];
+                    match self.norm {
+                        Some(n) => {
+                            let inv = n.inv_rms[i];
+                            out.extend(row.iter().zip(n.weight).map(|(v, w)| w * (v * inv)));
+                        }
+                        None => out.extend_from_slice(row),
+                    }
+                }
+                std::borrow::Cow::Owned(out)
+            }
+        }
+    }
+}
+
+/// What a product does with the rows it writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    /// `y = x · Wᵀ`.
+    Store,
+    /// `y += x · Wᵀ` (a residual connection).
+    Add,
+}
+
+/// `y[:, c..c + n_i] (=|+=) lhs · W_iᵀ` for the weights `W_i` (`[n_i, k]` row-major, `n_i =
+/// len / k`) side by side, `c` the sum of the earlier `n_i`: one pass over `lhs` for several
+/// linears of the same input (q, k and v). `y` has rows of stride `y_rs ≥ Σ n_i`.
+///
+/// ```
+/// use qwen3_quant_kernels::dense::{gemm_wt, Epilogue, Lhs};
+/// let x = [1.0f32, 2.0]; // [1, 2]
+/// let (a, b) = ([1.0f32, 0.0, 0.0, 1.0], [1.0f32, 1.0]); // [2, 2] and [1, 2]
+/// let mut y = [0.0f32; 3];
+/// gemm_wt(Lhs::new(&x, 1, 2), &[&a, &b], Epilogue::Store, &mut y, 3);
+/// assert_eq!(y, [1.0, 2.0, 3.0]);
+/// ```
+///
+/// # Panics
+/// If a slice is shorter than its shape says or a weight's length is not a multiple of `k`
+/// (internal invariants; callers check shapes).
+pub fn gemm_wt(lhs: Lhs<'_>, weights: &[&[f32]], epilogue: Epilogue, y: &mut [f32], y_rs: usize) {
+    lhs.check();
+    let k = lhs.k;
+    let n: usize = weights
+        .iter()
+        .map(|w| {
+            assert!(k > 0 && w.len() % k == 0, "dense: weight length not a multiple of k");
+            w.len() / k
+        })
+        .sum();
+    if lhs.m == 0 || n == 0 {
+        return;
+    }
+    assert!(y_rs >= n && y.len() >= (lhs.m - 1) * y_rs + n, "dense: y too short");
+    #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+    if blocked_available(lhs.m) {
+        let packed = pack_concat(weights, k);
+        let store = match epilogue {
+            Epilogue::Store => avx512::TileStore::Overwrite,
+            Epilogue::Add => avx512::TileStore::Add,
+        };
+        blocked(&lhs, &packed, n, store, y, y_rs);
+        return;
+    }
+    let x = rounded(lhs.materialise());
+    let mut col = 0;
+    for w in weights {
+        let ni = w.len() / k;
+        let w = rounded(std::borrow::Cow::Borrowed(w));
+        gemm_crate_wt(&x, lhs.m, k, &w, ni, &mut y[col..], y_rs, epilogue == Epilogue::Add);
+        col += ni;
+    }
+}
+
+/// The values rounded to bf16 when [`Compute::Bf16`] is selected (the fallback path).
+fn rounded(v: std::borrow::Cow<'_, [f32]>) -> std::borrow::Cow<'_, [f32]> {
+    match compute() {
+        Compute::F32 => v,
+        Compute::Bf16 => std::borrow::Cow::Owned(v.iter().map(|&x| round_bf16(x)).collect()),
+    }
+}
+
+/// SwiGLU's input of `down_proj`: `y[:, 0..n] = silu(lhs · gateᵀ) ⊙ (lhs · upᵀ)`, gate and up
+/// `[n, k]`, computed tile by tile so the `[m, n]` gate and up products are never stored.
+///
+/// ```
+/// use qwen3_quant_kernels::dense::{gemm_swiglu, Lhs};
+/// let x = [1.0f32, -1.0];
+/// let (gate, up) = ([2.0f32, 0.0], [1.0f32, 1.0]);
+/// let mut y = [0.0f32; 1];
+/// gemm_swiglu(Lhs::new(&x, 1, 2), &gate, &up, &mut y, 1);
+/// let silu2 = 2.0 / (1.0 + (-2.0f32).exp());
+/// assert!((y[0] - silu2 * 0.0).abs() < 1e-6);
+/// ```
+///
+/// # Panics
+/// As [`gemm_wt`]; also if `gate` and `up` differ in length.
+pub fn gemm_swiglu(lhs: Lhs<'_>, gate: &[f32], up: &[f32], y: &mut [f32], y_rs: usize) {
+    lhs.check();
+    let k = lhs.k;
+    assert!(
+        k > 0 && gate.len() == up.len() && gate.len() % k == 0,
+        "dense: gate/up shapes"
+    );
+    let n = gate.len() / k;
+    if lhs.m == 0 || n == 0 {
+        return;
+    }
+    assert!(y_rs >= n && y.len() >= (lhs.m - 1) * y_rs + n, "dense: y too short");
+    #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+    if blocked_available(lhs.m) {
+        let packed = pack_pairs(gate, up, k);
+        blocked(&lhs, &packed, n, avx512::TileStore::SiluMul, y, y_rs);
+        return;
+    }
+    let x = rounded(lhs.materialise());
+    let (gate, up) = (rounded(gate.into()), rounded(up.into()));
+    let mut g = vec![0.0f32; lhs.m * n];
+    let mut u = vec![0.0f32; lhs.m * n];
+    gemm_crate_wt(&x, lhs.m, k, &gate, n, &mut g, n, false);
+    gemm_crate_wt(&x, lhs.m, k, &up, n, &mut u, n, false);
+    for i in 0..lhs.m {
+        let (gr, ur) = (&g[i * n..(i + 1) * n], &u[i * n..(i + 1) * n]);
+        for ((o, &a), &b) in y[i * y_rs..i * y_rs + n].iter_mut().zip(gr).zip(ur) {
+            *o = silu(a) * b;
+        }
+    }
+}
+
+/// `ln Σ exp(row)`, stable (the maximum is subtracted first), with the sum accumulated in f64:
+/// the log-softmax normaliser of one row of logits. With AVX-512 the exponentials are 16-lane
+/// polynomials (about 2 ulp, summed in f64 lanes); elsewhere libm's `exp` in f64.
+pub fn log_sum_exp(row: &[f32]) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return max as f64;
+    }
+    #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+    if crate::dispatch::active_kernel() == crate::KernelChoice::Avx512 {
+        // SAFETY: AVX-512F is selected, so the CPU has it.
+        return max as f64 + unsafe { avx512::sum_exp_minus(row, max) }.ln();
+    }
+    let m = max as f64;
+    m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
+}
+
+/// `x · sigmoid(x)`, as the model's scalar path computes it.
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
 }
 
 /// `y[m, n] = x[m, k] · w[n, k]ᵀ` (overwrites `y`).
@@ -33,8 +364,31 @@ pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f3
         y[..m * n].fill(0.0);
         return;
     }
+    if compute() == Compute::Bf16 || cfg!(all(target_arch = "x86_64", qwen3_avx512)) && blocked_available(m) {
+        gemm_wt(Lhs::new(x, m, k), &[&w[..n * k]], Epilogue::Store, y, n);
+        return;
+    }
+    gemm_crate_wt(x, m, k, w, n, y, n, false);
+}
+
+/// The `gemm` crate's `y (+)= x · wᵀ` with `y` rows of stride `y_rs`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_crate_wt(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    y: &mut [f32],
+    y_rs: usize,
+    accumulate: bool,
+) {
+    assert!(
+        x.len() >= m * k && w.len() >= n * k && y.len() >= (m - 1) * y_rs + n,
+        "matmul_wt: shape mismatch"
+    );
     // SAFETY: the asserts above guarantee every index gemm touches is inside the slices:
-    // lhs (i, p) at i*k + p, rhs (p, j) at j*k + p, dst (i, j) at i*n + j.
+    // lhs (i, p) at i*k + p, rhs (p, j) at j*k + p, dst (i, j) at i*y_rs + j.
     unsafe {
         gemm(
             m,
@@ -42,21 +396,271 @@ pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f3
             k,
             y.as_mut_ptr(),
             1,
-            n as isize,
-            false,
+            y_rs as isize,
+            accumulate,
             x.as_ptr(),
             1,
             k as isize,
             w.as_ptr(),
             k as isize,
             1,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
             false,
             parallelism(m, n, k),
         );
+    }
+}
+
+/// Whether the blocked AVX-512 kernel takes a product of `m` rows.
+fn blocked_available(m: usize) -> bool {
+    cfg!(all(target_arch = "x86_64", qwen3_avx512))
+        && m >= MIN_BLOCKED_ROWS
+        && crate::dispatch::active_kernel() == crate::KernelChoice::Avx512
+}
+
+thread_local! {
+    /// Packed `X` blocks, reused across calls on this thread.
+    static A_PANELS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Packed weights, reused across calls made from this thread (taken out during a call, so a
+    /// nested call on the same thread simply allocates its own).
+    static B_PANELS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer of at least `len` floats whose contents are unspecified (every float the kernels
+/// read is written first), from `cell` when it is free.
+fn scratch(cell: &'static std::thread::LocalKey<RefCell<Vec<f32>>>, len: usize) -> Vec<f32> {
+    let mut v = cell.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    if v.len() < len {
+        v = vec![0.0f32; len];
+    }
+    v
+}
+
+fn give_back(cell: &'static std::thread::LocalKey<RefCell<Vec<f32>>>, v: Vec<f32>) {
+    cell.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() < v.len() {
+            *c = v;
+        }
+    });
+}
+
+/// Packed weights: panel `p` (`NR` output columns) is `[k][NR]` at `p·k·NR`.
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+struct PackedB {
+    data: Vec<f32>,
+    panels: usize,
+    /// Packed units per panel row (`k`, or `⌈k/2⌉` bf16 pairs).
+    units: usize,
+}
+
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+impl Drop for PackedB {
+    fn drop(&mut self) {
+        give_back(&B_PANELS, std::mem::take(&mut self.data));
+    }
+}
+
+/// Packs `[rows, k]` sources lane by lane: `src(p, l)` is the row feeding lane `l` of panel `p`.
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+fn pack_b<'w>(
+    flavor: Flavor,
+    panels: usize,
+    k: usize,
+    src: impl Fn(usize, usize) -> Option<&'w [f32]> + Sync,
+) -> PackedB {
+    use avx512::NR;
+    let ku = flavor.units(k);
+    let mut data = scratch(&B_PANELS, panels * ku * NR);
+    data[..panels * ku * NR]
+        .par_chunks_mut(ku * NR)
+        .enumerate()
+        .for_each(|(p, dst)| {
+            for l in 0..NR {
+                let Some(row) = src(p, l) else {
+                    (0..ku).for_each(|u| dst[u * NR + l] = 0.0);
+                    continue;
+                };
+                let row = &row[..k];
+                match flavor {
+                    Flavor::F32 => row.iter().enumerate().for_each(|(u, &v)| dst[u * NR + l] = v),
+                    Flavor::Bf16Emulated => row
+                        .iter()
+                        .enumerate()
+                        .for_each(|(u, &v)| dst[u * NR + l] = round_bf16(v)),
+                    Flavor::Bf16 => {
+                        for u in 0..ku {
+                            let hi = row.get(2 * u + 1).copied().unwrap_or(0.0);
+                            dst[u * NR + l] = bf16_pair(row[2 * u], hi);
+                        }
+                    }
+                }
+            }
+        });
+    PackedB {
+        data,
+        panels,
+        units: ku,
+    }
+}
+
+/// Panels of the weights side by side (output column `j` = lane `j % NR` of panel `j / NR`).
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+fn pack_concat(weights: &[&[f32]], k: usize) -> PackedB {
+    use avx512::NR;
+    let n: usize = weights.iter().map(|w| w.len() / k).sum();
+    let row = |j: usize| -> Option<&[f32]> {
+        let mut j = j;
+        for w in weights {
+            let ni = w.len() / k;
+            if j < ni {
+                return Some(&w[j * k..(j + 1) * k]);
+            }
+            j -= ni;
+        }
+        None
+    };
+    pack_b(Flavor::current(), n.div_ceil(NR), k, |p, l| row(p * NR + l))
+}
+
+/// Panels of 16 gate rows then the same 16 up rows (output columns `16p..16p + 16`).
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+fn pack_pairs(gate: &[f32], up: &[f32], k: usize) -> PackedB {
+    let n = gate.len() / k;
+    pack_b(Flavor::current(), n.div_ceil(16), k, |p, l| {
+        let (w, j) = if l < 16 { (gate, p * 16 + l) } else { (up, p * 16 + l - 16) };
+        (j < n).then(|| &w[j * k..(j + 1) * k])
+    })
+}
+
+/// Packs rows `i0..i0 + rows` and columns `k0..k0 + kc` of `lhs` into `MR`-row panels
+/// `[units][MR]` (rows past the end are zero; bf16 pairs for [`Flavor::Bf16`]).
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+#[allow(clippy::too_many_arguments)]
+fn pack_a(
+    flavor: Flavor,
+    lhs: &Lhs<'_>,
+    i0: usize,
+    rows: usize,
+    k0: usize,
+    kc: usize,
+    dst: &mut [f32],
+    row_buf: &mut [f32],
+) {
+    use avx512::MR;
+    let ku = flavor.units(kc);
+    for (r, panel) in dst[..rows.div_ceil(MR) * MR * ku].chunks_mut(MR * ku).enumerate() {
+        for i in 0..MR {
+            let row = i0 + r * MR + i;
+            if r * MR + i >= rows {
+                (0..ku).for_each(|u| panel[u * MR + i] = 0.0);
+                continue;
+            }
+            let src = &lhs.x[row * lhs.rs + k0..row * lhs.rs + k0 + kc];
+            let vals: &[f32] = match lhs.norm {
+                Some(n) => {
+                    let inv = n.inv_rms[row];
+                    for ((o, &v), &w) in row_buf.iter_mut().zip(src).zip(&n.weight[k0..k0 + kc]) {
+                        *o = w * (v * inv);
+                    }
+                    &row_buf[..kc]
+                }
+                None => src,
+            };
+            match flavor {
+                Flavor::F32 => vals.iter().enumerate().for_each(|(u, &v)| panel[u * MR + i] = v),
+                Flavor::Bf16Emulated => vals
+                    .iter()
+                    .enumerate()
+                    .for_each(|(u, &v)| panel[u * MR + i] = round_bf16(v)),
+                Flavor::Bf16 => {
+                    for u in 0..ku {
+                        let hi = vals.get(2 * u + 1).copied().unwrap_or(0.0);
+                        panel[u * MR + i] = bf16_pair(vals[2 * u], hi);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The blocked product over packed weights: output columns `n` (SiluMul: 16 per panel, else 32).
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+fn blocked(
+    lhs: &Lhs<'_>,
+    b: &PackedB,
+    n: usize,
+    store: avx512::TileStore,
+    y: &mut [f32],
+    y_rs: usize,
+) {
+    use avx512::{TileStore, MR, NR};
+    let flavor = Flavor::current();
+    let (m, k) = (lhs.m, lhs.k);
+    let kc_max = if store == TileStore::SiluMul { k } else { KC.min(k) };
+    let mc = ((A_BLOCK_FLOATS / kc_max).max(MR) / MR * MR).min(m.div_ceil(MR) * MR);
+    let m_blocks = m.div_ceil(mc);
+    let threads = rayon::current_num_threads().max(1);
+    let groups = (4 * threads).div_ceil(m_blocks).clamp(1, b.panels);
+    let per_group = b.panels.div_ceil(groups);
+    let out_per_panel = if store == TileStore::SiluMul { 16 } else { NR };
+    let y_addr = y.as_mut_ptr() as usize;
+    let task = |t: usize| {
+        let (mb, g) = (t / groups, t % groups);
+        let (i0, p0) = (mb * mc, g * per_group);
+        let rows = mc.min(m - i0);
+        let p1 = (p0 + per_group).min(b.panels);
+        let mut abuf = scratch(&A_PANELS, mc * kc_max + kc_max);
+        let (a, row_buf) = abuf.split_at_mut(mc * kc_max);
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = kc_max.min(k - k0);
+            let ku = flavor.units(kc);
+            pack_a(flavor, lhs, i0, rows, k0, kc, a, row_buf);
+            let st = if k0 > 0 { TileStore::Add } else { store };
+            for p in p0..p1 {
+                let bp = &b.data[p * b.units * NR + flavor.units(k0) * NR..];
+                let c0 = p * out_per_panel;
+                let cols = out_per_panel.min(n - c0);
+                for r in 0..rows.div_ceil(MR) {
+                    let c = (y_addr as *mut f32).wrapping_add((i0 + r * MR) * y_rs + c0);
+                    let ap = a[r * MR * ku..].as_ptr();
+                    let tile_rows = MR.min(rows - r * MR);
+                    // SAFETY: AVX-512F was checked by `blocked_available` (and AVX-512-BF16 by
+                    // `Flavor::current`); the packed panels hold ku·MR and ku·NR units; the
+                    // tile writes rows i0 + r·MR.. (< m) and columns c0..c0 + cols (≤ n ≤ y_rs)
+                    // of y, whose length was asserted; tasks write disjoint (row block, panel
+                    // range) parts of y.
+                    unsafe {
+                        if flavor == Flavor::Bf16 {
+                            avx512::tile_bf16(
+                                ku,
+                                ap as *const u32,
+                                bp.as_ptr() as *const u32,
+                                c,
+                                y_rs,
+                                tile_rows,
+                                cols,
+                                st,
+                            );
+                        } else {
+                            avx512::tile(ku, ap, bp.as_ptr(), NR, c, y_rs, tile_rows, cols, st);
+                        }
+                    }
+                }
+            }
+            k0 += kc;
+        }
+        give_back(&A_PANELS, abuf);
+    };
+    let tasks = m_blocks * groups;
+    if threads == 1 || (m * n * k) < 64 * 64 * 64 {
+        (0..tasks).for_each(task);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
     }
 }
 
@@ -201,6 +805,7 @@ mod tests {
 
     #[test]
     fn matmul_wt_matches_naive_on_odd_shapes() {
+        let _g = GLOBALS.lock().unwrap_or_else(|e| e.into_inner());
         for &(m, k, n) in &[(1, 1, 1), (3, 17, 5), (65, 130, 33), (128, 64, 96)] {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
@@ -214,6 +819,121 @@ mod tests {
             for (a, b) in y.iter().zip(&r) {
                 assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
             }
+        }
+    }
+
+    fn data(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 7919 + seed * 131) % 1009) as f32 - 504.0) / 300.0)
+            .collect()
+    }
+
+    fn close(got: &[f32], want: &[f32], what: &str) {
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!((a - b).abs() <= 2e-5 * (1.0 + b.abs()), "{what}[{i}]: {a} vs {b}");
+        }
+    }
+
+    /// Serialises the tests that change the process-wide kernel choice or arithmetic.
+    static GLOBALS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Every kernel choice this CPU has (the blocked path and the `gemm` crate fallback), with
+    /// the arithmetic `compute`.
+    fn each_kernel(compute: Compute, f: impl Fn()) {
+        let _g = GLOBALS.lock().unwrap_or_else(|e| e.into_inner());
+        set_compute(compute);
+        for c in crate::available_kernels() {
+            crate::set_kernel_choice(Some(c));
+            f();
+        }
+        crate::set_kernel_choice(None);
+        set_compute(Compute::F32);
+    }
+
+    #[test]
+    fn bf16_products_are_f32_products_of_rounded_operands() {
+        for &(m, k, n) in &[(3, 7, 5), (40, 515, 70), (33, 64, 16)] {
+            // Small values: sums of order 1, so silu(g)·u does not amplify rounding.
+            let small = |v: Vec<f32>| v.into_iter().map(|a| a * 0.05).collect::<Vec<f32>>();
+            let x = small(data(m * k, 7));
+            let w = data(n * k, 8);
+            let up = data(n * k, 9);
+            let gamma = data(k, 10);
+            let inv: Vec<f32> = (0..m).map(|i| 0.7 + i as f32 * 0.003).collect();
+            let xn: Vec<f32> = (0..m * k)
+                .map(|t| round_bf16(gamma[t % k] * (x[t] * inv[t / k])))
+                .collect();
+            let r = |v: &[f32]| v.iter().map(|&a| round_bf16(a)).collect::<Vec<f32>>();
+            let want = naive_wt(&xn, m, k, &r(&w), n);
+            let want_u = naive_wt(&xn, m, k, &r(&up), n);
+            // The f32 product differs from the bf16 one by far more than the tolerance.
+            let exact = naive_wt(&x, m, k, &w, n);
+            assert!(exact.iter().zip(&naive_wt(&r(&x), m, k, &r(&w), n)).any(|(a, b)| (a - b).abs() > 1e-4 * (1.0 + b.abs())));
+            each_kernel(Compute::Bf16, || {
+                let lhs = Lhs::new(&x, m, k).normed(RowNorm { inv_rms: &inv, weight: &gamma });
+                let mut y = vec![f32::NAN; m * n];
+                gemm_wt(lhs, &[&w], Epilogue::Store, &mut y, n);
+                close(&y, &want, "bf16 gemm_wt");
+                let mut y = vec![f32::NAN; m * n];
+                gemm_swiglu(lhs, &w, &up, &mut y, n);
+                let sw: Vec<f32> = want.iter().zip(&want_u).map(|(&g, &u)| silu(g) * u).collect();
+                close(&y, &sw, "bf16 gemm_swiglu");
+                let xr = r(&x);
+                let mut y = vec![f32::NAN; m * n];
+                matmul_wt(&x, m, k, &w, n, &mut y);
+                close(&y, &naive_wt(&xr, m, k, &r(&w), n), "bf16 matmul_wt");
+            });
+        }
+    }
+
+    #[test]
+    fn fused_products_match_the_straightforward_ones() {
+        // Odd shapes: row/column edges of the 14 × 32 tile, k over KC, strided rows.
+        for &(m, k, n1, n2) in &[(1, 3, 2, 1), (17, 5, 33, 7), (45, 700, 40, 24), (130, 64, 96, 0)] {
+            let rs = k + 3;
+            let x = data(m * rs, 1);
+            let (w1, w2) = (data(n1 * k, 2), data(n2 * k, 3));
+            let gamma = data(k, 4);
+            let inv: Vec<f32> = (0..m).map(|i| 0.5 + i as f32 * 0.01).collect();
+            // Reference: normalise, then each product with the naive loop.
+            let xn: Vec<f32> = (0..m)
+                .flat_map(|i| (0..k).map(move |j| (i, j)))
+                .map(|(i, j)| gamma[j] * (x[i * rs + j] * inv[i]))
+                .collect();
+            let (r1, r2) = (naive_wt(&xn, m, k, &w1, n1), naive_wt(&xn, m, k, &w2, n2));
+            let n = n1 + n2;
+            let y_rs = n + 5;
+            let base = data(m * y_rs, 5);
+            each_kernel(Compute::F32, || {
+                let lhs = Lhs { x: &x, m, k, rs, norm: None }.normed(RowNorm { inv_rms: &inv, weight: &gamma });
+                for epi in [Epilogue::Store, Epilogue::Add] {
+                    let mut y = base.clone();
+                    gemm_wt(lhs, &[&w1, &w2], epi, &mut y, y_rs);
+                    for i in 0..m {
+                        let add = |j: usize| if epi == Epilogue::Add { base[i * y_rs + j] } else { 0.0 };
+                        let want: Vec<f32> = (0..n1)
+                            .map(|j| add(j) + r1[i * n1 + j])
+                            .chain((0..n2).map(|j| add(n1 + j) + r2[i * n2 + j]))
+                            .collect();
+                        close(&y[i * y_rs..i * y_rs + n], &want, "gemm_wt");
+                        assert_eq!(y[i * y_rs + n..(i + 1) * y_rs], base[i * y_rs + n..(i + 1) * y_rs]);
+                    }
+                }
+                if n2 == 0 {
+                    return;
+                }
+                let up = data(n1 * k, 6);
+                let ru = naive_wt(&xn, m, k, &up, n1);
+                let mut y = base.clone();
+                gemm_swiglu(lhs, &w1, &up, &mut y, y_rs);
+                for i in 0..m {
+                    let want: Vec<f32> = (0..n1)
+                        .map(|j| silu(r1[i * n1 + j]) * ru[i * n1 + j])
+                        .collect();
+                    close(&y[i * y_rs..i * y_rs + n1], &want, "gemm_swiglu");
+                    assert_eq!(y[i * y_rs + n1..(i + 1) * y_rs], base[i * y_rs + n1..(i + 1) * y_rs]);
+                }
+            });
         }
     }
 

@@ -8,8 +8,9 @@
 //!   that never materialise the whole f32 weight, and an optional per-input-column scale
 //!   (SmoothQuant's `x / s`, [`PackedMatrix::with_input_scale`]);
 //! * [`BinaryMatrix`]: BiLLM's binary residual weights (salient columns binarized twice, the rest
-//!   in two binary groups, a mean and scale per binarization), 2 bits per weight, computed on by
-//!   one table lookup per 16 columns;
+//!   in two binary groups, a mean and scale per binarization), 2 bits per weight plus an 8-entry
+//!   int8 table per (row, block) (about 2.63 bits per weight), computed on by one table lookup
+//!   per 64 columns with int8 activations (`vpshufb` + `vpdpbusd`);
 //! * [`gptq_format`] and [`awq_format`]: bit-exact packers for the GPTQ and AutoAWQ checkpoint layouts;
 //! * [`int8`]: W8A8 (SmoothQuant-style) per-token activation quantization and an int8 GEMM with
 //!   exact i32 accumulation (AVX-512-VNNI when available);
@@ -91,6 +92,7 @@
 pub mod awq_format;
 pub mod bench;
 mod binary;
+pub mod attention;
 pub mod dense;
 mod dispatch;
 pub mod gptq_format;
@@ -100,9 +102,12 @@ pub mod tolerance;
 
 mod arch;
 
-pub use binary::{BinaryMatrix, BinaryParams, BINARY_BLOCK};
+pub use binary::{
+    table_index, BinaryMatrix, BinaryParams, BinaryTable, BINARY_BLOCK, BINARY_CHUNK,
+    BINARY_TABLE_BITS,
+};
 pub use dispatch::{active_kernel, available_kernels, set_kernel_choice, KernelChoice};
-pub use packed::PackedMatrix;
+pub use packed::{prefill_int8, set_prefill_int8, PackedMatrix};
 
 /// Errors reported by the kernels crate. Bad inputs always produce one of these, never a panic.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

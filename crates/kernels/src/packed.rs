@@ -15,6 +15,9 @@
 use rayon::prelude::*;
 
 use crate::dispatch::{active_kernel, KernelChoice};
+
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+mod q8_gemm;
 use crate::{check_len, checked_mul, KernelError, Result};
 
 /// Columns per superblock (row padding unit).
@@ -798,7 +801,28 @@ impl PackedMatrix {
         Q8Prep { xq_a, dx_a, gidx }
     }
 
-    /// `y[m, rows] = x[m, cols] · Wᵀ` (prefill path), using [`active_kernel`].
+    /// `y[m, rows] = x[m, cols] · Wᵀ` with **int8 activations** for more than 4 tokens (the
+    /// prefill counterpart of [`PackedMatrix::gemv_q8`]: activations quantized per token and per
+    /// 32-column block, exact i32 `vpdpbusd` sums per block scaled by `scale·dx`, the offset
+    /// term on the exact activation sums). Where it does not apply (no AVX-512-VNNI, groups not
+    /// whole 32-column blocks) it is [`PackedMatrix::gemm`] with f32 activations.
+    ///
+    /// # Errors
+    /// [`KernelError::ShapeMismatch`] if `x.len() != m·cols` or `y.len() != m·rows`.
+    pub fn gemm_q8(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+        check_len("x", checked_mul("x", m, self.cols)?, x.len())?;
+        check_len("y", checked_mul("y", m, self.rows)?, y.len())?;
+        #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+        if m > GEMV_MAX_TOKENS && self.rows > 0 && self.q8_gemm_applies() {
+            self.gemm_q8_vnni(x, m, y);
+            return Ok(());
+        }
+        self.gemm_with(active_kernel(), x, m, y)
+    }
+
+    /// `y[m, rows] = x[m, cols] · Wᵀ` (prefill path), using [`active_kernel`]: f32 activations
+    /// ([`PackedMatrix::gemm_with`]) unless int8 prefill activations were selected
+    /// ([`set_prefill_int8`] or `QWEN3_QUANT_GEMM=q8`), then [`PackedMatrix::gemm_q8`].
     ///
     /// Small `m` runs the GEMV kernel per token. Otherwise the weight is dequantized one
     /// `[ROW_BLOCK, K_PANEL]` tile at a time into a per-task scratch buffer (cache resident) and
@@ -807,11 +831,25 @@ impl PackedMatrix {
     /// # Errors
     /// [`KernelError::ShapeMismatch`] if `x.len() != m·cols` or `y.len() != m·rows`.
     pub fn gemm(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+        if prefill_int8() {
+            return self.gemm_q8(x, m, y);
+        }
         self.gemm_with(active_kernel(), x, m, y)
     }
 
     /// [`PackedMatrix::gemm`] with an explicit implementation (clamped to what the CPU supports).
     pub fn gemm_with(
+        &self,
+        choice: KernelChoice,
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+    ) -> Result<()> {
+        self.gemm_exact_with(choice, x, m, y)
+    }
+
+    /// The f32-activation GEMM.
+    fn gemm_exact_with(
         &self,
         choice: KernelChoice,
         x: &[f32],
@@ -1024,6 +1062,33 @@ pub(crate) fn quantize_x_q8_scalar(xs: &[f32], block: usize, q: &mut [i8], dx: &
                 *qv = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
             }
         }
+    }
+}
+
+/// 0: not set (read `QWEN3_QUANT_GEMM`), 1: exact, 2: int8.
+static PREFILL_INT8: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Selects int8 activations (`Some(true)`), f32 activations (`Some(false)`) or the environment's
+/// choice (`None`: `QWEN3_QUANT_GEMM=q8` for int8, read once; f32 otherwise) for
+/// [`PackedMatrix::gemm`], process-wide. The GEMV (decode) has its own switch.
+pub fn set_prefill_int8(choice: Option<bool>) {
+    let v = match choice {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    };
+    PREFILL_INT8.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether [`PackedMatrix::gemm`] quantizes activations to int8 (see [`set_prefill_int8`]).
+pub fn prefill_int8() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    match PREFILL_INT8.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => *ENV.get_or_init(|| {
+            std::env::var("QWEN3_QUANT_GEMM").is_ok_and(|v| v.trim().eq_ignore_ascii_case("q8"))
+        }),
     }
 }
 

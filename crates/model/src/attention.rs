@@ -2,7 +2,8 @@
 //! attention, o_proj. The core (everything before `o_proj`) is exposed separately because the
 //! calibration driver observes `o_proj`'s input.
 
-use qwen3_quant_kernels::dense;
+use qwen3_quant_kernels::attention::{self, CausalShape};
+use qwen3_quant_kernels::dense::{self, Epilogue, Lhs};
 use rayon::prelude::*;
 
 use crate::error::Result;
@@ -59,6 +60,7 @@ impl Attention {
     /// `pos0 + r % seq` (rows are `seq`-token sequences, or one continuation when `seq = n`).
     fn qkv(
         &self,
+        proj: [&LinearWeight; 3],
         x: &[f32],
         n: usize,
         seq: usize,
@@ -66,9 +68,10 @@ impl Attention {
         rope: &Rope,
     ) -> Result<[Vec<f32>; 3]> {
         let hd = self.head_dim;
-        let mut q = self.q_proj.apply(x, n)?;
-        let mut k = self.k_proj.apply(x, n)?;
-        let v = self.v_proj.apply(x, n)?;
+        let [q_proj, k_proj, v_proj] = proj;
+        let mut q = q_proj.apply(x, n)?;
+        let mut k = k_proj.apply(x, n)?;
+        let v = v_proj.apply(x, n)?;
         let (qd, kd) = (self.heads * hd, self.kv_heads * hd);
         q.par_chunks_mut(qd).enumerate().for_each(|(row, r)| {
             rms_norm_in_place(r, &self.q_norm, self.eps);
@@ -96,7 +99,7 @@ impl Attention {
         let hd = self.head_dim;
         let (qd, kd) = (self.heads * hd, self.kv_heads * hd);
         let pos0 = cache.positions(kd);
-        let [q, k, v] = self.qkv(x, m, m, pos0, rope)?;
+        let [q, k, v] = self.qkv(self.projections(), x, m, m, pos0, rope)?;
         cache.k.extend_from_slice(&k);
         cache.v.extend_from_slice(&v);
         let group = self.heads / self.kv_heads;
@@ -130,17 +133,148 @@ impl Attention {
     /// Attention output before `o_proj`, `[batch·seq, heads·head_dim]`, from the normed input
     /// `x` `[batch·seq, hidden]`.
     pub fn core(&self, x: &[f32], batch: usize, seq: usize, rope: &Rope) -> Result<Vec<f32>> {
+        self.core_with(self.projections(), x, batch, seq, rope)
+    }
+
+    /// The current q/k/v projections.
+    pub fn projections(&self) -> [&LinearWeight; 3] {
+        [&self.q_proj, &self.k_proj, &self.v_proj]
+    }
+
+    /// [`Attention::core`] with other q/k/v projection weights (candidates of a layer-level
+    /// transform search); the norms, RoPE and attention are this module's.
+    pub fn core_with(
+        &self,
+        proj: [&LinearWeight; 3],
+        x: &[f32],
+        batch: usize,
+        seq: usize,
+        rope: &Rope,
+    ) -> Result<Vec<f32>> {
+        let n = batch * seq;
+        let k = proj[0].in_features();
+        if x.len() != n * k {
+            return Err(crate::ModelError::Shape {
+                what: "attention input",
+                expected: n * k,
+                got: x.len(),
+            });
+        }
+        self.core_lhs(proj, Lhs::new(x, n, k), batch, seq, rope)
+    }
+
+    /// [`Attention::core_with`] on an input given as a product operand (possibly normalised on
+    /// the fly by the fused kernels, see [`dense::RowNorm`]).
+    pub(crate) fn core_lhs(
+        &self,
+        proj: [&LinearWeight; 3],
+        x: Lhs<'_>,
+        batch: usize,
+        seq: usize,
+        rope: &Rope,
+    ) -> Result<Vec<f32>> {
+        let n = batch * seq;
+        let hd = self.head_dim;
+        let (qd, kd) = (self.heads * hd, self.kv_heads * hd);
+        let (qkv, w) = self.qkv_fused(proj, x, seq, rope)?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        if attention::fused_available() {
+            let mut out = vec![0.0f32; n * qd];
+            let shape = CausalShape {
+                batch,
+                seq,
+                heads: self.heads,
+                kv_heads: self.kv_heads,
+                head_dim: hd,
+                scale,
+            };
+            attention::causal_attention(shape, &qkv, w, &qkv[qd..], &qkv[qd + kd..], w, &mut out, qd);
+            return Ok(out);
+        }
+        let split = |c0: usize, width: usize| -> Vec<f32> {
+            qkv.chunks(w).flat_map(|r| r[c0..c0 + width].iter().copied()).collect()
+        };
+        let (q, k, v) = (split(0, qd), split(qd, kd), split(qd + kd, kd));
+        drop(qkv);
+        Ok(self.attend_unfused(&q, &k, &v, batch, seq, scale))
+    }
+
+    /// q | k | v side by side, `[n, qd + 2·kd]` (and that row width), after the per-head norms
+    /// and RoPE; one fused product when all three projections are dense.
+    fn qkv_fused(
+        &self,
+        proj: [&LinearWeight; 3],
+        x: Lhs<'_>,
+        seq: usize,
+        rope: &Rope,
+    ) -> Result<(Vec<f32>, usize)> {
+        let (n, hd) = (x.m, self.head_dim);
+        let (qd, kd) = (self.heads * hd, self.kv_heads * hd);
+        let w = qd + 2 * kd;
+        for (p, out) in proj.iter().zip([qd, kd, kd]) {
+            if p.out_features() != out {
+                return Err(crate::ModelError::Shape {
+                    what: "attention projection rows",
+                    expected: out,
+                    got: p.out_features(),
+                });
+            }
+            if p.in_features() != x.k {
+                return Err(crate::ModelError::Shape {
+                    what: "attention projection columns",
+                    expected: x.k,
+                    got: p.in_features(),
+                });
+            }
+        }
+        let mut qkv = vec![0.0f32; n * w];
+        match proj {
+            [LinearWeight::Dense { weight: wq, .. }, LinearWeight::Dense { weight: wk, .. }, LinearWeight::Dense { weight: wv, .. }] => {
+                dense::gemm_wt(x, &[wq, wk, wv], Epilogue::Store, &mut qkv, w)
+            }
+            _ => {
+                let xm = x.materialise();
+                let mut c0 = 0;
+                for p in proj {
+                    let y = p.apply(&xm, n)?;
+                    let width = p.out_features();
+                    qkv.par_chunks_mut(w)
+                        .zip(y.par_chunks(width))
+                        .for_each(|(d, s)| d[c0..c0 + width].copy_from_slice(s));
+                    c0 += width;
+                }
+            }
+        }
+        qkv.par_chunks_mut(w).enumerate().for_each(|(row, r)| {
+            let (q, rest) = r.split_at_mut(qd);
+            let pos = row % seq;
+            rms_norm_in_place(q, &self.q_norm, self.eps);
+            q.chunks_mut(hd).for_each(|h| rope.apply(h, pos));
+            let k = &mut rest[..kd];
+            rms_norm_in_place(k, &self.k_norm, self.eps);
+            k.chunks_mut(hd).for_each(|h| rope.apply(h, pos));
+        });
+        Ok((qkv, w))
+    }
+
+    /// The straightforward attention (head-major copies, the `gemm` crate for `Q·Kᵀ` and `P·V`,
+    /// a row softmax), used where the fused kernel does not run and as its reference in tests.
+    pub(crate) fn attend_unfused(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        batch: usize,
+        seq: usize,
+        scale: f32,
+    ) -> Vec<f32> {
         let n = batch * seq;
         let hd = self.head_dim;
         let qd = self.heads * hd;
-        let [q, k, v] = self.qkv(x, n, seq, 0, rope)?;
-        let qh = to_head_major(&q, batch, seq, self.heads, hd);
-        let kh = to_head_major(&k, batch, seq, self.kv_heads, hd);
-        let vh = to_head_major(&v, batch, seq, self.kv_heads, hd);
-        drop((q, k, v));
-
+        let qh = to_head_major(q, batch, seq, self.heads, hd);
+        let kh = to_head_major(k, batch, seq, self.kv_heads, hd);
+        let vh = to_head_major(v, batch, seq, self.kv_heads, hd);
         let group = self.heads / self.kv_heads;
-        let scale = 1.0 / (hd as f32).sqrt();
         let mut out_h = vec![0.0f32; n * qd];
         out_h
             .par_chunks_mut(seq * hd)
@@ -154,7 +288,7 @@ impl Attention {
                 let vv = &vh[kv_off..kv_off + seq * hd];
                 causal_head(q, kk, vv, seq, hd, scale, out);
             });
-        Ok(from_head_major(&out_h, batch, seq, self.heads, hd))
+        from_head_major(&out_h, batch, seq, self.heads, hd)
     }
 
     /// Full attention: core then `o_proj`, `[batch·seq, hidden]`.

@@ -44,6 +44,9 @@ pub enum ModelError {
     /// A packed-kernel failure.
     #[error(transparent)]
     Kernel(#[from] qwen3_quant_kernels::KernelError),
+    /// Activation quantization could not be set up (see [`crate::act_quant`]).
+    #[error(transparent)]
+    ActQuant(#[from] crate::act_quant::ActQuantError),
     /// The tokenizer failed to load or encode.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

@@ -7,7 +7,9 @@ use crate::attention::{Attention, LayerKv};
 use crate::error::{ModelError, Result};
 use crate::linear::LinearWeight;
 use crate::mlp::{Mlp, MoeBlock};
-use crate::norm::rms_norm;
+use crate::mlp::swiglu_lhs;
+use crate::norm::{inv_rms_rows, rms_norm};
+use qwen3_quant_kernels::dense::{self, Epilogue, Lhs, RowNorm};
 use crate::observer::{Observer, Site};
 use crate::rope::Rope;
 
@@ -37,6 +39,28 @@ pub struct DecoderLayer {
     pub eps: f32,
 }
 
+/// `h += x · Wᵀ`: the product's epilogue adds it to the residual when `w` is dense.
+fn add_product(w: &LinearWeight, x: &[f32], m: usize, h: &mut [f32]) -> Result<()> {
+    let (n, k) = (w.out_features(), w.in_features());
+    match w {
+        LinearWeight::Dense { weight, .. } if x.len() == m * k && h.len() == m * n => {
+            dense::gemm_wt(Lhs::new(x, m, k), &[weight], Epilogue::Add, h, n);
+        }
+        _ => {
+            let y = w.apply(x, m)?;
+            if y.len() != h.len() {
+                return Err(ModelError::Shape {
+                    what: "residual",
+                    expected: h.len(),
+                    got: y.len(),
+                });
+            }
+            add_in_place(h, &y);
+        }
+    }
+    Ok(())
+}
+
 /// `a += b` elementwise.
 pub fn add_in_place(a: &mut [f32], b: &[f32]) {
     a.par_chunks_mut(8192)
@@ -64,6 +88,10 @@ impl DecoderLayer {
     }
 
     /// Runs the layer in place on `h` `[batch·seq, hidden]`, reporting linear inputs to `obs`.
+    ///
+    /// The norms run inside the products that consume them and the residual adds inside the
+    /// products that produce them (see [`qwen3_quant_kernels::dense`]); an input an observer
+    /// wants is materialised first.
     pub fn forward(
         &self,
         h: &mut [f32],
@@ -74,12 +102,27 @@ impl DecoderLayer {
     ) -> Result<()> {
         let n = batch * seq;
         let li = self.index;
-        let x = self.attn_input(h);
-        if obs.wants(li, Site::AttnInput) {
-            obs.observe(li, Site::AttnInput, &x, n, x.len() / n.max(1));
+        let hidden = self.input_layernorm.len();
+        if h.len() != n * hidden {
+            return Err(ModelError::Shape {
+                what: "hidden states",
+                expected: n * hidden,
+                got: h.len(),
+            });
         }
-        let core = self.attn.core(&x, batch, seq, rope)?;
-        drop(x);
+        let core = if obs.wants(li, Site::AttnInput) {
+            let x = self.attn_input(h);
+            obs.observe(li, Site::AttnInput, &x, n, hidden);
+            self.attn.core(&x, batch, seq, rope)?
+        } else {
+            let inv = inv_rms_rows(h, hidden, self.eps);
+            let norm = RowNorm {
+                inv_rms: &inv,
+                weight: &self.input_layernorm,
+            };
+            let x = Lhs::new(h, n, hidden).normed(norm);
+            self.attn.core_lhs(self.attn.projections(), x, batch, seq, rope)?
+        };
         self.finish(h, core, n, obs)
     }
 
@@ -107,29 +150,40 @@ impl DecoderLayer {
         obs: &mut dyn Observer,
     ) -> Result<()> {
         let li = self.index;
+        let hidden = self.post_attention_layernorm.len();
         if obs.wants(li, Site::OInput) {
             obs.observe(li, Site::OInput, &core, n, core.len() / n.max(1));
         }
-        let attn_out = self.attn.o_proj.apply(&core, n)?;
+        add_product(&self.attn.o_proj, &core, n, h)?;
         drop(core);
-        add_in_place(h, &attn_out);
-        drop(attn_out);
-        let x = self.mlp_input(h);
-        if obs.wants(li, Site::MlpInput) {
-            obs.observe(li, Site::MlpInput, &x, n, x.len() / n.max(1));
-        }
-        let y = match &self.ffn {
-            FeedForward::Dense(mlp) => {
-                let act = mlp.activation(&x, n)?;
-                if obs.wants(li, Site::DownInput) {
-                    obs.observe(li, Site::DownInput, &act, n, act.len() / n.max(1));
-                }
-                mlp.down.apply(&act, n)?
+        let FeedForward::Dense(mlp) = &self.ffn else {
+            let FeedForward::Moe(moe) = &self.ffn else {
+                unreachable!("two kinds of feed-forward")
+            };
+            let x = self.mlp_input(h);
+            if obs.wants(li, Site::MlpInput) {
+                obs.observe(li, Site::MlpInput, &x, n, hidden);
             }
-            FeedForward::Moe(moe) => moe.forward(&x, n, li, obs)?,
+            let y = moe.forward(&x, n, li, obs)?;
+            add_in_place(h, &y);
+            return Ok(());
         };
-        add_in_place(h, &y);
-        Ok(())
+        let act = if obs.wants(li, Site::MlpInput) {
+            let x = self.mlp_input(h);
+            obs.observe(li, Site::MlpInput, &x, n, hidden);
+            mlp.activation(&x, n)?
+        } else {
+            let inv = inv_rms_rows(h, hidden, self.eps);
+            let norm = RowNorm {
+                inv_rms: &inv,
+                weight: &self.post_attention_layernorm,
+            };
+            swiglu_lhs(&mlp.gate, &mlp.up, Lhs::new(h, n, hidden).normed(norm))?
+        };
+        if obs.wants(li, Site::DownInput) {
+            obs.observe(li, Site::DownInput, &act, n, act.len() / n.max(1));
+        }
+        add_product(&mlp.down, &act, n, h)
     }
 
     /// The linear identified by `kind` (and `expert` for MoE MLPs).
@@ -152,7 +206,7 @@ impl DecoderLayer {
         }
     }
 
-    fn linear_mut(&mut self, kind: LinearKind, expert: Option<usize>) -> Option<&mut LinearWeight> {
+    pub(crate) fn linear_mut(&mut self, kind: LinearKind, expert: Option<usize>) -> Option<&mut LinearWeight> {
         match (kind, expert, &mut self.ffn) {
             (LinearKind::Q, None, _) => Some(&mut self.attn.q_proj),
             (LinearKind::K, None, _) => Some(&mut self.attn.k_proj),
@@ -231,5 +285,67 @@ impl DecoderLayer {
             });
         }
         Ok(std::mem::replace(slot, weight))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fused layer (norms inside the products, residual adds and `silu·up` in their
+    //! epilogues, flash-style attention) against the straightforward composition of the same
+    //! steps, on the bundled model's first layer.
+    use super::*;
+    use crate::observer::NoObserver;
+    use crate::Qwen3Model;
+
+    const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
+
+    fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+
+    /// One layer step by step, every intermediate materialised (what the layer did before the
+    /// fused kernels).
+    fn layer_unfused(l: &DecoderLayer, h: &[f32], batch: usize, seq: usize, rope: &Rope) -> Vec<f32> {
+        let n = batch * seq;
+        let a = &l.attn;
+        let x = l.attn_input(h);
+        let (q, k, v) = (a.q_proj.apply(&x, n).unwrap(), a.k_proj.apply(&x, n).unwrap(), a.v_proj.apply(&x, n).unwrap());
+        let hd = a.head_dim;
+        let normed = |mut t: Vec<f32>, w: &[f32]| {
+            let width = t.len() / n;
+            for (row, r) in t.chunks_mut(width).enumerate() {
+                crate::norm::rms_norm_in_place(r, w, a.eps);
+                r.chunks_mut(hd).for_each(|hh| rope.apply(hh, row % seq));
+            }
+            t
+        };
+        let (q, k) = (normed(q, &a.q_norm), normed(k, &a.k_norm));
+        let core = a.attend_unfused(&q, &k, &v, batch, seq, 1.0 / (hd as f32).sqrt());
+        let mut h = h.to_vec();
+        add_in_place(&mut h, &a.o_proj.apply(&core, n).unwrap());
+        let x = l.mlp_input(&h);
+        let FeedForward::Dense(mlp) = &l.ffn else { unreachable!() };
+        let g = mlp.gate.apply(&x, n).unwrap();
+        let u = mlp.up.apply(&x, n).unwrap();
+        let act: Vec<f32> = g.iter().zip(&u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect();
+        add_in_place(&mut h, &mlp.down.apply(&act, n).unwrap());
+        h
+    }
+
+    #[test]
+    fn fused_layer_matches_the_step_by_step_one() {
+        let model = Qwen3Model::load(format!("{ASSETS}/models/qwen3-micro")).unwrap();
+        let l = &model.layers[0];
+        // Two sequences; 300 tokens cross the 14-row panels, 32-key tiles and 256-key chunks.
+        let (batch, seq) = (2, 300);
+        let rope = model.rope(seq);
+        let ids: Vec<u32> = (0..batch * seq).map(|i| ((i * 7919 + 3) % 8192) as u32).collect();
+        let h0 = model.embed(&ids).unwrap();
+        let want = layer_unfused(l, &h0, batch, seq, &rope);
+        let mut got = h0.clone();
+        l.forward(&mut got, batch, seq, &rope, &mut NoObserver).unwrap();
+        let d = rel_diff(&got, &want);
+        assert!(d < 2e-6, "fused layer differs by {d} (relative to max |h|)");
     }
 }

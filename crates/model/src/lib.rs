@@ -17,8 +17,11 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod act_quant;
 pub mod attention;
+pub mod chat;
 mod error;
+pub mod generation;
 pub mod layer;
 pub mod linear;
 pub mod mlp;
@@ -28,7 +31,9 @@ pub mod observer;
 pub mod rope;
 mod softmax;
 pub mod tokenizer;
+pub mod transform;
 
+pub use act_quant::{ActExecution, ActQuantError, ActQuantSummary, ActQuantizer, SmoothingInput};
 pub use attention::LayerKv;
 pub use error::{ModelError, Result};
 pub use layer::{DecoderLayer, FeedForward};
@@ -38,3 +43,4 @@ pub use observer::{NoObserver, Observer, Site};
 pub use qwen3_quant_io::ModelConfig;
 pub use rope::Rope;
 pub use tokenizer::Tokenizer;
+pub use transform::{BlockInput, LinearOverrides};

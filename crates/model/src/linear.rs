@@ -1,7 +1,9 @@
 //! Linear layers whose weight representation can be swapped without touching the rest of the model.
 
+use qwen3_quant_kernels::int8::Int8Matrix;
 use qwen3_quant_kernels::{dense, BinaryMatrix, PackedMatrix};
 
+use crate::act_quant::ActQuantizer;
 use crate::error::{ModelError, Result};
 
 /// The weight of one `nn.Linear` (no bias in Qwen3): `y = x · Wᵀ`, `W` `[out, in]`.
@@ -21,6 +23,22 @@ pub enum LinearWeight {
     Packed(PackedMatrix),
     /// Packed BiLLM binary weights computed on directly by the binary kernels.
     Binary(BinaryMatrix),
+    /// Any weight whose input is fake-quantized per token first (`act`, see
+    /// [`crate::act_quant`]): quantize, dequantize, then `inner`'s own product.
+    ActQuant {
+        /// The weight (in the smoothed input space when `act` carries smoothing factors).
+        inner: Box<LinearWeight>,
+        /// The per-token activation quantizer.
+        act: ActQuantizer,
+    },
+    /// Real integer execution (W8A8, W4A8, …): per-row symmetric int8 weight codes, the input
+    /// quantized per token by `act` to int8 codes, exact i32 products ([`Int8Matrix`]).
+    Int8 {
+        /// Weight codes and per-row scales.
+        matrix: Int8Matrix,
+        /// The per-token activation quantizer.
+        act: ActQuantizer,
+    },
 }
 
 impl LinearWeight {
@@ -46,6 +64,8 @@ impl LinearWeight {
             LinearWeight::Dense { out_features, .. } => *out_features,
             LinearWeight::Packed(p) => p.rows(),
             LinearWeight::Binary(b) => b.rows(),
+            LinearWeight::ActQuant { inner, .. } => inner.out_features(),
+            LinearWeight::Int8 { matrix, .. } => matrix.rows(),
         }
     }
 
@@ -55,15 +75,19 @@ impl LinearWeight {
             LinearWeight::Dense { in_features, .. } => *in_features,
             LinearWeight::Packed(p) => p.cols(),
             LinearWeight::Binary(b) => b.cols(),
+            LinearWeight::ActQuant { inner, .. } => inner.in_features(),
+            LinearWeight::Int8 { matrix, .. } => matrix.cols(),
         }
     }
 
-    /// The weight as dense f32 `[out, in]` (dequantized if packed).
+    /// The weight as dense f32 `[out, in]` (dequantized if packed; for activation-quantized
+    /// linears the weight alone, in the original input space).
     pub fn to_dense(&self) -> Vec<f32> {
         match self {
             LinearWeight::Dense { weight, .. } => weight.clone(),
             LinearWeight::Packed(p) => p.dequantize(),
             LinearWeight::Binary(b) => b.dequantize(),
+            LinearWeight::ActQuant { .. } | LinearWeight::Int8 { .. } => self.to_dense_act_quant(),
         }
     }
 
@@ -73,6 +97,9 @@ impl LinearWeight {
             LinearWeight::Dense { weight, .. } => weight.len() * 4,
             LinearWeight::Packed(p) => p.storage_bytes(),
             LinearWeight::Binary(b) => b.storage_bytes(),
+            LinearWeight::ActQuant { .. } | LinearWeight::Int8 { .. } => {
+                self.storage_bytes_act_quant()
+            }
         }
     }
 
@@ -98,6 +125,9 @@ impl LinearWeight {
             LinearWeight::Packed(p) if m == 1 => p.gemv(x, y)?,
             LinearWeight::Packed(p) => p.gemm(x, m, y)?,
             LinearWeight::Binary(b) => b.gemm(x, m, y)?,
+            LinearWeight::ActQuant { .. } | LinearWeight::Int8 { .. } => {
+                self.forward_act_quant(x, m, y)?
+            }
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! Feed-forward blocks: the dense SwiGLU MLP and the Qwen3-MoE sparse block.
 
+use qwen3_quant_kernels::dense::{self, Lhs};
 use rayon::prelude::*;
 
 use crate::error::Result;
@@ -20,16 +21,7 @@ pub struct Mlp {
 impl Mlp {
     /// The input of `down_proj`: `silu(gate(x)) · up(x)`, `[m, inter]`.
     pub fn activation(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
-        let mut g = self.gate.apply(x, m)?;
-        let u = self.up.apply(x, m)?;
-        g.par_chunks_mut(4096)
-            .zip(u.par_chunks(4096))
-            .for_each(|(g, u)| {
-                for (a, b) in g.iter_mut().zip(u) {
-                    *a = silu(*a) * b;
-                }
-            });
-        Ok(g)
+        swiglu(&self.gate, &self.up, x, m)
     }
 
     /// The whole MLP, `[m, hidden]`.
@@ -37,6 +29,59 @@ impl Mlp {
         let a = self.activation(x, m)?;
         self.down.apply(&a, m)
     }
+
+    /// The MLP with `gate`/`up` (and possibly `down`) replaced where `overrides` says so.
+    pub fn forward_with(
+        &self,
+        overrides: [Option<&LinearWeight>; 3],
+        x: &[f32],
+        m: usize,
+    ) -> Result<Vec<f32>> {
+        let [g, u, d] = overrides;
+        let a = swiglu(g.unwrap_or(&self.gate), u.unwrap_or(&self.up), x, m)?;
+        d.unwrap_or(&self.down).apply(&a, m)
+    }
+}
+
+/// `silu(gate(x)) · up(x)`, `[m, inter]`.
+fn swiglu(gate: &LinearWeight, up: &LinearWeight, x: &[f32], m: usize) -> Result<Vec<f32>> {
+    let k = gate.in_features();
+    if x.len() != m * k {
+        return Err(crate::ModelError::Shape {
+            what: "linear input",
+            expected: m * k,
+            got: x.len(),
+        });
+    }
+    swiglu_lhs(gate, up, Lhs::new(x, m, k))
+}
+
+/// [`swiglu`] of a product operand (possibly normalised on the fly): one fused product with
+/// the `silu(g)·u` epilogue when both weights are dense.
+pub(crate) fn swiglu_lhs(gate: &LinearWeight, up: &LinearWeight, x: Lhs<'_>) -> Result<Vec<f32>> {
+    let m = x.m;
+    if let (
+        LinearWeight::Dense { weight: g, out_features: n, in_features: k },
+        LinearWeight::Dense { weight: u, out_features: nu, in_features: ku },
+    ) = (gate, up)
+    {
+        if (n, k) == (nu, ku) && *k == x.k {
+            let mut y = vec![0.0f32; m * n];
+            dense::gemm_swiglu(x, g, u, &mut y, *n);
+            return Ok(y);
+        }
+    }
+    let x = x.materialise();
+    let mut g = gate.apply(&x, m)?;
+    let u = up.apply(&x, m)?;
+    g.par_chunks_mut(4096)
+        .zip(u.par_chunks(4096))
+        .for_each(|(g, u)| {
+            for (a, b) in g.iter_mut().zip(u) {
+                *a = silu(*a) * b;
+            }
+        });
+    Ok(g)
 }
 
 #[inline]
@@ -118,6 +163,19 @@ impl MoeBlock {
         layer: usize,
         obs: &mut dyn Observer,
     ) -> Result<Vec<f32>> {
+        self.forward_with(&|_| [None, None, None], x, m, layer, obs)
+    }
+
+    /// [`MoeBlock::forward`] with expert weights replaced where `overrides(expert)` says so
+    /// (`[gate, up, down]`); the router and the routing are this block's.
+    pub fn forward_with<'w>(
+        &'w self,
+        overrides: &dyn Fn(usize) -> [Option<&'w LinearWeight>; 3],
+        x: &[f32],
+        m: usize,
+        layer: usize,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<f32>> {
         let hidden = self.router.in_features();
         let routing = self.route(x, m)?;
         let mut out = vec![0.0f32; m * hidden];
@@ -130,7 +188,13 @@ impl MoeBlock {
             if rows.is_empty() {
                 continue;
             }
-            let act = expert.activation(&xe, rows.len())?;
+            let [g, u, d] = overrides(ei);
+            let act = swiglu(
+                g.unwrap_or(&expert.gate),
+                u.unwrap_or(&expert.up),
+                &xe,
+                rows.len(),
+            )?;
             if obs.wants(layer, Site::ExpertDownInput(ei)) {
                 obs.observe(
                     layer,
@@ -140,7 +204,7 @@ impl MoeBlock {
                     act.len() / rows.len(),
                 );
             }
-            let y = expert.down.apply(&act, rows.len())?;
+            let y = d.unwrap_or(&expert.down).apply(&act, rows.len())?;
             for (j, (&r, &w)) in rows.iter().zip(&routing.weights[ei]).enumerate() {
                 let dst = &mut out[r * hidden..(r + 1) * hidden];
                 for (d, s) in dst.iter_mut().zip(&y[j * hidden..(j + 1) * hidden]) {

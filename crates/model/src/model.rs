@@ -206,6 +206,48 @@ impl Qwen3Model {
         }
     }
 
+    /// `log p(targets[r] | …)` for each row `r` of already-normed hidden states `[rows,
+    /// hidden]`: `lm_head` runs over blocks of rows whose logits stay in cache (about 4 MB),
+    /// and each row's log-softmax at its target is taken right away
+    /// ([`dense::log_sum_exp`]), so `[rows, vocab]` logits are never stored.
+    ///
+    /// # Errors
+    /// [`ModelError::Shape`] if `normed` is not `targets.len()` rows;
+    /// [`ModelError::TokenOutOfRange`] for a target outside the vocabulary.
+    pub fn target_logprobs(&self, normed: &[f32], targets: &[u32]) -> Result<Vec<f32>> {
+        let (h, v) = (self.config.hidden_size, self.config.vocab_size);
+        if normed.len() != targets.len() * h {
+            return Err(ModelError::Shape {
+                what: "hidden states",
+                expected: targets.len() * h,
+                got: normed.len(),
+            });
+        }
+        if let Some(&id) = targets.iter().find(|&&t| t as usize >= v) {
+            return Err(ModelError::TokenOutOfRange { id, vocab: v });
+        }
+        let block = ((4 << 20) / (4 * v.max(1))).clamp(dense::MIN_BLOCKED_ROWS, 128);
+        let mut out = vec![0.0f32; targets.len()];
+        let mut logits = Vec::new();
+        for ((hb, tb), ob) in normed
+            .chunks(block * h)
+            .zip(targets.chunks(block))
+            .zip(out.chunks_mut(block))
+        {
+            let rows = tb.len();
+            logits.resize(rows * v, 0.0);
+            match &self.lm_head {
+                Some(w) => w.forward(hb, rows, &mut logits[..rows * v])?,
+                None => dense::matmul_wt(hb, rows, h, &self.embed_tokens, v, &mut logits),
+            }
+            ob.par_iter_mut().enumerate().for_each(|(r, lp)| {
+                let row = &logits[r * v..(r + 1) * v];
+                *lp = (row[tb[r] as usize] as f64 - dense::log_sum_exp(row)) as f32;
+            });
+        }
+        Ok(out)
+    }
+
     /// Final hidden states (after the final norm) of `batch` sequences of `seq` tokens each.
     pub fn forward_hidden(&self, ids: &[u32], batch: usize, seq: usize) -> Result<Vec<f32>> {
         if ids.len() != batch * seq {

@@ -32,6 +32,16 @@ pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
+/// `1 / sqrt(mean(x²) + eps)` of each row of `x` (`[rows, dim]`): what a fused product
+/// ([`qwen3_quant_kernels::dense::RowNorm`]) needs to normalise its input while packing it.
+pub fn inv_rms_rows(x: &[f32], dim: usize, eps: f32) -> Vec<f32> {
+    if x.len() >= 64 * 1024 {
+        x.par_chunks(dim).map(|r| inv_rms(r, eps)).collect()
+    } else {
+        x.chunks(dim).map(|r| inv_rms(r, eps)).collect()
+    }
+}
+
 #[inline]
 fn inv_rms(row: &[f32], eps: f32) -> f32 {
     // Sum in f32 lanes like torch's vectorised mean; eight partial sums keep it fast and accurate.

@@ -7,5 +7,8 @@ pub(crate) mod x86;
 #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
 pub(crate) mod x86_avx512;
 
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+pub(crate) mod x86_avx512_binary;
+
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;

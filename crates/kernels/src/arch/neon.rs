@@ -176,54 +176,68 @@ pub(crate) unsafe fn dequant_row_neon(
     }
 }
 
-/// `Σ_t Σ_l table_b[code | salient << 2] · x` for one binary row (see `BinaryMatrix`), one
-/// 8-entry table per 8 chunks, looked up with `tbl` on the table's bytes.
+/// `Σ_c Σ_l table_b[code | salient << 2] · x` for one binary row (see `BinaryMatrix`): per
+/// 16 columns the codes are shifted out of the chunk's 16 bytes, OR'ed with 4 where salient and
+/// gathered from the block's f32 table (`code · scale`) with a two-register `tbl`.
 ///
 /// # Safety
-/// `row` holds `nchunks` (a multiple of 8) chunks of 2-bit codes (`4·nchunks` bytes), `xs`
-/// `16·nchunks` floats, `tables` `nchunks` floats, `salient` `nchunks` masks.
+/// `row` describes one row of a `BinaryMatrix` (its `n_chunks` chunks of 16 code bytes, one
+/// table and scale per block `0 ..= (n_chunks − 1) / m`); `xs` holds `64·n_chunks` floats and
+/// `salient` `n_chunks` words.
 #[target_feature(enable = "neon")]
-pub(crate) unsafe fn row_dot_table_neon(
-    row: *const u8,
+pub(crate) unsafe fn row_dot_binary_neon(
+    row: &crate::binary::BinaryRow,
     xs: *const f32,
-    tables: *const f32,
-    salient: *const u16,
-    nchunks: usize,
+    salient: *const u64,
 ) -> f32 {
+    let (n_chunks, m) = (row.n_chunks, row.chunks_per_block);
     let mut acc = [vdupq_n_f32(0.0); 4];
-    // Lane l of the salient mask: bit l of the chunk's u16.
+    // Lane l of a 16-column salient mask: bit l of its u16.
     const BIT: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+    const REP: [u8; 16] = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3];
+    const OFF: [u8; 16] = [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3];
     // SAFETY: every read is inside the ranges the caller guarantees.
     unsafe {
-        let bit = vld1q_u8(BIT.as_ptr());
-        for t in 0..nchunks {
-            let tb = tables.add((t / 8) * 8) as *const u8;
+        let (bit, rep, off) = (
+            vld1q_u8(BIT.as_ptr()),
+            vld1q_u8(REP.as_ptr()),
+            vld1q_u8(OFF.as_ptr()),
+        );
+        let mut c = 0;
+        let mut b = 0;
+        while c < n_chunks {
+            let s = f32::from_bits(u32::from(*row.scales.add(b)) << 16);
+            let t = (*row.tables.add(b * row.table_stride)).to_le_bytes();
+            let vals: [f32; 8] = std::array::from_fn(|i| f32::from((t[i] ^ 0x80) as i8) * s);
+            let tb = vals.as_ptr() as *const u8;
             let table = uint8x16x2_t(vld1q_u8(tb), vld1q_u8(tb.add(16)));
-            let s = *salient.add(t);
-            let sm = vcombine_u8(vdup_n_u8(s as u8), vdup_n_u8((s >> 8) as u8));
-            let sal = vandq_u8(vtstq_u8(sm, bit), vdupq_n_u8(4));
-            let idx = vorrq_u8(plane_u8::<2>(row, t), sal);
-            // Byte offsets of each lane's f32 entry: 4·idx + 0..4, gathered with two-register `tbl`.
-            let x = xs.add(16 * t);
-            for q in 0..4 {
-                let i4 = match q {
-                    0 => vget_low_u8(idx),
-                    1 => vget_low_u8(vextq_u8::<4>(idx, idx)),
-                    2 => vget_high_u8(idx),
-                    _ => vget_low_u8(vextq_u8::<12>(idx, idx)),
-                };
-                // Spread the 4 indices to 4 bytes each: [i0 i0 i0 i0 i1 ...]·4 + [0 1 2 3 ...].
-                let rep = vqtbl1q_u8(
-                    vcombine_u8(i4, i4),
-                    vld1q_u8([0u8, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3].as_ptr()),
-                );
-                let off = vaddq_u8(
-                    vshlq_n_u8::<2>(rep),
-                    vld1q_u8([0u8, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3].as_ptr()),
-                );
-                let w = vreinterpretq_f32_u8(vqtbl2q_u8(table, off));
-                acc[q] = vfmaq_f32(acc[q], w, vld1q_f32(x.add(4 * q)));
+            let end = (c + m).min(n_chunks);
+            while c < end {
+                let raw = vld1q_u8(row.codes.add(c * row.chunk_stride));
+                let sal = *salient.add(c);
+                for f in 0..4 {
+                    let code = vandq_u8(vshlq_u8(raw, vdupq_n_s8(-2 * f as i8)), vdupq_n_u8(3));
+                    let s16 = (sal >> (16 * f)) as u16;
+                    let sm = vcombine_u8(vdup_n_u8(s16 as u8), vdup_n_u8((s16 >> 8) as u8));
+                    let idx = vorrq_u8(code, vandq_u8(vtstq_u8(sm, bit), vdupq_n_u8(4)));
+                    let x = xs.add(64 * c + 16 * f);
+                    for q in 0..4 {
+                        let i4 = match q {
+                            0 => vget_low_u8(idx),
+                            1 => vget_low_u8(vextq_u8::<4>(idx, idx)),
+                            2 => vget_high_u8(idx),
+                            _ => vget_low_u8(vextq_u8::<12>(idx, idx)),
+                        };
+                        // Byte offsets of each lane's f32 entry: 4·idx + 0..4.
+                        let o =
+                            vaddq_u8(vshlq_n_u8::<2>(vqtbl1q_u8(vcombine_u8(i4, i4), rep)), off);
+                        let w = vreinterpretq_f32_u8(vqtbl2q_u8(table, o));
+                        acc[q] = vfmaq_f32(acc[q], w, vld1q_f32(x.add(4 * q)));
+                    }
+                }
+                c += 1;
             }
+            b += 1;
         }
         vaddvq_f32(vaddq_f32(
             vaddq_f32(acc[0], acc[1]),
@@ -232,22 +246,54 @@ pub(crate) unsafe fn row_dot_table_neon(
     }
 }
 
-/// `Σ x[k]·w[k]` over `len` signed bytes (`smull` + `sadalp` into i32).
+/// One W8A8 tile: `MR` tokens times one 16-row panel of an [`crate::int8::Int8Matrix`], exact
+/// i32 sums (`smull` + `sadalp`), then the shared epilogue `y = acc as f32 · (x_scale · w_scale)`.
+///
+/// Per 4-column step the panel's 64 bytes (16 rows × 4 codes, stored as `code ^ 0x80`) are four
+/// vectors of 4 rows × 4 codes; each token's 4 codes are repeated across a vector, so one
+/// widening multiply covers 2 rows and one pairwise add-accumulate folds it into 2 pair sums per row.
 ///
 /// # Safety
-/// `len` a multiple of 16 and both pointers readable for `len` bytes.
+/// `t` describes `MR` readable token rows of `4·t.kq` bytes, one readable panel of `64·t.kq`
+/// bytes with 16 readable scales, `MR` scales, and an output of `MR` rows with room for
+/// `t.last_rows` floats each; `1 ≤ t.last_rows ≤ 16`.
 #[target_feature(enable = "neon")]
-pub(crate) unsafe fn dot_i8i8_neon(x: *const i8, w: *const i8, len: usize) -> i32 {
-    let mut acc = vdupq_n_s32(0);
-    // SAFETY: 16-byte loads at k with k + 16 <= len.
+pub(crate) unsafe fn int8_tile_neon<const MR: usize>(t: &crate::int8::Tile) {
+    let flip = vdupq_n_u8(0x80);
+    let mut acc = [[vdupq_n_s32(0); 8]; MR];
+    // SAFETY (whole body): every pointer stays inside the ranges the caller guarantees.
     unsafe {
-        let mut k = 0;
-        while k < len {
-            let (a, b) = (vld1q_s8(x.add(k)), vld1q_s8(w.add(k)));
-            acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(a), vget_low_s8(b)));
-            acc = vpadalq_s16(acc, vmull_high_s8(a, b));
-            k += 16;
+        let mut wp = t.w;
+        let mut xp = t.x;
+        for _ in 0..t.kq {
+            let mut w = [vdupq_n_s8(0); 4];
+            for (j, v) in w.iter_mut().enumerate() {
+                *v = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(wp.add(16 * j)), flip));
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let x4 = (xp.add(i * t.x_stride) as *const u32).read_unaligned();
+                let xb = vreinterpretq_s8_u32(vdupq_n_u32(x4));
+                for (j, &wv) in w.iter().enumerate() {
+                    row[2 * j] =
+                        vpadalq_s16(row[2 * j], vmull_s8(vget_low_s8(wv), vget_low_s8(xb)));
+                    row[2 * j + 1] = vpadalq_s16(row[2 * j + 1], vmull_high_s8(wv, xb));
+                }
+            }
+            wp = wp.add(64);
+            xp = xp.add(4);
+        }
+        for (i, row) in acc.iter().enumerate() {
+            // Accumulator v holds [row 2v: pair 0, pair 1, row 2v+1: pair 0, pair 1].
+            let mut lanes = [0i32; 32];
+            for (v, &a) in row.iter().enumerate() {
+                vst1q_s32(lanes.as_mut_ptr().add(4 * v), a);
+            }
+            let xs = *t.x_scales.add(i);
+            let y = t.y.add(i * t.y_stride);
+            for r in 0..t.last_rows {
+                let d = lanes[2 * r].wrapping_add(lanes[2 * r + 1]);
+                *y.add(r) = d as f32 * (xs * *t.w_scales.add(r));
+            }
         }
     }
-    vaddvq_s32(acc)
 }

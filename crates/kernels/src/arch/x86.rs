@@ -213,38 +213,58 @@ pub(crate) unsafe fn dequant_row_avx2(
 // int8 dot products.
 // ---------------------------------------------------------------------------------------------
 
-/// `Σ x[k]·w[k]` over `len` signed bytes (sign-extend to i16, `vpmaddwd`).
+/// One W8A8 tile without VNNI: `MR` tokens times one 16-row panel of an
+/// [`crate::int8::Int8Matrix`], exact i32 sums with `vpmaddwd` on sign-extended codes, then the
+/// shared epilogue `y = acc as f32 · (x_scale · w_scale)`.
+///
+/// Per 4-column step the panel's 64 bytes (16 rows × 4 codes, stored as `code ^ 0x80`) become
+/// four vectors of 4 rows × 4 i16; each token's 4 codes are widened and broadcast, and one
+/// `vpmaddwd` per vector adds two pair sums per row.
 ///
 /// # Safety
-/// AVX2 available; `len` a multiple of 16 and both pointers readable for `len` bytes.
+/// AVX2 available; `t` describes `MR` readable token rows of `4·t.kq` bytes, one readable panel
+/// of `64·t.kq` bytes with 16 readable scales, `MR` scales, and an output of `MR` rows with
+/// room for `t.last_rows` floats each; `1 ≤ t.last_rows ≤ 16`.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn dot_i8i8_avx2(x: *const i8, w: *const i8, len: usize) -> i32 {
-    let mut a0 = _mm256_setzero_si256();
-    let mut a1 = _mm256_setzero_si256();
-    let mut k = 0;
-    // SAFETY: loads of 16 bytes at k with k + 16 <= len (and k + 32 <= len in the pair loop).
+pub(crate) unsafe fn int8_tile_avx2<const MR: usize>(t: &crate::int8::Tile) {
+    let flip = _mm256_set1_epi8(0x80u8 as i8);
+    let mut acc = [[_mm256_setzero_si256(); 4]; MR];
+    // SAFETY (whole body): every pointer stays inside the ranges the caller guarantees.
     unsafe {
-        while k + 32 <= len {
-            let x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.add(k) as *const __m128i));
-            let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(k) as *const __m128i));
-            let x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.add(k + 16) as *const __m128i));
-            let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(k + 16) as *const __m128i));
-            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(x0, w0));
-            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(x1, w1));
-            k += 32;
+        let mut wp = t.w;
+        let mut xp = t.x;
+        for _ in 0..t.kq {
+            let lo = _mm256_xor_si256(_mm256_loadu_si256(wp as *const __m256i), flip);
+            let hi = _mm256_xor_si256(_mm256_loadu_si256(wp.add(32) as *const __m256i), flip);
+            let w = [
+                _mm256_cvtepi8_epi16(_mm256_castsi256_si128(lo)),
+                _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(lo)),
+                _mm256_cvtepi8_epi16(_mm256_castsi256_si128(hi)),
+                _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(hi)),
+            ];
+            for (i, row) in acc.iter_mut().enumerate() {
+                let x4 = (xp.add(i * t.x_stride) as *const i32).read_unaligned();
+                let xb = _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(x4)));
+                for (a, &wv) in row.iter_mut().zip(&w) {
+                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(wv, xb));
+                }
+            }
+            wp = wp.add(64);
+            xp = xp.add(4);
         }
-        while k < len {
-            let x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.add(k) as *const __m128i));
-            let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(k) as *const __m128i));
-            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(x0, w0));
-            k += 16;
+        for (i, row) in acc.iter().enumerate() {
+            let mut lanes = [0i32; 32];
+            for (j, &a) in row.iter().enumerate() {
+                _mm256_storeu_si256(lanes.as_mut_ptr().add(8 * j) as *mut __m256i, a);
+            }
+            let xs = *t.x_scales.add(i);
+            let y = t.y.add(i * t.y_stride);
+            for r in 0..t.last_rows {
+                let d = lanes[2 * r].wrapping_add(lanes[2 * r + 1]);
+                *y.add(r) = d as f32 * (xs * *t.w_scales.add(r));
+            }
         }
     }
-    let s = _mm256_add_epi32(a0, a1);
-    let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-    _mm_cvtsi128_si32(s)
 }
 
 /// One segment of a row: chunks `start..end`, its group's scale, its bias vector.
@@ -254,4 +274,73 @@ pub(crate) struct Seg {
     pub start: u32,
     pub end: u32,
     pub group: u32,
+}
+
+/// `Σ_c Σ_l table_b[code | salient << 2] · x` for one binary row (see `BinaryMatrix`) with f32
+/// activations: per 8 columns the 2-bit codes are zero-extended, shifted into place, OR'ed with
+/// 4 where the column is salient and looked up with `vpermps` in the (row, block) table
+/// `code · scale` (8 entries: one ymm).
+///
+/// # Safety
+/// AVX2 and FMA available; `row` describes one row of a `BinaryMatrix` (its `n_chunks` chunks of
+/// 16 code bytes, one table and scale per block `0 ..= (n_chunks − 1) / m`); `xs` holds
+/// `64·n_chunks` floats and `salient` `n_chunks` words.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn row_dot_binary_avx2(
+    row: &crate::binary::BinaryRow,
+    xs: *const f32,
+    salient: *const u64,
+) -> f32 {
+    let (n_chunks, m) = (row.n_chunks, row.chunks_per_block);
+    let three = _mm256_set1_epi32(3);
+    let bias = _mm256_set1_epi32(128);
+    // Lane l of an 8-column salient mask: bit l, moved to bit 2 (value 4) by a left shift of
+    // 2 − l (l ≤ 2) or a right shift of l − 2.
+    let (left, right) = (
+        _mm256_setr_epi32(2, 1, 0, 0, 0, 0, 0, 0),
+        _mm256_setr_epi32(0, 0, 0, 1, 2, 3, 4, 5),
+    );
+    let four = _mm256_set1_epi32(4);
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    // SAFETY: every read is inside the ranges the caller guarantees.
+    unsafe {
+        let mut c = 0;
+        let mut b = 0;
+        while c < n_chunks {
+            let t8 = _mm_cvtsi64_si128(*row.tables.add(b * row.table_stride) as i64);
+            let t32 = _mm256_sub_epi32(_mm256_cvtepu8_epi32(t8), bias);
+            let s = f32::from_bits(u32::from(*row.scales.add(b)) << 16);
+            let table = _mm256_mul_ps(_mm256_cvtepi32_ps(t32), _mm256_set1_ps(s));
+            let end = (c + m).min(n_chunks);
+            while c < end {
+                let p = row.codes.add(c * row.chunk_stride);
+                let sal = *salient.add(c);
+                let x = xs.add(64 * c);
+                for half in 0..2 {
+                    let v =
+                        _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8 * half) as *const __m128i));
+                    for f in 0..4 {
+                        let col = 16 * f + 8 * half;
+                        let code = _mm256_and_si256(
+                            _mm256_srlv_epi32(v, _mm256_set1_epi32(2 * f as i32)),
+                            three,
+                        );
+                        let bits = _mm256_set1_epi32(((sal >> col) & 0xFF) as i32);
+                        let at2 = _mm256_srlv_epi32(_mm256_sllv_epi32(bits, left), right);
+                        let idx = _mm256_or_si256(code, _mm256_and_si256(at2, four));
+                        let w = _mm256_permutevar8x32_ps(table, idx);
+                        let xv = _mm256_loadu_ps(x.add(col));
+                        if f % 2 == 0 {
+                            a0 = _mm256_fmadd_ps(w, xv, a0);
+                        } else {
+                            a1 = _mm256_fmadd_ps(w, xv, a1);
+                        }
+                    }
+                }
+                c += 1;
+            }
+            b += 1;
+        }
+        hsum256(_mm256_add_ps(a0, a1))
+    }
 }

@@ -127,39 +127,117 @@ pub(crate) unsafe fn row_dot_avx512(
     }
 }
 
-/// `Σ x[k]·w[k]` over `len` bytes with `x` unsigned (`vpdpbusd`).
+/// One W8A8 tile: `MR` tokens times `NP` 16-row panels of an [`crate::int8::Int8Matrix`], the
+/// whole reduction in registers (`MR·NP` zmm accumulators), then the shared epilogue
+/// `y = (acc − 128·Σx) as f32 · (x_scale · w_scale)`.
+///
+/// Per 4-column step, each panel contributes one 64-byte load (16 rows × 4 codes, stored as
+/// `code + 128` so they are the unsigned operand of `vpdpbusd`) and each token one 4-byte
+/// broadcast of its signed codes (folded into `vpdpbusd`'s `{1to16}` memory operand).
 ///
 /// # Safety
-/// AVX-512F/BW and AVX-512-VNNI available; `len` a multiple of 64 and both pointers readable for `len` bytes.
+/// AVX-512F/BW and AVX-512-VNNI available; `t` describes `MR` readable token rows of
+/// `4·t.kq` bytes, `NP` readable panels of `64·t.kq` bytes with 16 readable scales each,
+/// `MR` scales and sums, and an output of `MR` rows with room for `16·(NP−1) + t.last_rows`
+/// floats each; `1 ≤ t.last_rows ≤ 16`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(crate) unsafe fn dot_u8i8_vnni(x: *const u8, w: *const i8, len: usize) -> i32 {
-    let mut a0 = _mm512_setzero_si512();
-    let mut a1 = _mm512_setzero_si512();
-    let mut k = 0;
-    // SAFETY: every load is at offset k < len with k + 64 <= len.
+pub(crate) unsafe fn int8_tile_vnni<const MR: usize, const NP: usize>(t: &crate::int8::Tile) {
+    let mut acc = [[_mm512_setzero_si512(); NP]; MR];
+    // SAFETY (whole body): every pointer stays inside the ranges the caller guarantees.
     unsafe {
-        while k + 128 <= len {
-            a0 = _mm512_dpbusd_epi32(
-                a0,
-                _mm512_loadu_si512(x.add(k) as *const _),
-                _mm512_loadu_si512(w.add(k) as *const _),
-            );
-            a1 = _mm512_dpbusd_epi32(
-                a1,
-                _mm512_loadu_si512(x.add(k + 64) as *const _),
-                _mm512_loadu_si512(w.add(k + 64) as *const _),
-            );
-            k += 128;
+        let mut wp = t.w;
+        let mut xp = t.x;
+        for _ in 0..t.kq {
+            let mut wv = [_mm512_setzero_si512(); NP];
+            for (p, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_loadu_si512(wp.add(p * t.panel_stride) as *const _);
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let xb = _mm512_set1_epi32((xp.add(i * t.x_stride) as *const i32).read_unaligned());
+                for (a, &w) in row.iter_mut().zip(&wv) {
+                    *a = _mm512_dpbusd_epi32(*a, w, xb);
+                }
+            }
+            wp = wp.add(64);
+            xp = xp.add(4);
         }
-        if k < len {
-            a0 = _mm512_dpbusd_epi32(
-                a0,
-                _mm512_loadu_si512(x.add(k) as *const _),
-                _mm512_loadu_si512(w.add(k) as *const _),
-            );
+        let last_mask: u16 = if t.last_rows >= 16 {
+            0xffff
+        } else {
+            (1u16 << t.last_rows) - 1
+        };
+        for (i, row) in acc.iter().enumerate() {
+            let bias = _mm512_set1_epi32(*t.x_sums128.add(i));
+            let xs = _mm512_set1_ps(*t.x_scales.add(i));
+            let y = t.y.add(i * t.y_stride);
+            for (p, &a) in row.iter().enumerate() {
+                let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(a, bias));
+                let s = _mm512_mul_ps(xs, _mm512_loadu_ps(t.w_scales.add(16 * p)));
+                let mask = if p + 1 == NP { last_mask } else { 0xffff };
+                _mm512_mask_storeu_ps(y.add(16 * p), mask, _mm512_mul_ps(v, s));
+            }
         }
     }
-    _mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1))
+}
+
+/// Per-token symmetric quantization of one row of `cols` floats at `±qmax`, bit-identical to
+/// the scalar rule of [`crate::int8`] (same f32 scale, true division, round half to even, clamp).
+/// Writes `cols` codes to `q` and returns `(scale, Σ codes)`; a row with a NaN or infinite value
+/// gets scale NaN and zero codes.
+///
+/// # Safety
+/// AVX-512F/BW/VL available; `x` has `cols` readable floats and `q` `cols` writable bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(crate) unsafe fn quantize_row_avx512(
+    x: *const f32,
+    cols: usize,
+    q: *mut i8,
+    qmax: f32,
+) -> (f32, i32) {
+    let full = cols / 16;
+    let tail = cols % 16;
+    let tail_mask: u16 = ((1u32 << tail) - 1) as u16;
+    let inf = _mm512_set1_ps(f32::INFINITY);
+    // SAFETY (whole body): loads and stores cover `cols` elements, the tail masked.
+    unsafe {
+        let mut m = _mm512_setzero_ps();
+        let mut bad: u16 = 0;
+        for c in 0..full {
+            let a = _mm512_abs_ps(_mm512_loadu_ps(x.add(16 * c)));
+            bad |= _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(a, inf);
+            m = _mm512_max_ps(m, a);
+        }
+        if tail > 0 {
+            let a = _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask, x.add(16 * full)));
+            bad |= _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(a, inf);
+            m = _mm512_max_ps(m, a);
+        }
+        if bad != 0 {
+            std::ptr::write_bytes(q, 0, cols);
+            return (f32::NAN, 0);
+        }
+        let scale = _mm512_reduce_max_ps(m).max(crate::int8::ABSMAX_CLAMP) / qmax;
+        let sv = _mm512_set1_ps(scale);
+        let (lo, hi) = (_mm512_set1_ps(-qmax), _mm512_set1_ps(qmax));
+        let mut sum = _mm512_setzero_si512();
+        let code = |v: __m512| {
+            let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_div_ps(v, sv),
+            );
+            _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(r, lo), hi))
+        };
+        for c in 0..full {
+            let r = code(_mm512_loadu_ps(x.add(16 * c)));
+            sum = _mm512_add_epi32(sum, r);
+            _mm_storeu_si128(q.add(16 * c) as *mut __m128i, _mm512_cvtepi32_epi8(r));
+        }
+        if tail > 0 {
+            let r = code(_mm512_maskz_loadu_ps(tail_mask, x.add(16 * full)));
+            sum = _mm512_add_epi32(sum, r);
+            _mm512_mask_cvtepi32_storeu_epi8(q.add(16 * full) as *mut _, tail_mask, r);
+        }
+        (scale, _mm512_reduce_add_epi32(sum))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -857,40 +935,4 @@ pub(crate) unsafe fn quantize_block_q8(x: *const f32, q: *mut i8, vecs: usize) -
         }
         d
     }
-}
-
-/// `Σ_t Σ_l table_b[idx]·x` for one [`crate::BinaryMatrix`] row: `idx = code | salient << 2`, one
-/// 8-entry table per 128-column block (8 chunks), looked up with `vpermps`.
-///
-/// # Safety
-/// AVX-512F/BW/VL available; `row` holds `nchunks` (a multiple of 8) chunks of 2-bit codes
-/// (`4·nchunks` bytes), `xs` `16·nchunks` floats, `tables` `nchunks` floats (8 per 8 chunks),
-/// `salient` `nchunks` masks.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-pub(crate) unsafe fn row_dot_table(
-    row: *const u8,
-    xs: *const f32,
-    tables: *const f32,
-    salient: *const u16,
-    nchunks: usize,
-) -> f32 {
-    let four = _mm512_set1_epi32(4);
-    let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    // SAFETY: every read is inside the ranges the caller guarantees.
-    unsafe {
-        let mut t = 0;
-        while t < nchunks {
-            let table = _mm512_castps256_ps512(_mm256_loadu_ps(tables.add((t / 8) * 8)));
-            let c = plane512::<2>(row, t);
-            let idx = _mm512_mask_add_epi32(c, *salient.add(t), c, four);
-            let w = _mm512_permutexvar_ps(idx, table);
-            if t % 2 == 0 {
-                a0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(xs.add(16 * t)), a0);
-            } else {
-                a1 = _mm512_fmadd_ps(w, _mm512_loadu_ps(xs.add(16 * t)), a1);
-            }
-            t += 1;
-        }
-    }
-    _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
 }

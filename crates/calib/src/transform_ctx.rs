@@ -1,0 +1,513 @@
+//! The driver's side of layer-level transforms: one full-precision pass over a layer collects
+//! per-channel statistics and input subsamples at every linear input, then
+//! [`TransformContext`] answers a [`LayerTransform`]'s questions (weights, statistics, block
+//! losses of candidate weights) and applies its decisions (scale folds, replaced weights).
+
+use std::collections::HashMap;
+
+use qwen3_quant_core::{
+    CandidateWeights, ChannelStats, LayerContext, LinearId, LinearKind, LossRequest, MethodError,
+    ScalePair, ScaleProducer, TransformNeeds,
+};
+use qwen3_quant_model::{DecoderLayer, LinearOverrides, LinearWeight, Observer, Rope, Site};
+use rayon::prelude::*;
+
+use crate::activations::ActivationStore;
+use crate::error::{CalibError, Result};
+
+/// Bytes of candidate weights generated at once by [`TransformContext::block_losses`]; more
+/// candidates than fit are evaluated in several sweeps over the calibration set.
+const CANDIDATE_BUDGET_BYTES: usize = 1 << 30;
+
+/// The input site of a linear.
+pub(crate) fn site_of(id: &LinearId) -> Site {
+    match (id.kind, id.expert) {
+        (LinearKind::Q | LinearKind::K | LinearKind::V, _) => Site::AttnInput,
+        (LinearKind::O, _) => Site::OInput,
+        (LinearKind::Gate | LinearKind::Up, None) => Site::MlpInput,
+        (LinearKind::Down, None) => Site::DownInput,
+        (LinearKind::Gate | LinearKind::Up, Some(e)) => Site::ExpertInput(e),
+        (LinearKind::Down, Some(e)) => Site::ExpertDownInput(e),
+    }
+}
+
+/// The site holding a producer's output.
+fn producer_site(p: ScaleProducer) -> Option<Site> {
+    match p {
+        ScaleProducer::InputNorm => Some(Site::AttnInput),
+        ScaleProducer::PostAttentionNorm => Some(Site::MlpInput),
+        ScaleProducer::Rows(id) if id.kind == LinearKind::V => Some(Site::OInput),
+        ScaleProducer::Rows(id) if id.kind == LinearKind::Up => Some(match id.expert {
+            None => Site::DownInput,
+            Some(e) => Site::ExpertDownInput(e),
+        }),
+        _ => None,
+    }
+}
+
+/// Every `stride`-th row of a site's inputs. Sites whose row count is known up front (dense
+/// sites: all calibration tokens) use AWQ's stride `max(1, T / max_rows)`; expert sites, whose
+/// token count is only known after routing, start at stride 1 and double the stride (dropping
+/// every other kept row) whenever more than `2 · max_rows` rows are kept.
+#[derive(Debug, Clone)]
+struct Sampler {
+    stride: usize,
+    adaptive: bool,
+    max_rows: usize,
+    seen: usize,
+    cols: usize,
+    rows: Vec<f32>,
+}
+
+impl Sampler {
+    fn new(total: Option<usize>, max_rows: usize) -> Self {
+        Sampler {
+            stride: total.map_or(1, |t| (t / max_rows.max(1)).max(1)),
+            adaptive: total.is_none(),
+            max_rows: max_rows.max(1),
+            seen: 0,
+            cols: 0,
+            rows: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, x: &[f32], rows: usize, cols: usize) {
+        self.cols = cols;
+        for r in 0..rows {
+            if self.seen % self.stride == 0 {
+                self.rows.extend_from_slice(&x[r * cols..(r + 1) * cols]);
+                if self.adaptive && self.rows.len() / cols.max(1) > 2 * self.max_rows {
+                    let kept: Vec<f32> = self
+                        .rows
+                        .chunks_exact(cols.max(1))
+                        .step_by(2)
+                        .flatten()
+                        .copied()
+                        .collect();
+                    self.rows = kept;
+                    self.stride *= 2;
+                }
+            }
+            self.seen += 1;
+        }
+    }
+
+    fn n_rows(&self) -> usize {
+        self.rows.len() / self.cols.max(1)
+    }
+}
+
+/// Collects what a transform needs during the layer's full-precision pass.
+struct Capture {
+    layer: usize,
+    needs: TransformNeeds,
+    dense_rows: usize,
+    stats: HashMap<Site, ChannelStats>,
+    samples: HashMap<Site, Sampler>,
+    tokens: HashMap<Site, usize>,
+    error: Option<CalibError>,
+}
+
+impl Observer for Capture {
+    fn wants(&self, layer: usize, _site: Site) -> bool {
+        layer == self.layer && self.error.is_none()
+    }
+
+    fn observe(&mut self, _layer: usize, site: Site, x: &[f32], rows: usize, cols: usize) {
+        *self.tokens.entry(site).or_default() += rows;
+        if self.needs.channel_stats {
+            let st = self
+                .stats
+                .entry(site)
+                .or_insert_with(|| ChannelStats::new(cols));
+            if let Err(source) = st.accumulate(x, rows) {
+                self.error = Some(CalibError::Stats {
+                    site: format!("layer {} {site:?}", self.layer),
+                    source,
+                });
+            }
+        }
+        if let Some(max_rows) = self.needs.input_samples {
+            let total = match site {
+                Site::ExpertInput(_) | Site::ExpertDownInput(_) => None,
+                _ => Some(self.dense_rows),
+            };
+            self.samples
+                .entry(site)
+                .or_insert_with(|| Sampler::new(total, max_rows))
+                .add(x, rows, cols);
+        }
+    }
+}
+
+/// The [`LayerContext`] the driver hands to transforms for one decoder layer.
+pub(crate) struct TransformContext<'a> {
+    layer: &'a mut DecoderLayer,
+    input: &'a ActivationStore,
+    rope: &'a Rope,
+    n_seq: usize,
+    seq: usize,
+    chunk_sequences: usize,
+    stats: HashMap<Site, ChannelStats>,
+    samples: HashMap<Site, Sampler>,
+    tokens: HashMap<Site, usize>,
+}
+
+fn ctx_err(e: impl std::fmt::Display) -> MethodError {
+    MethodError::Context(e.to_string())
+}
+
+impl<'a> TransformContext<'a> {
+    /// Runs `layer` in full precision over all of `input` (`n_seq` sequences of `seq` tokens),
+    /// collecting what `needs` asks for. Returns the context and, if `keep_output`, the layer's
+    /// full-precision outputs (the next layer's inputs under full-precision propagation).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn capture(
+        layer: &'a mut DecoderLayer,
+        input: &'a ActivationStore,
+        rope: &'a Rope,
+        n_seq: usize,
+        seq: usize,
+        chunk_sequences: usize,
+        needs: TransformNeeds,
+        keep_output: bool,
+    ) -> Result<(Self, Option<ActivationStore>)> {
+        let mut cap = Capture {
+            layer: layer.index,
+            needs,
+            dense_rows: n_seq * seq,
+            stats: HashMap::new(),
+            samples: HashMap::new(),
+            tokens: HashMap::new(),
+            error: None,
+        };
+        let mut out = keep_output.then(|| input.clone());
+        let cs = chunk_sequences.max(1);
+        for s0 in (0..n_seq).step_by(cs) {
+            let s1 = (s0 + cs).min(n_seq);
+            let mut x = input.rows(s0 * seq, s1 * seq);
+            layer.forward(&mut x, s1 - s0, seq, rope, &mut cap)?;
+            if let Some(e) = cap.error.take() {
+                return Err(e);
+            }
+            if let Some(o) = out.as_mut() {
+                o.set_rows(s0 * seq, &x);
+            }
+        }
+        Ok((
+            TransformContext {
+                layer,
+                input,
+                rope,
+                n_seq,
+                seq,
+                chunk_sequences: cs,
+                stats: cap.stats,
+                samples: cap.samples,
+                tokens: cap.tokens,
+            },
+            out,
+        ))
+    }
+
+    /// Calibration tokens routed to each expert (empty for a dense layer).
+    pub(crate) fn expert_tokens(&self, n_experts: usize) -> Vec<usize> {
+        (0..n_experts)
+            .map(|e| self.tokens.get(&Site::ExpertInput(e)).copied().unwrap_or(0))
+            .collect()
+    }
+
+    /// Divides the statistics and samples of `site` by `f` per column.
+    fn divide_site(&mut self, site: Site, f: &[f32]) {
+        if let Some(st) = self.stats.get_mut(&site) {
+            if st.abs_max.len() == f.len() {
+                st.abs_max.iter_mut().zip(f).for_each(|(m, s)| *m /= s);
+                st.abs_sum
+                    .iter_mut()
+                    .zip(f)
+                    .for_each(|(m, s)| *m /= *s as f64);
+            }
+        }
+        if let Some(sm) = self.samples.get_mut(&site) {
+            if sm.cols == f.len() && sm.cols > 0 {
+                sm.rows.par_chunks_mut(sm.cols).for_each(|row| {
+                    row.iter_mut().zip(f).for_each(|(v, s)| *v /= s);
+                });
+            }
+        }
+    }
+
+    /// Candidates `c0..c1` of a request as weight overrides (`first` is candidate 0, already
+    /// generated); generated in parallel.
+    fn candidates(
+        &self,
+        r: &LossRequest<'_>,
+        c0: usize,
+        c1: usize,
+        first: Option<CandidateWeights>,
+    ) -> std::result::Result<Vec<LinearOverrides>, MethodError> {
+        let layer = &*self.layer;
+        let to_overrides =
+            |c: CandidateWeights| -> std::result::Result<LinearOverrides, MethodError> {
+                c.into_iter()
+                    .map(|(id, w)| {
+                        let cur = layer
+                            .linear(id.kind, id.expert)
+                            .ok_or_else(|| ctx_err(format!("{id} does not exist")))?;
+                        let lw = LinearWeight::dense(cur.out_features(), cur.in_features(), w)
+                            .map_err(ctx_err)?;
+                        Ok((id, lw))
+                    })
+                    .collect()
+            };
+        let generated: Vec<Option<CandidateWeights>> = (c0..c1)
+            .into_par_iter()
+            .map(|i| {
+                if i == 0 && first.is_some() {
+                    Ok(None)
+                } else {
+                    (r.candidate)(i).map(Some)
+                }
+            })
+            .collect::<std::result::Result<_, MethodError>>()?;
+        let mut first = first;
+        generated
+            .into_iter()
+            .map(|c| match c {
+                Some(c) => to_overrides(c),
+                None => to_overrides(first.take().unwrap_or_default()),
+            })
+            .collect()
+    }
+
+    /// One pass over the calibration chunks: per chunk, one traced forward of the layer gives
+    /// every request's block input and reference output; each candidate's squared error is
+    /// accumulated. Returns mean squared errors per request and candidate.
+    fn sweep(
+        &self,
+        requests: &[LossRequest<'_>],
+        cands: &[Vec<LinearOverrides>],
+    ) -> std::result::Result<Vec<Vec<f64>>, MethodError> {
+        let layer = &*self.layer;
+        let mut losses: Vec<Vec<f64>> = cands.iter().map(|c| vec![0.0; c.len()]).collect();
+        let mut counts = vec![0usize; requests.len()];
+        for (s0, s1) in self.chunks() {
+            let b = s1 - s0;
+            let h = self.input.rows(s0 * self.seq, s1 * self.seq);
+            let trace = layer.trace(&h, b, self.seq, self.rope).map_err(ctx_err)?;
+            drop(h);
+            for (k, r) in requests.iter().enumerate() {
+                if cands[k].is_empty() {
+                    continue;
+                }
+                let bi = layer.trace_input(&trace, r.block).map_err(ctx_err)?;
+                let org = layer.trace_output(&trace, r.block).map_err(ctx_err)?;
+                counts[k] += org.len();
+                for (c, ov) in cands[k].iter().enumerate() {
+                    let out = layer
+                        .block_output(r.block, &bi, b, self.seq, self.rope, ov)
+                        .map_err(ctx_err)?;
+                    losses[k][c] += squared_distance(&org, &out);
+                }
+            }
+        }
+        Ok(losses
+            .into_iter()
+            .zip(counts)
+            .map(|(l, n)| l.into_iter().map(|v| v / n.max(1) as f64).collect())
+            .collect())
+    }
+
+    fn chunks(&self) -> Vec<(usize, usize)> {
+        let cs = self.chunk_sequences;
+        (0..self.n_seq)
+            .step_by(cs)
+            .map(|s0| (s0, (s0 + cs).min(self.n_seq)))
+            .collect()
+    }
+}
+
+impl LayerContext for TransformContext<'_> {
+    fn layer(&self) -> usize {
+        self.layer.index
+    }
+
+    fn scale_pairs(&self) -> Vec<ScalePair> {
+        self.layer.scale_pairs()
+    }
+
+    fn linear_ids(&self) -> Vec<LinearId> {
+        self.layer.linear_ids()
+    }
+
+    fn weight(&self, id: LinearId) -> std::result::Result<(Vec<f32>, usize, usize), MethodError> {
+        match self.layer.linear(id.kind, id.expert) {
+            Some(w @ LinearWeight::Dense { .. }) => {
+                Ok((w.to_dense(), w.out_features(), w.in_features()))
+            }
+            Some(_) => Err(ctx_err(format!("{id} is already quantized"))),
+            None => Err(ctx_err(format!("{id} does not exist"))),
+        }
+    }
+
+    fn pair_stats(&self, pair: &ScalePair) -> Option<&ChannelStats> {
+        producer_site(pair.producer).and_then(|s| self.stats.get(&s))
+    }
+
+    fn input_stats(&self, id: LinearId) -> Option<&ChannelStats> {
+        self.stats.get(&site_of(&id))
+    }
+
+    fn input_sample(&self, id: LinearId) -> Option<(&[f32], usize)> {
+        self.samples
+            .get(&site_of(&id))
+            .map(|s| (s.rows.as_slice(), s.n_rows()))
+    }
+
+    fn tokens(&self, id: LinearId) -> usize {
+        self.tokens.get(&site_of(&id)).copied().unwrap_or(0)
+    }
+
+    fn block_losses_many(
+        &mut self,
+        requests: &[LossRequest<'_>],
+    ) -> std::result::Result<Vec<Vec<f64>>, MethodError> {
+        // Size one candidate of each request to decide how many sweeps the budget allows.
+        let mut firsts = Vec::with_capacity(requests.len());
+        let mut total = 0usize;
+        for r in requests {
+            if r.n == 0 {
+                firsts.push(None);
+                continue;
+            }
+            let c = (r.candidate)(0)?;
+            total += r.n * c.iter().map(|(_, w)| w.len() * 4).sum::<usize>();
+            firsts.push(Some(c));
+        }
+        if total <= CANDIDATE_BUDGET_BYTES {
+            // Everything at once: one pass over the data, one traced forward per chunk.
+            let all: Vec<Vec<LinearOverrides>> = requests
+                .iter()
+                .zip(firsts)
+                .map(|(r, first)| self.candidates(r, 0, r.n, first))
+                .collect::<std::result::Result<_, _>>()?;
+            return self.sweep(requests, &all);
+        }
+        // Over budget: each request on its own, in sweeps of as many candidates as fit.
+        let mut out = Vec::with_capacity(requests.len());
+        for (r, first) in requests.iter().zip(firsts) {
+            let Some(first) = first else {
+                out.push(Vec::new());
+                continue;
+            };
+            let bytes = first.iter().map(|(_, w)| w.len() * 4).sum::<usize>().max(1);
+            let per_sweep = (CANDIDATE_BUDGET_BYTES / bytes).clamp(1, r.n);
+            let mut first = Some(first);
+            let mut losses = Vec::with_capacity(r.n);
+            for c0 in (0..r.n).step_by(per_sweep) {
+                let c1 = (c0 + per_sweep).min(r.n);
+                let cands = self.candidates(r, c0, c1, first.take())?;
+                let one = LossRequest {
+                    block: r.block,
+                    n: c1 - c0,
+                    candidate: r.candidate,
+                };
+                losses.extend(self.sweep(&[one], &[cands])?.remove(0));
+            }
+            out.push(losses);
+        }
+        Ok(out)
+    }
+
+    fn fold_scale(&mut self, pair: &ScalePair, s: &[f32]) -> std::result::Result<(), MethodError> {
+        if s.len() != pair.channels {
+            return Err(MethodError::InvalidShape {
+                id: None,
+                what: "scale",
+                expected: pair.channels,
+                actual: s.len(),
+            });
+        }
+        if let Some(index) = s.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
+            return Err(MethodError::NonFinite {
+                id: None,
+                what: "scale (must be positive and finite)",
+                index,
+            });
+        }
+        self.layer.fold_scale(pair.producer, s).map_err(ctx_err)?;
+        let expanded = pair.expand(s);
+        match pair.producer {
+            ScaleProducer::PostAttentionNorm => {
+                let sites: Vec<Site> = self
+                    .stats
+                    .keys()
+                    .chain(self.samples.keys())
+                    .copied()
+                    .filter(|s| matches!(s, Site::MlpInput | Site::ExpertInput(_)))
+                    .collect();
+                let mut sites = sites;
+                sites.sort_by_key(|s| format!("{s:?}"));
+                sites.dedup();
+                for site in sites {
+                    self.divide_site(site, &expanded);
+                }
+            }
+            p => {
+                if let Some(site) = producer_site(p) {
+                    self.divide_site(site, &expanded);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set_weight(
+        &mut self,
+        id: LinearId,
+        weight: Vec<f32>,
+    ) -> std::result::Result<(), MethodError> {
+        let (out, inp) = match self.layer.linear(id.kind, id.expert) {
+            Some(w) => (w.out_features(), w.in_features()),
+            None => return Err(ctx_err(format!("{id} does not exist"))),
+        };
+        qwen3_quant_core::method::check_weight(&weight, out, inp).map_err(|e| e.with_id(id))?;
+        let w = LinearWeight::dense(out, inp, weight).map_err(ctx_err)?;
+        self.layer.replace_linear(&id, w).map_err(ctx_err)?;
+        Ok(())
+    }
+}
+
+/// `Σ (a − b)²` in f64 (NaN if either side is not finite).
+fn squared_distance(a: &[f32], b: &[f32]) -> f64 {
+    a.par_chunks(16384)
+        .zip(b.par_chunks(16384))
+        .map(|(a, b)| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| {
+                    let d = (*x - *y) as f64;
+                    d * d
+                })
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampler_strides() {
+        let x: Vec<f32> = (0..20).map(|i| i as f32).collect();
+        let mut s = Sampler::new(Some(20), 5);
+        s.add(&x[..8], 8, 1);
+        s.add(&x[8..], 12, 1);
+        assert_eq!(s.rows, vec![0.0, 4.0, 8.0, 12.0, 16.0]);
+        let mut a = Sampler::new(None, 2);
+        a.add(&x, 20, 1);
+        assert!(a.n_rows() <= 4 && a.n_rows() >= 2, "{:?}", a.rows);
+        assert!(a.rows.windows(2).all(|w| w[1] - w[0] == a.stride as f32));
+    }
+}

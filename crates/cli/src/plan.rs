@@ -1,0 +1,167 @@
+//! From `quantize` arguments to what the driver runs: transforms, then a per-linear quantizer.
+
+use anyhow::bail;
+use qwen3_quant_awq::{Awq, AwqConfig};
+use qwen3_quant_calib::{Pipeline, SearchCost};
+use qwen3_quant_core::{Bits, GroupSize, LayerTransform, QuantScheme, Quantizer, RangeConvention};
+use qwen3_quant_gptq::{Gptq, GptqConfig};
+use qwen3_quant_rtn::{MseSearch, Rtn, RtnConfig};
+use qwen3_quant_smoothquant::{weight_quantizer, SmoothQuant, SmoothQuantConfig};
+
+use qwen3_quant_billm::{Billm, BillmConfig, SalientMetric};
+
+use crate::args::{AwqThenArg, MethodArg, QuantizeArgs, SalientMetricArg};
+
+/// The owned parts of a [`Pipeline`].
+pub struct Plan {
+    pub transforms: Vec<Box<dyn LayerTransform>>,
+    pub quantizer: Box<dyn Quantizer>,
+    /// The candidate search the transforms run (for the cost projection).
+    pub search: Option<SearchCost>,
+}
+
+impl Plan {
+    /// Borrowed transforms, in order (what [`Pipeline::with_transforms`] takes).
+    pub fn transform_refs(&self) -> Vec<&dyn LayerTransform> {
+        self.transforms.iter().map(|t| t.as_ref()).collect()
+    }
+
+    /// The pipeline over `refs` (from [`Plan::transform_refs`]).
+    pub fn pipeline<'a>(&'a self, refs: &'a [&'a dyn LayerTransform]) -> Pipeline<'a> {
+        Pipeline::new(self.quantizer.as_ref()).with_transforms(refs)
+    }
+
+    /// `awq+rtn`-style name.
+    pub fn name(&self) -> String {
+        let mut parts: Vec<&str> = self.transforms.iter().map(|t| t.name()).collect();
+        parts.push(self.quantizer.name());
+        parts.join("+")
+    }
+}
+
+fn group_of(a: &QuantizeArgs) -> anyhow::Result<GroupSize> {
+    Ok(if a.per_channel {
+        GroupSize::PerChannel
+    } else {
+        GroupSize::group(a.group_size)?
+    })
+}
+
+fn gptq_config(a: &QuantizeArgs, bits: Bits) -> GptqConfig {
+    GptqConfig {
+        bits,
+        group_size: (!a.per_channel).then_some(a.group_size),
+        sym: a.sym,
+        act_order: !a.no_act_order,
+        true_sequential: !a.no_true_sequential,
+        percdamp: a.damp,
+        static_groups: a.static_groups,
+        ..GptqConfig::default()
+    }
+}
+
+/// Builds the plan for `--method`.
+pub fn build_plan(a: &QuantizeArgs) -> anyhow::Result<Plan> {
+    let bits = Bits::new(a.bits)?;
+    let plain = |quantizer: Box<dyn Quantizer>| Plan {
+        transforms: Vec::new(),
+        quantizer,
+        search: None,
+    };
+    match a.method {
+        MethodArg::Rtn => {
+            // The reference protocol: per-group RTN uses the group's own min/max (llm-awq),
+            // per-channel RTN the GPTQ quantizer (range widened to include 0). Symmetric only
+            // exists for the latter.
+            let convention = match a.convention.as_deref() {
+                Some("gptq") => RangeConvention::Gptq,
+                Some("awq") => RangeConvention::Awq,
+                Some("absmax") => RangeConvention::AbsMax,
+                Some(other) => bail!("unknown --convention {other:?} (gptq, awq or absmax)"),
+                None if a.sym || a.per_channel => RangeConvention::Gptq,
+                None => RangeConvention::Awq,
+            };
+            let scheme = QuantScheme::new(bits, group_of(a)?, a.sym, convention)?;
+            let mut cfg = RtnConfig::new(scheme);
+            if a.mse {
+                cfg = cfg.with_mse(MseSearch::default());
+            }
+            Ok(plain(Box::new(Rtn::new(cfg)?)))
+        }
+        MethodArg::Gptq => Ok(plain(Box::new(Gptq::new(gptq_config(a, bits))?))),
+        MethodArg::Awq => {
+            // AWQ's min/max convention for asymmetric grids (the reference); symmetric grids
+            // use the GPTQ quantizer's (the reference has no symmetric AWQ).
+            let convention = if a.sym {
+                RangeConvention::Gptq
+            } else {
+                RangeConvention::Awq
+            };
+            let scheme = QuantScheme::new(bits, group_of(a)?, a.sym, convention)?;
+            let mut cfg = AwqConfig::with_scheme(scheme);
+            cfg.grid = a.awq_grid;
+            cfg.search_scales = !a.no_scale_search;
+            cfg.clip = !a.no_clip;
+            cfg.scale_v_o_gqa = a.awq_vo_gqa;
+            let awq = Awq::new(cfg)?;
+            let quantizer: Box<dyn Quantizer> = match a.awq_then {
+                AwqThenArg::Rtn => Box::new(awq.quantizer()?),
+                AwqThenArg::Gptq => Box::new(Gptq::new(gptq_config(a, bits))?),
+            };
+            let search = SearchCost {
+                grid: if cfg.search_scales { cfg.grid } else { 0 },
+                clip_steps: if cfg.clip {
+                    ((cfg.max_shrink as f64) * cfg.clip_grid as f64) as usize
+                } else {
+                    0
+                },
+                clip_samples: cfg.clip_samples,
+            };
+            Ok(Plan {
+                transforms: vec![Box::new(awq)],
+                quantizer,
+                search: Some(search),
+            })
+        }
+        MethodArg::Smoothquant => {
+            let quantizer = Box::new(weight_quantizer(bits)?);
+            if a.no_smooth {
+                // The study's code: per-channel weights and per-token activations, no smoothing.
+                return Ok(plain(quantizer));
+            }
+            let mut cfg = SmoothQuantConfig::with_alpha(a.alpha);
+            cfg.smooth_o = a.smooth_o;
+            cfg.smooth_down = a.smooth_down;
+            Ok(Plan {
+                transforms: vec![Box::new(SmoothQuant::new(cfg)?)],
+                quantizer,
+                search: None,
+            })
+        }
+        MethodArg::Billm => Ok(plain(Box::new(Billm::new(billm_config(a)?)?))),
+    }
+}
+
+/// BiLLM's configuration: the reference command (`braq`, blocks of 128, Hessian saliency) plus
+/// the fixes asked for with `--billm-fix`.
+fn billm_config(a: &QuantizeArgs) -> anyhow::Result<BillmConfig> {
+    let mut cfg = BillmConfig {
+        block_size: a.blocksize,
+        salient_metric: match a.salient_metric {
+            SalientMetricArg::Hessian => SalientMetric::Hessian,
+            SalientMetricArg::Magnitude => SalientMetric::Magnitude,
+        },
+        percdamp: a.damp,
+        ..BillmConfig::default()
+    };
+    for fix in &a.billm_fix {
+        match fix.trim() {
+            "weights" => cfg.search_on_weights = true,
+            "quantiles" => cfg.quantiles_over_non_salient = true,
+            "intra" => cfg.intra_block_feedback = true,
+            "" => {}
+            other => bail!("unknown --billm-fix {other:?} (weights, quantiles or intra)"),
+        }
+    }
+    Ok(cfg)
+}

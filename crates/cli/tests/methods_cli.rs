@@ -1,0 +1,145 @@
+//! The `qwen3-quant quantize` binary for AWQ, SmoothQuant and BiLLM: JSON fields
+//! of the contract, the per-linear log with the chosen ratio/clip/loss, and typed errors.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
+
+fn run(args: &[&str]) -> (bool, Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_qwen3-quant"))
+        .args(args)
+        .env("QWEN3_QUANT_QUIET", "1")
+        .env("QWEN3_QUANT_DATA", format!("{ASSETS}/data"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}\n{stderr}"));
+    (out.status.success(), v, stderr)
+}
+
+fn quantize(extra: &[&str]) -> (bool, Value, String) {
+    let model = format!("{ASSETS}/models/qwen3-micro");
+    let mut args = vec![
+        "quantize",
+        "--model",
+        model.as_str(),
+        "--calib",
+        "docs",
+        "--samples",
+        "2",
+        "--seq-len",
+        "256",
+        "--eval",
+        "docs:2",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn awq_reports_ratios_clips_and_losses() {
+    let (ok, v, err) = quantize(&["--method", "awq", "--bits", "4", "--group-size", "128"]);
+    assert!(ok, "{v} {err}");
+    assert_eq!(v["method"], "awq");
+    assert_eq!(v["pipeline"], "awq+rtn");
+    assert_eq!(v["bits"], 4);
+    assert_eq!(v["group_size"], 128);
+    assert!(v["seconds"].as_f64().unwrap() > 0.0);
+    assert!(v["peak_rss_mb"].as_f64().unwrap() > 0.0);
+    assert!(v["projection"]["search_flops"].as_f64().unwrap() > 0.0);
+    let ppl = v["eval"]["docs"]["ppl"].as_f64().unwrap();
+    assert!(ppl.is_finite() && ppl > 1.0);
+    let transforms = v["transforms"].as_array().unwrap();
+    assert_eq!(transforms.len(), 8 * (3 + 5));
+    for t in transforms {
+        assert!(t["loss"].as_f64().unwrap().is_finite());
+        match t["kind"].as_str().unwrap() {
+            "scale" => assert!(t["ratio"].as_f64().is_some()),
+            "clip" => assert!(t["clip"].as_f64().unwrap() > 0.0),
+            k => panic!("unexpected kind {k}"),
+        }
+    }
+    let linears = v["linears"].as_array().unwrap();
+    assert_eq!(linears.len(), 56);
+    let q = linears
+        .iter()
+        .find(|l| l["layer"] == 0 && l["module"] == "self_attn.q_proj")
+        .unwrap();
+    assert!(q["scale_ratio"].as_f64().is_some() && q["scale_loss"].as_f64().is_some());
+    assert!(q.get("clip").is_none(), "q is not clipped");
+    let down = linears
+        .iter()
+        .find(|l| l["layer"] == 0 && l["module"] == "mlp.down_proj")
+        .unwrap();
+    assert!(down["clip"].as_f64().is_some() && down["scale_ratio"].as_f64().is_some());
+}
+
+#[test]
+fn smoothquant_weight_activation_settings() {
+    let (ok, v, err) = quantize(&[
+        "--method",
+        "smoothquant",
+        "--bits",
+        "8",
+        "--act-bits",
+        "8",
+        "--alpha",
+        "0.5",
+    ]);
+    assert!(ok, "{v} {err}");
+    assert_eq!(v["method"], "smoothquant");
+    assert_eq!(v["act_bits"], 8);
+    assert_eq!(v["pipeline"], "smoothquant+rtn");
+    let transforms = v["transforms"].as_array().unwrap();
+    assert_eq!(transforms.len(), 8 * 2);
+    assert!(transforms.iter().all(|t| t["kind"] == "smooth" && t["ratio"] == 0.5));
+    assert!(v["eval"]["docs"]["ppl"].as_f64().unwrap().is_finite());
+    // --no-smooth: the study's unsmoothed W/A RTN, no calibration pass at all.
+    let (ok, v, err) = quantize(&[
+        "--method",
+        "smoothquant",
+        "--bits",
+        "8",
+        "--act-bits",
+        "8",
+        "--no-smooth",
+    ]);
+    assert!(ok, "{v} {err}");
+    assert_eq!(v["pipeline"], "rtn");
+    assert!(v["transforms"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn bad_settings_are_json_errors() {
+    for extra in [
+        &["--method", "awq", "--bits", "9"][..],
+        &["--method", "smoothquant", "--bits", "8", "--alpha", "1.5"][..],
+        &["--method", "awq", "--awq-grid", "0"][..],
+        &["--method", "billm", "--blocksize", "100"][..],
+        &["--method", "billm", "--billm-fix", "everything"][..],
+    ] {
+        let (ok, v, _) = quantize(extra);
+        assert!(!ok, "{extra:?} should fail");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    }
+}
+
+#[test]
+fn billm_reports_both_bit_figures() {
+    let (ok, v, err) = quantize(&["--method", "billm", "--billm-fix", "quantiles"]);
+    assert!(ok, "{v} {err}");
+    assert_eq!(v["method"], "billm");
+    assert_eq!(v["pipeline"], "billm");
+    // The reference's figure: 1 + the last block's salient fraction (at most 49 of 128 columns).
+    let reference = v["reference_bits"].as_f64().unwrap();
+    assert!(reference > 1.0 && reference < 1.0 + 49.0 / 128.0 + 1e-9, "{reference}");
+    // The packed layout's true cost: 2 bits + the (row, block) tables + the salient map.
+    let honest = v["bits_per_weight"].as_f64().unwrap();
+    assert!((honest - 2.627).abs() < 0.01, "{honest}");
+    assert_eq!(v["linears"].as_array().unwrap().len(), 56);
+    assert!(v["eval"]["docs"]["ppl"].as_f64().unwrap().is_finite());
+}

@@ -1,0 +1,305 @@
+//! The facade's method settings: plain fields (bits as `u8`, groups as `Option<usize>`) whose
+//! `Default` is the study's setting, converted into the method crates' validated configurations.
+
+use qwen3_quant_core::{Bits, GroupSize, QuantScheme, RangeConvention};
+
+use crate::error::Result;
+
+/// The study's group size (`--groupsize 128`); `None` in a config means per output channel.
+pub const PAPER_GROUP_SIZE: usize = 128;
+
+fn group_of(group_size: Option<usize>) -> Result<GroupSize> {
+    Ok(match group_size {
+        None => GroupSize::PerChannel,
+        Some(g) => GroupSize::group(g)?,
+    })
+}
+
+/// Round-to-nearest. `Default`: 4 bits, group 128, asymmetric, no clip search.
+///
+/// Range convention, as the study's two RTN code paths: per-group asymmetric grids use the
+/// group's own min/max (llm-awq's fake quantizer); per-channel or symmetric grids use GPTQ's
+/// quantizer (range widened to include 0).
+///
+/// ```
+/// use qwen3_quant::RtnConfig;
+/// let c = RtnConfig { bits: 3, group_size: None, ..Default::default() }; // w3 per-channel
+/// assert_eq!(c.method()?.config.scheme.bits().get(), 3);
+/// assert!(RtnConfig { bits: 9, ..Default::default() }.method().is_err());
+/// # Ok::<(), qwen3_quant::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RtnConfig {
+    /// Weight bits, 1..=8.
+    pub bits: u8,
+    /// Columns per group; `None` = one scale per output channel.
+    pub group_size: Option<usize>,
+    /// Symmetric grid.
+    pub sym: bool,
+    /// Search a clipping range per group minimising the 2.4-norm error (GPTQ's `mse` grid).
+    pub mse_clip: bool,
+}
+
+impl Default for RtnConfig {
+    fn default() -> Self {
+        RtnConfig {
+            bits: 4,
+            group_size: Some(PAPER_GROUP_SIZE),
+            sym: false,
+            mse_clip: false,
+        }
+    }
+}
+
+impl RtnConfig {
+    /// The weight scheme (bits, grouping, symmetry, convention).
+    ///
+    /// # Errors
+    /// Impossible bits or group size.
+    pub fn scheme(&self) -> Result<QuantScheme> {
+        let convention = if self.sym || self.group_size.is_none() {
+            RangeConvention::Gptq
+        } else {
+            RangeConvention::Awq
+        };
+        Ok(QuantScheme::new(
+            Bits::new(self.bits)?,
+            group_of(self.group_size)?,
+            self.sym,
+            convention,
+        )?)
+    }
+
+    /// The validated method.
+    ///
+    /// # Errors
+    /// Impossible bits or group size.
+    pub fn method(&self) -> Result<qwen3_quant_rtn::Rtn> {
+        let mut c = qwen3_quant_rtn::RtnConfig::new(self.scheme()?);
+        if self.mse_clip {
+            c = c.with_mse(qwen3_quant_rtn::MseSearch::default());
+        }
+        Ok(qwen3_quant_rtn::Rtn::new(c)?)
+    }
+}
+
+/// GPTQ. `Default`: the study's command (`qwen.py c4 --wbits 4 --groupsize 128 --act-order
+/// --true-sequential`): 4 bits, group 128, asymmetric, act-order, true-sequential, damping 0.01.
+///
+/// ```
+/// use qwen3_quant::GptqConfig;
+/// let c = GptqConfig { bits: 3, ..Default::default() };
+/// let m = c.method()?;
+/// assert_eq!((m.config().bits.get(), m.config().group_size), (3, Some(128)));
+/// assert!(GptqConfig { bits: 1, ..Default::default() }.method().is_err()); // BiLLM is the 1-bit method
+/// # Ok::<(), qwen3_quant::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GptqConfig {
+    /// Weight bits, 2..=8.
+    pub bits: u8,
+    /// Columns per group; `None` = per output channel.
+    pub group_size: Option<usize>,
+    /// Symmetric grid.
+    pub sym: bool,
+    /// Quantize columns by decreasing Hessian diagonal.
+    pub act_order: bool,
+    /// Quantize `[k,v,q] → [o] → [up,gate] → [down]` with inputs recomputed in between.
+    pub true_sequential: bool,
+    /// Dampening, a fraction of the mean Hessian diagonal.
+    pub damp: f32,
+    /// With act-order: group parameters computed up front on the original weights.
+    pub static_groups: bool,
+}
+
+impl Default for GptqConfig {
+    fn default() -> Self {
+        GptqConfig {
+            bits: 4,
+            group_size: Some(PAPER_GROUP_SIZE),
+            sym: false,
+            act_order: true,
+            true_sequential: true,
+            damp: 0.01,
+            static_groups: false,
+        }
+    }
+}
+
+impl GptqConfig {
+    /// The method crate's configuration.
+    ///
+    /// # Errors
+    /// Impossible bits.
+    pub fn method_config(&self) -> Result<qwen3_quant_gptq::GptqConfig> {
+        Ok(qwen3_quant_gptq::GptqConfig {
+            bits: Bits::new(self.bits)?,
+            group_size: self.group_size,
+            sym: self.sym,
+            act_order: self.act_order,
+            true_sequential: self.true_sequential,
+            percdamp: self.damp,
+            static_groups: self.static_groups,
+            ..qwen3_quant_gptq::GptqConfig::default()
+        })
+    }
+
+    /// The validated method.
+    ///
+    /// # Errors
+    /// Bits outside 2..=8, a zero group size, a negative damping.
+    pub fn method(&self) -> Result<qwen3_quant_gptq::Gptq> {
+        Ok(qwen3_quant_gptq::Gptq::new(self.method_config()?)?)
+    }
+}
+
+/// AWQ's scale and clip search. `Default`: llm-awq's (4 bits, group 128, asymmetric, a 20-point
+/// scale grid, clipping up to 50% over 20 steps on 512 tokens, no `v → o` scaling under GQA).
+///
+/// ```
+/// use qwen3_quant::AwqConfig;
+/// let awq = AwqConfig { bits: 3, ..Default::default() }.method()?;
+/// assert_eq!(awq.quantizer()?.config.scheme.bits().get(), 3);
+/// # Ok::<(), qwen3_quant::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AwqConfig {
+    /// Weight bits the search optimises for.
+    pub bits: u8,
+    /// Columns per group; `None` = per output channel.
+    pub group_size: Option<usize>,
+    /// Symmetric grid (the reference has none; this uses GPTQ's symmetric quantizer).
+    pub sym: bool,
+    /// Scale grid: ratios `i / grid`, `i < grid`.
+    pub grid: usize,
+    /// Run the per-channel scale search.
+    pub search_scales: bool,
+    /// Run the clip search.
+    pub clip: bool,
+    /// Largest clip shrink tried, in `[0, 1)`.
+    pub max_shrink: f32,
+    /// Tokens subsampled for the clip search.
+    pub clip_samples: usize,
+    /// Also scale `v → o` under GQA (one scale per value channel; the reference skips it).
+    pub scale_v_o_gqa: bool,
+}
+
+impl Default for AwqConfig {
+    fn default() -> Self {
+        let d = qwen3_quant_awq::AwqConfig::default();
+        AwqConfig {
+            bits: 4,
+            group_size: Some(PAPER_GROUP_SIZE),
+            sym: false,
+            grid: d.grid,
+            search_scales: d.search_scales,
+            clip: d.clip,
+            max_shrink: d.max_shrink,
+            clip_samples: d.clip_samples,
+            scale_v_o_gqa: d.scale_v_o_gqa,
+        }
+    }
+}
+
+impl AwqConfig {
+    /// The validated transform.
+    ///
+    /// # Errors
+    /// Impossible bits or group size, an empty grid, a shrink outside `[0, 1)`.
+    pub fn method(&self) -> Result<qwen3_quant_awq::Awq> {
+        let convention = if self.sym {
+            RangeConvention::Gptq
+        } else {
+            RangeConvention::Awq
+        };
+        let scheme = QuantScheme::new(
+            Bits::new(self.bits)?,
+            group_of(self.group_size)?,
+            self.sym,
+            convention,
+        )?;
+        let mut c = qwen3_quant_awq::AwqConfig::with_scheme(scheme);
+        c.grid = self.grid;
+        c.search_scales = self.search_scales;
+        c.clip = self.clip;
+        c.max_shrink = self.max_shrink;
+        c.clip_samples = self.clip_samples;
+        c.scale_v_o_gqa = self.scale_v_o_gqa;
+        Ok(qwen3_quant_awq::Awq::new(c)?)
+    }
+}
+
+/// SmoothQuant's weight-activation settings. `Default`: W8A8 with α = 0.5 on the two RMSNorm
+/// pairs; weights symmetric absmax per output channel, activations symmetric per token.
+///
+/// `smooth: false` is what the study's script measured (its `smooth_lm` is never called):
+/// per-channel weights and per-token activations, no migration, no calibration.
+///
+/// ```
+/// use qwen3_quant::SmoothQuantConfig;
+/// let w4a4 = SmoothQuantConfig { weight_bits: 4, act_bits: Some(4), ..Default::default() };
+/// assert_eq!(w4a4.label(), "w4a4");
+/// assert!(SmoothQuantConfig { alpha: 1.5, ..Default::default() }.transform().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SmoothQuantConfig {
+    /// Weight bits, 2..=8.
+    pub weight_bits: u8,
+    /// Activation bits of every decoder linear's input (`None`: weights only).
+    pub act_bits: Option<u8>,
+    /// Migration strength α in `[0, 1]`.
+    pub alpha: f32,
+    /// Smooth at all (off: the study's unsmoothed measurement).
+    pub smooth: bool,
+    /// Also smooth `o_proj`'s input into `v_proj`'s rows.
+    pub smooth_o: bool,
+    /// Also smooth `down_proj`'s input into `up_proj`'s rows.
+    pub smooth_down: bool,
+}
+
+impl Default for SmoothQuantConfig {
+    fn default() -> Self {
+        SmoothQuantConfig {
+            weight_bits: 8,
+            act_bits: Some(8),
+            alpha: 0.5,
+            smooth: true,
+            smooth_o: false,
+            smooth_down: false,
+        }
+    }
+}
+
+impl SmoothQuantConfig {
+    /// `w8a8`-style name.
+    pub fn label(&self) -> String {
+        match self.act_bits {
+            Some(a) => format!("w{}a{a}", self.weight_bits),
+            None => format!("w{}", self.weight_bits),
+        }
+    }
+
+    /// The smoothing transform (`None` when `smooth` is off).
+    ///
+    /// # Errors
+    /// α outside `[0, 1]`.
+    pub fn transform(&self) -> Result<Option<qwen3_quant_smoothquant::SmoothQuant>> {
+        if !self.smooth {
+            return Ok(None);
+        }
+        let mut c = qwen3_quant_smoothquant::SmoothQuantConfig::with_alpha(self.alpha);
+        c.smooth_o = self.smooth_o;
+        c.smooth_down = self.smooth_down;
+        Ok(Some(qwen3_quant_smoothquant::SmoothQuant::new(c)?))
+    }
+
+    /// The weight quantizer (symmetric absmax per output channel).
+    ///
+    /// # Errors
+    /// Bits outside 2..=8.
+    pub fn weight_quantizer(&self) -> Result<qwen3_quant_rtn::Rtn> {
+        Ok(qwen3_quant_smoothquant::weight_quantizer(Bits::new(
+            self.weight_bits,
+        )?)?)
+    }
+}
