@@ -5,7 +5,10 @@
 mod common;
 use common::*;
 use qwen3_quant::awq::{Awq, AwqConfig};
-use qwen3_quant::calib::{first_windows, quantize_model, quantize_model_with, DriverOptions, Pipeline};
+use qwen3_quant::calib::{
+    first_windows, quantize_model, quantize_model_with, CalibrationSet, DriverOptions, Pipeline,
+    QuantizationRun,
+};
 use qwen3_quant::core::{Bits, GroupSize, LayerTransform, QuantScheme, RangeConvention};
 use qwen3_quant::model::Qwen3Model;
 use qwen3_quant::rtn::{Rtn, RtnConfig};
@@ -25,6 +28,15 @@ fn rtn(model: &mut Qwen3Model, bits: u8) {
     quantize_model(model, None, &method, &DriverOptions::default()).unwrap();
 }
 
+/// AWQ (the reference settings at `bits`, g128), then RTN, through the driver.
+fn awq_rtn(model: &mut Qwen3Model, calib: &CalibrationSet, bits: u8) -> QuantizationRun {
+    let awq = Awq::new(AwqConfig::with_scheme(scheme(bits))).unwrap();
+    let q = awq.quantizer().unwrap();
+    let transforms: [&dyn LayerTransform; 1] = [&awq];
+    let pipeline = Pipeline::new(&q).with_transforms(&transforms);
+    quantize_model_with(model, Some(calib), &pipeline, &DriverOptions::default()).unwrap()
+}
+
 fn moe() -> Qwen3Model {
     Qwen3Model::load(format!("{ASSETS}/models/qwen3-moe-micro")).unwrap()
 }
@@ -39,12 +51,8 @@ fn awq_w3_beats_rtn_w3_on_qwen3_micro() {
     rtn(&mut r, 3);
     let rtn_ppl = ppl(&r, &valid, 8);
 
-    let awq = Awq::new(AwqConfig::with_scheme(scheme(3))).unwrap();
-    let q = awq.quantizer().unwrap();
-    let transforms: [&dyn LayerTransform; 1] = [&awq];
-    let pipeline = Pipeline::new(&q).with_transforms(&transforms);
     let mut m = micro();
-    let run = quantize_model_with(&mut m, Some(&calib), &pipeline, &DriverOptions::default()).unwrap();
+    let run = awq_rtn(&mut m, &calib, 3);
     assert_eq!(run.quantized.len(), 56);
     // Per layer: 3 scale pairs (v→o is skipped under GQA, as in the reference) and 5 clips.
     assert_eq!(run.transforms.iter().filter(|t| t.kind == "scale").count(), 8 * 3);
@@ -138,17 +146,8 @@ fn awq_w4_beats_rtn_w4_on_qwen3_moe_micro() {
     let mut r = moe();
     rtn(&mut r, 4);
     let rtn_ppl = ppl(&r, &valid, 8);
-    let awq = Awq::new(AwqConfig::with_scheme(scheme(4))).unwrap();
-    let q = awq.quantizer().unwrap();
-    let transforms: [&dyn LayerTransform; 1] = [&awq];
     let mut m = moe();
-    let run = quantize_model_with(
-        &mut m,
-        Some(&calib),
-        &Pipeline::new(&q).with_transforms(&transforms),
-        &DriverOptions::default(),
-    )
-    .unwrap();
+    let run = awq_rtn(&mut m, &calib, 4);
     let experts = m.config.moe.as_ref().unwrap().num_experts;
     assert_eq!(run.expert_tokens.len(), 4);
     assert!(run.expert_tokens.iter().all(|(_, c)| c.len() == experts));

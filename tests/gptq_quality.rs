@@ -17,22 +17,7 @@ fn gptq_w3_g128_beats_rtn_with_64_calibration_windows() {
     let calib = first_windows(&docs("calib"), 64, 1024).unwrap();
     let fp = ppl(&micro(), &valid, 16);
 
-    let mut rtn = micro();
-    let scheme = QuantScheme::new(
-        Bits::new(3).unwrap(),
-        GroupSize::group(128).unwrap(),
-        false,
-        RangeConvention::Awq,
-    )
-    .unwrap();
-    quantize_model(
-        &mut rtn,
-        None,
-        &Rtn::new(RtnConfig::new(scheme)).unwrap(),
-        &DriverOptions::default(),
-    )
-    .unwrap();
-    let rtn_ppl = ppl(&rtn, &valid, 16);
+    let rtn_ppl = ppl(&rtn_w3(), &valid, 16);
 
     let mut g = micro();
     let method = Gptq::new(w3()).unwrap();
@@ -57,6 +42,21 @@ fn gptq_w3_g128_beats_rtn_with_64_calibration_windows() {
     assert!(gptq_ppl < fp * 1.08, "GPTQ {gptq_ppl} too far from fp {fp}");
 }
 
+/// qwen3-micro with RTN 3-bit g128 (AWQ's min/max convention, the reference RTN).
+fn rtn_w3() -> qwen3_quant::model::Qwen3Model {
+    let mut m = micro();
+    let scheme = QuantScheme::new(
+        Bits::new(3).unwrap(),
+        GroupSize::group(128).unwrap(),
+        false,
+        RangeConvention::Awq,
+    )
+    .unwrap();
+    let rtn = Rtn::new(RtnConfig::new(scheme)).unwrap();
+    quantize_model(&mut m, None, &rtn, &DriverOptions::default()).unwrap();
+    m
+}
+
 /// GPTQ's default configuration at 3 bits, g128.
 fn w3() -> GptqConfig {
     GptqConfig::default().with_bits(Bits::new(3).unwrap())
@@ -78,16 +78,7 @@ fn bf16_activation_buffer_matches_f32_closely() {
         ..DriverOptions::default()
     };
     quantize_model(&mut b, Some(&calib), &method, &opts).unwrap();
-    let mut r = micro();
-    let scheme = QuantScheme::new(
-        Bits::new(3).unwrap(),
-        GroupSize::group(128).unwrap(),
-        false,
-        RangeConvention::Awq,
-    )
-    .unwrap();
-    quantize_model(&mut r, None, &Rtn::new(RtnConfig::new(scheme)).unwrap(), &DriverOptions::default()).unwrap();
-    let (pa, pb, pr) = (ppl(&a, &valid, 4), ppl(&b, &valid, 4), ppl(&r, &valid, 4));
+    let (pa, pb, pr) = (ppl(&a, &valid, 4), ppl(&b, &valid, 4), ppl(&rtn_w3(), &valid, 4));
     eprintln!("w3 g128: f32 activations {pa:.4}  bf16 activations {pb:.4}  rtn {pr:.4}");
     assert!(rel(pa, pb).abs() < 0.015, "{pa} vs {pb}");
     // With 8 windows GPTQ itself is only about as good as RTN on these 4 windows; a broken

@@ -89,16 +89,7 @@ pub fn clip_search(
     let rtn = RtnConfig::new(cfg.scheme);
     for i in 0..steps {
         let shrink = 1.0 - i as f32 / cfg.clip_grid as f32;
-        let mut clipped = w.to_vec();
-        clipped
-            .par_chunks_mut(inp.max(1))
-            .enumerate()
-            .for_each(|(r, row)| {
-                for (c, v) in row.iter_mut().enumerate() {
-                    let m = org_max[r * ng + c / gs] * shrink;
-                    *v = v.clamp(-m, m);
-                }
-            });
+        let clipped = clamp_groups(w, inp, gs, |rg| org_max[rg] * shrink);
         let q = quantize_weight(&clipped, out, inp, &rtn)?.dequantize();
         let errs = group_errors(w, &q, out, inp, gs, &xg, rows);
         for (k, &e) in errs.iter().enumerate() {
@@ -111,16 +102,7 @@ pub fn clip_search(
             }
         }
     }
-    let mut clipped = w.to_vec();
-    clipped
-        .par_chunks_mut(inp.max(1))
-        .enumerate()
-        .for_each(|(r, row)| {
-            for (c, v) in row.iter_mut().enumerate() {
-                let m = best_max[r * ng + c / gs];
-                *v = v.clamp(-m, m);
-            }
-        });
+    let clipped = clamp_groups(w, inp, gs, |rg| best_max[rg]);
     Ok(ClipResult {
         max_val: best_max,
         org_max,
@@ -128,6 +110,22 @@ pub fn clip_search(
         baseline,
         clipped,
     })
+}
+
+/// `w` (`[out, inp]`) with every (row, group of `gs` columns) clamped to `±limit(row · ng + group)`.
+fn clamp_groups(w: &[f32], inp: usize, gs: usize, limit: impl Fn(usize) -> f32 + Sync) -> Vec<f32> {
+    let ng = inp.div_ceil(gs.max(1));
+    let mut clipped = w.to_vec();
+    clipped
+        .par_chunks_mut(inp.max(1))
+        .enumerate()
+        .for_each(|(r, row)| {
+            for (c, v) in row.iter_mut().enumerate() {
+                let m = limit(r * ng + c / gs);
+                *v = v.clamp(-m, m);
+            }
+        });
+    clipped
 }
 
 /// `[out, ng]`: mean over tokens of `(x_g · (q_g − w_g))²` per output channel and group.

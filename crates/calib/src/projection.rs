@@ -164,26 +164,31 @@ impl Projection {
                 * config.num_attention_heads as f64;
         let mut search = 0.0;
         for layer in 0..config.num_hidden_layers {
-            let (ffn, down, clip_params) = match (&config.moe, config.is_moe_layer(layer)) {
-                (Some(m), true) => {
-                    let (mi, k, e) = (
-                        m.moe_intermediate_size as f64,
-                        m.num_experts_per_tok as f64,
-                        m.num_experts as f64,
-                    );
-                    (
-                        2.0 * (3.0 * h * mi * k + h * e),
-                        2.0 * h * mi * k,
-                        3.0 * h * mi * e,
-                    )
-                }
-                _ => {
-                    let i = config.intermediate_size as f64;
-                    (6.0 * h * i, 2.0 * h * i, 3.0 * h * i)
-                }
-            };
+            // The up → down pair is scored through its input's Gram matrix: one `n · i²`
+            // accumulation (per expert: its tokens), then `2 · h · i²` per candidate.
+            let (ffn, gram, gram_per_candidate, clip_params) =
+                match (&config.moe, config.is_moe_layer(layer)) {
+                    (Some(m), true) => {
+                        let (mi, k, e) = (
+                            m.moe_intermediate_size as f64,
+                            m.num_experts_per_tok as f64,
+                            m.num_experts as f64,
+                        );
+                        (
+                            2.0 * (3.0 * h * mi * k + h * e),
+                            n * k * mi * mi,
+                            2.0 * h * mi * mi * e,
+                            3.0 * h * mi * e,
+                        )
+                    }
+                    _ => {
+                        let i = config.intermediate_size as f64;
+                        (6.0 * h * i, n * i * i, 2.0 * h * i * i, 3.0 * h * i)
+                    }
+                };
             // Candidates, plus inputs and reference outputs (about three forwards per layer).
-            search += n * (c.grid as f64 * (attn + ffn + down) + 3.0 * (attn + ffn));
+            search += n * (c.grid as f64 * (attn + ffn) + 3.0 * (attn + ffn));
+            search += gram + c.grid as f64 * gram_per_candidate;
             search +=
                 2.0 * (c.clip_steps * c.clip_samples) as f64 * (h * kvd + qd * h + clip_params);
         }

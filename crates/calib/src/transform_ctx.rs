@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use qwen3_quant_core::{
-    CandidateWeights, ChannelStats, LayerContext, LinearId, LinearKind, LossRequest, MethodError,
-    ScalePair, ScaleProducer, TransformNeeds,
+    CandidateWeights, ChannelStats, Hessian, LayerContext, LinearId, LinearKind, LossRequest,
+    MethodError, ScalePair, ScaleProducer, ScoredBlock, TransformNeeds,
 };
 use qwen3_quant_model::{DecoderLayer, LinearOverrides, LinearWeight, Observer, Rope, Site};
 use rayon::prelude::*;
@@ -291,6 +291,17 @@ impl<'a> TransformContext<'a> {
         let layer = &*self.layer;
         let mut losses: Vec<Vec<f64>> = cands.iter().map(|c| vec![0.0; c.len()]).collect();
         let mut counts = vec![0usize; requests.len()];
+        // A block that is one linear is scored through its input's Gram matrix (see
+        // `gram_losses`): no candidate product over the calibration tokens at all.
+        let mut grams: Vec<Option<(Hessian, usize)>> = requests
+            .iter()
+            .map(|r| match r.block {
+                ScoredBlock::Linear(id) => layer
+                    .linear(id.kind, id.expert)
+                    .map(|w| (Hessian::new(w.in_features()), w.out_features())),
+                _ => None,
+            })
+            .collect();
         for (s0, s1) in self.chunks() {
             let b = s1 - s0;
             let h = self.input.rows(s0 * self.seq, s1 * self.seq);
@@ -301,6 +312,13 @@ impl<'a> TransformContext<'a> {
                     continue;
                 }
                 let bi = layer.trace_input(&trace, r.block).map_err(ctx_err)?;
+                if let Some((g, out)) = grams[k].as_mut() {
+                    if bi.rows > 0 {
+                        g.accumulate(&bi.x, bi.rows).map_err(ctx_err)?;
+                    }
+                    counts[k] += bi.rows * *out;
+                    continue;
+                }
                 let org = layer.trace_output(&trace, r.block).map_err(ctx_err)?;
                 counts[k] += org.len();
                 for (c, ov) in cands[k].iter().enumerate() {
@@ -311,11 +329,51 @@ impl<'a> TransformContext<'a> {
                 }
             }
         }
+        for (k, g) in grams.iter().enumerate() {
+            if let (Some((g, _)), ScoredBlock::Linear(id)) = (g, requests[k].block) {
+                losses[k] = self.gram_losses(id, g, &cands[k])?;
+            }
+        }
         Ok(losses
             .into_iter()
             .zip(counts)
             .map(|(l, n)| l.into_iter().map(|v| v / n.max(1) as f64).collect())
             .collect())
+    }
+
+    /// Summed squared output errors of candidate weights `W'` of one linear, from the Gram matrix
+    /// `G = Σ_t x_tᵀ x_t` of its calibration inputs: `Σ_t ‖x_t (W' − W)ᵀ‖² = Σ_r Δ_r G Δ_rᵀ`
+    /// with `Δ = W' − W`. The same quantity the per-token outputs give, for one `[out, in] ×
+    /// [in, in]` product per candidate instead of one `[tokens, in] × [in, out]` product (for
+    /// down_proj on 128 × 1024 tokens, about 85× fewer FLOPs).
+    fn gram_losses(
+        &self,
+        id: LinearId,
+        g: &Hessian,
+        cands: &[LinearOverrides],
+    ) -> std::result::Result<Vec<f64>, MethodError> {
+        let cur = self
+            .layer
+            .linear(id.kind, id.expert)
+            .ok_or_else(|| ctx_err(format!("{id} does not exist")))?;
+        let (out, inp) = (cur.out_features(), cur.in_features());
+        let w = cur.to_dense();
+        let losses = cands
+            .iter()
+            .map(|ov| {
+                let Some(c) = ov.get(&id) else {
+                    return 0.0;
+                };
+                let delta: Vec<f32> = c.to_dense().iter().zip(&w).map(|(a, b)| a - b).collect();
+                let mut dg = vec![0.0f32; out * inp];
+                qwen3_quant_kernels::dense::matmul(&delta, out, inp, &g.data, inp, &mut dg);
+                dg.par_chunks(16384)
+                    .zip(delta.par_chunks(16384))
+                    .map(|(a, b)| a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>())
+                    .sum::<f64>()
+            })
+            .collect();
+        Ok(losses)
     }
 
     fn chunks(&self) -> Vec<(usize, usize)> {
@@ -509,5 +567,86 @@ mod tests {
         a.add(&x, 20, 1);
         assert!(a.n_rows() <= 4 && a.n_rows() >= 2, "{:?}", a.rows);
         assert!(a.rows.windows(2).all(|w| w[1] - w[0] == a.stride as f32));
+    }
+
+    /// The Gram-matrix scoring of a one-linear block equals the per-token squared errors of
+    /// the candidates' outputs (down_proj of the bundled model's layer 2, dense and MoE).
+    #[test]
+    fn gram_scoring_equals_per_token_scoring() {
+        let cases = [("qwen3-micro", None)]
+            .into_iter()
+            .chain((0..8).map(|e| ("qwen3-moe-micro", Some(e))));
+        let mut checked = 0;
+        for (dir, expert) in cases {
+            let path = format!("{}/../../assets/models/{dir}", env!("CARGO_MANIFEST_DIR"));
+            let model = qwen3_quant_model::Qwen3Model::load(path).unwrap();
+            let (n_seq, seq) = (3, 64);
+            let ids: Vec<u32> = (0..n_seq * seq).map(|i| ((i * 7919 + 5) % 8000) as u32).collect();
+            let h = model.embed(&ids).unwrap();
+            let rope = model.rope(seq);
+            let mut layer = model.layers[2].clone();
+            let hidden = model.config.hidden_size;
+            let input = ActivationStore::new(h, hidden, crate::ActivationDtype::F32);
+            let id = LinearId {
+                layer: 2,
+                kind: LinearKind::Down,
+                expert,
+            };
+            let (ctx, _) = TransformContext::capture(
+                &mut layer,
+                &input,
+                &rope,
+                n_seq,
+                seq,
+                2,
+                TransformNeeds::default(),
+                false,
+            )
+            .unwrap();
+            let cur = ctx.layer.linear(id.kind, id.expert).unwrap();
+            let (out, inp) = (cur.out_features(), cur.in_features());
+            let w = cur.to_dense();
+            let cand = |k: usize| -> std::result::Result<CandidateWeights, MethodError> {
+                let f = 0.01 * k as f32;
+                let v = w.iter().enumerate().map(|(i, x)| x + f * ((i % 13) as f32 - 6.0) * 1e-2);
+                Ok(vec![(id, v.collect())])
+            };
+            let req = LossRequest {
+                block: ScoredBlock::Linear(id),
+                n: 3,
+                candidate: &cand,
+            };
+            let cands = ctx.candidates(&req, 0, 3, None).unwrap();
+            let gram = ctx.sweep(std::slice::from_ref(&req), &[cands.clone()]).unwrap().remove(0);
+            // Direct: every candidate's outputs against the current weight's, token by token.
+            let mut direct = vec![0.0f64; 3];
+            let mut n = 0usize;
+            for (s0, s1) in ctx.chunks() {
+                let x = ctx.input.rows(s0 * seq, s1 * seq);
+                let trace = ctx.layer.trace(&x, s1 - s0, seq, &rope).unwrap();
+                let bi = ctx.layer.trace_input(&trace, req.block).unwrap();
+                let org = ctx.layer.trace_output(&trace, req.block).unwrap();
+                n += org.len();
+                for (c, ov) in cands.iter().enumerate() {
+                    let o = ctx
+                        .layer
+                        .block_output(req.block, &bi, s1 - s0, seq, &rope, ov)
+                        .unwrap();
+                    direct[c] += squared_distance(&org, &o);
+                }
+            }
+            if n == 0 {
+                continue; // an expert these tokens never reach
+            }
+            assert!(n % out == 0 && inp > 0);
+            assert_eq!(gram[0], 0.0, "{dir}: the unchanged weight has no error");
+            for c in 1..3 {
+                let d = direct[c] / n as f64;
+                let rel = (gram[c] - d).abs() / d;
+                assert!(d > 0.0 && rel < 1e-4, "{dir} candidate {c}: gram {} direct {d}", gram[c]);
+            }
+            checked += 1;
+        }
+        assert!(checked >= 3, "the dense model and at least two experts");
     }
 }

@@ -212,6 +212,11 @@ pub struct QuantizeArgs {
     /// AWQ: the per-linear quantizer applied after the scale/clip transform (rtn = the reference; gptq = AWQ scales, then GPTQ).
     #[arg(long, value_enum, default_value = "rtn")]
     pub awq_then: AwqThenArg,
+    /// Arithmetic of the calibration forwards and of AWQ's candidate scoring: f32 (exact, the
+    /// reference), or bf16 (activations and weights rounded to bf16, f32 accumulation;
+    /// AVX-512-BF16 where the CPU has it). `--eval` always runs f32.
+    #[arg(long, value_enum, default_value_t = ComputeArg::F32)]
+    pub compute: ComputeArg,
     /// BiLLM: columns per block (structural search, means/scales and error-feedback span; a multiple of 64).
     #[arg(long, default_value_t = 128)]
     pub blocksize: usize,

@@ -11,7 +11,7 @@ use qwen3_quant_io::Checkpoint;
 use qwen3_quant_model::{ActExecution, Qwen3Model, Tokenizer};
 use serde_json::{json, Value};
 
-use crate::args::{ActExecArg, QuantizeArgs};
+use crate::args::{ActExecArg, ComputeArg, QuantizeArgs};
 use crate::plan::build_plan;
 use crate::calib_source::calibration_set;
 use crate::eval_cmd::{data_dir, ppl_of};
@@ -99,8 +99,14 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     };
     let refs = plan.transform_refs();
     let pipeline = plan.pipeline(&refs);
-    let (model, run): (Qwen3Model, QuantizationRun) =
-        quantize_checkpoint_with(&ckpt, calib.as_ref(), &pipeline, &opts)?;
+    qwen3_quant_kernels::dense::set_compute(match a.compute {
+        ComputeArg::F32 => qwen3_quant_kernels::dense::Compute::F32,
+        ComputeArg::Bf16 => qwen3_quant_kernels::dense::Compute::Bf16,
+    });
+    let quantized = quantize_checkpoint_with(&ckpt, calib.as_ref(), &pipeline, &opts);
+    // The evaluation (and anything after) is exact f32 whatever the search used.
+    qwen3_quant_kernels::dense::set_compute(qwen3_quant_kernels::dense::Compute::F32);
+    let (model, run): (Qwen3Model, QuantizationRun) = quantized?;
     let rss = peak_rss_mb();
     let saved = crate::save::write_output(&a, &model, &run)?;
     // Weight-activation settings: per-token activation quantization of every decoder linear, as
@@ -147,6 +153,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     let report = json!({
         "method": format!("{:?}", a.method).to_lowercase(),
         "pipeline": plan.name(),
+        "compute": format!("{:?}", a.compute).to_lowercase(),
         "bits": a.bits,
         "act_bits": a.act_bits,
         "activations": activations.as_ref().map(|s| json!({
