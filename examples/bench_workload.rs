@@ -94,9 +94,17 @@ fn load(a: &Args) -> Result<Qwen3Model, Box<dyn std::error::Error>> {
 }
 
 /// Hidden states of the windows `[w0, w0 + b)` and the logits of each one's last position.
-fn prefill(m: &Qwen3Model, ids: &[u32], w0: usize, b: usize, n: usize) -> Result<(), eval::EvalError> {
+fn prefill(
+    m: &Qwen3Model,
+    ids: &[u32],
+    w0: usize,
+    b: usize,
+    n: usize,
+) -> Result<(), eval::EvalError> {
     let err = |e: qwen3_quant::model::ModelError| eval::EvalError::Model(e.to_string());
-    let h = m.forward_hidden(&ids[w0 * n..(w0 + b) * n], b, n).map_err(err)?;
+    let h = m
+        .forward_hidden(&ids[w0 * n..(w0 + b) * n], b, n)
+        .map_err(err)?;
     let hs = m.config.hidden_size;
     let last: Vec<f32> = (0..b)
         .flat_map(|j| h[((j + 1) * n - 1) * hs..(j + 1) * n * hs].iter().copied())

@@ -49,7 +49,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut plain = Qwen3Model::load(&dir)?;
     let run = quantize_model_with(&mut plain, Some(&calib), &Pipeline::new(&gptq), &opts)?;
     let plain_ppl = ppl(&plain, &valid)?;
-    println!("gptq      w{} g128: docs ppl {plain_ppl:.4} ({:.1} s)", bits.get(), run.seconds);
+    println!(
+        "gptq      w{} g128: docs ppl {plain_ppl:.4} ({:.1} s)",
+        bits.get(),
+        run.seconds
+    );
 
     let mut both = Qwen3Model::load(&dir)?;
     let pipeline = Pipeline::new(&gptq).with_transforms(&transforms);

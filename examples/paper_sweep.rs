@@ -22,7 +22,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut pos = args.iter().filter(|a| !a.starts_with("--"));
     let bundled = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/models/qwen3-micro");
     let model = pos.next().map_or(bundled.to_string(), Clone::clone);
-    let out = pos.next().map_or("sweep-qwen3-micro".to_string(), Clone::clone);
+    let out = pos
+        .next()
+        .map_or("sweep-qwen3-micro".to_string(), Clone::clone);
 
     let mut opts = SweepOptions::new(&model, &out);
     if model == bundled {

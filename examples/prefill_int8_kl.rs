@@ -23,9 +23,18 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let windows: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(4);
+    let windows: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(4);
     let dir = format!("{ASSETS}/models/qwen3-micro");
-    let scheme = QuantScheme::new(Bits::new(4)?, GroupSize::group(128)?, false, RangeConvention::Awq)?;
+    let scheme = QuantScheme::new(
+        Bits::new(4)?,
+        GroupSize::group(128)?,
+        false,
+        RangeConvention::Awq,
+    )?;
     let opts = DriverOptions {
         weight_mode: WeightMode::Packed,
         progress: false,
@@ -48,7 +57,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for t in 0..n {
             let p = log_softmax(&exact[t * v..(t + 1) * v]);
             let q = log_softmax(&int8[t * v..(t + 1) * v]);
-            kl += p.iter().zip(&q).map(|(a, b)| a.exp() * (a - b)).sum::<f64>();
+            kl += p
+                .iter()
+                .zip(&q)
+                .map(|(a, b)| a.exp() * (a - b))
+                .sum::<f64>();
             count += 1;
         }
     }

@@ -26,11 +26,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bars = ConsoleProgress::new();
     let docs_32 = Evaluation::perplexity(["docs"]).seq_len(1024).windows(32);
     let ppl = |m: &Model| -> Result<f64, qwen3_quant::Error> {
-        Ok(docs_32.run(m, &bars)?.ppl.get("docs").map_or(f64::NAN, |r| r.ppl))
+        Ok(docs_32
+            .run(m, &bars)?
+            .ppl
+            .get("docs")
+            .map_or(f64::NAN, |r| r.ppl))
     };
     let prompt = "The kernel scheduler";
 
-    let model = Model::open(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/models/qwen3-micro"))?;
+    let model = Model::open(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/assets/models/qwen3-micro"
+    ))?;
     let before = ppl(&model)?;
     println!("qwen3-micro (f32): docs ppl {before:.4}");
 

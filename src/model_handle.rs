@@ -152,8 +152,10 @@ impl Model {
             return Err(Error::invalid("logits of an empty sequence"));
         }
         let v = self.qwen3.forward(ids, 1, ids.len())?;
-        Ok(Array2::from_shape_vec((ids.len(), self.config().vocab_size), v)
-            .expect("forward returns tokens x vocab values"))
+        Ok(
+            Array2::from_shape_vec((ids.len(), self.config().vocab_size), v)
+                .expect("forward returns tokens x vocab values"),
+        )
     }
 
     /// Logits `[batch, seq, vocab]` of a batch of equally long sequences `[batch, seq]`.

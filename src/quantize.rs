@@ -365,7 +365,12 @@ impl<'p> Quantize<'p> {
         Ok(Some(c.build(tok)?))
     }
 
-    fn finish(&self, mut model: Model, run: QuantizationRun, parts: &Parts) -> Result<QuantizedModel> {
+    fn finish(
+        &self,
+        mut model: Model,
+        run: QuantizationRun,
+        parts: &Parts,
+    ) -> Result<QuantizedModel> {
         let activations = match self.act_bits() {
             Some(bits) => Some(model.qwen3_mut().quantize_activations_best(bits)?),
             None => None,

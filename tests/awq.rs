@@ -55,16 +55,29 @@ fn awq_w3_beats_rtn_w3_on_qwen3_micro() {
     let run = awq_rtn(&mut m, &calib, 3);
     assert_eq!(run.quantized.len(), 56);
     // Per layer: 3 scale pairs (v→o is skipped under GQA, as in the reference) and 5 clips.
-    assert_eq!(run.transforms.iter().filter(|t| t.kind == "scale").count(), 8 * 3);
-    assert_eq!(run.transforms.iter().filter(|t| t.kind == "clip").count(), 8 * 5);
-    assert!(run.transforms.iter().all(|t| t.fallback.is_none() && t.loss.is_finite()));
+    assert_eq!(
+        run.transforms.iter().filter(|t| t.kind == "scale").count(),
+        8 * 3
+    );
+    assert_eq!(
+        run.transforms.iter().filter(|t| t.kind == "clip").count(),
+        8 * 5
+    );
+    assert!(run
+        .transforms
+        .iter()
+        .all(|t| t.fallback.is_none() && t.loss.is_finite()));
     assert!(run
         .transforms
         .iter()
         .all(|t| t.loss <= t.baseline_loss * (1.0 + 1e-12)));
     // The search does choose non-trivial scales somewhere.
     assert!(run.transforms.iter().any(|t| t.ratio.unwrap_or(0.0) > 0.0));
-    let scaled = run.records.iter().filter(|r| r.scale_ratio.is_some()).count();
+    let scaled = run
+        .records
+        .iter()
+        .filter(|r| r.scale_ratio.is_some())
+        .count();
     assert_eq!(scaled, 8 * 6, "q,k,v,gate,up,down carry their pair's ratio");
     let awq_ppl = ppl(&m, &valid, 8);
     eprintln!("docs 8 windows: rtn w3g128 {rtn_ppl:.4}  awq w3g128 {awq_ppl:.4}");
@@ -94,12 +107,18 @@ fn awq_scales_alone_are_an_exact_equivalence() {
     .unwrap();
     assert!(run.quantized.is_empty());
     assert!(run.transforms.iter().any(|t| t.ratio.unwrap_or(0.0) > 0.0));
-    assert_ne!(m.layers[0].input_layernorm, original.layers[0].input_layernorm);
+    assert_ne!(
+        m.layers[0].input_layernorm,
+        original.layers[0].input_layernorm
+    );
     let ids: Vec<u32> = docs("valid")[..256].to_vec();
     let a = original.forward(&ids, 2, 128).unwrap();
     let b = m.forward(&ids, 2, 128).unwrap();
     let scale = a.iter().fold(0.0f32, |s, v| s.max(v.abs()));
-    let d = a.iter().zip(&b).fold(0.0f32, |s, (x, y)| s.max((x - y).abs()));
+    let d = a
+        .iter()
+        .zip(&b)
+        .fold(0.0f32, |s, (x, y)| s.max((x - y).abs()));
     assert!(d / scale <= 1e-5, "relative logit change {}", d / scale);
 }
 

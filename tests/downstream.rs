@@ -28,7 +28,7 @@ fn facade_rlibs(deps: &Path) -> Vec<PathBuf> {
         })
         .map(|e| (e.metadata().unwrap().modified().unwrap(), e.path()))
         .collect();
-    libs.sort_by(|a, b| b.0.cmp(&a.0));
+    libs.sort_by_key(|l| std::cmp::Reverse(l.0));
     libs.into_iter().map(|(_, p)| p).collect()
 }
 
@@ -36,7 +36,11 @@ fn facade_rlibs(deps: &Path) -> Vec<PathBuf> {
 fn a_downstream_crate_uses_the_facade_alone() {
     let deps = deps_dir();
     let rlibs = facade_rlibs(&deps);
-    assert!(!rlibs.is_empty(), "no libqwen3_quant-*.rlib in {}", deps.display());
+    assert!(
+        !rlibs.is_empty(),
+        "no libqwen3_quant-*.rlib in {}",
+        deps.display()
+    );
     let out = tempfile::tempdir().unwrap();
     let exe = out.path().join("qwen3-quant-downstream");
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
@@ -62,7 +66,11 @@ fn a_downstream_crate_uses_the_facade_alone() {
         }
         o.status.success()
     });
-    assert!(built, "the downstream crate does not compile:\n{}", errors.join("\n"));
+    assert!(
+        built,
+        "the downstream crate does not compile:\n{}",
+        errors.join("\n")
+    );
     let run = Command::new(&exe)
         .arg(format!("{ROOT}/assets/models/qwen3-micro"))
         .arg(out.path().join("checkpoint"))

@@ -78,7 +78,11 @@ fn bf16_activation_buffer_matches_f32_closely() {
         ..DriverOptions::default()
     };
     quantize_model(&mut b, Some(&calib), &method, &opts).unwrap();
-    let (pa, pb, pr) = (ppl(&a, &valid, 4), ppl(&b, &valid, 4), ppl(&rtn_w3(), &valid, 4));
+    let (pa, pb, pr) = (
+        ppl(&a, &valid, 4),
+        ppl(&b, &valid, 4),
+        ppl(&rtn_w3(), &valid, 4),
+    );
     eprintln!("w3 g128: f32 activations {pa:.4}  bf16 activations {pb:.4}  rtn {pr:.4}");
     assert!(rel(pa, pb).abs() < 0.015, "{pa} vs {pb}");
     // With 8 windows GPTQ itself is only about as good as RTN on these 4 windows; a broken

@@ -14,7 +14,10 @@ fn max_rel_change(a: &Qwen3Model, b: &Qwen3Model) -> f32 {
     let x = a.forward(&ids, 2, 128).unwrap();
     let y = b.forward(&ids, 2, 128).unwrap();
     let scale = x.iter().fold(0.0f32, |s, v| s.max(v.abs()));
-    x.iter().zip(&y).fold(0.0f32, |s, (p, q)| s.max((p - q).abs())) / scale
+    x.iter()
+        .zip(&y)
+        .fold(0.0f32, |s, (p, q)| s.max((p - q).abs()))
+        / scale
 }
 
 fn smooth(
@@ -46,7 +49,10 @@ fn smoothing_alone_leaves_the_logits_unchanged() {
         let (m, run) = smooth(&original, cfg);
         assert_eq!(run.transforms.len(), 8 * pairs);
         assert!(run.transforms.iter().all(|t| t.fallback.is_none()));
-        assert_ne!(m.layers[2].input_layernorm, original.layers[2].input_layernorm);
+        assert_ne!(
+            m.layers[2].input_layernorm,
+            original.layers[2].input_layernorm
+        );
         let r = max_rel_change(&original, &m);
         eprintln!("alpha {alpha} (o: {o}, down: {down}): relative logit change {r:.3e}");
         assert!(r <= 1e-5, "{r}");
@@ -67,7 +73,11 @@ fn smoothing_alone_leaves_the_moe_logits_unchanged() {
         .iter()
         .map(|(_, c)| c.iter().filter(|&&n| n == 0).count())
         .sum();
-    let fallbacks = run.transforms.iter().filter(|t| t.fallback.is_some()).count();
+    let fallbacks = run
+        .transforms
+        .iter()
+        .filter(|t| t.fallback.is_some())
+        .count();
     eprintln!("moe: {idle} idle experts, {fallbacks} unsmoothed pairs");
     assert_eq!(fallbacks, idle);
     let r = max_rel_change(&original, &m);

@@ -341,12 +341,7 @@ impl Grid {
     /// Keeps the cells whose method, bits and group size are in the lists (an empty list keeps
     /// everything). The baseline is kept whatever the filters say; bits filter weight bits
     /// (SmoothQuant W4A8 and W4A4 are both `4`); the group filter applies to grouped methods.
-    pub fn filter(
-        &self,
-        methods: &[SweepMethod],
-        bits: &[u8],
-        groups: &[Option<usize>],
-    ) -> Grid {
+    pub fn filter(&self, methods: &[SweepMethod], bits: &[u8], groups: &[Option<usize>]) -> Grid {
         let cells = self
             .cells
             .iter()

@@ -80,7 +80,8 @@ pub(crate) fn plot_vs_bits(
 ) -> Result<()> {
     let tmp = path.with_file_name(format!(
         ".{}.tmp.png",
-        path.file_stem().map_or("plot".into(), |s| s.to_string_lossy())
+        path.file_stem()
+            .map_or("plot".into(), |s| s.to_string_lossy())
     ));
     draw(series, baseline, title, log_y, &tmp).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);

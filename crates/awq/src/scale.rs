@@ -95,10 +95,14 @@ fn scaled_fake_quant(
     Ok(q)
 }
 
+/// A weight `[out, in]` with its shape.
+type Weight = (Vec<f32>, usize, usize);
+
 /// The candidates of one pair: its consumers' current weights and the grid's scales.
 pub(crate) struct PairSearch {
     pair: ScalePair,
-    weights: Vec<(LinearId, (Vec<f32>, usize, usize))>,
+    /// Each consumer's `(weight, out, in)`.
+    weights: Vec<(LinearId, Weight)>,
     ratios: Vec<f32>,
     scales: Vec<Vec<f32>>,
     record: TransformRecord,

@@ -2,19 +2,8 @@
 //! factor of `(H + damp·I)⁻¹` (reference `fasterquant`: `cholesky(cholesky_inverse(cholesky(H)),
 //! upper=True)`), in f64 with faer.
 
-use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
-use faer::linalg::solvers::LltError;
-use faer::linalg::triangular_inverse::invert_lower_triangular;
-use faer::{Mat, Par};
+use qwen3_quant_core::linalg::{inverse_cholesky_upper, InverseFactor};
 use qwen3_quant_core::MethodError;
-
-/// `U` (`[n, n]` row-major f32, upper triangular, `H⁻¹ = UᵀU`) and the damping that made the
-/// factorisation succeed.
-pub(crate) struct InverseFactor {
-    pub u: Vec<f32>,
-    pub damp: f64,
-}
 
 /// Marks dead columns (`H[i, i] = 0`: no calibration input reached them) by setting their
 /// diagonal to 1, as the reference does; returns which columns are dead. The caller zeroes the
@@ -61,68 +50,13 @@ pub(crate) fn inverse_factor(
     percdamp: f64,
     retries: u32,
 ) -> Result<InverseFactor, MethodError> {
-    let mean = (0..n).map(|i| f64::from(h[i * n + i])).sum::<f64>() / n.max(1) as f64;
-    let mut damp = percdamp * mean;
-    let mut last = (0, damp);
-    for attempt in 0..=retries {
-        if attempt > 0 {
-            damp = if damp > 0.0 { damp * 10.0 } else { 0.01 * mean };
+    inverse_cholesky_upper(h, n, percdamp, retries).map_err(|f| {
+        MethodError::HessianNotPositiveDefinite {
+            id: None,
+            column: f.column,
+            damp: f.damp,
         }
-        match factor(h, n, damp) {
-            Ok(u) => return Ok(InverseFactor { u, damp }),
-            Err(column) => last = (column, damp),
-        }
-    }
-    Err(MethodError::HessianNotPositiveDefinite {
-        id: None,
-        column: last.0,
-        damp: last.1,
     })
-}
-
-/// With `J` the index reversal, `J (H + damp·I) J = L Lᵀ` gives `H⁻¹ = (J L⁻ᵀ J)(J L⁻¹ J)`, so
-/// `U = J L⁻¹ J`: upper triangular with a positive diagonal, hence *the* upper Cholesky factor of
-/// `H⁻¹`. One factorisation and one triangular inverse; `H⁻¹` is never formed. Errors carry the
-/// failing column of `H`.
-fn factor(h: &[f32], n: usize, damp: f64) -> Result<Vec<f32>, usize> {
-    let mut a = Mat::<f64>::from_fn(n, n, |i, j| {
-        let (ri, rj) = (n - 1 - i, n - 1 - j);
-        f64::from(h[ri * n + rj]) + if i == j { damp } else { 0.0 }
-    });
-    let par = Par::rayon(0);
-    let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(n, par, Default::default()));
-    cholesky_in_place(
-        a.as_mut(),
-        Default::default(),
-        par,
-        MemStack::new(&mut mem),
-        Default::default(),
-    )
-    .map_err(|e| match e {
-        LltError::NonPositivePivot { index } => n - 1 - index.min(n - 1),
-    })?;
-    let mut inv = Mat::<f64>::zeros(n, n);
-    invert_lower_triangular(inv.as_mut(), a.as_ref(), par);
-    // U[n-1-i, n-1-j] = L⁻¹[i, j] for i >= j, copied in tiles (one side is strided).
-    let mut u = vec![0f32; n * n];
-    const T: usize = 32;
-    for j0 in (0..n).step_by(T) {
-        for i0 in (j0..n).step_by(T) {
-            for j in j0..(j0 + T).min(n) {
-                for i in i0.max(j)..(i0 + T).min(n) {
-                    let v = inv[(i, j)];
-                    if !v.is_finite() {
-                        return Err(n - 1 - i);
-                    }
-                    u[(n - 1 - i) * n + (n - 1 - j)] = v as f32;
-                }
-            }
-        }
-    }
-    match (0..n).find(|&i| u[i * n + i].partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)) {
-        Some(i) => Err(i),
-        None => Ok(u),
-    }
 }
 
 #[cfg(test)]

@@ -112,21 +112,7 @@ impl Quantizer for Billm {
     /// ([`qwen3_quant_core::Hessian::scaled`], `2/N_seq · ΣXᵀX`, which only affects `loss`).
     fn quantize_linear(&self, input: LinearInput<'_>, stats: &LinearStats) -> Result<QuantOutcome> {
         let id = input.id;
-        let h = stats
-            .hessian
-            .as_ref()
-            .ok_or(MethodError::MissingStatistics {
-                id: Some(id),
-                what: "hessian",
-            })?;
-        if h.dim != input.in_features {
-            return Err(MethodError::InvalidShape {
-                id: Some(id),
-                what: "hessian dim",
-                expected: input.in_features,
-                actual: h.dim,
-            });
-        }
+        let h = qwen3_quant_core::method::required_hessian(stats, &input)?;
         let out = binarize_weight(
             input.weight,
             input.out_features,

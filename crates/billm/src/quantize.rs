@@ -4,7 +4,7 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use qwen3_quant_core::method::check_weight;
+use qwen3_quant_core::method::check_weight_and_hessian;
 use qwen3_quant_core::{BinaryLinear, BinaryParams, BinaryTable, MethodError};
 
 use crate::config::BillmConfig;
@@ -48,24 +48,8 @@ pub fn binarize_weight(
     config: &BillmConfig,
 ) -> Result<BillmOutput, MethodError> {
     config.validate()?;
-    check_weight(w, out_features, in_features)?;
+    check_weight_and_hessian(w, out_features, in_features, hessian)?;
     let n = in_features;
-    if out_features == 0 || n == 0 {
-        return Err(MethodError::InvalidShape {
-            id: None,
-            what: "weight (empty dimension)",
-            expected: 1,
-            actual: 0,
-        });
-    }
-    if hessian.len() != n * n {
-        return Err(MethodError::InvalidShape {
-            id: None,
-            what: "hessian",
-            expected: n * n,
-            actual: hessian.len(),
-        });
-    }
     let mut h = hessian.to_vec();
     let dead = fix_dead_columns(&mut h, n)?;
     let mut wk = w.to_vec();

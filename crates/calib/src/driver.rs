@@ -292,11 +292,14 @@ fn module_name(id: &LinearId) -> String {
         .unwrap_or(s)
 }
 
+/// What the transforms chose for one linear: (scale ratio, scale loss, clip).
+type Annotation = (Option<f64>, Option<f64>, Option<f64>);
+
 struct Driver<'a> {
     method: &'a dyn Quantizer,
     propagation: Propagation,
     /// Per linear: (scale ratio, scale loss, clip) chosen by the transforms of its layer.
-    annotations: HashMap<LinearId, (Option<f64>, Option<f64>, Option<f64>)>,
+    annotations: HashMap<LinearId, Annotation>,
     opts: &'a DriverOptions,
     n_seq: usize,
     seq: usize,

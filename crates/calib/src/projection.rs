@@ -67,7 +67,10 @@ pub fn project(
     let (mut fwd, mut hess, mut solve, mut max_d, mut act) =
         (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
     for layer in 0..config.num_hidden_layers {
-        let (mlp_active, sites, linears): (f64, Vec<(f64, f64)>, Vec<(f64, f64)>) =
+        // Active MLP parameters per token; the MLP's Hessian sites as (width, rows); its linears
+        // as (out, in).
+        type Dims = Vec<(f64, f64)>;
+        let (mlp_active, sites, linears): (f64, Dims, Dims) =
             match (&config.moe, config.is_moe_layer(layer)) {
                 (Some(m), true) => {
                     let (mi, k, e) = (

@@ -369,7 +369,12 @@ impl<'a> TransformContext<'a> {
                 qwen3_quant_kernels::dense::matmul(&delta, out, inp, &g.data, inp, &mut dg);
                 dg.par_chunks(16384)
                     .zip(delta.par_chunks(16384))
-                    .map(|(a, b)| a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>())
+                    .map(|(a, b)| {
+                        a.iter()
+                            .zip(b)
+                            .map(|(x, y)| *x as f64 * *y as f64)
+                            .sum::<f64>()
+                    })
                     .sum::<f64>()
             })
             .collect();
@@ -581,7 +586,9 @@ mod tests {
             let path = format!("{}/../../assets/models/{dir}", env!("CARGO_MANIFEST_DIR"));
             let model = qwen3_quant_model::Qwen3Model::load(path).unwrap();
             let (n_seq, seq) = (3, 64);
-            let ids: Vec<u32> = (0..n_seq * seq).map(|i| ((i * 7919 + 5) % 8000) as u32).collect();
+            let ids: Vec<u32> = (0..n_seq * seq)
+                .map(|i| ((i * 7919 + 5) % 8000) as u32)
+                .collect();
             let h = model.embed(&ids).unwrap();
             let rope = model.rope(seq);
             let mut layer = model.layers[2].clone();
@@ -608,7 +615,10 @@ mod tests {
             let w = cur.to_dense();
             let cand = |k: usize| -> std::result::Result<CandidateWeights, MethodError> {
                 let f = 0.01 * k as f32;
-                let v = w.iter().enumerate().map(|(i, x)| x + f * ((i % 13) as f32 - 6.0) * 1e-2);
+                let v = w
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| x + f * ((i % 13) as f32 - 6.0) * 1e-2);
                 Ok(vec![(id, v.collect())])
             };
             let req = LossRequest {
@@ -617,9 +627,12 @@ mod tests {
                 candidate: &cand,
             };
             let cands = ctx.candidates(&req, 0, 3, None).unwrap();
-            let gram = ctx.sweep(std::slice::from_ref(&req), &[cands.clone()]).unwrap().remove(0);
+            let gram = ctx
+                .sweep(std::slice::from_ref(&req), std::slice::from_ref(&cands))
+                .unwrap()
+                .remove(0);
             // Direct: every candidate's outputs against the current weight's, token by token.
-            let mut direct = vec![0.0f64; 3];
+            let mut direct = [0.0f64; 3];
             let mut n = 0usize;
             for (s0, s1) in ctx.chunks() {
                 let x = ctx.input.rows(s0 * seq, s1 * seq);
@@ -643,7 +656,11 @@ mod tests {
             for c in 1..3 {
                 let d = direct[c] / n as f64;
                 let rel = (gram[c] - d).abs() / d;
-                assert!(d > 0.0 && rel < 1e-4, "{dir} candidate {c}: gram {} direct {d}", gram[c]);
+                assert!(
+                    d > 0.0 && rel < 1e-4,
+                    "{dir} candidate {c}: gram {} direct {d}",
+                    gram[c]
+                );
             }
             checked += 1;
         }

@@ -54,7 +54,11 @@ pub fn is_embedded(dir: &Path) -> bool {
 }
 
 fn cache_root() -> PathBuf {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     env("XDG_CACHE_HOME")
         .or_else(|| env("HOME").map(|h| h.join(".cache")))
         .or_else(|| env("LOCALAPPDATA"))
@@ -65,12 +69,14 @@ fn cache_root() -> PathBuf {
 /// Unpacks the embedded files into `<root>/data-<version>-<hash>` once (atomically: a hidden
 /// folder renamed into place) and returns that folder.
 fn unpack(root: &Path) -> anyhow::Result<PathBuf> {
-    let hash = EMBEDDED.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, (name, bytes)| {
-        let h = name
-            .bytes()
-            .fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-        (h ^ bytes.len() as u64).wrapping_mul(0x100_0000_01b3)
-    });
+    let hash = EMBEDDED
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, (name, bytes)| {
+            let h = name
+                .bytes()
+                .fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+            (h ^ bytes.len() as u64).wrapping_mul(0x100_0000_01b3)
+        });
     let dir = root.join(format!("data-{}-{hash:016x}", env!("CARGO_PKG_VERSION")));
     if is_embedded(&dir) {
         return Ok(dir);

@@ -12,10 +12,10 @@ use qwen3_quant_model::{ActExecution, Qwen3Model, Tokenizer};
 use serde_json::{json, Value};
 
 use crate::args::{ActExecArg, ComputeArg, QuantizeArgs};
-use crate::plan::build_plan;
 use crate::calib_source::calibration_set;
 use crate::eval_cmd::{data_dir, ppl_of};
 use crate::output::print_json;
+use crate::plan::build_plan;
 
 /// Parses `NAME[:WINDOWS|:all]`.
 fn parse_eval_spec(spec: &str) -> anyhow::Result<(String, Option<usize>)> {

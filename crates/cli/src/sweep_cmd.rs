@@ -19,7 +19,9 @@ fn grid_of(a: &SweepArgs) -> anyhow::Result<Grid> {
         .iter()
         .map(|m| {
             SweepMethod::parse(m).with_context(|| {
-                format!("unknown method {m:?}: expected rtn, gptq, awq, awqgptq, smoothquant or billm")
+                format!(
+                    "unknown method {m:?}: expected rtn, gptq, awq, awqgptq, smoothquant or billm"
+                )
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -106,7 +108,11 @@ fn report(a: &SweepArgs, s: &SweepSummary) -> anyhow::Result<()> {
         }
     }
     if !s.failed.is_empty() {
-        let list: Vec<String> = s.failed.iter().map(|(id, e)| format!("{id}: {e}")).collect();
+        let list: Vec<String> = s
+            .failed
+            .iter()
+            .map(|(id, e)| format!("{id}: {e}"))
+            .collect();
         bail!(
             "{} cells failed (rerun to retry them): {}",
             s.failed.len(),

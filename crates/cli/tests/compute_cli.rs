@@ -9,14 +9,32 @@ const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
 
 fn docs_ppl(compute: &str) -> f64 {
     let out = Command::new(env!("CARGO_BIN_EXE_qwen3-quant"))
-        .args(["eval", "--model", &format!("{ASSETS}/models/qwen3-micro"), "--dataset", "docs"])
-        .args(["--windows", "4", "--seq-len", "1024", "--json", "--compute", compute])
+        .args([
+            "eval",
+            "--model",
+            &format!("{ASSETS}/models/qwen3-micro"),
+            "--dataset",
+            "docs",
+        ])
+        .args([
+            "--windows",
+            "4",
+            "--seq-len",
+            "1024",
+            "--json",
+            "--compute",
+            compute,
+        ])
         .env("QWEN3_QUANT_QUIET", "1")
         .env("QWEN3_QUANT_DATA", format!("{ASSETS}/data"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_str(&text).unwrap();
     v["ppl"]["docs"]["ppl"]
         .as_f64()
@@ -28,13 +46,22 @@ fn bf16_compute_stays_within_a_tenth_of_a_percent() {
     let (f32_ppl, bf16_ppl) = (docs_ppl("f32"), docs_ppl("bf16"));
     let rel = (bf16_ppl / f32_ppl - 1.0).abs();
     assert!(rel < 1e-3, "f32 {f32_ppl} vs bf16 {bf16_ppl}");
-    assert!(rel > 0.0, "bf16 gave exactly the f32 perplexity {f32_ppl}: not in effect?");
+    assert!(
+        rel > 0.0,
+        "bf16 gave exactly the f32 perplexity {f32_ppl}: not in effect?"
+    );
 }
 
 #[test]
 fn unknown_compute_mode_is_a_usage_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_qwen3-quant"))
-        .args(["eval", "--model", &format!("{ASSETS}/models/qwen3-micro"), "--compute", "fp8"])
+        .args([
+            "eval",
+            "--model",
+            &format!("{ASSETS}/models/qwen3-micro"),
+            "--compute",
+            "fp8",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

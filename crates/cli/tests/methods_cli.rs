@@ -96,7 +96,9 @@ fn smoothquant_weight_activation_settings() {
     assert_eq!(v["pipeline"], "smoothquant+rtn");
     let transforms = v["transforms"].as_array().unwrap();
     assert_eq!(transforms.len(), 8 * 2);
-    assert!(transforms.iter().all(|t| t["kind"] == "smooth" && t["ratio"] == 0.5));
+    assert!(transforms
+        .iter()
+        .all(|t| t["kind"] == "smooth" && t["ratio"] == 0.5));
     assert!(v["eval"]["docs"]["ppl"].as_f64().unwrap().is_finite());
     // --no-smooth: the study's unsmoothed W/A RTN, no calibration pass at all.
     let (ok, v, err) = quantize(&[
@@ -136,7 +138,10 @@ fn billm_reports_both_bit_figures() {
     assert_eq!(v["pipeline"], "billm");
     // The reference's figure: 1 + the last block's salient fraction (at most 49 of 128 columns).
     let reference = v["reference_bits"].as_f64().unwrap();
-    assert!(reference > 1.0 && reference < 1.0 + 49.0 / 128.0 + 1e-9, "{reference}");
+    assert!(
+        reference > 1.0 && reference < 1.0 + 49.0 / 128.0 + 1e-9,
+        "{reference}"
+    );
     // The packed layout's true cost: 2 bits + the (row, block) tables + the salient map.
     let honest = v["bits_per_weight"].as_f64().unwrap();
     assert!((honest - 2.627).abs() < 0.01, "{honest}");

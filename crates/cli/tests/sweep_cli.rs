@@ -28,13 +28,24 @@ fn argument_errors_are_json_with_json() {
         &["eval", "--json", "--no-such-flag"][..],
         &["sweep", "--json"][..],
         &["inspect", "--json"][..],
-        &["generate", "--json", "--model", "m", "--prompt", "x", "--max-new-tokens", "many"][..],
+        &[
+            "generate",
+            "--json",
+            "--model",
+            "m",
+            "--prompt",
+            "x",
+            "--max-new-tokens",
+            "many",
+        ][..],
         &["bench", "gemv", "--bits", "4", "--json"][..],
         &["frobnicate", "--json"][..],
     ] {
         let (code, v, stderr) = qwen3_quant(args);
         assert_eq!(code, 2, "{args:?}");
-        let msg = v["error"].as_str().unwrap_or_else(|| panic!("{args:?}: {v}"));
+        let msg = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{args:?}: {v}"));
         assert!(!msg.is_empty() && !msg.contains("Usage"), "{args:?}: {msg}");
         // The usual message still goes to stderr.
         assert!(stderr.contains("error:"), "{args:?}: {stderr}");
@@ -101,8 +112,15 @@ fn sweep_resumes_shards_and_merges() {
     let full = tmp.path().join("full");
     let (code, v, err) = sweep(&full, &[]);
     assert_eq!(code, 0, "{v} {err}");
-    assert_eq!(v["ran"], serde_json::json!(["fp", "rtn_w8_g128", "rtn_w3_g128"]));
-    let (fp, w8, w3) = (ppl(&v, "fp"), ppl(&v, "rtn_w8_g128"), ppl(&v, "rtn_w3_g128"));
+    assert_eq!(
+        v["ran"],
+        serde_json::json!(["fp", "rtn_w8_g128", "rtn_w3_g128"])
+    );
+    let (fp, w8, w3) = (
+        ppl(&v, "fp"),
+        ppl(&v, "rtn_w8_g128"),
+        ppl(&v, "rtn_w3_g128"),
+    );
     // 8 bits is indistinguishable from full precision here; 3 bits is clearly worse.
     assert!((w8 / fp - 1.0).abs() < 2e-3, "{fp} {w8}");
     assert!(w3 > fp * 1.02, "{fp} {w3}");
@@ -137,7 +155,10 @@ fn sweep_resumes_shards_and_merges() {
     // Another protocol in the same folder is refused, not mixed.
     let (code, bad, _) = sweep(&full, &["--calib", "docs"]);
     assert_ne!(code, 0);
-    assert!(bad["error"].as_str().unwrap().contains("another protocol"), "{bad}");
+    assert!(
+        bad["error"].as_str().unwrap().contains("another protocol"),
+        "{bad}"
+    );
 
     // Two shards split the grid (cell k to shard k mod 2) and merge into the same table.
     let (s0, s1, merged) = (

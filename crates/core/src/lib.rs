@@ -21,6 +21,7 @@
 mod binary;
 pub mod error;
 pub mod id;
+pub mod linalg;
 pub mod linear;
 pub mod method;
 mod pack;
@@ -40,6 +41,6 @@ pub use scheme::{
 };
 pub use stats::{ChannelStats, Hessian, LinearStats};
 pub use transform::{
-    CandidateFn, CandidateWeights, LayerContext, LayerTransform, LossRequest, ScalePair, ScaleProducer,
-    ScoredBlock, TransformNeeds, TransformRecord,
+    CandidateFn, CandidateWeights, LayerContext, LayerTransform, LossRequest, ScalePair,
+    ScaleProducer, ScoredBlock, TransformNeeds, TransformRecord,
 };

@@ -78,6 +78,65 @@ pub fn check_weight(
     Ok(())
 }
 
+/// [`check_weight`] for a second-order method: also no empty dimension and an `[in, in]` Hessian
+/// (its values are checked where it is prepared).
+///
+/// # Errors
+/// [`MethodError::InvalidShape`] or [`MethodError::NonFinite`].
+pub fn check_weight_and_hessian(
+    weight: &[f32],
+    out_features: usize,
+    in_features: usize,
+    hessian: &[f32],
+) -> Result<(), MethodError> {
+    check_weight(weight, out_features, in_features)?;
+    if out_features == 0 || in_features == 0 {
+        return Err(MethodError::InvalidShape {
+            id: None,
+            what: "weight (empty dimension)",
+            expected: 1,
+            actual: 0,
+        });
+    }
+    let n2 = in_features.saturating_mul(in_features);
+    if hessian.len() != n2 {
+        return Err(MethodError::InvalidShape {
+            id: None,
+            what: "hessian",
+            expected: n2,
+            actual: hessian.len(),
+        });
+    }
+    Ok(())
+}
+
+/// The input Hessian a second-order method needs, checked against the linear's width.
+///
+/// # Errors
+/// [`MethodError::MissingStatistics`] or [`MethodError::InvalidShape`] (with the linear's id).
+pub fn required_hessian<'a>(
+    stats: &'a LinearStats,
+    input: &LinearInput<'_>,
+) -> Result<&'a crate::Hessian, MethodError> {
+    let id = input.id;
+    let h = stats
+        .hessian
+        .as_ref()
+        .ok_or(MethodError::MissingStatistics {
+            id: Some(id),
+            what: "hessian",
+        })?;
+    if h.dim != input.in_features {
+        return Err(MethodError::InvalidShape {
+            id: Some(id),
+            what: "hessian dim",
+            expected: input.in_features,
+            actual: h.dim,
+        });
+    }
+    Ok(h)
+}
+
 /// Result of quantizing one linear.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantOutcome {

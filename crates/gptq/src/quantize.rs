@@ -8,7 +8,7 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use qwen3_quant_core::method::check_weight;
+use qwen3_quant_core::method::check_weight_and_hessian;
 use qwen3_quant_core::{
     canonical_g_idx, dequantize_code, find_params, quantize_code, GroupSize, MethodError,
     QuantParams, QuantScheme, QuantizedLinear, RangeConvention,
@@ -77,24 +77,8 @@ pub fn quantize_weight(
     config: &GptqConfig,
 ) -> Result<GptqOutput, MethodError> {
     config.validate()?;
-    check_weight(w, out_features, in_features)?;
+    check_weight_and_hessian(w, out_features, in_features, hessian)?;
     let n = in_features;
-    if out_features == 0 || n == 0 {
-        return Err(MethodError::InvalidShape {
-            id: None,
-            what: "weight (empty dimension)",
-            expected: 1,
-            actual: 0,
-        });
-    }
-    if hessian.len() != n * n {
-        return Err(MethodError::InvalidShape {
-            id: None,
-            what: "hessian",
-            expected: n * n,
-            actual: hessian.len(),
-        });
-    }
     if let Some(index) = hessian.iter().position(|v| !v.is_finite()) {
         return Err(MethodError::NonFinite {
             id: None,

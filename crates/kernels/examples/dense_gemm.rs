@@ -27,7 +27,10 @@ fn data(len: usize, seed: usize) -> Vec<f32> {
 }
 
 fn main() {
-    let pairs: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let pairs: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     println!("shape (m, k, n): gemm crate GFLOP/s, blocked GFLOP/s, ratio (medians of {pairs} interleaved pairs)");
     for &(m, k, n) in &SHAPES {
         let (x, w) = (data(m * k, 1), data(n * k, 2));

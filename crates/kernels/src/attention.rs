@@ -68,12 +68,27 @@ pub fn causal_attention(
     if rows == 0 || heads == 0 {
         return;
     }
-    assert!(kv_heads > 0 && heads % kv_heads == 0, "attention: heads not a multiple of kv heads");
+    assert!(
+        kv_heads > 0 && heads % kv_heads == 0,
+        "attention: heads not a multiple of kv heads"
+    );
     assert!(q_rs >= heads * hd && kv_rs >= kv_heads * hd && out_rs >= heads * hd);
-    assert!(q.len() >= (rows - 1) * q_rs + heads * hd, "attention: q too short");
-    assert!(k.len() >= (rows - 1) * kv_rs + kv_heads * hd, "attention: k too short");
-    assert!(v.len() >= (rows - 1) * kv_rs + kv_heads * hd, "attention: v too short");
-    assert!(out.len() >= (rows - 1) * out_rs + heads * hd, "attention: out too short");
+    assert!(
+        q.len() >= (rows - 1) * q_rs + heads * hd,
+        "attention: q too short"
+    );
+    assert!(
+        k.len() >= (rows - 1) * kv_rs + kv_heads * hd,
+        "attention: k too short"
+    );
+    assert!(
+        v.len() >= (rows - 1) * kv_rs + kv_heads * hd,
+        "attention: v too short"
+    );
+    assert!(
+        out.len() >= (rows - 1) * out_rs + heads * hd,
+        "attention: out too short"
+    );
     #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
     {
         let out_addr = out.as_mut_ptr() as usize;
@@ -82,7 +97,18 @@ pub fn causal_attention(
             // SAFETY: AVX-512 checked above; bounds asserted above; each task writes the
             // columns of the query heads of its kv group in the rows of its sequence only.
             unsafe {
-                fused::group(shape, b, g, q, q_rs, k, v, kv_rs, out_addr as *mut f32, out_rs);
+                fused::group(
+                    shape,
+                    b,
+                    g,
+                    q,
+                    q_rs,
+                    k,
+                    v,
+                    kv_rs,
+                    out_addr as *mut f32,
+                    out_rs,
+                );
             }
         });
     }
@@ -91,6 +117,7 @@ pub fn causal_attention(
 }
 
 #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+#[allow(clippy::incompatible_msrv)] // gated on the compiler version by build.rs
 mod fused {
     use std::arch::x86_64::*;
 
@@ -205,7 +232,11 @@ mod fused {
             // Online softmax of each row over its visible keys of the chunk; P replaces S.
             for i in 0..MR {
                 let row = &mut sc[i * KEY_CHUNK..i * KEY_CHUNK + kc];
-                let visible = if i < rows { (i0 + i + 1).saturating_sub(c0).min(kc) } else { 0 };
+                let visible = if i < rows {
+                    (i0 + i + 1).saturating_sub(c0).min(kc)
+                } else {
+                    0
+                };
                 if visible == 0 {
                     row.fill(0.0);
                     continue;
@@ -244,7 +275,9 @@ mod fused {
                 }
                 l[i] = l[i] * alpha + _mm512_reduce_add_ps(vsum);
                 if alpha != 1.0 {
-                    acc[i * hd..(i + 1) * hd].iter_mut().for_each(|a| *a *= alpha);
+                    acc[i * hd..(i + 1) * hd]
+                        .iter_mut()
+                        .for_each(|a| *a *= alpha);
                 }
             }
             // acc += P · V over the keys that exist (those past the panel's rows have P = 0).

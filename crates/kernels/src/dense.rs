@@ -242,14 +242,20 @@ pub fn gemm_wt(lhs: Lhs<'_>, weights: &[&[f32]], epilogue: Epilogue, y: &mut [f3
     let n: usize = weights
         .iter()
         .map(|w| {
-            assert!(k > 0 && w.len() % k == 0, "dense: weight length not a multiple of k");
+            assert!(
+                k > 0 && w.len() % k == 0,
+                "dense: weight length not a multiple of k"
+            );
             w.len() / k
         })
         .sum();
     if lhs.m == 0 || n == 0 {
         return;
     }
-    assert!(y_rs >= n && y.len() >= (lhs.m - 1) * y_rs + n, "dense: y too short");
+    assert!(
+        y_rs >= n && y.len() >= (lhs.m - 1) * y_rs + n,
+        "dense: y too short"
+    );
     #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
     if blocked_available(lhs.m) {
         let packed = pack_concat(weights, k);
@@ -265,7 +271,16 @@ pub fn gemm_wt(lhs: Lhs<'_>, weights: &[&[f32]], epilogue: Epilogue, y: &mut [f3
     for w in weights {
         let ni = w.len() / k;
         let w = rounded(std::borrow::Cow::Borrowed(w));
-        gemm_crate_wt(&x, lhs.m, k, &w, ni, &mut y[col..], y_rs, epilogue == Epilogue::Add);
+        gemm_crate_wt(
+            &x,
+            lhs.m,
+            k,
+            &w,
+            ni,
+            &mut y[col..],
+            y_rs,
+            epilogue == Epilogue::Add,
+        );
         col += ni;
     }
 }
@@ -304,7 +319,10 @@ pub fn gemm_swiglu(lhs: Lhs<'_>, gate: &[f32], up: &[f32], y: &mut [f32], y_rs: 
     if lhs.m == 0 || n == 0 {
         return;
     }
-    assert!(y_rs >= n && y.len() >= (lhs.m - 1) * y_rs + n, "dense: y too short");
+    assert!(
+        y_rs >= n && y.len() >= (lhs.m - 1) * y_rs + n,
+        "dense: y too short"
+    );
     #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
     if blocked_available(lhs.m) {
         let packed = pack_pairs(gate, up, k);
@@ -364,7 +382,9 @@ pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f3
         y[..m * n].fill(0.0);
         return;
     }
-    if compute() == Compute::Bf16 || cfg!(all(target_arch = "x86_64", qwen3_avx512)) && blocked_available(m) {
+    if compute() == Compute::Bf16
+        || cfg!(all(target_arch = "x86_64", qwen3_avx512)) && blocked_available(m)
+    {
         gemm_wt(Lhs::new(x, m, k), &[&w[..n * k]], Epilogue::Store, y, n);
         return;
     }
@@ -486,7 +506,10 @@ fn pack_b<'w>(
                 };
                 let row = &row[..k];
                 match flavor {
-                    Flavor::F32 => row.iter().enumerate().for_each(|(u, &v)| dst[u * NR + l] = v),
+                    Flavor::F32 => row
+                        .iter()
+                        .enumerate()
+                        .for_each(|(u, &v)| dst[u * NR + l] = v),
                     Flavor::Bf16Emulated => row
                         .iter()
                         .enumerate()
@@ -531,7 +554,11 @@ fn pack_concat(weights: &[&[f32]], k: usize) -> PackedB {
 fn pack_pairs(gate: &[f32], up: &[f32], k: usize) -> PackedB {
     let n = gate.len() / k;
     pack_b(Flavor::current(), n.div_ceil(16), k, |p, l| {
-        let (w, j) = if l < 16 { (gate, p * 16 + l) } else { (up, p * 16 + l - 16) };
+        let (w, j) = if l < 16 {
+            (gate, p * 16 + l)
+        } else {
+            (up, p * 16 + l - 16)
+        };
         (j < n).then(|| &w[j * k..(j + 1) * k])
     })
 }
@@ -552,7 +579,10 @@ fn pack_a(
 ) {
     use avx512::MR;
     let ku = flavor.units(kc);
-    for (r, panel) in dst[..rows.div_ceil(MR) * MR * ku].chunks_mut(MR * ku).enumerate() {
+    for (r, panel) in dst[..rows.div_ceil(MR) * MR * ku]
+        .chunks_mut(MR * ku)
+        .enumerate()
+    {
         for i in 0..MR {
             let row = i0 + r * MR + i;
             if r * MR + i >= rows {
@@ -571,7 +601,10 @@ fn pack_a(
                 None => src,
             };
             match flavor {
-                Flavor::F32 => vals.iter().enumerate().for_each(|(u, &v)| panel[u * MR + i] = v),
+                Flavor::F32 => vals
+                    .iter()
+                    .enumerate()
+                    .for_each(|(u, &v)| panel[u * MR + i] = v),
                 Flavor::Bf16Emulated => vals
                     .iter()
                     .enumerate()
@@ -600,7 +633,11 @@ fn blocked(
     use avx512::{TileStore, MR, NR};
     let flavor = Flavor::current();
     let (m, k) = (lhs.m, lhs.k);
-    let kc_max = if store == TileStore::SiluMul { k } else { KC.min(k) };
+    let kc_max = if store == TileStore::SiluMul {
+        k
+    } else {
+        KC.min(k)
+    };
     let mc = ((A_BLOCK_FLOATS / kc_max).max(MR) / MR * MR).min(m.div_ceil(MR) * MR);
     let m_blocks = m.div_ceil(mc);
     let threads = rayon::current_num_threads().max(1);
@@ -830,7 +867,10 @@ mod tests {
 
     fn close(got: &[f32], want: &[f32], what: &str) {
         for (i, (a, b)) in got.iter().zip(want).enumerate() {
-            assert!((a - b).abs() <= 2e-5 * (1.0 + b.abs()), "{what}[{i}]: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 2e-5 * (1.0 + b.abs()),
+                "{what}[{i}]: {a} vs {b}"
+            );
         }
     }
 
@@ -868,15 +908,25 @@ mod tests {
             let want_u = naive_wt(&xn, m, k, &r(&up), n);
             // The f32 product differs from the bf16 one by far more than the tolerance.
             let exact = naive_wt(&x, m, k, &w, n);
-            assert!(exact.iter().zip(&naive_wt(&r(&x), m, k, &r(&w), n)).any(|(a, b)| (a - b).abs() > 1e-4 * (1.0 + b.abs())));
+            assert!(exact
+                .iter()
+                .zip(&naive_wt(&r(&x), m, k, &r(&w), n))
+                .any(|(a, b)| (a - b).abs() > 1e-4 * (1.0 + b.abs())));
             each_kernel(Compute::Bf16, || {
-                let lhs = Lhs::new(&x, m, k).normed(RowNorm { inv_rms: &inv, weight: &gamma });
+                let lhs = Lhs::new(&x, m, k).normed(RowNorm {
+                    inv_rms: &inv,
+                    weight: &gamma,
+                });
                 let mut y = vec![f32::NAN; m * n];
                 gemm_wt(lhs, &[&w], Epilogue::Store, &mut y, n);
                 close(&y, &want, "bf16 gemm_wt");
                 let mut y = vec![f32::NAN; m * n];
                 gemm_swiglu(lhs, &w, &up, &mut y, n);
-                let sw: Vec<f32> = want.iter().zip(&want_u).map(|(&g, &u)| silu(g) * u).collect();
+                let sw: Vec<f32> = want
+                    .iter()
+                    .zip(&want_u)
+                    .map(|(&g, &u)| silu(g) * u)
+                    .collect();
                 close(&y, &sw, "bf16 gemm_swiglu");
                 let xr = r(&x);
                 let mut y = vec![f32::NAN; m * n];
@@ -889,7 +939,12 @@ mod tests {
     #[test]
     fn fused_products_match_the_straightforward_ones() {
         // Odd shapes: row/column edges of the 14 × 32 tile, k over KC, strided rows.
-        for &(m, k, n1, n2) in &[(1, 3, 2, 1), (17, 5, 33, 7), (45, 700, 40, 24), (130, 64, 96, 0)] {
+        for &(m, k, n1, n2) in &[
+            (1, 3, 2, 1),
+            (17, 5, 33, 7),
+            (45, 700, 40, 24),
+            (130, 64, 96, 0),
+        ] {
             let rs = k + 3;
             let x = data(m * rs, 1);
             let (w1, w2) = (data(n1 * k, 2), data(n2 * k, 3));
@@ -905,18 +960,37 @@ mod tests {
             let y_rs = n + 5;
             let base = data(m * y_rs, 5);
             each_kernel(Compute::F32, || {
-                let lhs = Lhs { x: &x, m, k, rs, norm: None }.normed(RowNorm { inv_rms: &inv, weight: &gamma });
+                let lhs = Lhs {
+                    x: &x,
+                    m,
+                    k,
+                    rs,
+                    norm: None,
+                }
+                .normed(RowNorm {
+                    inv_rms: &inv,
+                    weight: &gamma,
+                });
                 for epi in [Epilogue::Store, Epilogue::Add] {
                     let mut y = base.clone();
                     gemm_wt(lhs, &[&w1, &w2], epi, &mut y, y_rs);
                     for i in 0..m {
-                        let add = |j: usize| if epi == Epilogue::Add { base[i * y_rs + j] } else { 0.0 };
+                        let add = |j: usize| {
+                            if epi == Epilogue::Add {
+                                base[i * y_rs + j]
+                            } else {
+                                0.0
+                            }
+                        };
                         let want: Vec<f32> = (0..n1)
                             .map(|j| add(j) + r1[i * n1 + j])
                             .chain((0..n2).map(|j| add(n1 + j) + r2[i * n2 + j]))
                             .collect();
                         close(&y[i * y_rs..i * y_rs + n], &want, "gemm_wt");
-                        assert_eq!(y[i * y_rs + n..(i + 1) * y_rs], base[i * y_rs + n..(i + 1) * y_rs]);
+                        assert_eq!(
+                            y[i * y_rs + n..(i + 1) * y_rs],
+                            base[i * y_rs + n..(i + 1) * y_rs]
+                        );
                     }
                 }
                 if n2 == 0 {
@@ -931,7 +1005,10 @@ mod tests {
                         .map(|j| silu(r1[i * n1 + j]) * ru[i * n1 + j])
                         .collect();
                     close(&y[i * y_rs..i * y_rs + n1], &want, "gemm_swiglu");
-                    assert_eq!(y[i * y_rs + n1..(i + 1) * y_rs], base[i * y_rs + n1..(i + 1) * y_rs]);
+                    assert_eq!(
+                        y[i * y_rs + n1..(i + 1) * y_rs],
+                        base[i * y_rs + n1..(i + 1) * y_rs]
+                    );
                 }
             });
         }

@@ -89,10 +89,10 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod attention;
 pub mod awq_format;
 pub mod bench;
 mod binary;
-pub mod attention;
 pub mod dense;
 mod dispatch;
 pub mod gptq_format;

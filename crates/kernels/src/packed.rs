@@ -1150,6 +1150,30 @@ pub(crate) fn pack_row(bits: u8, pad_cols: usize, src: &[u8], dst: &mut [u8]) {
     }
 }
 
+/// Runs `block(first_row, rows_of_y)` over `y` split into row blocks across rayon threads
+/// (`blocks_per_thread` blocks each, at least `min_rows` rows, a multiple of `multiple`), or in
+/// one call when the product is too small (`work` = rows·cols) to repay the fork/join.
+fn for_row_blocks(
+    y: &mut [f32],
+    work: usize,
+    blocks_per_thread: usize,
+    min_rows: usize,
+    multiple: usize,
+    block: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && work >= 1 << 18 {
+        let chunk = (y.len() / (threads * blocks_per_thread))
+            .max(min_rows)
+            .next_multiple_of(multiple);
+        y.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(ci, ys)| block(ci * chunk, ys));
+    } else {
+        block(0, y);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1316,29 +1340,5 @@ mod tests {
                 }
             }
         }
-    }
-}
-
-/// Runs `block(first_row, rows_of_y)` over `y` split into row blocks across rayon threads
-/// (`blocks_per_thread` blocks each, at least `min_rows` rows, a multiple of `multiple`), or in
-/// one call when the product is too small (`work` = rows·cols) to repay the fork/join.
-fn for_row_blocks(
-    y: &mut [f32],
-    work: usize,
-    blocks_per_thread: usize,
-    min_rows: usize,
-    multiple: usize,
-    block: impl Fn(usize, &mut [f32]) + Sync + Send,
-) {
-    let threads = rayon::current_num_threads();
-    if threads > 1 && work >= 1 << 18 {
-        let chunk = (y.len() / (threads * blocks_per_thread))
-            .max(min_rows)
-            .next_multiple_of(multiple);
-        y.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(ci, ys)| block(ci * chunk, ys));
-    } else {
-        block(0, y);
     }
 }

@@ -188,11 +188,22 @@ impl Attention {
                 head_dim: hd,
                 scale,
             };
-            attention::causal_attention(shape, &qkv, w, &qkv[qd..], &qkv[qd + kd..], w, &mut out, qd);
+            attention::causal_attention(
+                shape,
+                &qkv,
+                w,
+                &qkv[qd..],
+                &qkv[qd + kd..],
+                w,
+                &mut out,
+                qd,
+            );
             return Ok(out);
         }
         let split = |c0: usize, width: usize| -> Vec<f32> {
-            qkv.chunks(w).flat_map(|r| r[c0..c0 + width].iter().copied()).collect()
+            qkv.chunks(w)
+                .flat_map(|r| r[c0..c0 + width].iter().copied())
+                .collect()
         };
         let (q, k, v) = (split(0, qd), split(qd, kd), split(qd + kd, kd));
         drop(qkv);

@@ -6,14 +6,18 @@ use rayon::prelude::*;
 use crate::attention::{Attention, LayerKv};
 use crate::error::{ModelError, Result};
 use crate::linear::LinearWeight;
-use crate::mlp::{Mlp, MoeBlock};
 use crate::mlp::swiglu_lhs;
+use crate::mlp::{Mlp, MoeBlock};
 use crate::norm::{inv_rms_rows, rms_norm};
-use qwen3_quant_kernels::dense::{self, Epilogue, Lhs, RowNorm};
 use crate::observer::{Observer, Site};
 use crate::rope::Rope;
+use qwen3_quant_kernels::dense::{self, Epilogue, Lhs, RowNorm};
 
 /// The feed-forward half of a layer.
+///
+/// A model holds one per layer, so the size difference between the variants costs nothing worth
+/// a box (which would change every `match` of the public API).
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum FeedForward {
     /// Dense SwiGLU.
@@ -121,13 +125,14 @@ impl DecoderLayer {
                 weight: &self.input_layernorm,
             };
             let x = Lhs::new(h, n, hidden).normed(norm);
-            self.attn.core_lhs(self.attn.projections(), x, batch, seq, rope)?
+            self.attn
+                .core_lhs(self.attn.projections(), x, batch, seq, rope)?
         };
         self.finish(h, core, n, obs)
     }
 
     /// [`DecoderLayer::forward`] for `m` new tokens of one sequence continuing the positions in
-    /// `cache` (see [`crate::Attention::core_cached`]), which it extends.
+    /// `cache` (see [`crate::attention::Attention::core_cached`]), which it extends.
     pub fn forward_cached(
         &self,
         h: &mut [f32],
@@ -206,7 +211,11 @@ impl DecoderLayer {
         }
     }
 
-    pub(crate) fn linear_mut(&mut self, kind: LinearKind, expert: Option<usize>) -> Option<&mut LinearWeight> {
+    pub(crate) fn linear_mut(
+        &mut self,
+        kind: LinearKind,
+        expert: Option<usize>,
+    ) -> Option<&mut LinearWeight> {
         match (kind, expert, &mut self.ffn) {
             (LinearKind::Q, None, _) => Some(&mut self.attn.q_proj),
             (LinearKind::K, None, _) => Some(&mut self.attn.k_proj),
@@ -301,16 +310,29 @@ mod tests {
 
     fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
         let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+        a.iter()
+            .zip(b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+            / scale
     }
 
     /// One layer step by step, every intermediate materialised (what the layer did before the
     /// fused kernels).
-    fn layer_unfused(l: &DecoderLayer, h: &[f32], batch: usize, seq: usize, rope: &Rope) -> Vec<f32> {
+    fn layer_unfused(
+        l: &DecoderLayer,
+        h: &[f32],
+        batch: usize,
+        seq: usize,
+        rope: &Rope,
+    ) -> Vec<f32> {
         let n = batch * seq;
         let a = &l.attn;
         let x = l.attn_input(h);
-        let (q, k, v) = (a.q_proj.apply(&x, n).unwrap(), a.k_proj.apply(&x, n).unwrap(), a.v_proj.apply(&x, n).unwrap());
+        let (q, k, v) = (
+            a.q_proj.apply(&x, n).unwrap(),
+            a.k_proj.apply(&x, n).unwrap(),
+            a.v_proj.apply(&x, n).unwrap(),
+        );
         let hd = a.head_dim;
         let normed = |mut t: Vec<f32>, w: &[f32]| {
             let width = t.len() / n;
@@ -325,10 +347,16 @@ mod tests {
         let mut h = h.to_vec();
         add_in_place(&mut h, &a.o_proj.apply(&core, n).unwrap());
         let x = l.mlp_input(&h);
-        let FeedForward::Dense(mlp) = &l.ffn else { unreachable!() };
+        let FeedForward::Dense(mlp) = &l.ffn else {
+            unreachable!()
+        };
         let g = mlp.gate.apply(&x, n).unwrap();
         let u = mlp.up.apply(&x, n).unwrap();
-        let act: Vec<f32> = g.iter().zip(&u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect();
+        let act: Vec<f32> = g
+            .iter()
+            .zip(&u)
+            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+            .collect();
         add_in_place(&mut h, &mlp.down.apply(&act, n).unwrap());
         h
     }
@@ -340,11 +368,14 @@ mod tests {
         // Two sequences; 300 tokens cross the 14-row panels, 32-key tiles and 256-key chunks.
         let (batch, seq) = (2, 300);
         let rope = model.rope(seq);
-        let ids: Vec<u32> = (0..batch * seq).map(|i| ((i * 7919 + 3) % 8192) as u32).collect();
+        let ids: Vec<u32> = (0..batch * seq)
+            .map(|i| ((i * 7919 + 3) % 8192) as u32)
+            .collect();
         let h0 = model.embed(&ids).unwrap();
         let want = layer_unfused(l, &h0, batch, seq, &rope);
         let mut got = h0.clone();
-        l.forward(&mut got, batch, seq, &rope, &mut NoObserver).unwrap();
+        l.forward(&mut got, batch, seq, &rope, &mut NoObserver)
+            .unwrap();
         let d = rel_diff(&got, &want);
         assert!(d < 2e-6, "fused layer differs by {d} (relative to max |h|)");
     }

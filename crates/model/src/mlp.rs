@@ -61,8 +61,16 @@ fn swiglu(gate: &LinearWeight, up: &LinearWeight, x: &[f32], m: usize) -> Result
 pub(crate) fn swiglu_lhs(gate: &LinearWeight, up: &LinearWeight, x: Lhs<'_>) -> Result<Vec<f32>> {
     let m = x.m;
     if let (
-        LinearWeight::Dense { weight: g, out_features: n, in_features: k },
-        LinearWeight::Dense { weight: u, out_features: nu, in_features: ku },
+        LinearWeight::Dense {
+            weight: g,
+            out_features: n,
+            in_features: k,
+        },
+        LinearWeight::Dense {
+            weight: u,
+            out_features: nu,
+            in_features: ku,
+        },
     ) = (gate, up)
     {
         if (n, k) == (nu, ku) && *k == x.k {

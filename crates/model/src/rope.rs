@@ -34,11 +34,7 @@ impl Rope {
 
     /// Positions covered.
     pub fn positions(&self) -> usize {
-        if self.half == 0 {
-            0
-        } else {
-            self.cos.len() / self.half
-        }
+        self.cos.len().checked_div(self.half).unwrap_or(0)
     }
 
     /// Rotates one head vector `x` (`head_dim` values) at position `pos` in place.

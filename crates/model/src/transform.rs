@@ -146,32 +146,37 @@ impl DecoderLayer {
     pub fn trace_input(&self, t: &LayerTrace, block: ScoredBlock) -> Result<BlockInput> {
         use LinearKind::*;
         let n = t.rows();
-        let full = |x: &Vec<f32>| BlockInput { x: x.clone(), rows: n };
+        let full = |x: &Vec<f32>| BlockInput {
+            x: x.clone(),
+            rows: n,
+        };
         Ok(match block {
             ScoredBlock::Attention => full(&t.attn_in),
             ScoredBlock::FeedForward => full(&t.mlp_in),
-            ScoredBlock::Linear(id) => match (id.kind, id.expert, &self.ffn, &t.down_in, &t.routing) {
-                (Q | K | V, None, ..) => full(&t.attn_in),
-                (O, None, ..) => full(&t.core),
-                (Gate | Up, None, FeedForward::Dense(_), ..) => full(&t.mlp_in),
-                (Down, None, FeedForward::Dense(_), Some(a), _) => full(a),
-                (Gate | Up | Down, Some(e), FeedForward::Moe(moe), _, Some(routing))
-                    if e < moe.experts.len() =>
-                {
-                    let rows = &routing.rows[e];
-                    let xe = gather_rows(&t.mlp_in, moe.router.in_features(), rows);
-                    let xe = if id.kind == Down && !rows.is_empty() {
-                        moe.experts[e].activation(&xe, rows.len())?
-                    } else {
-                        xe
-                    };
-                    BlockInput {
-                        x: xe,
-                        rows: rows.len(),
+            ScoredBlock::Linear(id) => {
+                match (id.kind, id.expert, &self.ffn, &t.down_in, &t.routing) {
+                    (Q | K | V, None, ..) => full(&t.attn_in),
+                    (O, None, ..) => full(&t.core),
+                    (Gate | Up, None, FeedForward::Dense(_), ..) => full(&t.mlp_in),
+                    (Down, None, FeedForward::Dense(_), Some(a), _) => full(a),
+                    (Gate | Up | Down, Some(e), FeedForward::Moe(moe), _, Some(routing))
+                        if e < moe.experts.len() =>
+                    {
+                        let rows = &routing.rows[e];
+                        let xe = gather_rows(&t.mlp_in, moe.router.in_features(), rows);
+                        let xe = if id.kind == Down && !rows.is_empty() {
+                            moe.experts[e].activation(&xe, rows.len())?
+                        } else {
+                            xe
+                        };
+                        BlockInput {
+                            x: xe,
+                            rows: rows.len(),
+                        }
                     }
+                    _ => return Err(bad(format!("{id} is not a linear of layer {}", self.index))),
                 }
-                _ => return Err(bad(format!("{id} is not a linear of layer {}", self.index))),
-            },
+            }
             other => return Err(bad(format!("unsupported block {other:?}"))),
         })
     }
@@ -197,7 +202,14 @@ impl DecoderLayer {
             }
             other => {
                 let input = self.trace_input(t, other)?;
-                self.block_output(other, &input, t.batch, t.seq, &Rope::new(2, 1.0, 0), &LinearOverrides::new())
+                self.block_output(
+                    other,
+                    &input,
+                    t.batch,
+                    t.seq,
+                    &Rope::new(2, 1.0, 0),
+                    &LinearOverrides::new(),
+                )
             }
         }
     }
@@ -262,9 +274,7 @@ impl DecoderLayer {
             column_map: None,
         });
         for &e in &experts {
-            let inter = self
-                .linear(Up, e)
-                .map_or(0, LinearWeight::out_features);
+            let inter = self.linear(Up, e).map_or(0, LinearWeight::out_features);
             pairs.push(ScalePair {
                 producer: ScaleProducer::Rows(self.id(Up, e)),
                 consumers: vec![self.id(Down, e)],
@@ -291,7 +301,10 @@ impl DecoderLayer {
     /// non-positive or non-finite factor, an unknown producer, or a weight that is not dense.
     pub fn fold_scale(&mut self, producer: ScaleProducer, s: &[f32]) -> Result<()> {
         if let Some(i) = s.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
-            return Err(bad(format!("factor {i} is {} (must be positive and finite)", s[i])));
+            return Err(bad(format!(
+                "factor {i} is {} (must be positive and finite)",
+                s[i]
+            )));
         }
         use LinearKind::*;
         match producer {
@@ -310,7 +323,10 @@ impl DecoderLayer {
                 ] {
                     scale_columns(w, s, "q/k/v")?;
                 }
-                self.input_layernorm.iter_mut().zip(s).for_each(|(w, f)| *w /= f);
+                self.input_layernorm
+                    .iter_mut()
+                    .zip(s)
+                    .for_each(|(w, f)| *w /= f);
             }
             ScaleProducer::PostAttentionNorm => {
                 if s.len() != self.post_attention_layernorm.len() {
@@ -342,7 +358,10 @@ impl DecoderLayer {
                 let map = self.o_column_map();
                 let f: Vec<f32> = match &map {
                     None => s.to_vec(),
-                    Some(m) => m.iter().map(|&i| s.get(i as usize).copied().unwrap_or(1.0)).collect(),
+                    Some(m) => m
+                        .iter()
+                        .map(|&i| s.get(i as usize).copied().unwrap_or(1.0))
+                        .collect(),
                 };
                 divide_rows(&mut self.attn.v_proj, s, "v_proj")?;
                 scale_columns(&mut self.attn.o_proj, &f, "o_proj")?;
@@ -440,13 +459,17 @@ impl DecoderLayer {
         };
         for (id, w) in overrides {
             if id.layer != self.index || !allowed(id) {
-                return Err(bad(format!("{id} is not part of the scored block {block:?}")));
+                return Err(bad(format!(
+                    "{id} is not part of the scored block {block:?}"
+                )));
             }
             let cur = self
                 .linear(id.kind, id.expert)
                 .ok_or_else(|| bad(format!("{id} does not exist")))?;
             if (cur.out_features(), cur.in_features()) != (w.out_features(), w.in_features()) {
-                return Err(bad(format!("{id}: candidate shape differs from the weight")));
+                return Err(bad(format!(
+                    "{id}: candidate shape differs from the weight"
+                )));
             }
         }
         let get = |kind, expert| overrides.get(&self.id(kind, expert));

@@ -23,17 +23,30 @@ fn check(dir: &str) {
     let model = Qwen3Model::load(format!("{ASSETS}/models/{dir}")).unwrap();
     let (batch, seq) = (2, 96);
     let rope = model.rope(seq);
-    let ids: Vec<u32> = (0..batch * seq).map(|i| ((i * 7919 + 11) % 8000) as u32).collect();
+    let ids: Vec<u32> = (0..batch * seq)
+        .map(|i| ((i * 7919 + 11) % 8000) as u32)
+        .collect();
     let mut plain = model.embed(&ids).unwrap();
     let mut seen = plain.clone();
     for layer in &model.layers {
-        layer.forward(&mut plain, batch, seq, &rope, &mut NoObserver).unwrap();
+        layer
+            .forward(&mut plain, batch, seq, &rope, &mut NoObserver)
+            .unwrap();
         let mut obs = Everything(Vec::new());
-        layer.forward(&mut seen, batch, seq, &rope, &mut obs).unwrap();
+        layer
+            .forward(&mut seen, batch, seq, &rope, &mut obs)
+            .unwrap();
         let sites: Vec<Site> = obs.0.iter().map(|(s, _)| *s).collect();
-        assert!(sites.contains(&Site::AttnInput) && sites.contains(&Site::OInput), "{sites:?}");
+        assert!(
+            sites.contains(&Site::AttnInput) && sites.contains(&Site::OInput),
+            "{sites:?}"
+        );
         let d = max_rel(&seen, &plain);
-        assert!(d < 1e-5, "{dir} layer {}: observed forward differs by {d}", layer.index);
+        assert!(
+            d < 1e-5,
+            "{dir} layer {}: observed forward differs by {d}",
+            layer.index
+        );
     }
 }
 

@@ -165,14 +165,18 @@ fn bad_scales_are_rejected_and_leave_the_layer_untouched() {
     let mut model = synthetic_mha();
     let layer = &mut model.layers[0];
     let before = layer.input_layernorm.clone();
-    assert!(layer.fold_scale(ScaleProducer::InputNorm, &[1.0; 3]).is_err());
+    assert!(layer
+        .fold_scale(ScaleProducer::InputNorm, &[1.0; 3])
+        .is_err());
     let mut s = vec![1.0f32; 48];
     s[5] = 0.0;
     assert!(layer.fold_scale(ScaleProducer::InputNorm, &s).is_err());
     s[5] = f32::NAN;
     assert!(layer.fold_scale(ScaleProducer::InputNorm, &s).is_err());
     let q = LinearId::new(0, LinearKind::Q);
-    assert!(layer.fold_scale(ScaleProducer::Rows(q), &[1.0; 64]).is_err());
+    assert!(layer
+        .fold_scale(ScaleProducer::Rows(q), &[1.0; 64])
+        .is_err());
     assert_eq!(layer.input_layernorm, before);
 }
 
@@ -189,7 +193,14 @@ fn scored_blocks_with_unchanged_candidates_equal_the_forward() {
         .block_input(ScoredBlock::Attention, &h, batch, seq, &rope)
         .unwrap();
     let plain = layer
-        .block_output(ScoredBlock::Attention, &inp, batch, seq, &rope, &HashMap::new())
+        .block_output(
+            ScoredBlock::Attention,
+            &inp,
+            batch,
+            seq,
+            &rope,
+            &HashMap::new(),
+        )
         .unwrap();
     let same: HashMap<_, _> = [LinearKind::Q, LinearKind::K, LinearKind::V]
         .into_iter()
@@ -203,20 +214,36 @@ fn scored_blocks_with_unchanged_candidates_equal_the_forward() {
     assert_eq!(plain, direct);
     // A candidate for a linear outside the scored block is rejected.
     let mut wrong = HashMap::new();
-    wrong.insert(id(LinearKind::Down), layer.linear(LinearKind::Down, None).unwrap().clone());
+    wrong.insert(
+        id(LinearKind::Down),
+        layer.linear(LinearKind::Down, None).unwrap().clone(),
+    );
     assert!(layer
         .block_output(ScoredBlock::Attention, &inp, batch, seq, &rope, &wrong)
         .is_err());
     // Running the layer == attention block + residual + feed-forward block + residual.
     let mut full = h.clone();
     layer
-        .forward(&mut full, batch, seq, &rope, &mut qwen3_quant_model::NoObserver)
+        .forward(
+            &mut full,
+            batch,
+            seq,
+            &rope,
+            &mut qwen3_quant_model::NoObserver,
+        )
         .unwrap();
     let ffn_in = layer
         .block_input(ScoredBlock::FeedForward, &h, batch, seq, &rope)
         .unwrap();
     let ffn_out = layer
-        .block_output(ScoredBlock::FeedForward, &ffn_in, batch, seq, &rope, &HashMap::new())
+        .block_output(
+            ScoredBlock::FeedForward,
+            &ffn_in,
+            batch,
+            seq,
+            &rope,
+            &HashMap::new(),
+        )
         .unwrap();
     let recon: Vec<f32> = h
         .iter()

@@ -6,6 +6,8 @@
 //! `scale_g · dx_b` times that sum into f32 accumulators. The offset term
 //! `Σ_g offset_g · Σ_{j∈g} x_j` uses the exact f32 activation sums, as in the GEMV.
 
+#![allow(clippy::incompatible_msrv)] // gated on the compiler version by build.rs
+
 use std::arch::x86_64::*;
 
 use rayon::prelude::*;
@@ -83,7 +85,11 @@ impl PackedMatrix {
                     }
                 }
             });
-        let blocks_per_group = if self.n_groups <= 1 { nb } else { self.group_size / QB };
+        let blocks_per_group = if self.n_groups <= 1 {
+            nb
+        } else {
+            self.group_size / QB
+        };
         let shape = Shape {
             kp,
             nb,
@@ -93,7 +99,9 @@ impl PackedMatrix {
         };
         let y_addr = y.as_mut_ptr() as usize;
         let token_blocks = m.div_ceil(TOKENS_PER_TASK);
-        let groups = (4 * rayon::current_num_threads()).div_ceil(token_blocks).clamp(1, panels);
+        let groups = (4 * rayon::current_num_threads())
+            .div_ceil(token_blocks)
+            .clamp(1, panels);
         let per_group = panels.div_ceil(groups);
         (0..token_blocks * groups).into_par_iter().for_each(|t| {
             let (tb, g) = (t / groups, t % groups);
@@ -164,7 +172,8 @@ unsafe fn tile(
             let wv = unsafe { _mm512_loadu_si512(w[k4 * TN * 4..].as_ptr() as *const _) };
             for (i, a) in acc.iter_mut().enumerate() {
                 // SAFETY: token i's codes have kp bytes; 4·k4 + 4 ≤ kp.
-                let qv = unsafe { (q.as_ptr().add(i * s.kp + 4 * k4) as *const i32).read_unaligned() };
+                let qv =
+                    unsafe { (q.as_ptr().add(i * s.kp + 4 * k4) as *const i32).read_unaligned() };
                 *a = _mm512_dpbusd_epi32(*a, wv, _mm512_set1_epi32(qv));
             }
         }
@@ -176,7 +185,11 @@ unsafe fn tile(
             f[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i]), d, f[i]);
         }
     }
-    let mask = if cols >= TN { 0xffff } else { ((1u32 << cols) - 1) as __mmask16 };
+    let mask = if cols >= TN {
+        0xffff
+    } else {
+        ((1u32 << cols) - 1) as __mmask16
+    };
     for (i, fi) in f.iter_mut().enumerate().take(tm) {
         for g in 0..s.ng.max(1) {
             // SAFETY: 16 offsets per group.
@@ -194,22 +207,32 @@ mod tests {
 
     fn matrix(bits: u8, rows: usize, cols: usize, gs: usize, perm: bool) -> PackedMatrix {
         let codes: Vec<u8> = (0..rows * cols)
-            .map(|i| ((i * 2654435761usize >> 7) % (1 << bits)) as u8)
+            .map(|i| (((i * 2654435761usize) >> 7) % (1 << bits)) as u8)
             .collect();
         let ng = cols.div_ceil(gs);
-        let scales: Vec<f32> = (0..rows * ng).map(|i| 0.01 + (i % 7) as f32 * 0.003).collect();
-        let offsets: Vec<f32> = (0..rows * ng).map(|i| -0.05 + (i % 5) as f32 * 0.01).collect();
+        let scales: Vec<f32> = (0..rows * ng)
+            .map(|i| 0.01 + (i % 7) as f32 * 0.003)
+            .collect();
+        let offsets: Vec<f32> = (0..rows * ng)
+            .map(|i| -0.05 + (i % 5) as f32 * 0.01)
+            .collect();
         let perm = perm.then(|| (0..cols as u32).rev().collect());
         PackedMatrix::new(bits, rows, cols, gs, &codes, &scales, &offsets, perm).unwrap()
     }
 
     #[test]
     fn int8_gemm_equals_the_int8_gemv_row_by_row() {
-        if !crate::dispatch::cpu().avx512vnni || crate::active_kernel() != crate::KernelChoice::Avx512 {
+        if !crate::dispatch::cpu().avx512vnni
+            || crate::active_kernel() != crate::KernelChoice::Avx512
+        {
             return; // nothing to compare on this CPU
         }
         // Row edges of the 16-row panel, token edges of the 12-token tile, act-order.
-        for &(rows, cols, gs, m, perm) in &[(37, 256, 128, 29, false), (16, 384, 128, 5, true), (50, 200, 200, 13, false)] {
+        for &(rows, cols, gs, m, perm) in &[
+            (37, 256, 128, 29, false),
+            (16, 384, 128, 5, true),
+            (50, 200, 200, 13, false),
+        ] {
             let p = matrix(4, rows, cols, gs, perm);
             assert!(p.q8_gemm_applies() && p.q8_gemv_applies());
             let x: Vec<f32> = (0..m * cols)
@@ -221,13 +244,20 @@ mod tests {
             for i in 0..m {
                 p.gemv_q8(&x[i * cols..(i + 1) * cols], &mut yr).unwrap();
                 for (r, (&a, &b)) in y[i * rows..(i + 1) * rows].iter().zip(&yr).enumerate() {
-                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "token {i} row {r}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "token {i} row {r}: {a} vs {b}"
+                    );
                 }
             }
             // And it is not the f32-activation product (the rounding shows).
             let mut ye = vec![0.0f32; m * rows];
-            p.gemm_with(crate::KernelChoice::Avx512, &x, m, &mut ye).unwrap();
-            assert!(y.iter().zip(&ye).any(|(a, b)| (a - b).abs() > 1e-4 * (1.0 + b.abs())));
+            p.gemm_with(crate::KernelChoice::Avx512, &x, m, &mut ye)
+                .unwrap();
+            assert!(y
+                .iter()
+                .zip(&ye)
+                .any(|(a, b)| (a - b).abs() > 1e-4 * (1.0 + b.abs())));
         }
     }
 }

@@ -1,0 +1,118 @@
+//! Dense linear algebra on Hessians shared by the second-order methods (GPTQ, BiLLM): the upper
+//! Cholesky factor of the damped inverse Hessian, in f64 with faer, with GPTQ's relative
+//! damping and automatic retries.
+//!
+//! ```
+//! use qwen3_quant_core::linalg::inverse_cholesky_upper;
+//! // H = diag(4, 1): (H + damp·I)⁻¹ = diag(1/4.025, 1/1.025) (damp = 0.01 · mean diag = 0.025).
+//! let f = inverse_cholesky_upper(&[4.0, 0.0, 0.0, 1.0], 2, 0.01, 0).unwrap();
+//! assert!((f.damp - 0.025).abs() < 1e-12);
+//! assert!((f.u[0] - (1.0 / 4.025f64).sqrt() as f32).abs() < 1e-6 && f.u[2] == 0.0);
+//! ```
+
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
+use faer::linalg::solvers::LltError;
+use faer::linalg::triangular_inverse::invert_lower_triangular;
+use faer::{Mat, Par};
+
+/// Upper Cholesky factor `U` (`H⁻¹ = UᵀU`) of the damped Hessian.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InverseFactor {
+    /// `[n, n]` row-major, upper triangular, f32.
+    pub u: Vec<f32>,
+    /// Damping finally added to the diagonal.
+    pub damp: f64,
+}
+
+/// Failure after all retries: column (processing order) of the failing pivot and last damp.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FactorFailure {
+    /// Column of `h` whose pivot failed.
+    pub column: usize,
+    /// The last damping tried.
+    pub damp: f64,
+}
+
+/// Upper Cholesky factor of `(h + damp·I)⁻¹`, in f64 with faer (one Cholesky factorisation and one triangular inverse, `H⁻¹` never formed).
+///
+/// `h` is `[n, n]` row-major (f32, symmetric), already permuted and with dead columns fixed;
+/// `damp = percdamp · mean(diag h)`. On failure the damping is multiplied by 10 (or set to `0.01·mean(diag)` if it was 0) up to `retries` times.
+pub fn inverse_cholesky_upper(
+    h: &[f32],
+    n: usize,
+    percdamp: f64,
+    retries: u32,
+) -> Result<InverseFactor, FactorFailure> {
+    let mean_diag = (0..n).map(|i| h[i * n + i] as f64).sum::<f64>() / n.max(1) as f64;
+    let mut damp = percdamp * mean_diag;
+    let mut fail = FactorFailure { column: 0, damp };
+    for attempt in 0..=retries {
+        if attempt > 0 {
+            damp = if damp > 0.0 {
+                damp * 10.0
+            } else {
+                0.01 * mean_diag
+            };
+        }
+        match try_factor(h, n, damp) {
+            Ok(u) => return Ok(InverseFactor { u, damp }),
+            Err(column) => fail = FactorFailure { column, damp },
+        }
+    }
+    Err(fail)
+}
+
+/// `U = J·L⁻¹·J` where `J·(H + damp·I)·J = L·Lᵀ` and `J` reverses the index order.
+///
+/// This is the same matrix as the reference's `cholesky_upper(inverse(H))` (the upper Cholesky
+/// factor of `H⁻¹` is unique): `H⁻¹ = (J L⁻ᵀ J)(J L⁻¹ J) = UᵀU` with `U` upper triangular and a
+/// positive diagonal. It costs one Cholesky and one triangular inverse instead of two Cholesky
+/// factorisations and a full inverse, and never forms `H⁻¹` explicitly.
+fn try_factor(h: &[f32], n: usize, damp: f64) -> Result<Vec<f32>, usize> {
+    // (J H J)[i, j] = H[n-1-i, n-1-j] = H[n-1-j, n-1-i] (symmetric): read along rows of H so the
+    // column-major fill is sequential in memory.
+    let a = Mat::<f64>::from_fn(n, n, |i, j| {
+        h[(n - 1 - j) * n + (n - 1 - i)] as f64 + if i == j { damp } else { 0.0 }
+    });
+    // A failing pivot k of the flipped matrix is processing column n-1-k.
+    let pivot = |e: LltError| match e {
+        LltError::NonPositivePivot { index } => n - 1 - index.min(n - 1),
+    };
+    let mut a = a;
+    let par = Par::rayon(0);
+    // In-place factorisation (no copy of the n×n matrix); only the lower triangle is used.
+    let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(n, par, Default::default()));
+    cholesky_in_place(
+        a.as_mut(),
+        Default::default(),
+        par,
+        MemStack::new(&mut mem),
+        Default::default(),
+    )
+    .map_err(pivot)?;
+    let mut linv = Mat::<f64>::zeros(n, n);
+    invert_lower_triangular(linv.as_mut(), a.as_ref(), par);
+    let mut u = vec![0f32; n * n];
+    // U[i, j] = Linv[n-1-i, n-1-j], nonzero for j >= i; copied in tiles (one side is strided).
+    const T: usize = 32;
+    for jt in (0..n).step_by(T) {
+        for it in (jt..n).step_by(T) {
+            for jj in jt..(jt + T).min(n) {
+                for ii in it.max(jj)..(it + T).min(n) {
+                    let v = linv[(ii, jj)];
+                    if !v.is_finite() {
+                        return Err(n - 1 - ii);
+                    }
+                    u[(n - 1 - ii) * n + (n - 1 - jj)] = v as f32;
+                }
+            }
+        }
+    }
+    for i in 0..n {
+        if u[i * n + i].partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+            return Err(i);
+        }
+    }
+    Ok(u)
+}
