@@ -16,6 +16,7 @@ use qwen3_quant::core::{
     BinaryLinear, BinaryParams, LinearInput, LinearStats, MethodError, Propagation, QuantOutcome,
     QuantizedWeight, Quantizer, StatsRequest,
 };
+use qwen3_quant::formats::{load_model, write_checkpoint, Format, WriteOptions};
 use qwen3_quant::io::Checkpoint;
 use qwen3_quant::model::LinearWeight;
 
@@ -132,6 +133,19 @@ fn billm_packed_equals_fake_quant_and_beats_sign_only() {
     assert!((1.05..1.25).contains(&ref_bits), "{ref_bits}");
     assert!((2.62..2.64).contains(&honest), "{honest}");
     assert!(packed.linear_bytes() * 11 < fake.linear_bytes());
+
+    // Written in the native format and loaded back, the binary weights run packed and give the
+    // same perplexity.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("billm-native");
+    let src = std::path::PathBuf::from(format!("{ASSETS}/models/qwen3-micro"));
+    let opts = WriteOptions::new(Format::Native);
+    write_checkpoint(&out, &src, &packed, &run.quantized, &opts).unwrap();
+    let loaded = load_model(&out, &Default::default()).unwrap();
+    assert_eq!(loaded.packed_linears, 56);
+    let pl = ppl(&loaded.model, &valid, 8);
+    eprintln!("native checkpoint: docs 8 windows {pl:.4}");
+    assert!(rel(pl, pp).abs() < 1e-3, "loaded {pl} vs in memory {pp}");
 
     // One-token forwards take the int8-activation binary GEMV: its extra divergence from fake
     // quantization must be small next to what the binarization itself costs.

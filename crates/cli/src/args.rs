@@ -293,6 +293,9 @@ pub struct BenchArgs {
     /// gemv: time the exact f32-activation kernel instead of the default int8-activation one.
     #[arg(long)]
     pub exact: bool,
+    /// BiLLM binary weights instead of packed codes (--bits is then ignored).
+    #[arg(long)]
+    pub binary: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

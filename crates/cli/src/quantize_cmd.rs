@@ -70,7 +70,8 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     }
     let gflops = measure_gemm_gflops();
     let eta = projection.eta_seconds(gflops);
-    if !a.json && calib.is_some() {
+    // On stderr also with --json (stdout carries only the JSON object), unless quiet.
+    if calib.is_some() && std::env::var_os("QWEN3_QUANT_QUIET").is_none() {
         eprintln!(
             "projected: {:.2} TFLOP (forward {:.2}, Hessians {:.2}, solves {:.2}, search {:.2}), activations {:.2} GB, ETA ~{:.0} s at {:.0} GFLOP/s",
             projection.total_flops / 1e12,

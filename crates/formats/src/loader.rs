@@ -5,9 +5,7 @@
 use std::path::Path;
 
 use qwen3_quant_io::{Checkpoint, ModelConfig};
-use qwen3_quant_model::attention::Attention;
-use qwen3_quant_model::mlp::{Mlp, MoeBlock};
-use qwen3_quant_model::{DecoderLayer, FeedForward, LinearWeight, Qwen3Model};
+use qwen3_quant_model::{DecoderLayer, LinearWeight, Qwen3Model};
 use serde_json::Value;
 
 use crate::config::{read_quant_config, GptqZeros, QuantConfig};
@@ -124,55 +122,8 @@ pub(crate) fn native_scheme(cfg: &Value, prefix: &str) -> Result<Value> {
 
 fn build_layer(src: &mut Source<'_>, c: &ModelConfig, i: usize) -> Result<DecoderLayer> {
     let ckpt = src.ckpt;
-    let h = c.hidden_size;
-    let p = format!("model.layers.{i}");
-    let attn = Attention {
-        q_proj: src.linear(&format!("{p}.self_attn.q_proj"), c.q_dim(), h)?,
-        k_proj: src.linear(&format!("{p}.self_attn.k_proj"), c.kv_dim(), h)?,
-        v_proj: src.linear(&format!("{p}.self_attn.v_proj"), c.kv_dim(), h)?,
-        o_proj: src.linear(&format!("{p}.self_attn.o_proj"), h, c.q_dim())?,
-        q_norm: ckpt.load_f32(&format!("{p}.self_attn.q_norm.weight"), &[c.head_dim])?,
-        k_norm: ckpt.load_f32(&format!("{p}.self_attn.k_norm.weight"), &[c.head_dim])?,
-        heads: c.num_attention_heads,
-        kv_heads: c.num_key_value_heads,
-        head_dim: c.head_dim,
-        eps: c.rms_norm_eps as f32,
-    };
-    let ffn = if c.is_moe_layer(i) {
-        let m = c.moe.as_ref().expect("a MoE layer implies a MoE config");
-        let mi = m.moe_intermediate_size;
-        let mut experts = Vec::with_capacity(m.num_experts);
-        for e in 0..m.num_experts {
-            let q = format!("{p}.mlp.experts.{e}");
-            experts.push(Mlp {
-                gate: src.linear(&format!("{q}.gate_proj"), mi, h)?,
-                up: src.linear(&format!("{q}.up_proj"), mi, h)?,
-                down: src.linear(&format!("{q}.down_proj"), h, mi)?,
-            });
-        }
-        let router = ckpt.load_f32(&format!("{p}.mlp.gate.weight"), &[m.num_experts, h])?;
-        FeedForward::Moe(MoeBlock {
-            router: LinearWeight::dense(m.num_experts, h, router)?,
-            experts,
-            top_k: m.num_experts_per_tok,
-            norm_topk_prob: m.norm_topk_prob,
-        })
-    } else {
-        let it = c.intermediate_size;
-        FeedForward::Dense(Mlp {
-            gate: src.linear(&format!("{p}.mlp.gate_proj"), it, h)?,
-            up: src.linear(&format!("{p}.mlp.up_proj"), it, h)?,
-            down: src.linear(&format!("{p}.mlp.down_proj"), h, it)?,
-        })
-    };
-    Ok(DecoderLayer {
-        index: i,
-        input_layernorm: ckpt.load_f32(&format!("{p}.input_layernorm.weight"), &[h])?,
-        post_attention_layernorm: ckpt
-            .load_f32(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-        attn,
-        ffn,
-        eps: c.rms_norm_eps as f32,
+    Qwen3Model::assemble_layer(ckpt, c, i, &mut |prefix: &str, out, inp| {
+        src.linear(prefix, out, inp)
     })
 }
 

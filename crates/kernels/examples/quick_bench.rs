@@ -21,6 +21,7 @@ fn main() {
         layers: get(6, "1").parse().unwrap(),
         seconds: get(7, "1.0").parse().unwrap(),
         exact: std::env::args().any(|a| a == "--exact"),
+        binary: std::env::args().any(|a| a == "--binary"),
     };
     let r = bench::run(&spec).unwrap();
     println!(

@@ -42,6 +42,9 @@ pub struct BenchSpec {
     /// GEMV only: time the exact f32-activation kernel ([`PackedMatrix::gemv_exact`]) instead of
     /// the default decode path ([`PackedMatrix::gemv`], int8 activations where that applies).
     pub exact: bool,
+    /// BiLLM binary weights ([`BinaryMatrix`], [`random_binary`]) instead of packed codes;
+    /// `bits` and `group_size` are then ignored.
+    pub binary: bool,
 }
 
 /// Measured figures (per call = one product with one weight matrix).
@@ -137,7 +140,7 @@ fn time_loop(seconds: f64, mut f: impl FnMut(usize)) -> f64 {
 /// [`KernelError::UnsupportedBits`] for a width other than 1, 2, 3, 4, 8, 32;
 /// [`KernelError::ShapeMismatch`] for zero dimensions.
 pub fn run(spec: &BenchSpec) -> Result<BenchReport> {
-    if !matches!(spec.bits, 1 | 2 | 3 | 4 | 8 | 32) {
+    if !spec.binary && !matches!(spec.bits, 1 | 2 | 3 | 4 | 8 | 32) {
         return Err(KernelError::UnsupportedBits { bits: spec.bits });
     }
     if spec.rows == 0 || spec.cols == 0 {
@@ -176,7 +179,24 @@ pub fn run(spec: &BenchSpec) -> Result<BenchReport> {
             black_box(&y);
         })
     };
-    let (us, bytes) = if spec.bits == 32 {
+    let (us, bytes) = if spec.binary {
+        let mats: Vec<BinaryMatrix> = (0..layers)
+            .into_par_iter()
+            .map(|l| random_binary(n, k, 77 + l as u64))
+            .collect::<Result<_>>()?;
+        let bytes = mats[0].storage_bytes();
+        let us = time_loop(seconds, |c| {
+            let w = &mats[c % layers];
+            let r = match spec.kernel {
+                BenchKernel::Gemv if spec.exact => w.gemv_exact(black_box(&x), &mut y),
+                BenchKernel::Gemv => w.gemv(black_box(&x), &mut y),
+                BenchKernel::Gemm => w.gemm(black_box(&x), t, &mut y),
+            };
+            debug_assert!(r.is_ok());
+            black_box(&y);
+        });
+        (us, bytes)
+    } else if spec.bits == 32 {
         (f32_us, 4 * n * k)
     } else {
         let mats: Vec<PackedMatrix> = (0..layers)

@@ -76,19 +76,41 @@ impl Qwen3Model {
 
     /// Loads decoder layer `i` (f32) from a checkpoint.
     pub fn load_layer(ckpt: &Checkpoint, c: &ModelConfig, i: usize) -> Result<DecoderLayer> {
+        Self::assemble_layer(ckpt, c, i, &mut |prefix: &str, out, inp| {
+            dense(ckpt, &format!("{prefix}.weight"), out, inp)
+        })
+    }
+
+    /// Assembles decoder layer `i`: norms and the MoE router from `ckpt` (f32), and each of the
+    /// seven linears (every expert's) from `linear(prefix, out, in)`, where `prefix` is the
+    /// module's path without `.weight` (`model.layers.3.self_attn.q_proj`). A full-precision
+    /// checkpoint reads `prefix.weight`; a quantized one its packed tensors.
+    ///
+    /// # Errors
+    /// [`ModelError::NoSuchLayer`], the checkpoint's errors, and `linear`'s.
+    pub fn assemble_layer<E>(
+        ckpt: &Checkpoint,
+        c: &ModelConfig,
+        i: usize,
+        linear: &mut dyn FnMut(&str, usize, usize) -> std::result::Result<LinearWeight, E>,
+    ) -> std::result::Result<DecoderLayer, E>
+    where
+        E: From<ModelError> + From<qwen3_quant_io::IoError>,
+    {
         if i >= c.num_hidden_layers {
             return Err(ModelError::NoSuchLayer {
                 layer: i,
                 layers: c.num_hidden_layers,
-            });
+            }
+            .into());
         }
         let h = c.hidden_size;
         let p = format!("model.layers.{i}");
         let attn = Attention {
-            q_proj: dense(ckpt, &format!("{p}.self_attn.q_proj.weight"), c.q_dim(), h)?,
-            k_proj: dense(ckpt, &format!("{p}.self_attn.k_proj.weight"), c.kv_dim(), h)?,
-            v_proj: dense(ckpt, &format!("{p}.self_attn.v_proj.weight"), c.kv_dim(), h)?,
-            o_proj: dense(ckpt, &format!("{p}.self_attn.o_proj.weight"), h, c.q_dim())?,
+            q_proj: linear(&format!("{p}.self_attn.q_proj"), c.q_dim(), h)?,
+            k_proj: linear(&format!("{p}.self_attn.k_proj"), c.kv_dim(), h)?,
+            v_proj: linear(&format!("{p}.self_attn.v_proj"), c.kv_dim(), h)?,
+            o_proj: linear(&format!("{p}.self_attn.o_proj"), h, c.q_dim())?,
             q_norm: ckpt.load_f32(&format!("{p}.self_attn.q_norm.weight"), &[c.head_dim])?,
             k_norm: ckpt.load_f32(&format!("{p}.self_attn.k_norm.weight"), &[c.head_dim])?,
             heads: c.num_attention_heads,
@@ -96,19 +118,18 @@ impl Qwen3Model {
             head_dim: c.head_dim,
             eps: c.rms_norm_eps as f32,
         };
-        let ffn = if c.is_moe_layer(i) {
-            let m = c.moe.as_ref().expect("moe layer implies moe config");
+        let ffn = if let (true, Some(m)) = (c.is_moe_layer(i), c.moe.as_ref()) {
             let mi = m.moe_intermediate_size;
-            let experts = (0..m.num_experts)
-                .map(|e| {
-                    let q = format!("{p}.mlp.experts.{e}");
-                    Ok(Mlp {
-                        gate: dense(ckpt, &format!("{q}.gate_proj.weight"), mi, h)?,
-                        up: dense(ckpt, &format!("{q}.up_proj.weight"), mi, h)?,
-                        down: dense(ckpt, &format!("{q}.down_proj.weight"), h, mi)?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let mut experts = Vec::with_capacity(m.num_experts);
+            for e in 0..m.num_experts {
+                let q = format!("{p}.mlp.experts.{e}");
+                experts.push(Mlp {
+                    gate: linear(&format!("{q}.gate_proj"), mi, h)?,
+                    up: linear(&format!("{q}.up_proj"), mi, h)?,
+                    down: linear(&format!("{q}.down_proj"), h, mi)?,
+                });
+            }
+            // The router always stays in full precision.
             FeedForward::Moe(MoeBlock {
                 router: dense(ckpt, &format!("{p}.mlp.gate.weight"), m.num_experts, h)?,
                 experts,
@@ -118,9 +139,9 @@ impl Qwen3Model {
         } else {
             let it = c.intermediate_size;
             FeedForward::Dense(Mlp {
-                gate: dense(ckpt, &format!("{p}.mlp.gate_proj.weight"), it, h)?,
-                up: dense(ckpt, &format!("{p}.mlp.up_proj.weight"), it, h)?,
-                down: dense(ckpt, &format!("{p}.mlp.down_proj.weight"), h, it)?,
+                gate: linear(&format!("{p}.mlp.gate_proj"), it, h)?,
+                up: linear(&format!("{p}.mlp.up_proj"), it, h)?,
+                down: linear(&format!("{p}.mlp.down_proj"), h, it)?,
             })
         };
         Ok(DecoderLayer {
