@@ -1,7 +1,7 @@
 //! Up-front cost projection of a calibration run: FLOPs, memory and an ETA from the machine's
 //! measured GEMM rate, so users know before a multi-hour job starts (what GPTQ tools don't say).
 //!
-//! The dominant terms (see `performance-anchors.md` §4.3): the forward passes over the calibration
+//! The dominant terms: the forward passes over the calibration
 //! tokens (`2 · active parameters` per token, plus causal attention), the Hessian products
 //! `Xᵀ·X` of every distinct linear input (lower triangle only), and the per-linear solve
 //! (factorisation `≈ d³` in f64 and the column updates `≈ rows · cols²`).

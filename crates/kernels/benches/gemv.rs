@@ -2,8 +2,8 @@
 //!
 //! `cargo bench -p qwen3-quant-kernels --bench gemv`. By default one matrix per case (it may sit
 //! in cache). With `QWEN3_QUANT_BENCH_BIG=1` each case cycles over enough distinct matrices to
-//! exceed a 260 MB L3, so the figure is a memory-bandwidth one (compare with the `membw` bench
-//! and performance-anchors.md §4.3). Throughput is reported in weight bytes per second. For
+//! exceed a 260 MB L3, so the figure is a memory-bandwidth one (compare with the `membw`
+//! bench). Throughput is reported in weight bytes per second. For
 //! ≤ 4 bits, `..._q8act` is the default decode path (`PackedMatrix::gemv`, int8 activations) and
 //! `..._exact` the f32-activation kernel (`PackedMatrix::gemv_exact`).
 #![allow(missing_docs)] // criterion_group! generates undocumented functions

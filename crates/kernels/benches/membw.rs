@@ -1,4 +1,4 @@
-//! STREAM-like read-bandwidth probe (the GEMV speed of light, performance-anchors.md §4.3).
+//! STREAM-like read-bandwidth probe (the GEMV speed of light).
 //!
 //! `cargo bench -p qwen3-quant-kernels --bench membw` prints `bench::memory_read_bandwidth` for a
 //! cache-sized and a DRAM-sized buffer, and lets criterion time one parallel read pass over a

@@ -1,5 +1,5 @@
 //! Forward throughput and perplexity of the docs_32 workload (32 windows × 1024 tokens of the
-//! bundled validation text), the anchor of `performance-anchors.md`.
+//! bundled validation text): the workload the side-by-side benchmarks use (`docs/performance.md`).
 //!
 //! ```text
 //! cargo run --release -p qwen3-quant-model --example forward_throughput -- [MODEL_DIR] [WINDOWS] [BATCH]
