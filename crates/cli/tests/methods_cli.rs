@@ -148,3 +148,35 @@ fn billm_reports_both_bit_figures() {
     assert_eq!(v["linears"].as_array().unwrap().len(), 56);
     assert!(v["eval"]["docs"]["ppl"].as_f64().unwrap().is_finite());
 }
+
+/// `bench gemv --binary` times BiLLM's packed layout: it stores less than half the bytes of
+/// 4-bit g128 codes for the same shape.
+#[test]
+fn bench_times_binary_weights() {
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "gemv",
+            "--bits",
+            "4",
+            "--rows",
+            "256",
+            "--cols",
+            "1024",
+            "--seconds",
+            "0.1",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, v, err) = run(&args);
+        assert!(ok, "{v} {err}");
+        v
+    };
+    let (binary, four) = (bench(&["--binary"]), bench(&[]));
+    assert_eq!(binary["weights"], "binary (BiLLM)");
+    assert_eq!(four["weights"], "4-bit g128");
+    let bytes = |v: &Value| v["weight_bytes_per_call"].as_f64().unwrap();
+    // 2 bits + tables (0.625) + salient map vs 4 bits + scales and zeros per group of 128.
+    assert!(bytes(&binary) < 0.7 * bytes(&four), "{binary} {four}");
+    assert!(binary["us_per_call"].as_f64().unwrap() > 0.0);
+}

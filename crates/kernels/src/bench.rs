@@ -184,18 +184,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchReport> {
             .into_par_iter()
             .map(|l| random_binary(n, k, 77 + l as u64))
             .collect::<Result<_>>()?;
-        let bytes = mats[0].storage_bytes();
-        let us = time_loop(seconds, |c| {
-            let w = &mats[c % layers];
-            let r = match spec.kernel {
-                BenchKernel::Gemv if spec.exact => w.gemv_exact(black_box(&x), &mut y),
-                BenchKernel::Gemv => w.gemv(black_box(&x), &mut y),
-                BenchKernel::Gemm => w.gemm(black_box(&x), t, &mut y),
-            };
-            debug_assert!(r.is_ok());
-            black_box(&y);
-        });
-        (us, bytes)
+        time_weights(&mats, spec, seconds, &x, t, &mut y)
     } else if spec.bits == 32 {
         (f32_us, 4 * n * k)
     } else {
@@ -203,18 +192,7 @@ pub fn run(spec: &BenchSpec) -> Result<BenchReport> {
             .into_par_iter()
             .map(|l| random_packed(spec.bits, n, k, spec.group_size, 77 + l as u64))
             .collect::<Result<_>>()?;
-        let bytes = mats[0].storage_bytes();
-        let us = time_loop(seconds, |c| {
-            let w = &mats[c % layers];
-            let r = match spec.kernel {
-                BenchKernel::Gemv if spec.exact => w.gemv_exact(black_box(&x), &mut y),
-                BenchKernel::Gemv => w.gemv(black_box(&x), &mut y),
-                BenchKernel::Gemm => w.gemm(black_box(&x), t, &mut y),
-            };
-            debug_assert!(r.is_ok());
-            black_box(&y);
-        });
-        (us, bytes)
+        time_weights(&mats, spec, seconds, &x, t, &mut y)
     };
     Ok(BenchReport {
         us_per_call: us,
@@ -223,6 +201,57 @@ pub fn run(spec: &BenchSpec) -> Result<BenchReport> {
         gb_per_s: bytes as f64 / us / 1e3,
         gflops: flops / us / 1e3,
     })
+}
+
+/// The products [`run`] times, for packed and binary weights alike.
+trait BenchWeight: Sync {
+    fn gemv(&self, x: &[f32], y: &mut [f32]) -> Result<()>;
+    fn gemv_exact(&self, x: &[f32], y: &mut [f32]) -> Result<()>;
+    fn gemm(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<()>;
+    fn storage_bytes(&self) -> usize;
+}
+
+macro_rules! bench_weight {
+    ($t:ty) => {
+        impl BenchWeight for $t {
+            fn gemv(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+                <$t>::gemv(self, x, y)
+            }
+            fn gemv_exact(&self, x: &[f32], y: &mut [f32]) -> Result<()> {
+                <$t>::gemv_exact(self, x, y)
+            }
+            fn gemm(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+                <$t>::gemm(self, x, m, y)
+            }
+            fn storage_bytes(&self) -> usize {
+                <$t>::storage_bytes(self)
+            }
+        }
+    };
+}
+bench_weight!(PackedMatrix);
+bench_weight!(BinaryMatrix);
+
+/// Microseconds per call of `spec.kernel` cycling over `mats`, and the bytes of one matrix.
+fn time_weights<M: BenchWeight>(
+    mats: &[M],
+    spec: &BenchSpec,
+    seconds: f64,
+    x: &[f32],
+    t: usize,
+    y: &mut [f32],
+) -> (f64, usize) {
+    let us = time_loop(seconds, |c| {
+        let w = &mats[c % mats.len()];
+        let r = match spec.kernel {
+            BenchKernel::Gemv if spec.exact => w.gemv_exact(black_box(x), y),
+            BenchKernel::Gemv => w.gemv(black_box(x), y),
+            BenchKernel::Gemm => w.gemm(black_box(x), t, y),
+        };
+        debug_assert!(r.is_ok());
+        black_box(&y);
+    });
+    (us, mats[0].storage_bytes())
 }
 
 /// A buffer for the read-bandwidth probe: `bytes` rounded to whole 64-bit words.
