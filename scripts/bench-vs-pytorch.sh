@@ -17,9 +17,6 @@
 #
 # PyTorch and transformers go into a throwaway virtual environment (for this benchmark only,
 # never a project dependency): $QWEN3_QUANT_BENCH_VENV, default ~/.cache/qwen3-quant/bench-venv.
-# With GPTQ=1 it also times GPTQ w4 g128 (128 x 1024 calibration windows, asymmetric,
-# act-order, true-sequential, damp 0.01) against GPTQModel on the CPU (installed into the same
-# venv) — several minutes.
 #
 # The machines this runs on are small and shared: the load average is printed before and after,
 # and only the ratios within one run mean anything.
@@ -69,7 +66,4 @@ for wl in $WORKLOADS; do
 done
 "$PY" "$HERE/report.py" summary "$LOG"
 
-if [ "${GPTQ:-0}" = 1 ]; then
-    "$HERE/gptq_vs_gptqmodel.sh" "$PY"
-fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
