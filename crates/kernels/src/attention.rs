@@ -4,7 +4,9 @@
 //! materialised and nothing but the output is written to memory.
 //!
 //! Available with AVX-512 ([`fused_available`]); the model keeps its straightforward path
-//! (the `gemm` crate and a row softmax) elsewhere, and tests compare the two.
+//! (the `gemm` crate and a row softmax) elsewhere, and tests compare the two. Under
+//! [`Compute::Bf16`](crate::dense::Compute) on a CPU with AVX-512-BF16, `Q·Kᵀ` and `P·V` take
+//! bf16 operands (`vdpbf16ps`, f32 accumulation) like the dense products; the softmax stays f32.
 
 use rayon::prelude::*;
 
@@ -92,12 +94,19 @@ pub fn causal_attention(
     #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
     {
         let out_addr = out.as_mut_ptr() as usize;
+        let bf16 = crate::dense::compute() == crate::dense::Compute::Bf16
+            && crate::dispatch::cpu().avx512bf16;
         (0..batch * kv_heads).into_par_iter().for_each(|bg| {
             let (b, g) = (bg / kv_heads, bg % kv_heads);
             // SAFETY: AVX-512 checked above; bounds asserted above; each task writes the
             // columns of the query heads of its kv group in the rows of its sequence only.
             unsafe {
-                fused::group(
+                let group = if bf16 {
+                    fused::group_bf16
+                } else {
+                    fused::group
+                };
+                group(
                     shape,
                     b,
                     g,
@@ -122,7 +131,9 @@ mod fused {
     use std::arch::x86_64::*;
 
     use super::{CausalShape, KEY_CHUNK};
-    use crate::dense::avx512::{exp16, lanes, tile, tile_with, TileStore, MR, NR};
+    use crate::dense::avx512::{
+        exp16, interleave_bf16, lanes, tile, tile_bf16, tile_with, to_bf16_units, TileStore, MR, NR,
+    };
 
     /// All query heads of kv group `g` of sequence `b`.
     ///
@@ -185,6 +196,166 @@ mod fused {
         }
     }
 
+    /// [`group`] with bf16 products: keys packed as `[hd/2][NR]` bf16 pairs per 32-key panel,
+    /// values as `[seq/2][NR]` pairs of consecutive keys per 32-column panel, both once per
+    /// group.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX-512VL and AVX-512-BF16; as [`group`] otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn group_bf16(
+        s: CausalShape,
+        b: usize,
+        g: usize,
+        q: &[f32],
+        q_rs: usize,
+        k: &[f32],
+        v: &[f32],
+        kv_rs: usize,
+        out: *mut f32,
+        out_rs: usize,
+    ) {
+        let (seq, hd) = (s.seq, s.head_dim);
+        let row0 = b * seq;
+        let (hu, su) = (hd.div_ceil(2), seq.div_ceil(2));
+        let mut units = vec![0u32; hd.max(KEY_CHUNK).div_ceil(2)];
+        let mut kp = vec![0u32; seq.div_ceil(NR) * hu * NR];
+        for t in 0..seq {
+            // SAFETY: the caller guarantees the features; `units` holds ⌈hd/2⌉ lanes.
+            unsafe { to_bf16_units(&k[(row0 + t) * kv_rs + g * hd..][..hd], &mut units) };
+            let dst = &mut kp[(t / NR) * hu * NR + t % NR..];
+            for (u, &x) in units[..hu].iter().enumerate() {
+                dst[u * NR] = x;
+            }
+        }
+        // Values: panel `d / NR`, unit `t / 2`, lane `d % NR`; key pairs (2u, 2u + 1).
+        let dpanels = hd.div_ceil(NR);
+        let mut vp = vec![0u32; dpanels * su * NR];
+        for u in 0..su {
+            let lo = &v[(row0 + 2 * u) * kv_rs + g * hd..][..hd];
+            let hi = (2 * u + 1 < seq).then(|| &v[(row0 + 2 * u + 1) * kv_rs + g * hd..][..hd]);
+            for d0 in (0..hd).step_by(NR) {
+                let w = NR.min(hd - d0);
+                let dst = &mut vp[(d0 / NR) * su * NR + u * NR..][..w];
+                // SAFETY: features as above; `dst` holds the `w` lanes.
+                unsafe { interleave_bf16(&lo[d0..d0 + w], hi.map(|h| &h[d0..d0 + w]), dst) };
+            }
+        }
+        let mut qa = vec![0u32; hu * MR];
+        let mut pp = vec![0u32; KEY_CHUNK.div_ceil(2) * MR];
+        let mut sc = vec![0.0f32; MR * KEY_CHUNK];
+        let mut acc = vec![0.0f32; MR * hd];
+        let group = s.heads / s.kv_heads;
+        for h in g * group..(g + 1) * group {
+            let mut i0 = 0;
+            while i0 < seq {
+                let rows = MR.min(seq - i0);
+                qa.fill(0);
+                for i in 0..rows {
+                    // SAFETY: as above.
+                    unsafe {
+                        to_bf16_units(&q[(row0 + i0 + i) * q_rs + h * hd..][..hd], &mut units)
+                    };
+                    for (u, &x) in units[..hu].iter().enumerate() {
+                        qa[u * MR + i] = x;
+                    }
+                }
+                // SAFETY: as documented for this function.
+                unsafe {
+                    panel_bf16(
+                        s.scale, hd, i0, rows, &qa, &kp, &vp, su, &mut units, &mut pp, &mut sc,
+                        &mut acc,
+                    );
+                    for i in 0..rows {
+                        let dst = out.add((row0 + i0 + i) * out_rs + h * hd);
+                        std::ptr::copy_nonoverlapping(acc[i * hd..].as_ptr(), dst, hd);
+                    }
+                }
+                i0 += rows;
+            }
+        }
+    }
+
+    /// [`panel`] over bf16-packed queries, keys and values (see [`group_bf16`]); the softmax is
+    /// f32 and `P` is rounded to bf16 pairs of consecutive keys before `P · V`.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX-512VL and AVX-512-BF16; `kp`/`vp` pack at least keys `0..i0 + rows`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bf16")]
+    unsafe fn panel_bf16(
+        scale: f32,
+        hd: usize,
+        i0: usize,
+        rows: usize,
+        qa: &[u32],
+        kp: &[u32],
+        vp: &[u32],
+        su: usize,
+        units: &mut [u32],
+        pp: &mut [u32],
+        sc: &mut [f32],
+        acc: &mut [f32],
+    ) {
+        let keys = i0 + rows;
+        let hu = hd.div_ceil(2);
+        let mut m = [f32::NEG_INFINITY; MR];
+        let mut l = [0.0f32; MR];
+        acc.fill(0.0);
+        let mut c0 = 0;
+        while c0 < keys {
+            let kc = KEY_CHUNK.min(keys - c0);
+            for j in (0..kc).step_by(NR) {
+                let p = (c0 + j) / NR;
+                // SAFETY: panel p of kp holds hu·NR lanes; sc rows have KEY_CHUNK floats.
+                unsafe {
+                    tile_bf16(
+                        hu,
+                        qa.as_ptr(),
+                        kp[p * hu * NR..].as_ptr(),
+                        sc[j..].as_mut_ptr(),
+                        KEY_CHUNK,
+                        MR,
+                        NR.min(KEY_CHUNK - j),
+                        TileStore::Overwrite,
+                    );
+                }
+            }
+            // SAFETY: AVX-512F is enabled for this function.
+            unsafe { online_softmax(scale, i0, rows, c0, kc, sc, &mut m, &mut l, acc, hd) };
+            // P as bf16 pairs of consecutive keys, [kc/2][MR] (odd tails paired with 0).
+            let ku = kc.div_ceil(2);
+            for i in 0..MR {
+                // SAFETY: `units` holds ⌈KEY_CHUNK/2⌉ ≥ ⌈kc/2⌉ lanes.
+                unsafe { to_bf16_units(&sc[i * KEY_CHUNK..i * KEY_CHUNK + kc], units) };
+                for (u, &x) in units[..ku].iter().enumerate() {
+                    pp[u * MR + i] = x;
+                }
+            }
+            for d0 in (0..hd).step_by(NR) {
+                // SAFETY: value panel d0/NR holds su·NR lanes, units c0/2..c0/2 + ku < su
+                // (c0 is even); columns masked to hd.
+                unsafe {
+                    tile_bf16(
+                        ku,
+                        pp.as_ptr(),
+                        vp[(d0 / NR) * su * NR + (c0 / 2) * NR..].as_ptr(),
+                        acc[d0..].as_mut_ptr(),
+                        hd,
+                        MR,
+                        (hd - d0).min(NR),
+                        TileStore::Add,
+                    );
+                }
+            }
+            c0 += kc;
+        }
+        for i in 0..rows {
+            let inv = 1.0 / l[i];
+            acc[i * hd..(i + 1) * hd].iter_mut().for_each(|a| *a *= inv);
+        }
+    }
+
     /// Attention of the query panel rows `i0..i0 + rows` into `acc` `[MR][hd]` (normalised).
     ///
     /// # Safety
@@ -207,7 +378,6 @@ mod fused {
         let mut m = [f32::NEG_INFINITY; MR];
         let mut l = [0.0f32; MR];
         acc.fill(0.0);
-        let vscale = _mm512_set1_ps(scale);
         let mut c0 = 0;
         while c0 < keys {
             let kc = KEY_CHUNK.min(keys - c0);
@@ -229,57 +399,8 @@ mod fused {
                     );
                 }
             }
-            // Online softmax of each row over its visible keys of the chunk; P replaces S.
-            for i in 0..MR {
-                let row = &mut sc[i * KEY_CHUNK..i * KEY_CHUNK + kc];
-                let visible = if i < rows {
-                    (i0 + i + 1).saturating_sub(c0).min(kc)
-                } else {
-                    0
-                };
-                if visible == 0 {
-                    row.fill(0.0);
-                    continue;
-                }
-                let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
-                let mut j = 0;
-                while j < visible {
-                    let mask = lanes(visible - j);
-                    // SAFETY: j + 16 lanes masked to the row.
-                    let x = unsafe { _mm512_maskz_loadu_ps(mask, row[j..].as_ptr()) };
-                    let x = _mm512_mul_ps(x, vscale);
-                    vmax = _mm512_mask_max_ps(vmax, mask, vmax, x);
-                    j += 16;
-                }
-                let new_m = m[i].max(_mm512_reduce_max_ps(vmax));
-                let alpha = if m[i] == f32::NEG_INFINITY {
-                    0.0
-                } else {
-                    (m[i] - new_m).exp()
-                };
-                m[i] = new_m;
-                let vm = _mm512_set1_ps(new_m);
-                let mut vsum = _mm512_setzero_ps();
-                let mut j = 0;
-                while j < kc {
-                    let mask = lanes(visible.saturating_sub(j));
-                    // SAFETY: loads masked to the visible part; stores masked to kc.
-                    unsafe {
-                        let x = _mm512_maskz_loadu_ps(mask, row[j..].as_ptr());
-                        let e = exp16(_mm512_sub_ps(_mm512_mul_ps(x, vscale), vm));
-                        let e = _mm512_maskz_mov_ps(mask, e);
-                        vsum = _mm512_add_ps(vsum, e);
-                        _mm512_mask_storeu_ps(row[j..].as_mut_ptr(), lanes(kc - j), e);
-                    }
-                    j += 16;
-                }
-                l[i] = l[i] * alpha + _mm512_reduce_add_ps(vsum);
-                if alpha != 1.0 {
-                    acc[i * hd..(i + 1) * hd]
-                        .iter_mut()
-                        .for_each(|a| *a *= alpha);
-                }
-            }
+            // SAFETY: AVX-512F is enabled for this function.
+            unsafe { online_softmax(scale, i0, rows, c0, kc, sc, &mut m, &mut l, acc, hd) };
             // acc += P · V over the keys that exist (those past the panel's rows have P = 0).
             for d0 in (0..hd).step_by(NR) {
                 // SAFETY: keys c0..c0 + kc < seq are rows of v; columns d0.. masked to hd.
@@ -302,6 +423,177 @@ mod fused {
         for i in 0..rows {
             let inv = 1.0 / l[i];
             acc[i * hd..(i + 1) * hd].iter_mut().for_each(|a| *a *= inv);
+        }
+    }
+
+    /// The online softmax of one key chunk: per row, the running max `m` and sum `l` are
+    /// updated over the row's visible keys among `c0..c0 + kc`, `acc` is rescaled, and the
+    /// scores in `sc` are replaced by `exp(score·scale − m)` (0 where not visible).
+    ///
+    /// # Safety
+    /// AVX-512F; `sc` holds `MR` rows of `KEY_CHUNK`, `acc` `MR` rows of `hd`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn online_softmax(
+        scale: f32,
+        i0: usize,
+        rows: usize,
+        c0: usize,
+        kc: usize,
+        sc: &mut [f32],
+        m: &mut [f32; MR],
+        l: &mut [f32; MR],
+        acc: &mut [f32],
+        hd: usize,
+    ) {
+        let vscale = _mm512_set1_ps(scale);
+        for i in 0..MR {
+            let row = &mut sc[i * KEY_CHUNK..i * KEY_CHUNK + kc];
+            let visible = if i < rows {
+                (i0 + i + 1).saturating_sub(c0).min(kc)
+            } else {
+                0
+            };
+            if visible == 0 {
+                row.fill(0.0);
+                continue;
+            }
+            let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+            let mut j = 0;
+            while j < visible {
+                let mask = lanes(visible - j);
+                // SAFETY: j + 16 lanes masked to the row.
+                let x = unsafe { _mm512_maskz_loadu_ps(mask, row[j..].as_ptr()) };
+                let x = _mm512_mul_ps(x, vscale);
+                vmax = _mm512_mask_max_ps(vmax, mask, vmax, x);
+                j += 16;
+            }
+            let new_m = m[i].max(_mm512_reduce_max_ps(vmax));
+            let alpha = if m[i] == f32::NEG_INFINITY {
+                0.0
+            } else {
+                (m[i] - new_m).exp()
+            };
+            m[i] = new_m;
+            let vm = _mm512_set1_ps(new_m);
+            let mut vsum = _mm512_setzero_ps();
+            let mut j = 0;
+            while j < kc {
+                let mask = lanes(visible.saturating_sub(j));
+                // SAFETY: loads masked to the visible part; stores masked to kc.
+                unsafe {
+                    let x = _mm512_maskz_loadu_ps(mask, row[j..].as_ptr());
+                    let e = exp16(_mm512_sub_ps(_mm512_mul_ps(x, vscale), vm));
+                    let e = _mm512_maskz_mov_ps(mask, e);
+                    vsum = _mm512_add_ps(vsum, e);
+                    _mm512_mask_storeu_ps(row[j..].as_mut_ptr(), lanes(kc - j), e);
+                }
+                j += 16;
+            }
+            l[i] = l[i] * alpha + _mm512_reduce_add_ps(vsum);
+            if alpha != 1.0 {
+                acc[i * hd..(i + 1) * hd]
+                    .iter_mut()
+                    .for_each(|a| *a *= alpha);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dense::{set_compute, Compute};
+
+    /// Straightforward causal GQA attention in f64 on separate q, k, v buffers.
+    fn naive(s: CausalShape, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+        let (hd, qd, kd) = (s.head_dim, s.heads * s.head_dim, s.kv_heads * s.head_dim);
+        let mut out = vec![0.0f32; s.batch * s.seq * qd];
+        for b in 0..s.batch {
+            for h in 0..s.heads {
+                let g = h / (s.heads / s.kv_heads);
+                for t in 0..s.seq {
+                    let qt = &q[(b * s.seq + t) * qd + h * hd..][..hd];
+                    let sc: Vec<f64> = (0..=t)
+                        .map(|j| {
+                            let kj = &k[(b * s.seq + j) * kd + g * hd..][..hd];
+                            qt.iter()
+                                .zip(kj)
+                                .map(|(a, c)| *a as f64 * *c as f64)
+                                .sum::<f64>()
+                                * s.scale as f64
+                        })
+                        .collect();
+                    let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = sc.iter().map(|x| (x - mx).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for d in 0..hd {
+                        let o: f64 = (0..=t)
+                            .map(|j| e[j] * v[(b * s.seq + j) * kd + g * hd + d] as f64)
+                            .sum();
+                        out[(b * s.seq + t) * qd + h * hd + d] = (o / z) as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn max_rel(got: &[f32], want: &[f32]) -> f32 {
+        let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        got.iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
+            / scale
+    }
+
+    #[test]
+    fn fused_attention_matches_the_naive_one_in_f32_and_bf16() {
+        if !fused_available() {
+            return;
+        }
+        let _g = crate::dense::tests::GLOBALS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // 301 tokens: 14-row panels, 32-key tiles and 256-key chunks, and an odd tail.
+        let s = CausalShape {
+            batch: 2,
+            seq: 301,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 64,
+            scale: 0.125,
+        };
+        let rows = s.batch * s.seq;
+        let gen = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i * 7919 + seed * 131) % 1009) as f32 - 504.0) / 500.0)
+                .collect()
+        };
+        let (qd, kd) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+        let (q, k, v) = (gen(rows * qd, 1), gen(rows * kd, 2), gen(rows * kd, 3));
+        let want = naive(s, &q, &k, &v);
+        let run = |c: Compute| {
+            set_compute(c);
+            let mut out = vec![f32::NAN; rows * qd];
+            causal_attention(s, &q, qd, &k, &v, kd, &mut out, qd);
+            set_compute(Compute::F32);
+            out
+        };
+        let f32_err = max_rel(&run(Compute::F32), &want);
+        assert!(f32_err < 1e-5, "f32 attention off by {f32_err}");
+        let bf16_err = max_rel(&run(Compute::Bf16), &want);
+        println!("attention error: f32 {f32_err:.2e}, bf16 {bf16_err:.2e}");
+        if crate::dispatch::cpu().avx512bf16 {
+            // bf16 operands: visibly not the f32 path, and within bf16's 2⁻⁸ relative rounding.
+            assert!(bf16_err > 1e-4, "the bf16 path was not taken ({bf16_err})");
+            assert!(bf16_err < 1e-2, "bf16 attention off by {bf16_err}");
+        } else {
+            assert!(
+                bf16_err < 1e-5,
+                "attention without AVX-512-BF16 stays f32 ({bf16_err})"
+            );
         }
     }
 }

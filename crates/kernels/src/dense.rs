@@ -110,6 +110,22 @@ impl Flavor {
     }
 }
 
+/// `src` as bf16 pairs into `units` (see [`avx512::to_bf16_units`]); only called for
+/// [`Flavor::Bf16`], which `Flavor::current` picks only on a CPU with AVX-512-BF16.
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+fn bf16_units(src: &[f32], units: &mut [u32]) {
+    if crate::dispatch::cpu().avx512bf16 {
+        // SAFETY: `avx512bf16` implies AVX-512F/VL (see `dispatch::cpu`); `units` holds ⌈len/2⌉
+        // lanes (asserted inside).
+        unsafe { avx512::to_bf16_units(src, units) }
+    } else {
+        for (u, o) in units[..src.len().div_ceil(2)].iter_mut().enumerate() {
+            let hi = src.get(2 * u + 1).copied().unwrap_or(0.0);
+            *o = bf16_pair(src[2 * u], hi).to_bits();
+        }
+    }
+}
+
 /// A packed bf16 pair: `lo` in the low half, `hi` in the high half (stored in an f32 slot).
 #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
 #[inline]
@@ -498,7 +514,10 @@ fn pack_b<'w>(
     data[..panels * ku * NR]
         .par_chunks_mut(ku * NR)
         .enumerate()
-        .for_each(|(p, dst)| {
+        .for_each_init(Vec::new, |units, (p, dst)| {
+            if flavor == Flavor::Bf16 {
+                units.resize(ku, 0u32);
+            }
             for l in 0..NR {
                 let Some(row) = src(p, l) else {
                     (0..ku).for_each(|u| dst[u * NR + l] = 0.0);
@@ -515,9 +534,9 @@ fn pack_b<'w>(
                         .enumerate()
                         .for_each(|(u, &v)| dst[u * NR + l] = round_bf16(v)),
                     Flavor::Bf16 => {
-                        for u in 0..ku {
-                            let hi = row.get(2 * u + 1).copied().unwrap_or(0.0);
-                            dst[u * NR + l] = bf16_pair(row[2 * u], hi);
+                        bf16_units(row, units);
+                        for (u, &v) in units[..ku].iter().enumerate() {
+                            dst[u * NR + l] = f32::from_bits(v);
                         }
                     }
                 }
@@ -576,6 +595,7 @@ fn pack_a(
     kc: usize,
     dst: &mut [f32],
     row_buf: &mut [f32],
+    units: &mut [u32],
 ) {
     use avx512::MR;
     let ku = flavor.units(kc);
@@ -610,9 +630,9 @@ fn pack_a(
                     .enumerate()
                     .for_each(|(u, &v)| panel[u * MR + i] = round_bf16(v)),
                 Flavor::Bf16 => {
-                    for u in 0..ku {
-                        let hi = vals.get(2 * u + 1).copied().unwrap_or(0.0);
-                        panel[u * MR + i] = bf16_pair(vals[2 * u], hi);
+                    bf16_units(vals, units);
+                    for (u, &v) in units[..ku].iter().enumerate() {
+                        panel[u * MR + i] = f32::from_bits(v);
                     }
                 }
             }
@@ -652,11 +672,12 @@ fn blocked(
         let p1 = (p0 + per_group).min(b.panels);
         let mut abuf = scratch(&A_PANELS, mc * kc_max + kc_max);
         let (a, row_buf) = abuf.split_at_mut(mc * kc_max);
+        let mut units = vec![0u32; flavor.units(kc_max)];
         let mut k0 = 0;
         while k0 < k {
             let kc = kc_max.min(k - k0);
             let ku = flavor.units(kc);
-            pack_a(flavor, lhs, i0, rows, k0, kc, a, row_buf);
+            pack_a(flavor, lhs, i0, rows, k0, kc, a, row_buf, &mut units);
             let st = if k0 > 0 { TileStore::Add } else { store };
             for p in p0..p1 {
                 let bp = &b.data[p * b.units * NR + flavor.units(k0) * NR..];
@@ -823,7 +844,7 @@ pub fn matmul_wt_strided(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn naive_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
@@ -875,7 +896,7 @@ mod tests {
     }
 
     /// Serialises the tests that change the process-wide kernel choice or arithmetic.
-    static GLOBALS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    pub(crate) static GLOBALS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     /// Every kernel choice this CPU has (the blocked path and the `gemm` crate fallback), with
     /// the arithmetic `compute`.
@@ -888,6 +909,36 @@ mod tests {
         }
         crate::set_kernel_choice(None);
         set_compute(Compute::F32);
+    }
+
+    #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+    #[test]
+    fn vector_bf16_units_match_the_scalar_conversion() {
+        // Ties in both directions, values that round up into the exponent, ±inf, NaN, and
+        // every length's tail (odd lengths pair the last value with 0).
+        let mut v: Vec<f32> = data(67, 3).into_iter().map(|a| a * 1e3).collect();
+        v.extend([
+            f32::from_bits(0x3f80_8000), // tie, even below: rounds down
+            f32::from_bits(0x3f81_8000), // tie, odd below: rounds up
+            f32::from_bits(0x3fff_ffff), // carries into the exponent
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            -0.0,
+            f32::MIN_POSITIVE,
+        ]);
+        for len in 0..v.len() {
+            let src = &v[..len];
+            let mut got = vec![0u32; len.div_ceil(2)];
+            bf16_units(src, &mut got);
+            for (u, &g) in got.iter().enumerate() {
+                let hi = src.get(2 * u + 1).copied().unwrap_or(0.0);
+                assert_eq!(g, bf16_pair(src[2 * u], hi).to_bits(), "len {len} unit {u}");
+            }
+        }
+        let mut nan = [0u32; 1];
+        bf16_units(&[f32::NAN, 1.0], &mut nan);
+        assert!(half::bf16::from_bits(nan[0] as u16).is_nan());
     }
 
     #[test]

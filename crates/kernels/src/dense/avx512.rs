@@ -233,6 +233,69 @@ pub(crate) unsafe fn tile_bf16(
     }
 }
 
+/// `src` as bf16 pairs, `dst[u] = bf16(src[2u]) | bf16(src[2u + 1]) << 16` (an odd tail is
+/// paired with 0), rounded to nearest even by `vcvtneps2bf16`: the same bits as `half`'s
+/// conversion except that subnormal inputs become zero. One instruction per 16 values, where
+/// the scalar conversion costs a branchy dozen per value.
+///
+/// # Safety
+/// AVX-512F, AVX-512VL and AVX-512-BF16; `dst` holds at least `src.len().div_ceil(2)` lanes.
+#[target_feature(enable = "avx512f,avx512vl,avx512bf16")]
+pub(crate) unsafe fn to_bf16_units(src: &[f32], dst: &mut [u32]) {
+    let n = src.len();
+    assert!(dst.len() >= n.div_ceil(2));
+    let mut j = 0;
+    while j < n {
+        let left = n - j;
+        // SAFETY: the load is masked to `src`, the store to the `⌈left/2⌉` units `dst` has.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(lanes(left), src.as_ptr().add(j));
+            let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(x));
+            let units = left.min(16).div_ceil(2);
+            let m = ((1u32 << units) - 1) as __mmask8;
+            _mm256_mask_storeu_epi32(dst.as_mut_ptr().add(j / 2) as *mut i32, m, h);
+        }
+        j += 16;
+    }
+}
+
+/// Two rows as bf16 pairs lane by lane: `dst[d] = bf16(lo[d]) | bf16(hi[d]) << 16` (`hi`
+/// absent: 0), rounded as [`to_bf16_units`]. Packs `P · V`'s values, paired along the keys.
+///
+/// # Safety
+/// AVX-512F, AVX-512VL and AVX-512-BF16.
+#[target_feature(enable = "avx512f,avx512vl,avx512bf16")]
+pub(crate) unsafe fn interleave_bf16(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32]) {
+    let n = lo.len();
+    assert!(dst.len() >= n && hi.is_none_or(|h| h.len() >= n));
+    let half = |x: __m512| -> __m512i {
+        // SAFETY: AVX-512-BF16 is enabled for this function.
+        _mm512_cvtepu16_epi32(unsafe {
+            std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(x))
+        })
+    };
+    let mut j = 0;
+    while j < n {
+        let m = lanes(n - j);
+        // SAFETY: loads and the store are masked to the `n` lanes the slices hold.
+        unsafe {
+            let a = half(_mm512_maskz_loadu_ps(m, lo.as_ptr().add(j)));
+            let b = match hi {
+                Some(h) => {
+                    _mm512_slli_epi32::<16>(half(_mm512_maskz_loadu_ps(m, h.as_ptr().add(j))))
+                }
+                None => _mm512_setzero_si512(),
+            };
+            _mm512_mask_storeu_epi32(
+                dst.as_mut_ptr().add(j) as *mut i32,
+                m,
+                _mm512_or_si512(a, b),
+            );
+        }
+        j += 16;
+    }
+}
+
 /// `Σ exp(x - max)` over `row`, exponentials in f32 lanes, sums in f64 lanes.
 ///
 /// # Safety
