@@ -29,6 +29,7 @@ enum Source {
 /// (for C4, GPTQ's sampler: one random window from each random document long enough).
 ///
 /// ```
+/// # let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else { return Ok(()); };
 /// use qwen3_quant::{Calibration, Model};
 /// let model = Model::open(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/models/qwen3-micro"))?;
 /// // The micro models' own validation text, tokenized as shipped: 4 windows of 256 tokens.

@@ -23,12 +23,13 @@ fn group_of(group_size: Option<usize>) -> Result<GroupSize> {
 ///
 /// ```
 /// use qwen3_quant::RtnConfig;
-/// let c = RtnConfig { bits: 3, group_size: None, ..Default::default() }; // w3 per-channel
+/// let c = RtnConfig::default().with_bits(3).with_group_size(None); // w3 per-channel
 /// assert_eq!(c.method()?.config.scheme.bits().get(), 3);
-/// assert!(RtnConfig { bits: 9, ..Default::default() }.method().is_err());
+/// assert!(RtnConfig::default().with_bits(9).method().is_err());
 /// # Ok::<(), qwen3_quant::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct RtnConfig {
     /// Weight bits, 1..=8.
     pub bits: u8,
@@ -88,13 +89,14 @@ impl RtnConfig {
 ///
 /// ```
 /// use qwen3_quant::GptqConfig;
-/// let c = GptqConfig { bits: 3, ..Default::default() };
+/// let c = GptqConfig::default().with_bits(3);
 /// let m = c.method()?;
 /// assert_eq!((m.config().bits.get(), m.config().group_size), (3, Some(128)));
-/// assert!(GptqConfig { bits: 1, ..Default::default() }.method().is_err()); // BiLLM is the 1-bit method
+/// assert!(GptqConfig::default().with_bits(1).method().is_err()); // BiLLM is the 1-bit method
 /// # Ok::<(), qwen3_quant::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct GptqConfig {
     /// Weight bits, 2..=8.
     pub bits: u8,
@@ -158,11 +160,12 @@ impl GptqConfig {
 ///
 /// ```
 /// use qwen3_quant::AwqConfig;
-/// let awq = AwqConfig { bits: 3, ..Default::default() }.method()?;
+/// let awq = AwqConfig::default().with_bits(3).method()?;
 /// assert_eq!(awq.quantizer()?.config.scheme.bits().get(), 3);
 /// # Ok::<(), qwen3_quant::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct AwqConfig {
     /// Weight bits the search optimises for.
     pub bits: u8,
@@ -237,11 +240,12 @@ impl AwqConfig {
 ///
 /// ```
 /// use qwen3_quant::SmoothQuantConfig;
-/// let w4a4 = SmoothQuantConfig { weight_bits: 4, act_bits: Some(4), ..Default::default() };
+/// let w4a4 = SmoothQuantConfig::default().with_weight_bits(4).with_act_bits(Some(4));
 /// assert_eq!(w4a4.label(), "w4a4");
-/// assert!(SmoothQuantConfig { alpha: 1.5, ..Default::default() }.transform().is_err());
+/// assert!(SmoothQuantConfig::default().with_alpha(1.5).transform().is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct SmoothQuantConfig {
     /// Weight bits, 2..=8.
     pub weight_bits: u8,
@@ -303,3 +307,58 @@ impl SmoothQuantConfig {
         )?)?)
     }
 }
+
+/// Builder-style setters, one per field: the configurations are `#[non_exhaustive]` (fields may
+/// be added), so outside this crate they are built as `Default::default()` plus `with_*` calls.
+macro_rules! with_setters {
+    ($t:ident { $($field:ident: $ty:ty => $with:ident),* $(,)? }) => {
+        impl $t {
+            $(
+                #[doc = concat!("Sets [`", stringify!($t), "::", stringify!($field), "`].")]
+                #[must_use]
+                pub fn $with(mut self, $field: $ty) -> Self {
+                    self.$field = $field;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+with_setters!(RtnConfig {
+    bits: u8 => with_bits,
+    group_size: Option<usize> => with_group_size,
+    sym: bool => with_sym,
+    mse_clip: bool => with_mse_clip,
+});
+
+with_setters!(GptqConfig {
+    bits: u8 => with_bits,
+    group_size: Option<usize> => with_group_size,
+    sym: bool => with_sym,
+    act_order: bool => with_act_order,
+    true_sequential: bool => with_true_sequential,
+    damp: f32 => with_damp,
+    static_groups: bool => with_static_groups,
+});
+
+with_setters!(AwqConfig {
+    bits: u8 => with_bits,
+    group_size: Option<usize> => with_group_size,
+    sym: bool => with_sym,
+    grid: usize => with_grid,
+    search_scales: bool => with_search_scales,
+    clip: bool => with_clip,
+    max_shrink: f32 => with_max_shrink,
+    clip_samples: usize => with_clip_samples,
+    scale_v_o_gqa: bool => with_scale_v_o_gqa,
+});
+
+with_setters!(SmoothQuantConfig {
+    weight_bits: u8 => with_weight_bits,
+    act_bits: Option<u8> => with_act_bits,
+    alpha: f32 => with_alpha,
+    smooth: bool => with_smooth,
+    smooth_o: bool => with_smooth_o,
+    smooth_down: bool => with_smooth_down,
+});

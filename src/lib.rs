@@ -9,10 +9,11 @@
 //! ## Quantize a model in ten lines
 //!
 //! ```
+//! # let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else { return Ok(()); };
 //! use qwen3_quant::{Calibration, Evaluation, Format, Generation, GptqConfig, Model, Quantize};
 //!
 //! let model = Model::open(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/models/qwen3-micro"))?;
-//! let quantized = Quantize::gptq(GptqConfig { bits: 4, group_size: Some(128), act_order: true, ..Default::default() })
+//! let quantized = Quantize::gptq(GptqConfig::default().with_bits(4).with_group_size(Some(128)).with_act_order(true))
 //!     .calibration(Calibration::docs().windows(8, 256)) // the study: Calibration::c4(), 128 x 2048
 //!     .run(&model)?;
 //! let report = quantized.evaluate(&Evaluation::perplexity(["docs"]).seq_len(256).windows(4))?;
@@ -30,7 +31,7 @@
 //! |---|---|
 //! | [`Model`] | open any model directory (full precision or a quantized checkpoint); logits and weights as `ndarray`; [`Model::evaluate`], [`Model::generate`] |
 //! | [`Quantize`] | one constructor per method ([`Quantize::rtn`], [`Quantize::gptq`], [`Quantize::awq`], [`Quantize::awq_then_gptq`], [`Quantize::smoothquant`], [`Quantize::billm`]), then [`Quantize::calibration`], [`Quantize::progress`], [`Quantize::run`] |
-//! | [`RtnConfig`], [`GptqConfig`], [`AwqConfig`], [`SmoothQuantConfig`], [`BillmConfig`] | plain settings whose `Default` is the study's |
+//! | [`RtnConfig`], [`GptqConfig`], [`AwqConfig`], [`SmoothQuantConfig`], [`BillmConfig`] | settings whose `Default` is the study's, changed with `with_*` setters (the structs are `#[non_exhaustive]`: fields may be added) |
 //! | [`QuantizedModel`] | the result: a [`Model`] plus the run's record; [`QuantizedModel::save`] in a [`Format`] |
 //! | [`Calibration`], [`Evaluation`], [`Generation`] | calibration data, evaluation protocol, decoding settings |
 //! | [`ProgressSink`] | where progress goes: a closure, [`ConsoleProgress`] (bars with ETA) or [`NoProgress`] |
@@ -54,6 +55,7 @@
 //! | perplexity, zero-shot tasks, MMLU, reports, plots | [`eval`] | `qwen3-quant-eval` |
 //!
 //! ```
+//! # let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else { return Ok(()); };
 //! // AWQ's scales, then GPTQ, composed by hand from the focused crates.
 //! use qwen3_quant::{awq, calib, core::LayerTransform, gptq, model};
 //! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/models/qwen3-micro");
@@ -70,6 +72,15 @@
 //! assert_eq!((pipeline.name(), run.quantized.len()), ("awq+gptq".to_string(), 56));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! ## Crate features
+//!
+//! The libraries have no optional Cargo features: SIMD kernels are chosen at run time (AVX2,
+//! AVX-512, NEON, with a scalar fallback), and the bundled models and data sets are not part of
+//! the published crates. Tests and examples that need them find them through
+//! [`io::assets`] (`QWEN3_QUANT_ASSETS`, else the repository's `assets/`) and skip otherwise.
+//! The command-line crate `qwen3-quant-cli` has one feature, `embedded-data` (default), which
+//! embeds the small evaluation sets in the binary when it is built from the repository.
 //!
 //! ## Numerics and determinism
 //!
@@ -104,6 +115,7 @@ pub use matrix::{gptq_weight, quantize_weight, QuantizedMatrix};
 pub use model_handle::{Generation, Model};
 pub use progress::{ConsoleProgress, NoProgress, ProgressEvent, ProgressSink, Stage};
 pub use quantize::{Quantize, QuantizedModel};
+pub use qwen3_quant_calib::ExpertPolicy;
 
 /// BiLLM's settings; `Default` is the study's command (`run.py c4 braq --blocksize 128
 /// --salient_metric hessian`), the reference's quirks included.

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 /// ```
 /// use qwen3_quant::{ndarray::Array2, quantize_weight, RtnConfig};
 /// let w = Array2::from_shape_fn((4, 256), |(r, c)| ((r * 256 + c) as f32 * 0.37).sin());
-/// let q = quantize_weight(w.view(), &RtnConfig { bits: 8, ..Default::default() })?;
+/// let q = quantize_weight(w.view(), &RtnConfig::default().with_bits(8))?;
 /// assert_eq!(q.dim(), (4, 256));
 /// let err = (&q.dequantize() - &w).iter().fold(0f32, |m, e| m.max(e.abs()));
 /// assert!(err < 2.0 / 255.0); // half a step of an 8-bit grid over [-1, 1]
@@ -97,8 +97,8 @@ pub fn quantize_weight(weight: ArrayView2<'_, f32>, config: &RtnConfig) -> Resul
 ///     let loud = if c % 32 == 0 { 20.0 } else { 1.0 };
 ///     loud * ((t * 7 + c * 13) as f32 * 0.11).cos()
 /// });
-/// let g = gptq_weight(w.view(), &[x.view()], &GptqConfig { bits: 3, ..Default::default() })?;
-/// let r = quantize_weight(w.view(), &RtnConfig { bits: 3, ..Default::default() })?;
+/// let g = gptq_weight(w.view(), &[x.view()], &GptqConfig::default().with_bits(3))?;
+/// let r = quantize_weight(w.view(), &RtnConfig::default().with_bits(3))?;
 /// // GPTQ minimises the output error ‖X·(W − Q)ᵀ‖, which is what matters downstream.
 /// let out_err = |q: &qwen3_quant::QuantizedMatrix| (x.dot(&(&q.dequantize() - &w).t())).mapv(|e| e * e).sum();
 /// assert!(out_err(&g) < out_err(&r));

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use qwen3_quant_calib::{
-    quantize_checkpoint_with, quantize_model_with, DriverOptions, Pipeline, QuantizationRun,
-    WeightMode,
+    quantize_checkpoint_with, quantize_model_with, DriverOptions, ExpertPolicy, Pipeline,
+    QuantizationRun, WeightMode,
 };
 use qwen3_quant_core::{
     LayerTransform, LinearInput, LinearStats, MethodError, Propagation, QuantOutcome, Quantizer,
@@ -36,9 +36,10 @@ enum Method {
 /// held, and where progress goes. Build it with the method's constructor, then [`Quantize::run`].
 ///
 /// ```
+/// # let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else { return Ok(()); };
 /// use qwen3_quant::{Calibration, GptqConfig, Model, Quantize};
 /// let model = Model::open(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/models/qwen3-micro"))?;
-/// let q = Quantize::gptq(GptqConfig { bits: 4, group_size: Some(128), act_order: true, ..Default::default() })
+/// let q = Quantize::gptq(GptqConfig::default().with_bits(4).with_group_size(Some(128)).with_act_order(true))
 ///     .calibration(Calibration::docs().windows(4, 256))
 ///     .run(&model)?;
 /// assert_eq!(q.linears(), 8 * 7);
@@ -51,6 +52,7 @@ pub struct Quantize<'p> {
     method: Method,
     calibration: Option<Calibration>,
     packed: bool,
+    expert_policy: ExpertPolicy,
     progress: &'p dyn ProgressSink,
 }
 
@@ -70,6 +72,7 @@ impl Quantize<'static> {
             method,
             calibration: None,
             packed: false,
+            expert_policy: ExpertPolicy::default(),
             progress: &NoProgress,
         }
     }
@@ -77,9 +80,10 @@ impl Quantize<'static> {
     /// Round-to-nearest (no calibration).
     ///
     /// ```
+    /// # let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else { return Ok(()); };
     /// use qwen3_quant::{Model, Quantize, RtnConfig};
     /// let model = Model::open(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/models/qwen3-micro"))?;
-    /// let q = Quantize::rtn(RtnConfig { bits: 8, ..Default::default() }).run(&model)?;
+    /// let q = Quantize::rtn(RtnConfig::default().with_bits(8)).run(&model)?;
     /// let (before, after) = (model.perplexity("docs", 256, Some(2))?, q.perplexity("docs", 256, Some(2))?);
     /// assert!((after.ppl / before.ppl - 1.0).abs() < 0.01);
     /// # Ok::<(), qwen3_quant::Error>(())
@@ -96,9 +100,10 @@ impl Quantize<'static> {
     /// AWQ: the scale and clip search, then RTN with the same scheme (needs calibration).
     ///
     /// ```
+    /// # let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else { return Ok(()); };
     /// use qwen3_quant::{AwqConfig, Calibration, Model, Quantize};
     /// let model = Model::open(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/models/qwen3-micro"))?;
-    /// let fast = AwqConfig { grid: 4, clip: false, ..Default::default() }; // a coarse search
+    /// let fast = AwqConfig::default().with_grid(4).with_clip(false); // a coarse search
     /// let q = Quantize::awq(fast).calibration(Calibration::docs().windows(2, 128)).run(&model)?;
     /// assert_eq!(q.pipeline(), "awq+rtn");
     /// assert!(!q.run().transforms.is_empty());
@@ -111,9 +116,10 @@ impl Quantize<'static> {
     /// AWQ's scales and clipping, then GPTQ on the transformed weights, in one driver pass.
     ///
     /// ```
+    /// # let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else { return Ok(()); };
     /// use qwen3_quant::{AwqConfig, Calibration, GptqConfig, Model, Quantize};
     /// let model = Model::open(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/models/qwen3-micro"))?;
-    /// let awq = AwqConfig { grid: 4, clip: false, ..Default::default() };
+    /// let awq = AwqConfig::default().with_grid(4).with_clip(false);
     /// let q = Quantize::awq_then_gptq(awq, GptqConfig::default())
     ///     .calibration(Calibration::docs().windows(2, 128))
     ///     .run(&model)?;
@@ -129,6 +135,7 @@ impl Quantize<'static> {
     /// weights allow it).
     ///
     /// ```
+    /// # let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else { return Ok(()); };
     /// use qwen3_quant::{Calibration, Model, Quantize, SmoothQuantConfig};
     /// let model = Model::open(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/models/qwen3-micro"))?;
     /// let q = Quantize::smoothquant(SmoothQuantConfig::default()) // W8A8, alpha 0.5
@@ -163,9 +170,24 @@ impl<'p> Quantize<'p> {
         self
     }
 
+    /// How MoE experts that few calibration tokens reach get their statistics (default: routed
+    /// statistics, plain rounding for an expert no token reaches). See [`ExpertPolicy`].
+    ///
+    /// ```
+    /// use qwen3_quant::{ExpertPolicy, GptqConfig, Quantize};
+    /// let q = Quantize::gptq(GptqConfig::default())
+    ///     .expert_policy(ExpertPolicy::ThresholdThenAllTokens { min_tokens: 512 });
+    /// # let _ = q;
+    /// ```
+    pub fn expert_policy(mut self, policy: ExpertPolicy) -> Self {
+        self.expert_policy = policy;
+        self
+    }
+
     /// Where progress goes: one [`Stage::Quantize`] step per linear.
     ///
     /// ```
+    /// # let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else { return Ok(()); };
     /// use std::sync::atomic::{AtomicU64, Ordering};
     /// use qwen3_quant::{Model, ProgressEvent, Quantize, RtnConfig};
     /// let model = Model::open(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/models/qwen3-micro"))?;
@@ -180,6 +202,7 @@ impl<'p> Quantize<'p> {
             method: self.method,
             calibration: self.calibration,
             packed: self.packed,
+            expert_policy: self.expert_policy,
             progress: sink,
         }
     }
@@ -262,6 +285,8 @@ impl<'p> Quantize<'p> {
             true_sequential: ts,
             damp_percent: damp,
             static_groups: sg,
+            expert_tokens: Vec::new(),
+            expert_policy: Some(format!("{:?}", self.expert_policy)),
         }
     }
 
@@ -304,6 +329,7 @@ impl<'p> Quantize<'p> {
     /// [`Quantize::packed`], the finished layers are packed too). For models too large to load.
     ///
     /// ```
+    /// # let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else { return Ok(()); };
     /// use qwen3_quant::{Quantize, RtnConfig};
     /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/models/qwen3-micro");
     /// let packed = Quantize::rtn(RtnConfig::default()).packed(true).run_dir(dir)?;
@@ -348,6 +374,7 @@ impl<'p> Quantize<'p> {
             } else {
                 WeightMode::FakeQuant
             },
+            expert_policy: self.expert_policy,
             ..DriverOptions::default()
         }
     }
@@ -376,10 +403,12 @@ impl<'p> Quantize<'p> {
             None => None,
         };
         model.set_format(None);
+        let mut meta = self.meta();
+        meta.expert_tokens = run.expert_tokens.clone();
         Ok(QuantizedModel {
             model,
             run,
-            meta: self.meta(),
+            meta,
             pipeline: parts.name(),
             bits: self.bits(),
             group_size: self.group_size(),
@@ -502,9 +531,10 @@ impl Quantizer for Reporting<'_> {
 /// driver's record of the run, and what [`QuantizedModel::save`] writes.
 ///
 /// ```
+/// # let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else { return Ok(()); };
 /// use qwen3_quant::{Format, Model, Quantize, RtnConfig};
 /// let model = Model::open(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/models/qwen3-micro"))?;
-/// let q = Quantize::rtn(RtnConfig { bits: 4, group_size: Some(128), ..Default::default() }).run(&model)?;
+/// let q = Quantize::rtn(RtnConfig::default().with_bits(4).with_group_size(Some(128))).run(&model)?;
 /// assert_eq!((q.bits(), q.group_size(), q.act_bits()), (4, Some(128), None));
 /// assert!(q.seconds() > 0.0 && q.reference_bits().is_none());
 ///

@@ -45,6 +45,9 @@ fn moe() -> Qwen3Model {
 /// on held-out text, with only 4 × 512 calibration tokens.
 #[test]
 fn awq_w3_beats_rtn_w3_on_qwen3_micro() {
+    let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     let valid = docs("valid");
     let calib = first_windows(&docs("calib"), 4, 512).unwrap();
     let mut r = micro();
@@ -91,6 +94,9 @@ fn awq_w3_beats_rtn_w3_on_qwen3_micro() {
 /// quantization afterwards) leaves the model's function unchanged.
 #[test]
 fn awq_scales_alone_are_an_exact_equivalence() {
+    let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     let calib = first_windows(&docs("calib"), 2, 256).unwrap();
     let mut cfg = AwqConfig::with_scheme(scheme(3));
     cfg.clip = false;
@@ -126,6 +132,9 @@ fn awq_scales_alone_are_an_exact_equivalence() {
 /// situation where other tools' scale grids turn all-NaN. Every candidate stays finite here.
 #[test]
 fn a_dead_channel_does_not_break_the_search() {
+    let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     let calib = first_windows(&docs("calib"), 2, 256).unwrap();
     let mut m = micro();
     m.layers[0].input_layernorm[7] = 0.0;
@@ -160,6 +169,9 @@ fn a_dead_channel_does_not_break_the_search() {
 /// up→down pair per expert), AWQ w4 g128 beats RTN w4 g128.
 #[test]
 fn awq_w4_beats_rtn_w4_on_qwen3_moe_micro() {
+    let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     let valid = docs("valid");
     let calib = first_windows(&docs("calib"), 8, 512).unwrap();
     let mut r = moe();

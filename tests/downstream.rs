@@ -34,6 +34,9 @@ fn facade_rlibs(deps: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn a_downstream_crate_uses_the_facade_alone() {
+    let Some(micro) = qwen3_quant::io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     let deps = deps_dir();
     let rlibs = facade_rlibs(&deps);
     assert!(
@@ -72,18 +75,54 @@ fn a_downstream_crate_uses_the_facade_alone() {
         errors.join("\n")
     );
     let run = Command::new(&exe)
-        .arg(format!("{ROOT}/assets/models/qwen3-micro"))
+        .arg(&micro)
         .arg(out.path().join("checkpoint"))
-        .env("QWEN3_QUANT_DATA", format!("{ROOT}/assets/data"))
+        // The README example opens `assets/models/qwen3-micro` relative to the current folder.
+        .current_dir(micro.join("../../.."))
+        .env("QWEN3_QUANT_DATA", micro.join("../../data"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(
-        run.status.success() && stdout.starts_with("ok "),
+        run.status.success()
+            && stdout.starts_with("docs ppl ") // the README example's first line
+            && stdout.lines().any(|l| l.starts_with("ok ")),
         "{stdout}\n{}",
         String::from_utf8_lossy(&run.stderr)
     );
     eprintln!("{stdout}");
+}
+
+/// The README's example is the one `tests/downstream/src/readme.rs` runs: the lines between the
+/// README's `readme-example` markers are the body of `readme::run`.
+#[test]
+fn the_downstream_crate_runs_the_readme_example() {
+    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();
+    let start = readme
+        .find("<!-- readme-example: start")
+        .expect("no start marker");
+    let end = readme
+        .find("<!-- readme-example: end")
+        .expect("no end marker");
+    let block: Vec<&str> = readme[start..end]
+        .lines()
+        .skip_while(|l| !l.starts_with("```rust"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("```"))
+        .collect();
+    let rs = std::fs::read_to_string(format!("{ROOT}/tests/downstream/src/readme.rs")).unwrap();
+    let body: Vec<&str> = rs
+        .lines()
+        .skip_while(|l| !l.starts_with("pub fn run()"))
+        .skip(1)
+        .take_while(|l| *l != "    Ok(())")
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect();
+    assert!(block.len() >= 10, "{block:?}");
+    assert_eq!(
+        block, body,
+        "README example and tests/downstream/src/readme.rs differ"
+    );
 }
 
 /// The same program as its own cargo project (a complete build of every dependency: minutes).

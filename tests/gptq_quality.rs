@@ -13,6 +13,9 @@ use qwen3_quant::rtn::{Rtn, RtnConfig};
 
 #[test]
 fn gptq_w3_g128_beats_rtn_with_64_calibration_windows() {
+    let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     let valid = docs("valid");
     let calib = first_windows(&docs("calib"), 64, 1024).unwrap();
     let fp = ppl(&micro(), &valid, 16);
@@ -66,6 +69,9 @@ fn w3() -> GptqConfig {
 /// within calibration noise (1.5%).
 #[test]
 fn bf16_activation_buffer_matches_f32_closely() {
+    let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     use qwen3_quant::calib::ActivationDtype;
     let valid = docs("valid");
     let calib = first_windows(&docs("calib"), 8, 1024).unwrap();

@@ -36,6 +36,9 @@ fn check(bits: u8, tol: f64, docs_ids: &[u32], wiki_ids: &[u32]) {
 
 #[test]
 fn rtn_w8_w4_w3_g128_match_the_reference() {
+    let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     let (d, w) = (docs("valid"), wiki2_ids());
     check(8, 1e-3, &d, &w);
     check(4, 1e-2, &d, &w);
@@ -46,6 +49,9 @@ fn rtn_w8_w4_w3_g128_match_the_reference() {
 /// a time from the checkpoint) give the fake-quant perplexity, from a ~7x smaller model.
 #[test]
 fn packed_inference_matches_fake_quant() {
+    let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     use qwen3_quant::calib::{quantize_checkpoint, WeightMode};
     use qwen3_quant::io::Checkpoint;
     let scheme = QuantScheme::new(

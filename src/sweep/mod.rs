@@ -16,6 +16,7 @@
 //! shard `k mod N` ([`Shard`]); [`merge`] joins the folders of several shards.
 //!
 //! ```
+//! # let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else { return Ok(()); };
 //! use qwen3_quant::sweep::{self, Grid, SweepMethod, SweepOptions};
 //! use qwen3_quant::{Calibration, Evaluation, NoProgress};
 //! let out = std::env::temp_dir().join(format!("qwen3-quant-doc-sweep-{}", std::process::id()));

@@ -6,7 +6,9 @@
 use qwen3_quant::eval::{self, data::read_token_tensor, PplOptions, Progress};
 use qwen3_quant::model::{Qwen3Model, Tokenizer};
 
-pub const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets");
+/// The bundled assets (`QWEN3_QUANT_ASSETS`, else the workspace's `assets/`); tests that need
+/// them start with `assets::require`, which skips them with a printed reason when absent.
+pub const ASSETS: qwen3_quant::io::assets::Folder = qwen3_quant::io::assets::Folder;
 
 pub fn micro() -> Qwen3Model {
     Qwen3Model::load(format!("{ASSETS}/models/qwen3-micro")).unwrap()

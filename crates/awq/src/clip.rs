@@ -177,7 +177,7 @@ pub(crate) fn clip_linear(
         .map(|(x, rows)| (x.to_vec(), rows));
     let Some((x, rows)) = sample else {
         rec.clip = Some(1.0);
-        rec.fallback = Some("no calibration tokens: not clipped".into());
+        rec.fallback = Some("no calibration statistics (no tokens, or an expert below the policy's threshold): not clipped".into());
         return Ok(rec);
     };
     let r = clip_search(&w, out, inp, &x, rows, cfg).map_err(|e| e.with_id(id))?;

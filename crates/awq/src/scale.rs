@@ -145,7 +145,7 @@ pub(crate) fn prepare_pair(
         .unwrap_or(0);
     let Some(stats) = ctx.pair_stats(pair).filter(|s| s.count > 0 && tokens > 0) else {
         rec.ratio = Some(0.0);
-        rec.fallback = Some("no calibration tokens: scale 1".into());
+        rec.fallback = Some("no calibration statistics (no tokens, or an expert below the policy's threshold): scale 1".into());
         return Ok(Err(rec));
     };
     let x_mean = pair_mean(pair, &stats.abs_mean());

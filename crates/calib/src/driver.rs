@@ -197,6 +197,11 @@ pub struct DriverOptions {
     pub weight_mode: WeightMode,
     /// Element type of the calibration activation buffer.
     pub activations: ActivationDtype,
+    /// Which statistics quantize MoE experts that few calibration tokens reach.
+    pub expert_policy: ExpertPolicy,
+    /// Bytes the calibration activation buffers may take; `None`: what the system reports
+    /// available (`MemAvailable`, and the cgroup limit when there is one), no check elsewhere.
+    pub memory_budget: Option<u64>,
 }
 
 impl Default for DriverOptions {
@@ -206,6 +211,76 @@ impl Default for DriverOptions {
             progress: false,
             weight_mode: WeightMode::FakeQuant,
             activations: ActivationDtype::F32,
+            expert_policy: ExpertPolicy::default(),
+            memory_budget: None,
+        }
+    }
+}
+
+/// How the experts of an MoE layer get their calibration statistics. Every expert's
+/// gate/up/down is quantized with its own statistics; the router stays in full precision. The
+/// policies differ for experts that the router sends few calibration tokens to (the run's
+/// `expert_tokens` and each linear's `fallback` say which policy applied where).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpertPolicy {
+    /// The tokens routed to the expert; an expert with fewer than `min_tokens` is quantized by
+    /// plain rounding (RTN on the method's grid: an identity Hessian for GPTQ/BiLLM).
+    Threshold {
+        /// Routed tokens needed for statistics-based quantization.
+        min_tokens: usize,
+    },
+    /// Every calibration token through every expert, for statistics only: the layer's outputs
+    /// (and so the next layer's inputs) still follow the real routing. llm-compressor's
+    /// `calibrate_all_experts`.
+    AllTokens,
+    /// The routed tokens where an expert has at least `min_tokens`, every token below that.
+    ThresholdThenAllTokens {
+        /// Routed tokens needed to use the routed statistics.
+        min_tokens: usize,
+    },
+}
+
+impl Default for ExpertPolicy {
+    /// Routed statistics; RTN only for an expert no calibration token reaches.
+    fn default() -> Self {
+        ExpertPolicy::Threshold { min_tokens: 1 }
+    }
+}
+
+impl ExpertPolicy {
+    /// Whether calibration must push every token through every expert.
+    pub fn needs_all_tokens(self) -> bool {
+        !matches!(self, ExpertPolicy::Threshold { .. })
+    }
+
+    /// The statistics site and the fallback note for expert linear input `routed` (the routed
+    /// site) with `tokens` routed calibration tokens; `None` as site means plain rounding.
+    pub(crate) fn choose(self, routed: Site, tokens: usize) -> (Option<Site>, Option<String>) {
+        let all = match routed {
+            Site::ExpertInput(e) => Site::ExpertInputAll(e),
+            Site::ExpertDownInput(e) => Site::ExpertDownInputAll(e),
+            other => return (Some(other), None),
+        };
+        match self {
+            ExpertPolicy::Threshold { min_tokens } if tokens < min_tokens.max(1) => (
+                None,
+                Some(format!(
+                    "{tokens} routed calibration tokens < {}: RTN",
+                    min_tokens.max(1)
+                )),
+            ),
+            ExpertPolicy::Threshold { .. } => (Some(routed), None),
+            ExpertPolicy::AllTokens => (
+                Some(all),
+                Some(format!("all-token statistics ({tokens} routed)")),
+            ),
+            ExpertPolicy::ThresholdThenAllTokens { min_tokens } if tokens < min_tokens => (
+                Some(all),
+                Some(format!(
+                    "{tokens} routed calibration tokens < {min_tokens}: all-token statistics"
+                )),
+            ),
+            ExpertPolicy::ThresholdThenAllTokens { .. } => (Some(routed), None),
         }
     }
 }
@@ -334,11 +409,16 @@ impl Driver<'_> {
             let w = weight.to_dense();
             let site = site_of(id);
             let empty = LinearStats::default();
-            let mut st = stats.get(&site).unwrap_or(&empty);
-            let mut fallback = None;
-            let substitute;
+            let routed_tokens = stats.get(&site).map_or(0, |s| s.tokens);
             let needs_stats =
                 self.method.stats_required().hessian || self.method.stats_required().channel_stats;
+            let (chosen, mut fallback) = if needs_stats {
+                self.opts.expert_policy.choose(site, routed_tokens)
+            } else {
+                (Some(site), None)
+            };
+            let mut st = chosen.and_then(|c| stats.get(&c)).unwrap_or(&empty);
+            let substitute;
             if needs_stats && st.tokens == 0 {
                 // An expert no calibration token reached: an identity Hessian makes Hessian-based
                 // methods reduce to plain rounding with the same grid (GPTQModel's RTN fail-safe).
@@ -351,8 +431,9 @@ impl Driver<'_> {
                     tokens: 0,
                 };
                 st = &substitute;
-                fallback =
-                    Some("no calibration tokens: identity statistics (RTN-equivalent)".to_string());
+                fallback = fallback.or_else(|| {
+                    Some("no calibration tokens: identity statistics (RTN-equivalent)".to_string())
+                });
             }
             let t0 = Instant::now();
             let outcome = self
@@ -389,7 +470,7 @@ impl Driver<'_> {
                 loss: outcome.loss,
                 damp: outcome.damp,
                 seconds,
-                tokens: st.tokens,
+                tokens: routed_tokens,
                 bits_per_weight: outcome.linear.bits_per_weight(),
                 fallback,
                 scale_ratio: self.annotations.get(id).and_then(|a| a.0),
@@ -429,7 +510,8 @@ impl Driver<'_> {
         site: Site,
         mut input: impl FnMut(usize, usize) -> Result<(Vec<f32>, usize)>,
     ) -> Result<HashMap<Site, LinearStats>> {
-        let mut c = StatsCollector::new(layer, self.method.stats_required());
+        let mut c = StatsCollector::new(layer, self.method.stats_required())
+            .with_all_experts(self.opts.expert_policy.needs_all_tokens());
         for (s0, s1) in self.chunks() {
             let (x, cols) = input(s0, s1)?;
             c.add(site, &x, (s1 - s0) * self.seq, cols)?;
@@ -468,7 +550,8 @@ impl Driver<'_> {
         let qd = layer.attn.q_proj.out_features();
         let mut core = vec![0.0f32; self.n_seq * seq * qd];
         {
-            let mut coll = StatsCollector::new(li, self.method.stats_required());
+            let mut coll = StatsCollector::new(li, self.method.stats_required())
+                .with_all_experts(self.opts.expert_policy.needs_all_tokens());
             for (s0, s1) in self.chunks() {
                 let (r0, r1) = rows(s0, s1);
                 let x = layer.attn_input(&h.rows(r0, r1));
@@ -483,7 +566,7 @@ impl Driver<'_> {
         // Residual update with the quantized o, then [up, gate] on post_attention_layernorm.
         for (s0, s1) in self.chunks() {
             let (r0, r1) = rows(s0, s1);
-            let o = layer.attn.o_proj.apply(&core[r0 * qd..r1 * qd], r1 - r0)?;
+            let o = layer.attn.output(&core[r0 * qd..r1 * qd], r1 - r0)?;
             let mut x = h.rows(r0, r1);
             add_in_place(&mut x, &o);
             h.set_rows(r0, &x);
@@ -502,7 +585,8 @@ impl Driver<'_> {
         let inter = mlp.gate.out_features();
         let mut act = vec![0.0f32; self.n_seq * seq * inter];
         {
-            let mut coll = StatsCollector::new(li, self.method.stats_required());
+            let mut coll = StatsCollector::new(li, self.method.stats_required())
+                .with_all_experts(self.opts.expert_policy.needs_all_tokens());
             for (s0, s1) in self.chunks() {
                 let (r0, r1) = rows(s0, s1);
                 let x = layer.mlp_input(&h.rows(r0, r1));
@@ -554,6 +638,7 @@ impl Driver<'_> {
             self.seq,
             self.opts.chunk_sequences,
             pipeline.transform_needs(),
+            self.opts.expert_policy,
             keep,
         )?;
         if let Some(e) = n_experts {
@@ -636,7 +721,8 @@ impl Driver<'_> {
         let li = layer.index;
         let keep_input = self.propagation == Propagation::Quantized;
         let input = if keep_input { Some(h.clone()) } else { None };
-        let mut coll = StatsCollector::new(li, self.method.stats_required());
+        let mut coll = StatsCollector::new(li, self.method.stats_required())
+            .with_all_experts(self.opts.expert_policy.needs_all_tokens());
         let chunks: Vec<(usize, usize)> = self.chunks().collect();
         for &(s0, s1) in &chunks {
             let mut x = h.rows(s0 * seq, s1 * seq);
@@ -832,6 +918,13 @@ fn run_layers(
         pb,
     };
     d.run.calib_tokens = calib.tokens();
+    check_activation_memory(
+        n_seq,
+        seq,
+        model.config.hidden_size,
+        opts.activations,
+        opts.memory_budget.or_else(available_memory_bytes),
+    )?;
     // Layer-0 inputs of every window, captured once.
     let mut h = ActivationStore::new(
         model.embed(&calib.flat(0, n_seq))?,
@@ -868,4 +961,105 @@ fn run_layers(
     d.pb.finish_and_clear();
     d.run.seconds = start.elapsed().as_secs_f64();
     Ok(d.run)
+}
+
+/// Bytes of memory available to this process: `MemAvailable` from `/proc/meminfo`, capped by a
+/// cgroup v2 limit (`memory.max − memory.current`) when one is set; `None` where neither exists.
+pub fn available_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{f}"))
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let cgroup = match (read("memory.max"), read("memory.current")) {
+        (Some(max), Some(cur)) => Some(max.saturating_sub(cur)),
+        _ => None,
+    };
+    match (meminfo, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Fails before anything is allocated when the calibration activations (the layer inputs, a
+/// second buffer for the outputs, and the f32 embedding they start from) exceed `available`,
+/// proposing the number of samples that would fit and bf16 activations.
+fn check_activation_memory(
+    n_seq: usize,
+    seq: usize,
+    hidden: usize,
+    dtype: ActivationDtype,
+    available: Option<u64>,
+) -> Result<()> {
+    let Some(available) = available else {
+        return Ok(());
+    };
+    let elem = match dtype {
+        ActivationDtype::F32 => 4.0,
+        ActivationDtype::Bf16 => 2.0,
+    };
+    let per_sample = (seq * hidden) as f64 * (2.0 * elem + 4.0);
+    let needed = n_seq as f64 * per_sample;
+    // Leave a tenth for the layer, its temporaries and everything else.
+    let usable = available as f64 * 0.9;
+    if needed <= usable {
+        return Ok(());
+    }
+    let fits = (usable / per_sample).floor() as usize;
+    let mut advice = format!("use at most {fits} calibration samples of {seq} tokens");
+    if dtype == ActivationDtype::F32 {
+        let fits_bf16 = (usable / ((seq * hidden) as f64 * 8.0)).floor() as usize;
+        advice += &format!(
+            ", or bf16 activations (--bf16-activations), with which {} samples fit",
+            fits_bf16.min(n_seq)
+        );
+    }
+    Err(CalibError::OutOfMemory {
+        needed_mb: needed / 1e6,
+        available_mb: available as f64 / 1e6,
+        advice,
+    })
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+
+    #[test]
+    fn activation_memory_is_checked_before_allocating() {
+        // 128 × 2048 tokens of a 4096-wide model: 12 GB in f32, 8 GB in bf16.
+        let (n, seq, hidden) = (128, 2048, 4096);
+        assert!(
+            check_activation_memory(n, seq, hidden, ActivationDtype::F32, Some(16 << 30)).is_ok()
+        );
+        let e = check_activation_memory(n, seq, hidden, ActivationDtype::F32, Some(8 << 30))
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, CalibError::OutOfMemory { .. }), "{e:?}");
+        // 0.9 × 8 GiB / (2048 · 4096 · 12 B) = 76.8 samples; bf16 (8 B per value): 115.2.
+        assert!(msg.contains("at most 76 calibration samples"), "{msg}");
+        assert!(
+            msg.contains("--bf16-activations") && msg.contains("115 samples fit"),
+            "{msg}"
+        );
+        let e = check_activation_memory(n, seq, hidden, ActivationDtype::Bf16, Some(4 << 30))
+            .unwrap_err();
+        assert!(!e.to_string().contains("--bf16-activations"), "{e}");
+        // Unknown memory: no check.
+        assert!(check_activation_memory(n, seq, hidden, ActivationDtype::F32, None).is_ok());
+    }
+
+    #[test]
+    fn this_machine_reports_its_memory() {
+        if cfg!(target_os = "linux") {
+            let m = available_memory_bytes().expect("Linux has /proc/meminfo");
+            assert!(m > 1 << 20, "{m}");
+        }
+    }
 }

@@ -32,6 +32,19 @@ pub enum CalibError {
         #[source]
         source: qwen3_quant_core::Error,
     },
+    /// The calibration activations would not fit in memory; nothing was allocated.
+    #[error(
+        "the calibration activations need {needed_mb:.0} MB but about {available_mb:.0} MB are \
+         available: {advice}"
+    )]
+    OutOfMemory {
+        /// Megabytes the activation buffers need.
+        needed_mb: f64,
+        /// Megabytes available (the OS's `MemAvailable`, a cgroup limit, or the configured budget).
+        available_mb: f64,
+        /// What would fit: fewer samples, bf16 activations.
+        advice: String,
+    },
     /// Packing a quantized linear for the kernels failed.
     #[error("packing {id}: {reason}")]
     Pack {

@@ -7,6 +7,7 @@
 //! only f32 weights and statistics, never the model or its storage.
 //!
 //! ```
+//! # let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else { return Ok(()); };
 //! use qwen3_quant_calib::{first_windows, project};
 //! use qwen3_quant_core::StatsRequest;
 //! let cfg = qwen3_quant_io::ModelConfig::from_file(concat!(
@@ -38,8 +39,8 @@ pub use activations::{ActivationDtype, ActivationStore};
 pub use data::{awq_blocks, first_windows, gptq_windows, random_windows, CalibrationSet};
 pub use driver::{
     peak_rss_mb, quantize_checkpoint, quantize_checkpoint_with, quantize_model,
-    quantize_model_with, DriverOptions, LinearRecord, Pipeline, QuantizationRun, TransformLog,
-    WeightMode,
+    quantize_model_with, DriverOptions, ExpertPolicy, LinearRecord, Pipeline, QuantizationRun,
+    TransformLog, WeightMode,
 };
 pub use error::{CalibError, Result};
 pub use projection::{measure_gemm_gflops, project, Projection, SearchCost};

@@ -14,6 +14,7 @@ pub struct StatsCollector {
     request: StatsRequest,
     sites: HashMap<Site, LinearStats>,
     error: Option<CalibError>,
+    all_experts: bool,
 }
 
 impl StatsCollector {
@@ -24,7 +25,16 @@ impl StatsCollector {
             request,
             sites: HashMap::new(),
             error: None,
+            all_experts: false,
         }
+    }
+
+    /// Also collects the all-token expert sites ([`Site::ExpertInputAll`],
+    /// [`Site::ExpertDownInputAll`]): every calibration token through every expert, for
+    /// statistics only. Off by default, since it costs a forward of every expert on every token.
+    pub fn with_all_experts(mut self, on: bool) -> Self {
+        self.all_experts = on;
+        self
     }
 
     /// Adds `rows` input rows of `site` (`x` is `[rows, cols]`).
@@ -70,8 +80,8 @@ impl StatsCollector {
 }
 
 impl Observer for StatsCollector {
-    fn wants(&self, layer: usize, _site: Site) -> bool {
-        layer == self.layer && self.error.is_none()
+    fn wants(&self, layer: usize, site: Site) -> bool {
+        layer == self.layer && self.error.is_none() && (self.all_experts || !site.is_all_experts())
     }
 
     fn observe(&mut self, _layer: usize, site: Site, x: &[f32], rows: usize, cols: usize) {

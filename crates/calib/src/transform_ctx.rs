@@ -13,6 +13,7 @@ use qwen3_quant_model::{DecoderLayer, LinearOverrides, LinearWeight, Observer, R
 use rayon::prelude::*;
 
 use crate::activations::ActivationStore;
+use crate::driver::ExpertPolicy;
 use crate::error::{CalibError, Result};
 
 /// Bytes of candidate weights generated at once by [`TransformContext::block_losses`]; more
@@ -117,6 +118,7 @@ impl Sampler {
 struct Capture {
     layer: usize,
     needs: TransformNeeds,
+    all_experts: bool,
     dense_rows: usize,
     stats: HashMap<Site, ChannelStats>,
     samples: HashMap<Site, Sampler>,
@@ -125,8 +127,8 @@ struct Capture {
 }
 
 impl Observer for Capture {
-    fn wants(&self, layer: usize, _site: Site) -> bool {
-        layer == self.layer && self.error.is_none()
+    fn wants(&self, layer: usize, site: Site) -> bool {
+        layer == self.layer && self.error.is_none() && (self.all_experts || !site.is_all_experts())
     }
 
     fn observe(&mut self, _layer: usize, site: Site, x: &[f32], rows: usize, cols: usize) {
@@ -146,6 +148,7 @@ impl Observer for Capture {
         if let Some(max_rows) = self.needs.input_samples {
             let total = match site {
                 Site::ExpertInput(_) | Site::ExpertDownInput(_) => None,
+                // Every token, like the dense sites.
                 _ => Some(self.dense_rows),
             };
             self.samples
@@ -164,6 +167,7 @@ pub(crate) struct TransformContext<'a> {
     n_seq: usize,
     seq: usize,
     chunk_sequences: usize,
+    expert_policy: ExpertPolicy,
     stats: HashMap<Site, ChannelStats>,
     samples: HashMap<Site, Sampler>,
     tokens: HashMap<Site, usize>,
@@ -186,11 +190,13 @@ impl<'a> TransformContext<'a> {
         seq: usize,
         chunk_sequences: usize,
         needs: TransformNeeds,
+        expert_policy: ExpertPolicy,
         keep_output: bool,
     ) -> Result<(Self, Option<ActivationStore>)> {
         let mut cap = Capture {
             layer: layer.index,
             needs,
+            all_experts: expert_policy.needs_all_tokens(),
             dense_rows: n_seq * seq,
             stats: HashMap::new(),
             samples: HashMap::new(),
@@ -213,6 +219,7 @@ impl<'a> TransformContext<'a> {
         Ok((
             TransformContext {
                 chunk_sequences: scoring_chunk_sequences(layer, seq, cs),
+                expert_policy,
                 layer,
                 input,
                 rope,
@@ -397,6 +404,14 @@ impl<'a> TransformContext<'a> {
         Ok(losses)
     }
 
+    /// Where the statistics of `site` come from under the expert policy: the site itself for
+    /// dense sites and well-routed experts, the all-token site, or `None` (an expert below the
+    /// threshold: no scale search and no clipping, plain rounding).
+    fn stats_site(&self, site: Site) -> Option<Site> {
+        let routed = self.tokens.get(&site).copied().unwrap_or(0);
+        self.expert_policy.choose(site, routed).0
+    }
+
     fn chunks(&self) -> Vec<(usize, usize)> {
         let cs = self.chunk_sequences;
         (0..self.n_seq)
@@ -430,21 +445,27 @@ impl LayerContext for TransformContext<'_> {
     }
 
     fn pair_stats(&self, pair: &ScalePair) -> Option<&ChannelStats> {
-        producer_site(pair.producer).and_then(|s| self.stats.get(&s))
+        producer_site(pair.producer)
+            .and_then(|s| self.stats_site(s))
+            .and_then(|s| self.stats.get(&s))
     }
 
     fn input_stats(&self, id: LinearId) -> Option<&ChannelStats> {
-        self.stats.get(&site_of(&id))
+        self.stats_site(site_of(&id))
+            .and_then(|s| self.stats.get(&s))
     }
 
     fn input_sample(&self, id: LinearId) -> Option<(&[f32], usize)> {
-        self.samples
-            .get(&site_of(&id))
+        self.stats_site(site_of(&id))
+            .and_then(|s| self.samples.get(&s))
             .map(|s| (s.rows.as_slice(), s.n_rows()))
     }
 
     fn tokens(&self, id: LinearId) -> usize {
-        self.tokens.get(&site_of(&id)).copied().unwrap_or(0)
+        self.stats_site(site_of(&id))
+            .and_then(|s| self.tokens.get(&s))
+            .copied()
+            .unwrap_or(0)
     }
 
     fn block_losses_many(
@@ -599,7 +620,9 @@ mod tests {
             .chain((0..8).map(|e| ("qwen3-moe-micro", Some(e))));
         let mut checked = 0;
         for (dir, expert) in cases {
-            let path = format!("{}/../../assets/models/{dir}", env!("CARGO_MANIFEST_DIR"));
+            let Some(path) = qwen3_quant_io::assets::require(&format!("models/{dir}")) else {
+                return;
+            };
             let model = qwen3_quant_model::Qwen3Model::load(path).unwrap();
             let (n_seq, seq) = (3, 64);
             let ids: Vec<u32> = (0..n_seq * seq)
@@ -623,6 +646,7 @@ mod tests {
                 seq,
                 2,
                 TransformNeeds::default(),
+                ExpertPolicy::default(),
                 false,
             )
             .unwrap();

@@ -217,6 +217,16 @@ pub struct QuantizeArgs {
     /// AVX-512-BF16 where the CPU has it). `--eval` always runs f32.
     #[arg(long, value_enum, default_value_t = ComputeArg::F32)]
     pub compute: ComputeArg,
+    /// MoE experts that few calibration tokens reach: `threshold:N` (routed statistics, RTN
+    /// below N routed tokens; default threshold:1), `all-tokens` (every token through every
+    /// expert for statistics only, outputs still routed), or `threshold-then-all:N` (routed
+    /// statistics from N tokens, all-token statistics below).
+    #[arg(long, default_value = "threshold:1", value_parser = parse_expert_policy)]
+    pub expert_policy: qwen3_quant_calib::ExpertPolicy,
+    /// Megabytes the calibration activations may take (default: what the system reports
+    /// available). Checked before anything is allocated; the error says how many samples fit.
+    #[arg(long)]
+    pub memory_budget_mb: Option<u64>,
     /// BiLLM: columns per block (structural search, means/scales and error-feedback span; a multiple of 64).
     #[arg(long, default_value_t = 128)]
     pub blocksize: usize,
@@ -400,4 +410,25 @@ pub struct SweepArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--expert-policy`: `threshold:N`, `all-tokens` or `threshold-then-all:N`.
+pub fn parse_expert_policy(v: &str) -> Result<qwen3_quant_calib::ExpertPolicy, String> {
+    use qwen3_quant_calib::ExpertPolicy;
+    let count = |n: &str| {
+        n.parse::<usize>()
+            .map_err(|_| format!("`{n}` is not a token count"))
+    };
+    match v.split_once(':') {
+        None if v == "all-tokens" => Ok(ExpertPolicy::AllTokens),
+        Some(("threshold", n)) => Ok(ExpertPolicy::Threshold {
+            min_tokens: count(n)?,
+        }),
+        Some(("threshold-then-all", n)) => Ok(ExpertPolicy::ThresholdThenAllTokens {
+            min_tokens: count(n)?,
+        }),
+        _ => Err(format!(
+            "`{v}`: expected threshold:N, all-tokens or threshold-then-all:N"
+        )),
+    }
 }

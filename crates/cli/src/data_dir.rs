@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 /// The embedded files, as paths relative to the data folder.
-#[cfg(feature = "embedded-data")]
+#[cfg(qwen3_embedded_data)]
 const EMBEDDED: &[(&str, &[u8])] = &[
     (
         "docs/docs.tokens.safetensors",
@@ -31,7 +31,7 @@ const EMBEDDED: &[(&str, &[u8])] = &[
     ),
 ];
 
-#[cfg(not(feature = "embedded-data"))]
+#[cfg(not(qwen3_embedded_data))]
 const EMBEDDED: &[(&str, &[u8])] = &[];
 
 /// Marker written last: a folder without it is incomplete and is unpacked again.
@@ -111,7 +111,7 @@ fn unpack(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-#[cfg(all(test, feature = "embedded-data"))]
+#[cfg(all(test, qwen3_embedded_data))]
 mod tests {
     use super::*;
 

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
-use qwen3_quant_io::{Architecture, Checkpoint};
+use qwen3_quant_io::config::RopeScaling;
+use qwen3_quant_io::Checkpoint;
 use serde_json::{json, Value};
 
 use crate::args::InspectArgs;
@@ -51,13 +52,25 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
                "moe_intermediate_size": m.moe_intermediate_size, "norm_topk_prob": m.norm_topk_prob,
                "sparse_layers": (0..cfg.num_hidden_layers).filter(|&i| cfg.is_moe_layer(i)).count()})
     });
-    let arch = match cfg.architecture {
-        Architecture::Qwen3 => "qwen3",
-        Architecture::Qwen3Moe => "qwen3_moe",
-    };
+    let arch = cfg.architecture.model_type();
+    let class = cfg.architecture.class_name();
+    let rope_scaling = cfg.rope_scaling.map(|s| match s {
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                    "high_freq_factor": high_freq_factor,
+                    "original_max_position_embeddings": original_max_position_embeddings}),
+    });
     let report = json!({
         "dir": a.dir,
         "architecture": arch,
+        "class": class,
+        "qk_norm": cfg.architecture.has_qk_norm(),
+        "attention_bias": cfg.attention_bias,
+        "rope_scaling": rope_scaling,
         "num_hidden_layers": cfg.num_hidden_layers,
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
@@ -81,7 +94,7 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
     if a.json {
         print_json(&report);
     } else {
-        println!("{}  ({arch})", a.dir.display());
+        println!("{}  ({arch}, {class})", a.dir.display());
         println!(
             "  layers {}  hidden {}  heads {}/{} x {}  intermediate {}  vocab {}  tied {}",
             cfg.num_hidden_layers,
@@ -92,6 +105,23 @@ pub fn run(a: InspectArgs) -> anyhow::Result<()> {
             cfg.intermediate_size,
             cfg.vocab_size,
             cfg.tie_word_embeddings
+        );
+        let scaling = match cfg.rope_scaling {
+            None => String::new(),
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => format!(
+                ", llama3 scaling x{factor} (low {low_freq_factor}, high {high_freq_factor}, original {original_max_position_embeddings})"
+            ),
+        };
+        println!(
+            "  rope theta {}{scaling}  q/k norm {}  attention bias {}",
+            cfg.rope_theta,
+            cfg.architecture.has_qk_norm(),
+            cfg.attention_bias
         );
         if let Some(m) = &cfg.moe {
             println!(

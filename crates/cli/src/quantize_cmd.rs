@@ -96,6 +96,8 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         } else {
             ActivationDtype::F32
         },
+        expert_policy: a.expert_policy,
+        memory_budget: a.memory_budget_mb.map(|mb| mb * 1_000_000),
         ..DriverOptions::default()
     };
     let refs = plan.transform_refs();
@@ -177,6 +179,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         "eval": eval,
         "calibration": calib.as_ref().map(|c| json!({"description": c.description, "samples": c.len(), "seq_len": c.seq_len, "tokens": c.tokens()})),
         "expert_tokens": expert_tokens,
+        "expert_policy": format!("{:?}", a.expert_policy),
         "projection": {"total_flops": projection.total_flops, "forward_flops": projection.forward_flops,
                        "stats_flops": projection.stats_flops, "solve_flops": projection.solve_flops, "search_flops": projection.search_flops,
                        "activation_bytes": projection.activation_bytes, "gemm_gflops": gflops, "eta_seconds": eta},

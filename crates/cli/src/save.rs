@@ -76,6 +76,8 @@ pub fn write_output(
         true_sequential: Some(!a.no_true_sequential),
         damp_percent: Some(f64::from(a.damp)),
         static_groups: Some(a.static_groups),
+        expert_tokens: run.expert_tokens.clone(),
+        expert_policy: Some(format!("{:?}", a.expert_policy)),
     };
     let report: WriteReport = write_checkpoint(out, &a.model, model, &run.quantized, &opts)
         .with_context(|| format!("writing {} as {}", out.display(), opts.format.as_str()))?;

@@ -5,7 +5,9 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
+/// The bundled assets (`QWEN3_QUANT_ASSETS`, else the workspace's `assets/`); tests that need
+/// them start with `assets::require`, which skips them with a printed reason when absent.
+const ASSETS: qwen3_quant_io::assets::Folder = qwen3_quant_io::assets::Folder;
 
 fn run(args: &[&str]) -> (bool, Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_qwen3-quant"))
@@ -42,6 +44,9 @@ fn quantize(extra: &[&str]) -> (bool, Value, String) {
 
 #[test]
 fn awq_reports_ratios_clips_and_losses() {
+    let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     let (ok, v, err) = quantize(&["--method", "awq", "--bits", "4", "--group-size", "128"]);
     assert!(ok, "{v} {err}");
     assert_eq!(v["method"], "awq");
@@ -80,6 +85,9 @@ fn awq_reports_ratios_clips_and_losses() {
 
 #[test]
 fn smoothquant_weight_activation_settings() {
+    let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     let (ok, v, err) = quantize(&[
         "--method",
         "smoothquant",
@@ -117,6 +125,9 @@ fn smoothquant_weight_activation_settings() {
 
 #[test]
 fn bad_settings_are_json_errors() {
+    let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     for extra in [
         &["--method", "awq", "--bits", "9"][..],
         &["--method", "smoothquant", "--bits", "8", "--alpha", "1.5"][..],
@@ -132,6 +143,9 @@ fn bad_settings_are_json_errors() {
 
 #[test]
 fn billm_reports_both_bit_figures() {
+    let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     let (ok, v, err) = quantize(&["--method", "billm", "--billm-fix", "quantiles"]);
     assert!(ok, "{v} {err}");
     assert_eq!(v["method"], "billm");
@@ -179,4 +193,96 @@ fn bench_times_binary_weights() {
     // 2 bits + tables (0.625) + salient map vs 4 bits + scales and zeros per group of 128.
     assert!(bytes(&binary) < 0.7 * bytes(&four), "{binary} {four}");
     assert!(binary["us_per_call"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn calibration_that_does_not_fit_in_memory_is_a_typed_error_before_allocating() {
+    let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
+        return;
+    };
+    // 64 × 1024 tokens of a 512-wide model: 64 · 1024 · 512 · 12 B = 403 MB in f32.
+    let out = Command::new(env!("CARGO_BIN_EXE_qwen3-quant"))
+        .args([
+            "quantize",
+            "--model",
+            &format!("{ASSETS}/models/qwen3-micro"),
+            "--method",
+            "gptq",
+            "--calib",
+            "docs",
+            "--samples",
+            "64",
+            "--seq-len",
+            "1024",
+            "--memory-budget-mb",
+            "100",
+            "--json",
+        ])
+        .env("QWEN3_QUANT_QUIET", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = v["error"].as_str().unwrap();
+    // 0.9 × 100 MB / (1024 · 512 · 12 B) = 14.3 samples; bf16 (8 B per value): 21.
+    assert!(e.contains("at most 14 calibration samples"), "{e}");
+    assert!(
+        e.contains("--bf16-activations") && e.contains("21 samples fit"),
+        "{e}"
+    );
+}
+
+#[test]
+fn expert_policy_is_parsed_and_reported() {
+    let Some(_) = qwen3_quant_io::assets::require("models/qwen3-moe-micro") else {
+        return;
+    };
+    let run = |policy: &str| {
+        Command::new(env!("CARGO_BIN_EXE_qwen3-quant"))
+            .args([
+                "quantize",
+                "--model",
+                &format!("{ASSETS}/models/qwen3-moe-micro"),
+                "--method",
+                "gptq",
+                "--calib",
+                "docs",
+                "--samples",
+                "2",
+                "--seq-len",
+                "256",
+                "--expert-policy",
+                policy,
+                "--json",
+            ])
+            .env("QWEN3_QUANT_QUIET", "1")
+            .output()
+            .unwrap()
+    };
+    let out = run("threshold-then-all:100000");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["expert_policy"]
+        .as_str()
+        .unwrap()
+        .contains("ThresholdThenAllTokens"));
+    let experts: Vec<&serde_json::Value> = v["linears"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["module"].as_str().unwrap().contains("experts."))
+        .collect();
+    assert!(!experts.is_empty());
+    // Every expert is below 100000 routed tokens: all use every token's statistics.
+    assert!(experts.iter().all(|l| l["fallback"]
+        .as_str()
+        .is_some_and(|f| f.contains("all-token"))));
+    let bad = run("sometimes");
+    assert!(!bad.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("threshold:N"), "{v}");
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 /// Every fallible operation of this crate returns this error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EvalError {
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]

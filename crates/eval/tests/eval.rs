@@ -8,8 +8,10 @@ use qwen3_quant_eval::tasks::{encode_pair, load_task, Task};
 use qwen3_quant_eval::{EvalError, LanguageModel, TextEncoder};
 use qwen3_quant_model::{Qwen3Model, Tokenizer};
 
+/// The bundled assets (`QWEN3_QUANT_ASSETS`, else the workspace's `assets/`); tests that need
+/// them start with `assets::require`, which skips them with a printed reason when absent.
 fn assets() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets")
+    qwen3_quant_io::assets::dir().unwrap_or_else(qwen3_quant_io::assets::workspace_dir)
 }
 
 fn data_dir() -> PathBuf {
@@ -218,6 +220,9 @@ mod ppl {
 
     #[test]
     fn bundled_datasets_load() {
+        let Some(_) = qwen3_quant_io::assets::require("data") else {
+            return;
+        };
         let docs = load_dataset(&Dataset::Docs, &data_dir(), None).unwrap();
         assert_eq!(docs.ids.len(), 254_048);
         assert!(docs.ids.iter().all(|&t| t < 8192));
@@ -245,6 +250,9 @@ mod ppl {
 
     #[test]
     fn c4_paper_windows_skip_short_documents() {
+        let Some(_) = qwen3_quant_io::assets::require("data") else {
+            return;
+        };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shard.jsonl");
         // 45,220 docs; doc 25247 (window 0) is long, everything else is short.
@@ -281,6 +289,9 @@ mod tasks {
     /// Every (context, continuation) lm-eval 0.4.13 produced for the first 10 docs of each task.
     #[test]
     fn requests_are_byte_identical_to_lm_eval() {
+        let Some(_) = qwen3_quant_io::assets::require("data") else {
+            return;
+        };
         let g = golden();
         for task in Task::ALL {
             let docs = load_task(task, &data_dir(), Some(10)).unwrap();
@@ -321,6 +332,9 @@ mod tasks {
     /// Golden acc / acc_norm from the golden log-likelihoods reproduce lm-eval's argmax logic.
     #[test]
     fn golden_loglikelihoods_give_consistent_predictions() {
+        let Some(_) = qwen3_quant_io::assets::require("data") else {
+            return;
+        };
         let g = golden();
         for task in Task::ALL {
             let docs = load_task(task, &data_dir(), Some(10)).unwrap();
@@ -347,6 +361,9 @@ mod tasks {
 
     #[test]
     fn encode_pair_moves_trailing_space_and_splits_whole() {
+        let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
+            return;
+        };
         let tok = micro_tokenizer();
         let (ctx, cont) = encode_pair(
             tok,
@@ -368,6 +385,9 @@ mod tasks {
 
     #[test]
     fn loglikelihoods_and_metrics_on_mock() {
+        let Some(_) = qwen3_quant_io::assets::require("data") else {
+            return;
+        };
         let m = Bigram::new(256);
         let docs = load_task(Task::Piqa, &data_dir(), Some(6)).unwrap();
         for batch in [1, 3, 16] {
@@ -475,6 +495,9 @@ Answer:";
 
     #[test]
     fn full_five_shot_prompt() {
+        let Some(_) = qwen3_quant_io::assets::require("data") else {
+            return;
+        };
         let dev = load_csv(&mmlu_dir().join("dev/abstract_algebra_dev.csv"), true).unwrap();
         let test = load_csv(&mmlu_dir().join("test/abstract_algebra_test.csv"), true).unwrap();
         assert_eq!((dev.len(), test.len()), (5, 100));
@@ -496,6 +519,9 @@ Answer:";
 
     #[test]
     fn shots_are_reduced_to_fit() {
+        let Some(_) = qwen3_quant_io::assets::require("data") else {
+            return;
+        };
         let dev = load_csv(&mmlu_dir().join("dev/abstract_algebra_dev.csv"), true).unwrap();
         let test = load_csv(&mmlu_dir().join("test/abstract_algebra_test.csv"), true).unwrap();
         let q = &test[0];
@@ -538,6 +564,9 @@ Answer:";
 
     #[test]
     fn pandas_na_cells_print_as_nan() {
+        let Some(_) = qwen3_quant_io::assets::require("data") else {
+            return;
+        };
         let t = load_csv(&mmlu_dir().join("test/college_physics_test.csv"), true).unwrap();
         assert!(t.iter().any(|q| q.choices[3] == "nan"));
         let raw = load_csv(&mmlu_dir().join("test/college_physics_test.csv"), false).unwrap();
@@ -546,6 +575,9 @@ Answer:";
 
     #[test]
     fn subjects_and_categories() {
+        let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
+            return;
+        };
         let subjects = list_subjects(&mmlu_dir()).unwrap();
         assert_eq!(subjects.len(), 57);
         for s in &subjects {
@@ -578,6 +610,9 @@ Answer:";
     /// prompt's last line... simpler: always favours "B". Accuracy = share of B answers.
     #[test]
     fn run_mmlu_on_mock() {
+        let Some(_) = qwen3_quant_io::assets::require("data") else {
+            return;
+        };
         struct AlwaysB;
         impl LanguageModel for AlwaysB {
             fn vocab_size(&self) -> usize {
@@ -803,6 +838,9 @@ mod micro {
     /// lm-eval's to 1e-4 relative, and every document's `argmax` (raw and length-normalised) is the same.
     #[test]
     fn zero_shot_loglikelihoods_match_lm_eval_on_micro_model() {
+        let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
+            return;
+        };
         use qwen3_quant_eval::tasks::compare_with_lm_eval_samples;
         let (model, tok) = micro();
         let golden = assets().join("golden/lm_eval_micro_samples_limit10.json");
@@ -865,6 +903,9 @@ mod micro {
     /// lm-eval's `--limit 50` accuracies of all seven tasks.
     #[test]
     fn lm_eval_limit50_metrics_on_micro_model() {
+        let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
+            return;
+        };
         check_limit50(&Task::ALL);
     }
 }

@@ -73,6 +73,7 @@ pub struct CompressedScheme {
 
 /// The recognised quantization configuration of a directory.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum QuantConfig {
     /// GPTQ (AutoGPTQ, GPTQModel, this project).
     Gptq(GptqScheme),

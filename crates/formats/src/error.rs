@@ -82,6 +82,19 @@ pub enum FormatError {
         /// Why.
         reason: String,
     },
+    /// The output's file system has less free space than the checkpoint would take; nothing
+    /// was written.
+    #[error(
+        "output {path}: needs about {needed_mb:.1} MB, the file system has {available_mb:.1} MB free"
+    )]
+    NoSpace {
+        /// The output directory.
+        path: PathBuf,
+        /// Projected size of the checkpoint (tensors, with a margin for metadata).
+        needed_mb: f64,
+        /// Free space for this user on the output's file system.
+        available_mb: f64,
+    },
     /// The output directory is not usable (exists and is not empty, or is the input directory).
     #[error("output {path}: {reason}")]
     Output {

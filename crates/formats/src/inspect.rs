@@ -118,6 +118,7 @@ pub(crate) fn linear_shapes(c: &ModelConfig) -> Vec<(String, usize, usize)> {
 /// Inspects a checkpoint directory (full precision or any supported quantized format).
 ///
 /// ```
+/// # let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro-gptq-w4g128-actorder") else { return Ok(()); };
 /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/models/qwen3-micro-gptq-w4g128-actorder");
 /// let i = qwen3_quant_formats::inspect(dir.as_ref())?;
 /// assert_eq!((i.format.as_str(), i.bits, i.group_size), ("gptq", Some(4), Some(128)));

@@ -132,6 +132,7 @@ fn build_layer(src: &mut Source<'_>, c: &ModelConfig, i: usize) -> Result<Decode
 /// precision, embeddings, norms, the MoE router and `lm_head` are f32.
 ///
 /// ```
+/// # let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro-gptq-w4g128-actorder") else { return Ok(()); };
 /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/models/qwen3-micro-gptq-w4g128-actorder");
 /// let loaded = qwen3_quant_formats::load_model(dir.as_ref(), &Default::default())?;
 /// assert_eq!(loaded.packed_linears, 8 * 7);

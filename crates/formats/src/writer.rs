@@ -20,6 +20,7 @@ use crate::{awq, compressed, gptq, native};
 
 /// A checkpoint format this crate writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Format {
     /// This project's format (anything the methods produce).
     Native,
@@ -43,6 +44,10 @@ impl Format {
     }
 }
 
+/// The file next to the config that records per-expert calibration token counts and the
+/// expert policy of an MoE run.
+pub const REPORT_FILE: &str = "quantization_report.json";
+
 /// What the method did, recorded in the quantization config.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MethodMeta {
@@ -56,6 +61,10 @@ pub struct MethodMeta {
     pub damp_percent: Option<f64>,
     /// GPTQ static groups.
     pub static_groups: Option<bool>,
+    /// MoE: calibration tokens routed to each expert, per layer (empty for dense models).
+    pub expert_tokens: Vec<(usize, Vec<usize>)>,
+    /// MoE: the expert policy that chose each expert's statistics, as text.
+    pub expert_policy: Option<String>,
 }
 
 /// Options of [`write_checkpoint`].
@@ -349,6 +358,80 @@ fn check_output(out: &Path, source: &Path, overwrite: bool) -> Result<()> {
     Ok(())
 }
 
+/// Bytes the checkpoint will take: the quantized linears at their storage bits per weight, and
+/// every other tensor of the source (embeddings, norms, router, lm_head) at its own size.
+fn projected_bytes(source: &Path, quantized: &[(LinearId, QuantizedWeight)]) -> Result<u64> {
+    let ckpt = qwen3_quant_io::Checkpoint::open(source)?;
+    let replaced: std::collections::BTreeSet<String> = quantized
+        .iter()
+        .map(|(id, _)| format!("model.{id}.weight"))
+        .collect();
+    let mut bytes = 0u64;
+    for name in ckpt.names() {
+        if !replaced.contains(name) {
+            bytes += ckpt.tensor(name)?.data.len() as u64;
+        }
+    }
+    for (_, q) in quantized {
+        let (o, i, bpw) = match q {
+            QuantizedWeight::Affine(a) => (a.out_features(), a.in_features(), a.bits_per_weight()),
+            QuantizedWeight::Binary(b) => (b.out_features(), b.in_features(), b.bits_per_weight()),
+        };
+        bytes += ((o * i) as f64 * bpw / 8.0).ceil() as u64;
+    }
+    Ok(bytes)
+}
+
+/// Free bytes for this user on the file system holding `dir` (or its nearest existing
+/// ancestor); `None` where the platform does not say.
+pub fn free_space(dir: &Path) -> Option<u64> {
+    let mut d = dir.to_path_buf();
+    while !d.exists() {
+        d = d.parent()?.to_path_buf();
+    }
+    statvfs_available(&d)
+}
+
+#[cfg(unix)]
+fn statvfs_available(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `path` is a NUL-terminated string and `st` a writable statvfs; the struct is read
+    // only when the call reports success.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs succeeded, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    // The field types differ between platforms (u32 on some, u64 on Linux).
+    #[allow(clippy::unnecessary_cast)]
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+#[cfg(not(unix))]
+fn statvfs_available(_dir: &Path) -> Option<u64> {
+    None
+}
+
+/// Refuses to start writing when `needed` (plus 5% and 1 MB for metadata, tokenizer files and
+/// the temporary directory's bookkeeping) exceeds `available`.
+fn check_space(out: &Path, needed: u64, available: Option<u64>) -> Result<()> {
+    let Some(available) = available else {
+        return Ok(());
+    };
+    let needed = needed as f64 * 1.05 + 1e6;
+    if needed > available as f64 {
+        return Err(FormatError::NoSpace {
+            path: out.to_path_buf(),
+            needed_mb: needed / 1e6,
+            available_mb: available as f64 / 1e6,
+        });
+    }
+    Ok(())
+}
+
 fn temp_sibling(out: &Path, tag: &str) -> PathBuf {
     let name = out
         .file_name()
@@ -451,6 +534,11 @@ pub fn write_checkpoint(
         _ => GptqZeros::V1,
     };
 
+    check_space(
+        out,
+        projected_bytes(source, quantized)?,
+        free_space(out.parent().unwrap_or(Path::new("."))),
+    )?;
     let tmp = temp_sibling(out, "partial");
     std::fs::create_dir_all(&tmp).map_err(file_err(&tmp))?;
     let result = (|| {
@@ -485,19 +573,38 @@ pub fn write_checkpoint(
                 vec![h],
                 &layer.post_attention_layernorm,
             ))?;
-            let hd = layer.attn.q_norm.len();
-            shards.push(float_tensor(
-                format!("{p}.self_attn.q_norm.weight"),
-                dtype,
-                vec![hd],
-                &layer.attn.q_norm,
-            ))?;
-            shards.push(float_tensor(
-                format!("{p}.self_attn.k_norm.weight"),
-                dtype,
-                vec![hd],
-                &layer.attn.k_norm,
-            ))?;
+            // Qwen3's per-head q/k norms; LLaMA has none.
+            for (name, norm) in [
+                ("q_norm", &layer.attn.q_norm),
+                ("k_norm", &layer.attn.k_norm),
+            ] {
+                if let Some(w) = norm {
+                    shards.push(float_tensor(
+                        format!("{p}.self_attn.{name}.weight"),
+                        dtype,
+                        vec![w.len()],
+                        w,
+                    ))?;
+                }
+            }
+            // Attention biases (LLaMA-derived models) stay in full precision next to the codes,
+            // as `<module>.bias`, where transformers' and vLLM's quantized linears read them.
+            let b = &layer.attn.bias;
+            for (name, bias) in [
+                ("q_proj", &b.q),
+                ("k_proj", &b.k),
+                ("v_proj", &b.v),
+                ("o_proj", &b.o),
+            ] {
+                if let Some(v) = bias {
+                    shards.push(float_tensor(
+                        format!("{p}.self_attn.{name}.bias"),
+                        dtype,
+                        vec![v.len()],
+                        v,
+                    ))?;
+                }
+            }
             if let FeedForward::Moe(m) = &layer.ffn {
                 let r = &m.router;
                 shards.push(float_tensor(
@@ -564,6 +671,24 @@ pub fn write_checkpoint(
                 files.push("quant_config.json".into());
             }
             _ => {}
+        }
+        // What the run measured that no ecosystem config has a field for (kept out of
+        // `quantization_config`, whose readers may reject unknown keys).
+        if !opts.meta.expert_tokens.is_empty() {
+            let counts: Map<String, Value> = opts
+                .meta
+                .expert_tokens
+                .iter()
+                .map(|(l, c)| (l.to_string(), json!(c)))
+                .collect();
+            let report = json!({
+                "quantizer": format!("qwen3-quant:{}", env!("CARGO_PKG_VERSION")),
+                "method": opts.meta.method,
+                "expert_policy": opts.meta.expert_policy,
+                "expert_tokens": counts,
+            });
+            write_json(&tmp.join(REPORT_FILE), &report)?;
+            files.push(REPORT_FILE.into());
         }
         for name in COPIED {
             let src = source.join(name);
@@ -756,6 +881,32 @@ fn quant_config(
                 "global_compression_ratio": null, "sparsity_config": {}, "transform_config": {},
                 "version": "0.12.2", "quantizer": quantizer,
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod space_tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_larger_than_the_free_space_is_refused_before_writing() {
+        let out = Path::new("/nonexistent/out");
+        assert!(check_space(out, 10_000_000, Some(20_000_000)).is_ok());
+        let e = check_space(out, 10_000_000, Some(10_000_000)).unwrap_err();
+        assert!(matches!(e, FormatError::NoSpace { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains("11.5 MB") && e.to_string().contains("10.0 MB"),
+            "{e}"
+        );
+        assert!(check_space(out, u64::MAX / 2, None).is_ok());
+    }
+
+    #[test]
+    fn free_space_is_known_here() {
+        if cfg!(unix) {
+            let tmp = std::env::temp_dir();
+            assert!(free_space(&tmp.join("not/yet/there")).is_some_and(|b| b > 0));
         }
     }
 }

@@ -106,6 +106,7 @@ fn check_integers(dir: &Path, format: Format, quantized: &[(LinearId, QuantizedW
                     assert_eq!(raw(&ckpt, &format!("{p}.qzeros")).0, q.zeros(), "{p} zeros");
                 }
             }
+            other => panic!("no integer check for {other:?}"),
         }
     }
 }
@@ -175,6 +176,9 @@ fn round_trip(method: &dyn Quantizer, calib: Option<&CalibrationSet>, tag: &str)
 
 #[test]
 fn rtn_every_width_round_trips_through_every_format() {
+    let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     for bits in [8u8, 4, 3, 2] {
         // Asymmetric with the AWQ range convention (the reference RTN), and 4-bit symmetric.
         let scheme = QuantScheme::new(
@@ -205,6 +209,9 @@ fn small_calib() -> CalibrationSet {
 
 #[test]
 fn gptq_every_width_round_trips_through_every_format() {
+    let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     let calib = small_calib();
     for bits in [8u8, 4, 3, 2] {
         let cfg = GptqConfig {
@@ -226,6 +233,9 @@ fn gptq_every_width_round_trips_through_every_format() {
 /// 2 MB, loaded back packed.
 #[test]
 fn moe_sharded_gptq_and_native_round_trip() {
+    let Some(_) = qwen3_quant_io::assets::require("models/qwen3-moe-micro") else {
+        return;
+    };
     let src = model_dir("qwen3-moe-micro");
     let ckpt = Checkpoint::open(&src).unwrap();
     let calib = first_windows(&docs("calib"), 4, 256).unwrap();
@@ -292,6 +302,9 @@ fn moe_sharded_gptq_and_native_round_trip() {
 /// Unquantized linears and the model returned by the method (not the source) are what is written.
 #[test]
 fn skipped_linears_stay_dense_and_are_declared() {
+    let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     let src = model_dir("qwen3-micro");
     let ckpt = Checkpoint::open(&src).unwrap();
     let scheme = QuantScheme::new(
@@ -358,6 +371,9 @@ fn skipped_linears_stay_dense_and_are_declared() {
 /// integer path (per-token int8 activations), close to the weight-only fake-quant model.
 #[test]
 fn w8a8_int8_checkpoint_runs_on_the_integer_path() {
+    let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     let src = model_dir("qwen3-micro");
     let ckpt = Checkpoint::open(&src).unwrap();
     let scheme =

@@ -21,6 +21,7 @@ impl Checkpoint {
     /// Opens `dir`: `model.safetensors`, or every shard named in `model.safetensors.index.json`.
     ///
     /// ```
+    /// # let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else { return; };
     /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/models/qwen3-micro");
     /// let ckpt = qwen3_quant_io::Checkpoint::open(dir).unwrap();
     /// let emb = ckpt.tensor("model.embed_tokens.weight").unwrap();

@@ -1,6 +1,7 @@
-//! `config.json` of Qwen3 (`qwen3`) and Qwen3-MoE (`qwen3_moe`) checkpoints, in both the
-//! transformers 4.51 spelling (`rope_theta`, `torch_dtype`, `num_experts`) and the 5.x spelling
-//! (`rope_parameters.rope_theta`, `dtype`, `num_local_experts`).
+//! `config.json` of Qwen3 (`qwen3`), Qwen3-MoE (`qwen3_moe`) and LLaMA (`llama`, LLaMA-3 with its
+//! "llama3" RoPE scaling) checkpoints, in both the transformers 4.x spelling (`rope_theta`,
+//! `rope_scaling`, `torch_dtype`, `num_experts`) and the 5.x spelling (`rope_parameters`, `dtype`,
+//! `num_local_experts`).
 //!
 //! The raw JSON is parsed leniently, then validated into [`ModelConfig`], whose invariants hold
 //! (heads divisible by KV heads, even head_dim, every required field present).
@@ -41,6 +42,53 @@ pub enum Architecture {
     Qwen3,
     /// Mixture-of-experts Qwen3 (`Qwen3MoeForCausalLM`).
     Qwen3Moe,
+    /// LLaMA (`LlamaForCausalLM`, `model_type: "llama"`; LLaMA-3 and models derived from it):
+    /// no per-head q/k RMSNorm, optional attention biases, optional "llama3" RoPE scaling.
+    Llama,
+}
+
+impl Architecture {
+    /// The `model_type` of `config.json`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Architecture::Qwen3 => "qwen3",
+            Architecture::Qwen3Moe => "qwen3_moe",
+            Architecture::Llama => "llama",
+        }
+    }
+
+    /// The transformers class (`architectures[0]` of `config.json`).
+    pub fn class_name(self) -> &'static str {
+        match self {
+            Architecture::Qwen3 => "Qwen3ForCausalLM",
+            Architecture::Qwen3Moe => "Qwen3MoeForCausalLM",
+            Architecture::Llama => "LlamaForCausalLM",
+        }
+    }
+
+    /// Whether attention applies a per-head RMSNorm to queries and keys (`q_norm`, `k_norm`).
+    pub fn has_qk_norm(self) -> bool {
+        matches!(self, Architecture::Qwen3 | Architecture::Qwen3Moe)
+    }
+}
+
+/// RoPE frequency scaling (`rope_scaling` / `rope_parameters` with a `rope_type`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// LLaMA-3's "llama3" scaling: with `wavelength = 2π / inv_freq`, wavelengths above
+    /// `original_max_position_embeddings / low_freq_factor` are stretched by `factor` (their
+    /// frequency divided by it), those below `original_max_position_embeddings /
+    /// high_freq_factor` are kept, and the band between is interpolated smoothly.
+    Llama3 {
+        /// Stretch of the low frequencies.
+        factor: f64,
+        /// Lower edge of the interpolated band, as `original_max / wavelength`.
+        low_freq_factor: f64,
+        /// Upper edge of the interpolated band, as `original_max / wavelength`.
+        high_freq_factor: f64,
+        /// The context length the model was pre-trained with.
+        original_max_position_embeddings: usize,
+    },
 }
 
 /// Mixture-of-experts settings.
@@ -83,6 +131,10 @@ pub struct ModelConfig {
     pub rms_norm_eps: f64,
     /// RoPE base.
     pub rope_theta: f64,
+    /// RoPE frequency scaling, if any (only "llama3" is implemented).
+    pub rope_scaling: Option<RopeScaling>,
+    /// Whether q/k/v/o carry bias vectors (`attention_bias`; LLaMA-derived models).
+    pub attention_bias: bool,
     /// Whether `lm_head` shares the embedding matrix.
     pub tie_word_embeddings: bool,
     /// Maximum positions (informational).
@@ -151,6 +203,67 @@ fn bool_field(v: &Value, key: &'static str) -> std::result::Result<Option<bool>,
     }
 }
 
+/// The RoPE scaling of `rope_scaling` (4.x) or `rope_parameters` (5.x), validated. Only plain RoPE
+/// and "llama3" are implemented; YaRN and friends would silently give wrong logits.
+fn rope_scaling(v: &Value) -> std::result::Result<Option<RopeScaling>, ConfigError> {
+    let (s, field) = match get(v, "rope_scaling") {
+        Some(s) => (s, "rope_scaling"),
+        None => match get(v, "rope_parameters") {
+            Some(s) => (s, "rope_parameters"),
+            None => return Ok(None),
+        },
+    };
+    if !s.is_object() {
+        return Err(ConfigError::InvalidField {
+            field,
+            reason: format!("expected an object, got {s}"),
+        });
+    }
+    let kind = s
+        .get("rope_type")
+        .or_else(|| s.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    match kind {
+        "default" => Ok(None),
+        "llama3" => {
+            let req = |key: &'static str| -> std::result::Result<f64, ConfigError> {
+                let x = f64_field(s, key)?.ok_or(ConfigError::MissingField(key))?;
+                if x > 0.0 {
+                    Ok(x)
+                } else {
+                    Err(ConfigError::InvalidField {
+                        field: key,
+                        reason: format!("{x} must be positive"),
+                    })
+                }
+            };
+            let factor = req("factor")?;
+            let low_freq_factor = req("low_freq_factor")?;
+            let high_freq_factor = req("high_freq_factor")?;
+            if high_freq_factor <= low_freq_factor {
+                return Err(ConfigError::InvalidField {
+                    field: "high_freq_factor",
+                    reason: format!(
+                        "{high_freq_factor} must exceed low_freq_factor {low_freq_factor}"
+                    ),
+                });
+            }
+            let original_max_position_embeddings =
+                req_usize(s, "original_max_position_embeddings")?;
+            Ok(Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }))
+        }
+        other => Err(ConfigError::Unsupported(format!(
+            "rope scaling of type {other:?} (only llama3 is implemented)"
+        ))),
+    }
+}
+
 impl ModelConfig {
     /// Reads and validates a `config.json` file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
@@ -175,9 +288,10 @@ impl ModelConfig {
         let architecture = match get(&v, "model_type").and_then(Value::as_str) {
             Some("qwen3") => Architecture::Qwen3,
             Some("qwen3_moe") => Architecture::Qwen3Moe,
+            Some("llama") => Architecture::Llama,
             Some(other) => {
                 return Err(ConfigError::Unsupported(format!(
-                    "model_type {other:?} (expected qwen3 or qwen3_moe)"
+                    "model_type {other:?} (expected qwen3, qwen3_moe or llama)"
                 )))
             }
             None => return Err(ConfigError::MissingField("model_type")),
@@ -228,22 +342,18 @@ impl ModelConfig {
                 reason: "must be positive".into(),
             });
         }
-        // Only plain RoPE is implemented; YaRN and friends would silently give wrong logits.
-        let scaling = get(&v, "rope_scaling").or_else(|| get(&v, "rope_parameters"));
-        if let Some(s) = scaling {
-            let kind = s
-                .get("rope_type")
-                .or_else(|| s.get("type"))
-                .and_then(Value::as_str)
-                .unwrap_or("default");
-            if kind != "default" {
-                return Err(ConfigError::Unsupported(format!(
-                    "rope scaling of type {kind:?}"
-                )));
-            }
+        let rope_scaling = rope_scaling(&v)?;
+        let attention_bias = bool_field(&v, "attention_bias")?.unwrap_or(false);
+        if attention_bias && architecture != Architecture::Llama {
+            return Err(ConfigError::Unsupported(format!(
+                "attention_bias = true for {}",
+                architecture.model_type()
+            )));
         }
-        if bool_field(&v, "attention_bias")?.unwrap_or(false) {
-            return Err(ConfigError::Unsupported("attention_bias = true".into()));
+        if bool_field(&v, "mlp_bias")?.unwrap_or(false) {
+            return Err(ConfigError::Unsupported(
+                "mlp_bias = true (biases on gate/up/down are not implemented)".into(),
+            ));
         }
         if bool_field(&v, "use_sliding_window")?.unwrap_or(false) {
             return Err(ConfigError::Unsupported("use_sliding_window = true".into()));
@@ -270,7 +380,7 @@ impl ModelConfig {
         };
 
         let moe = match architecture {
-            Architecture::Qwen3 => None,
+            Architecture::Qwen3 | Architecture::Llama => None,
             Architecture::Qwen3Moe => {
                 let num_experts = match usize_field(&v, "num_experts")? {
                     Some(n) => n,
@@ -332,6 +442,8 @@ impl ModelConfig {
             head_dim,
             rms_norm_eps,
             rope_theta,
+            rope_scaling,
+            attention_bias,
             tie_word_embeddings,
             max_position_embeddings,
             dtype,
@@ -453,10 +565,110 @@ mod tests {
             ModelConfig::from_json("{"),
             Err(ConfigError::NotJson(_))
         ));
-        let llama = DENSE_451.replace("qwen3", "llama");
+        let mistral = DENSE_451.replace("qwen3", "mistral");
         assert!(matches!(
-            ModelConfig::from_json(&llama),
+            ModelConfig::from_json(&mistral),
             Err(ConfigError::Unsupported(_))
         ));
+        let qwen_bias = DENSE_451.replace("\"rope_scaling\":null", "\"attention_bias\":true");
+        assert!(matches!(
+            ModelConfig::from_json(&qwen_bias),
+            Err(ConfigError::Unsupported(_))
+        ));
+    }
+
+    /// Meta's Llama-3.1 spelling (transformers 4.x), without `head_dim`.
+    const LLAMA3_4X: &str = r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":100,
+        "hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,
+        "num_key_value_heads":2,"rms_norm_eps":1e-5,"rope_theta":500000.0,"attention_bias":false,
+        "mlp_bias":false,"tie_word_embeddings":false,"torch_dtype":"bfloat16",
+        "rope_scaling":{"factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,
+            "original_max_position_embeddings":8192,"rope_type":"llama3"}}"#;
+
+    #[test]
+    fn parses_llama3_in_both_spellings() {
+        let c = ModelConfig::from_json(LLAMA3_4X).unwrap();
+        assert_eq!(c.architecture, Architecture::Llama);
+        assert!(!c.architecture.has_qk_norm() && !c.attention_bias);
+        assert_eq!(c.head_dim, 16, "derived from hidden / heads");
+        assert_eq!(c.rope_theta, 500000.0);
+        let want = Some(RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        });
+        assert_eq!(c.rope_scaling, want);
+        // transformers 5.x: theta and scaling together in `rope_parameters`, biases on.
+        let text = r#"{"model_type":"llama","vocab_size":100,"hidden_size":64,"intermediate_size":128,
+            "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"head_dim":32,
+            "attention_bias":true,"mlp_bias":false,"dtype":"bfloat16","tie_word_embeddings":true,
+            "rope_parameters":{"rope_type":"llama3","rope_theta":500000.0,"factor":8.0,
+                "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#;
+        let c5 = ModelConfig::from_json(text).unwrap();
+        assert_eq!((c5.rope_theta, c5.rope_scaling), (500000.0, want));
+        assert!(c5.attention_bias && c5.tie_word_embeddings);
+        assert_eq!((c5.head_dim, c5.q_dim()), (32, 128));
+    }
+
+    #[test]
+    fn bad_llama3_configs_are_typed_errors() {
+        let edit = |from: &str, to: &str| {
+            assert!(LLAMA3_4X.contains(from), "{from}");
+            ModelConfig::from_json(&LLAMA3_4X.replace(from, to)).unwrap_err()
+        };
+        assert_eq!(
+            edit("\"factor\":8.0,", ""),
+            ConfigError::MissingField("factor")
+        );
+        assert_eq!(
+            edit("\"original_max_position_embeddings\":8192,", ""),
+            ConfigError::MissingField("original_max_position_embeddings")
+        );
+        assert!(matches!(
+            edit("\"factor\":8.0", "\"factor\":-8.0"),
+            ConfigError::InvalidField {
+                field: "factor",
+                ..
+            }
+        ));
+        assert!(matches!(
+            edit("\"high_freq_factor\":4.0", "\"high_freq_factor\":0.5"),
+            ConfigError::InvalidField {
+                field: "high_freq_factor",
+                ..
+            }
+        ));
+        assert!(matches!(
+            edit("\"low_freq_factor\":1.0", "\"low_freq_factor\":\"one\""),
+            ConfigError::InvalidField {
+                field: "low_freq_factor",
+                ..
+            }
+        ));
+        assert!(matches!(
+            edit("\"rope_type\":\"llama3\"", "\"rope_type\":\"yarn\""),
+            ConfigError::Unsupported(_)
+        ));
+        assert!(matches!(
+            edit("\"mlp_bias\":false", "\"mlp_bias\":true"),
+            ConfigError::Unsupported(_)
+        ));
+        assert!(matches!(
+            edit("\"attention_bias\":false", "\"attention_bias\":1"),
+            ConfigError::InvalidField {
+                field: "attention_bias",
+                ..
+            }
+        ));
+        assert!(matches!(
+            edit("\"num_attention_heads\":4", "\"num_attention_heads\":5"),
+            ConfigError::InvalidField { .. }
+        ));
+        // hidden 64 over 6 heads (and 2 KV heads) leaves no head_dim to derive.
+        assert_eq!(
+            edit("\"num_attention_heads\":4", "\"num_attention_heads\":6"),
+            ConfigError::MissingField("head_dim")
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! matching the byte length, missing tensors, missing config fields.
 //!
 //! ```
+//! # let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else { return Ok(()); };
 //! use qwen3_quant_io::Checkpoint;
 //! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/models/qwen3-micro");
 //! let ckpt = Checkpoint::open(dir)?;
@@ -21,10 +22,12 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod assets;
 pub mod checkpoint;
 pub mod config;
 mod dtype;
 mod error;
+pub mod fuzzing;
 pub mod safetensors_file;
 pub mod write;
 

@@ -1,6 +1,10 @@
-//! Qwen3 attention: q/k/v projections, per-head RMSNorm (`q_norm`, `k_norm`), RoPE, causal GQA
-//! attention, o_proj. The core (everything before `o_proj`) is exposed separately because the
-//! calibration driver observes `o_proj`'s input.
+//! Attention of Qwen3 and LLaMA: q/k/v projections (plus their biases where the checkpoint has
+//! them), the per-head RMSNorm of Qwen3 (`q_norm`, `k_norm`; LLaMA has none), RoPE, causal GQA
+//! attention, o_proj (plus its bias). The core (everything before `o_proj`) is exposed separately
+//! because the calibration driver observes `o_proj`'s input.
+//!
+//! Biases stay in full precision next to the swappable [`LinearWeight`]s, so a quantizer sees
+//! the same weight matrices with or without them.
 
 use qwen3_quant_kernels::attention::{self, CausalShape};
 use qwen3_quant_kernels::dense::{self, Epilogue, Lhs};
@@ -26,10 +30,12 @@ pub struct Attention {
     pub v_proj: LinearWeight,
     /// `o_proj` `[hidden, heads·head_dim]`.
     pub o_proj: LinearWeight,
-    /// Per-head RMSNorm weight for queries `[head_dim]`.
-    pub q_norm: Vec<f32>,
-    /// Per-head RMSNorm weight for keys `[head_dim]`.
-    pub k_norm: Vec<f32>,
+    /// Per-head RMSNorm weight for queries `[head_dim]` (Qwen3; `None` for LLaMA).
+    pub q_norm: Option<Vec<f32>>,
+    /// Per-head RMSNorm weight for keys `[head_dim]` (Qwen3; `None` for LLaMA).
+    pub k_norm: Option<Vec<f32>>,
+    /// Biases of q/k/v/o (`attention_bias`), in full precision; `None` where absent.
+    pub bias: AttentionBias,
     /// Query heads.
     pub heads: usize,
     /// Key/value heads.
@@ -38,6 +44,46 @@ pub struct Attention {
     pub head_dim: usize,
     /// RMSNorm epsilon.
     pub eps: f32,
+}
+
+/// The bias vectors of an attention module (each `None` where the checkpoint has none).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AttentionBias {
+    /// `q_proj.bias` `[heads·head_dim]`.
+    pub q: Option<Vec<f32>>,
+    /// `k_proj.bias` `[kv_heads·head_dim]`.
+    pub k: Option<Vec<f32>>,
+    /// `v_proj.bias` `[kv_heads·head_dim]`.
+    pub v: Option<Vec<f32>>,
+    /// `o_proj.bias` `[hidden]`.
+    pub o: Option<Vec<f32>>,
+}
+
+impl AttentionBias {
+    /// Whether any bias is present.
+    pub fn any(&self) -> bool {
+        self.q.is_some() || self.k.is_some() || self.v.is_some() || self.o.is_some()
+    }
+}
+
+/// `x[r, :] += b` for every row `r` of a row-major `[rows, b.len()]` slice (nothing for `None`).
+pub(crate) fn add_bias(x: &mut [f32], bias: Option<&[f32]>) {
+    let Some(b) = bias else { return };
+    if b.is_empty() {
+        return;
+    }
+    x.par_chunks_mut(b.len()).for_each(|row| {
+        row.iter_mut().zip(b).for_each(|(v, c)| *v += c);
+    });
+}
+
+/// Per-head RMSNorm (when `norm` is given) then RoPE at `pos`, on one row of heads.
+#[inline]
+fn norm_rope(r: &mut [f32], norm: Option<&[f32]>, eps: f32, hd: usize, rope: &Rope, pos: usize) {
+    if let Some(w) = norm {
+        rms_norm_in_place(r, w, eps);
+    }
+    r.chunks_mut(hd).for_each(|h| rope.apply(h, pos));
 }
 
 /// Keys and values of the positions one layer has already seen, row-major `[positions,
@@ -71,18 +117,18 @@ impl Attention {
         let [q_proj, k_proj, v_proj] = proj;
         let mut q = q_proj.apply(x, n)?;
         let mut k = k_proj.apply(x, n)?;
-        let v = v_proj.apply(x, n)?;
+        let mut v = v_proj.apply(x, n)?;
+        add_bias(&mut q, self.bias.q.as_deref());
+        add_bias(&mut k, self.bias.k.as_deref());
+        add_bias(&mut v, self.bias.v.as_deref());
         let (qd, kd) = (self.heads * hd, self.kv_heads * hd);
-        q.par_chunks_mut(qd).enumerate().for_each(|(row, r)| {
-            rms_norm_in_place(r, &self.q_norm, self.eps);
-            r.chunks_mut(hd)
-                .for_each(|h| rope.apply(h, pos0 + row % seq));
-        });
-        k.par_chunks_mut(kd).enumerate().for_each(|(row, r)| {
-            rms_norm_in_place(r, &self.k_norm, self.eps);
-            r.chunks_mut(hd)
-                .for_each(|h| rope.apply(h, pos0 + row % seq));
-        });
+        let (qn, kn) = (self.q_norm.as_deref(), self.k_norm.as_deref());
+        q.par_chunks_mut(qd)
+            .enumerate()
+            .for_each(|(row, r)| norm_rope(r, qn, self.eps, hd, rope, pos0 + row % seq));
+        k.par_chunks_mut(kd)
+            .enumerate()
+            .for_each(|(row, r)| norm_rope(r, kn, self.eps, hd, rope, pos0 + row % seq));
         Ok([q, k, v])
     }
 
@@ -256,14 +302,19 @@ impl Attention {
                 }
             }
         }
+        let b = &self.bias;
+        let (qn, kn) = (self.q_norm.as_deref(), self.k_norm.as_deref());
         qkv.par_chunks_mut(w).enumerate().for_each(|(row, r)| {
             let (q, rest) = r.split_at_mut(qd);
+            let (k, v) = rest.split_at_mut(kd);
+            for (x, bias) in [(&mut *q, &b.q), (&mut *k, &b.k), (&mut *v, &b.v)] {
+                if let Some(bias) = bias {
+                    x.iter_mut().zip(bias).for_each(|(x, c)| *x += c);
+                }
+            }
             let pos = row % seq;
-            rms_norm_in_place(q, &self.q_norm, self.eps);
-            q.chunks_mut(hd).for_each(|h| rope.apply(h, pos));
-            let k = &mut rest[..kd];
-            rms_norm_in_place(k, &self.k_norm, self.eps);
-            k.chunks_mut(hd).for_each(|h| rope.apply(h, pos));
+            norm_rope(q, qn, self.eps, hd, rope, pos);
+            norm_rope(k, kn, self.eps, hd, rope, pos);
         });
         Ok((qkv, w))
     }
@@ -305,7 +356,14 @@ impl Attention {
     /// Full attention: core then `o_proj`, `[batch·seq, hidden]`.
     pub fn forward(&self, x: &[f32], batch: usize, seq: usize, rope: &Rope) -> Result<Vec<f32>> {
         let core = self.core(x, batch, seq, rope)?;
-        self.o_proj.apply(&core, batch * seq)
+        self.output(&core, batch * seq)
+    }
+
+    /// `o_proj` (and its bias) on the core output of `n` rows: the attention output `[n, hidden]`.
+    pub fn output(&self, core: &[f32], n: usize) -> Result<Vec<f32>> {
+        let mut y = self.o_proj.apply(core, n)?;
+        add_bias(&mut y, self.bias.o.as_deref());
+        Ok(y)
     }
 }
 

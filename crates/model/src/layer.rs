@@ -3,7 +3,7 @@
 use qwen3_quant_core::{LinearId, LinearKind};
 use rayon::prelude::*;
 
-use crate::attention::{Attention, LayerKv};
+use crate::attention::{add_bias, Attention, LayerKv};
 use crate::error::{ModelError, Result};
 use crate::linear::LinearWeight;
 use crate::mlp::swiglu_lhs;
@@ -26,7 +26,7 @@ pub enum FeedForward {
     Moe(MoeBlock),
 }
 
-/// A Qwen3 decoder layer.
+/// A decoder layer (Qwen3, Qwen3-MoE or LLaMA).
 #[derive(Clone, Debug)]
 pub struct DecoderLayer {
     /// Layer index.
@@ -160,6 +160,7 @@ impl DecoderLayer {
             obs.observe(li, Site::OInput, &core, n, core.len() / n.max(1));
         }
         add_product(&self.attn.o_proj, &core, n, h)?;
+        add_bias(h, self.attn.bias.o.as_deref());
         drop(core);
         let FeedForward::Dense(mlp) = &self.ffn else {
             let FeedForward::Moe(moe) = &self.ffn else {
@@ -189,6 +190,19 @@ impl DecoderLayer {
             obs.observe(li, Site::DownInput, &act, n, act.len() / n.max(1));
         }
         add_product(&mlp.down, &act, n, h)
+    }
+
+    /// The full-precision bias added to the output of the linear `kind` (attention biases;
+    /// `None` where the checkpoint has none, and always for the MLP).
+    pub fn linear_bias(&self, kind: LinearKind, expert: Option<usize>) -> Option<&[f32]> {
+        let b = &self.attn.bias;
+        match (kind, expert) {
+            (LinearKind::Q, None) => b.q.as_deref(),
+            (LinearKind::K, None) => b.k.as_deref(),
+            (LinearKind::V, None) => b.v.as_deref(),
+            (LinearKind::O, None) => b.o.as_deref(),
+            _ => None,
+        }
     }
 
     /// The linear identified by `kind` (and `expert` for MoE MLPs).
@@ -306,7 +320,8 @@ mod tests {
     use crate::observer::NoObserver;
     use crate::Qwen3Model;
 
-    const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
+    /// The bundled assets (`QWEN3_QUANT_ASSETS`, else the workspace's `assets/`).
+    const ASSETS: qwen3_quant_io::assets::Folder = qwen3_quant_io::assets::Folder;
 
     fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
         let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -342,7 +357,10 @@ mod tests {
             }
             t
         };
-        let (q, k) = (normed(q, &a.q_norm), normed(k, &a.k_norm));
+        let (q, k) = (
+            normed(q, a.q_norm.as_ref().unwrap()),
+            normed(k, a.k_norm.as_ref().unwrap()),
+        );
         let core = a.attend_unfused(&q, &k, &v, batch, seq, 1.0 / (hd as f32).sqrt());
         let mut h = h.to_vec();
         add_in_place(&mut h, &a.o_proj.apply(&core, n).unwrap());
@@ -363,6 +381,9 @@ mod tests {
 
     #[test]
     fn fused_layer_matches_the_step_by_step_one() {
+        let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
+            return;
+        };
         let model = Qwen3Model::load(format!("{ASSETS}/models/qwen3-micro")).unwrap();
         let l = &model.layers[0];
         // Two sequences; 300 tokens cross the 14-row panels, 32-key tiles and 256-key chunks.

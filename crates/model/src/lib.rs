@@ -6,7 +6,9 @@
 //! fake-quantized, packed) in place, observing linear inputs ([`Observer`]), and the tokenizer.
 //! What it does not own: file formats (`qwen3-quant-io`), quantization methods, kernels' internals.
 //!
-//! ```no_run
+//! ```
+//! # let Some(micro) = qwen3_quant_io::assets::require("models/qwen3-micro") else { return Ok(()) };
+//! # std::env::set_current_dir(micro.join("../../..")).unwrap(); // the folder that holds assets/
 //! use qwen3_quant_model::{Qwen3Model, Tokenizer};
 //! let model = Qwen3Model::load("assets/models/qwen3-micro")?;
 //! let tok = Tokenizer::from_dir("assets/models/qwen3-micro")?;

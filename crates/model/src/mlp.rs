@@ -188,6 +188,15 @@ impl MoeBlock {
         let routing = self.route(x, m)?;
         let mut out = vec![0.0f32; m * hidden];
         for (ei, expert) in self.experts.iter().enumerate() {
+            let [g, u, d] = overrides(ei);
+            // Calibration of every expert on every token (statistics only).
+            if obs.wants(layer, Site::ExpertInputAll(ei)) {
+                obs.observe(layer, Site::ExpertInputAll(ei), x, m, hidden);
+            }
+            if m > 0 && obs.wants(layer, Site::ExpertDownInputAll(ei)) {
+                let act = swiglu(g.unwrap_or(&expert.gate), u.unwrap_or(&expert.up), x, m)?;
+                obs.observe(layer, Site::ExpertDownInputAll(ei), &act, m, act.len() / m);
+            }
             let rows = &routing.rows[ei];
             let xe = gather_rows(x, hidden, rows);
             if obs.wants(layer, Site::ExpertInput(ei)) {
@@ -196,7 +205,6 @@ impl MoeBlock {
             if rows.is_empty() {
                 continue;
             }
-            let [g, u, d] = overrides(ei);
             let act = swiglu(
                 g.unwrap_or(&expert.gate),
                 u.unwrap_or(&expert.up),

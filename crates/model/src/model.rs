@@ -1,4 +1,4 @@
-//! The whole Qwen3 / Qwen3-MoE causal LM: loading from a checkpoint and the forward pass.
+//! The whole causal LM (Qwen3, Qwen3-MoE, LLaMA): loading from a checkpoint and the forward pass.
 
 use std::path::Path;
 
@@ -6,7 +6,7 @@ use qwen3_quant_io::{Checkpoint, ModelConfig};
 use qwen3_quant_kernels::dense;
 use rayon::prelude::*;
 
-use crate::attention::{Attention, LayerKv};
+use crate::attention::{Attention, AttentionBias, LayerKv};
 use crate::error::{ModelError, Result};
 use crate::layer::{DecoderLayer, FeedForward};
 use crate::linear::LinearWeight;
@@ -35,7 +35,7 @@ fn dense(ckpt: &Checkpoint, name: &str, out: usize, inp: usize) -> Result<Linear
 }
 
 impl Qwen3Model {
-    /// Loads a Hugging Face Qwen3 / Qwen3-MoE directory (weights widened to f32).
+    /// Loads a Hugging Face Qwen3 / Qwen3-MoE / LLaMA directory (weights widened to f32).
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
         let ckpt = Checkpoint::open(dir)?;
         let config = ckpt.config()?;
@@ -106,13 +106,33 @@ impl Qwen3Model {
         }
         let h = c.hidden_size;
         let p = format!("model.layers.{i}");
+        let qk_norm = |which: &str| -> std::result::Result<Option<Vec<f32>>, E> {
+            if !c.architecture.has_qk_norm() {
+                return Ok(None);
+            }
+            let name = format!("{p}.self_attn.{which}.weight");
+            Ok(Some(ckpt.load_f32(&name, &[c.head_dim])?))
+        };
+        let bias = |which: &str, len: usize| -> std::result::Result<Option<Vec<f32>>, E> {
+            if !c.attention_bias {
+                return Ok(None);
+            }
+            let name = format!("{p}.self_attn.{which}.bias");
+            Ok(Some(ckpt.load_f32(&name, &[len])?))
+        };
         let attn = Attention {
             q_proj: linear(&format!("{p}.self_attn.q_proj"), c.q_dim(), h)?,
             k_proj: linear(&format!("{p}.self_attn.k_proj"), c.kv_dim(), h)?,
             v_proj: linear(&format!("{p}.self_attn.v_proj"), c.kv_dim(), h)?,
             o_proj: linear(&format!("{p}.self_attn.o_proj"), h, c.q_dim())?,
-            q_norm: ckpt.load_f32(&format!("{p}.self_attn.q_norm.weight"), &[c.head_dim])?,
-            k_norm: ckpt.load_f32(&format!("{p}.self_attn.k_norm.weight"), &[c.head_dim])?,
+            q_norm: qk_norm("q_norm")?,
+            k_norm: qk_norm("k_norm")?,
+            bias: AttentionBias {
+                q: bias("q_proj", c.q_dim())?,
+                k: bias("k_proj", c.kv_dim())?,
+                v: bias("v_proj", c.kv_dim())?,
+                o: bias("o_proj", h)?,
+            },
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,
@@ -157,7 +177,12 @@ impl Qwen3Model {
 
     /// RoPE tables for sequences of `seq` tokens.
     pub fn rope(&self, seq: usize) -> Rope {
-        Rope::new(self.config.head_dim, self.config.rope_theta, seq)
+        Rope::scaled(
+            self.config.head_dim,
+            self.config.rope_theta,
+            self.config.rope_scaling.as_ref(),
+            seq,
+        )
     }
 
     /// Embeds token ids, `[ids.len(), hidden]`.

@@ -15,6 +15,19 @@ pub enum Site {
     ExpertInput(usize),
     /// The input of one expert's down_proj.
     ExpertDownInput(usize),
+    /// Every token of `MlpInput`, as if routed to this expert: statistics only (the layer's
+    /// output still follows the real routing). Reported only to observers that want it.
+    ExpertInputAll(usize),
+    /// The expert's down_proj input over every token (see [`Site::ExpertInputAll`]).
+    ExpertDownInputAll(usize),
+}
+
+impl Site {
+    /// Whether this is one of the all-token expert sites, which cost a forward of every
+    /// expert over every token and are computed only for observers that ask for them.
+    pub fn is_all_experts(self) -> bool {
+        matches!(self, Site::ExpertInputAll(_) | Site::ExpertDownInputAll(_))
+    }
 }
 
 /// Receives linear inputs as the model computes them.

@@ -109,7 +109,7 @@ impl DecoderLayer {
         let n = batch * seq;
         let attn_in = self.attn_input(h);
         let core = self.attn.core(&attn_in, batch, seq, rope)?;
-        let attn_out = self.attn.o_proj.apply(&core, n)?;
+        let attn_out = self.attn.output(&core, n)?;
         let mut r = h.to_vec();
         add_in_place(&mut r, &attn_out);
         let mlp_in = self.mlp_input(&r);
@@ -292,9 +292,10 @@ impl DecoderLayer {
             .ok_or_else(|| bad(format!("{name} does not exist")))
     }
 
-    /// Folds `s` into `producer` exactly: the producer is divided by `s` and every consumer of
-    /// its output (including the MoE router, which stays in full precision) has its input
-    /// columns multiplied by `s`, so the layer computes the same function up to rounding.
+    /// Folds `s` into `producer` exactly: the producer is divided by `s` (a producer linear's
+    /// bias rows too, e.g. `v_proj.bias`) and every consumer of its output (including the MoE
+    /// router, which stays in full precision) has its input columns multiplied by `s`, so the
+    /// layer computes the same function up to rounding.
     ///
     /// # Errors
     /// [`ModelError::Shape`] for a wrong length, [`ModelError::BadReplacement`] for a
@@ -365,6 +366,10 @@ impl DecoderLayer {
                 };
                 divide_rows(&mut self.attn.v_proj, s, "v_proj")?;
                 scale_columns(&mut self.attn.o_proj, &f, "o_proj")?;
+                // v's output rows are divided by s, bias included; o's bias reads o's output.
+                if let Some(b) = &mut self.attn.bias.v {
+                    b.iter_mut().zip(s).for_each(|(b, f)| *b /= f);
+                }
             }
             ScaleProducer::Rows(id) if id.kind == Up => {
                 let up = self.linear_mut_checked(self.id(Up, id.expert))?;
@@ -400,7 +405,7 @@ impl DecoderLayer {
         let attn_in = || self.attn_input(h);
         let mlp_in = || -> Result<Vec<f32>> {
             let core = self.attn.core(&self.attn_input(h), batch, seq, rope)?;
-            let o = self.attn.o_proj.apply(&core, n)?;
+            let o = self.attn.output(&core, n)?;
             let mut r = h.to_vec();
             add_in_place(&mut r, &o);
             Ok(self.mlp_input(&r))
@@ -482,7 +487,7 @@ impl DecoderLayer {
                     get(V, None).unwrap_or(&a.v_proj),
                 ];
                 let core = a.core_with(proj, &input.x, batch, seq, rope)?;
-                a.o_proj.apply(&core, input.rows)
+                a.output(&core, input.rows)
             }
             ScoredBlock::FeedForward => match &self.ffn {
                 FeedForward::Dense(m) => m.forward_with(
@@ -505,7 +510,9 @@ impl DecoderLayer {
                         .linear(id.kind, id.expert)
                         .ok_or_else(|| bad(format!("{id} does not exist")))?,
                 };
-                w.apply(&input.x, input.rows)
+                let mut y = w.apply(&input.x, input.rows)?;
+                crate::attention::add_bias(&mut y, self.linear_bias(id.kind, id.expert));
+                Ok(y)
             }
             other => Err(bad(format!("unsupported block {other:?}"))),
         }

@@ -4,7 +4,9 @@
 use qwen3_quant_model::observer::{NoObserver, Observer, Site};
 use qwen3_quant_model::Qwen3Model;
 
-const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
+/// The bundled assets (`QWEN3_QUANT_ASSETS`, else the workspace's `assets/`); tests that need
+/// them start with `assets::require`, which skips them with a printed reason when absent.
+const ASSETS: qwen3_quant_io::assets::Folder = qwen3_quant_io::assets::Folder;
 
 struct Everything(Vec<(Site, Vec<f32>)>);
 
@@ -37,6 +39,17 @@ fn check(dir: &str) {
             .forward(&mut seen, batch, seq, &rope, &mut obs)
             .unwrap();
         let sites: Vec<Site> = obs.0.iter().map(|(s, _)| *s).collect();
+        // MoE: every expert also sees every token (statistics only), and the output above
+        // must still be the routed one.
+        for (s, x) in &obs.0 {
+            if let Site::ExpertInputAll(_) = s {
+                assert_eq!(x.len(), batch * seq * model.config.hidden_size, "{s:?}");
+            }
+        }
+        if dir.contains("moe") {
+            assert!(sites.contains(&Site::ExpertInputAll(0)), "{sites:?}");
+            assert!(sites.contains(&Site::ExpertDownInputAll(0)), "{sites:?}");
+        }
         assert!(
             sites.contains(&Site::AttnInput) && sites.contains(&Site::OInput),
             "{sites:?}"
@@ -52,10 +65,16 @@ fn check(dir: &str) {
 
 #[test]
 fn observed_forward_equals_fused_forward_dense() {
+    let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     check("qwen3-micro");
 }
 
 #[test]
 fn observed_forward_equals_fused_forward_moe() {
+    let Some(_) = qwen3_quant_io::assets::require("models/qwen3-moe-micro") else {
+        return;
+    };
     check("qwen3-moe-micro");
 }

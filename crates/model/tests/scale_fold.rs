@@ -11,7 +11,9 @@ use qwen3_quant_model::attention::Attention;
 use qwen3_quant_model::mlp::Mlp;
 use qwen3_quant_model::{DecoderLayer, FeedForward, LinearWeight, Qwen3Model};
 
-const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
+/// The bundled assets (`QWEN3_QUANT_ASSETS`, else the workspace's `assets/`); tests that need
+/// them start with `assets::require`, which skips them with a printed reason when absent.
+const ASSETS: qwen3_quant_io::assets::Folder = qwen3_quant_io::assets::Folder;
 
 /// xorshift64*: deterministic test numbers without a dependency.
 struct Rng(u64);
@@ -75,6 +77,9 @@ fn check_model(mut model: Qwen3Model, expected_pairs: usize) {
 
 #[test]
 fn folding_scales_leaves_qwen3_micro_logits_unchanged() {
+    let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     let model = Qwen3Model::load(format!("{ASSETS}/models/qwen3-micro")).unwrap();
     let original_norm = model.layers[3].post_attention_layernorm.clone();
     let mut folded = model.clone();
@@ -91,10 +96,53 @@ fn folding_scales_leaves_qwen3_micro_logits_unchanged() {
 
 #[test]
 fn folding_scales_leaves_qwen3_moe_micro_logits_unchanged() {
+    let Some(_) = qwen3_quant_io::assets::require("models/qwen3-moe-micro") else {
+        return;
+    };
     let model = Qwen3Model::load(format!("{ASSETS}/models/qwen3-moe-micro")).unwrap();
     let experts = model.config.moe.as_ref().unwrap().num_experts;
     // norm→qkv, v→o, norm→(router + every expert's gate/up), up→down per expert.
     check_model(model, 4 * (3 + experts));
+}
+
+#[test]
+fn folding_scales_leaves_llama3_logits_unchanged() {
+    // No q/k norm (input_layernorm → q,k,v is the same pair), and with attention biases the
+    // v → o fold must divide v_proj.bias as well.
+    for (dir, layers) in [("llama3-micro", 4), ("llama3-bias-micro", 2)] {
+        let Some(_) = qwen3_quant_io::assets::require(&format!("models/{dir}")) else {
+            return;
+        };
+        let model = Qwen3Model::load(format!("{ASSETS}/models/{dir}")).unwrap();
+        assert!(model.layers[0].attn.q_norm.is_none());
+        check_model(model, layers * 4);
+    }
+}
+
+#[test]
+fn scored_linear_blocks_include_the_attention_bias() {
+    let Some(_) = qwen3_quant_io::assets::require("models/llama3-bias-micro") else {
+        return;
+    };
+    let model = Qwen3Model::load(format!("{ASSETS}/models/llama3-bias-micro")).unwrap();
+    let layer = &model.layers[1];
+    assert!(layer.attn.bias.o.is_some() && layer.attn.bias.v.is_some());
+    let (batch, seq) = (1, 24);
+    let rope = model.rope(seq);
+    let h = model.embed(&ids(model.config.vocab_size, seq)).unwrap();
+    let o = ScoredBlock::Linear(LinearId::new(1, LinearKind::O));
+    let inp = layer.block_input(o, &h, batch, seq, &rope).unwrap();
+    let got = layer
+        .block_output(o, &inp, batch, seq, &rope, &HashMap::new())
+        .unwrap();
+    let x = layer.attn_input(&h);
+    let want = layer.attn.forward(&x, batch, seq, &rope).unwrap();
+    assert!(rel_max_diff(&want, &got) < 1e-6);
+    let trace = layer.trace(&h, batch, seq, &rope).unwrap();
+    assert_eq!(layer.trace_output(&trace, o).unwrap(), want);
+    // Without the bias the block output would differ by it.
+    let bare = layer.attn.o_proj.apply(&inp.x, seq).unwrap();
+    assert!(rel_max_diff(&want, &bare) > 1e-2);
 }
 
 /// A small multi-head (not GQA) model with random weights, where `v → o` has no column map.
@@ -123,8 +171,9 @@ fn synthetic_mha() -> Qwen3Model {
                 k_proj: dense(qd, h),
                 v_proj: dense(qd, h),
                 o_proj: dense(h, qd),
-                q_norm: vec![1.0; 16],
-                k_norm: vec![1.0; 16],
+                q_norm: Some(vec![1.0; 16]),
+                k_norm: Some(vec![1.0; 16]),
+                bias: Default::default(),
                 heads: 4,
                 kv_heads: 4,
                 head_dim: 16,
@@ -182,6 +231,9 @@ fn bad_scales_are_rejected_and_leave_the_layer_untouched() {
 
 #[test]
 fn scored_blocks_with_unchanged_candidates_equal_the_forward() {
+    let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
+        return;
+    };
     let model = Qwen3Model::load(format!("{ASSETS}/models/qwen3-micro")).unwrap();
     let (batch, seq) = (1, 32);
     let rope = model.rope(seq);

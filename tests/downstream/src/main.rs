@@ -1,5 +1,6 @@
-//! A downstream program that uses only the `qwen3-quant` facade: quantize the bundled
-//! qwen3-micro with GPTQ, compare perplexities, save a GPTQ checkpoint, load it back, read
+//! A downstream program that uses only the `qwen3-quant` facade: run the README's ten-line
+//! example ([`readme::run`], from the current folder), then quantize the bundled qwen3-micro with
+//! GPTQ, compare perplexities, save a GPTQ checkpoint, load it back, read
 //! logits and weights as `ndarray` arrays, generate. Prints `ok` and the figures; exits non-zero
 //! on any failed check.
 //!
@@ -11,7 +12,10 @@ use qwen3_quant::{
     ProgressEvent, Quantize,
 };
 
+mod readme;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    readme::run()?;
     let mut args = std::env::args().skip(1);
     let model_dir = args.next().unwrap_or_else(|| {
         concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/models/qwen3-micro").to_string()
@@ -26,7 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let steps = std::sync::atomic::AtomicU64::new(0);
     let sink = |e: &ProgressEvent<'_>| steps.store(e.done, std::sync::atomic::Ordering::Relaxed);
-    let quantized = Quantize::gptq(GptqConfig { bits: 4, group_size: Some(128), ..Default::default() })
+    let quantized = Quantize::gptq(GptqConfig::default().with_bits(4).with_group_size(Some(128)))
         .calibration(Calibration::docs().windows(8, 256))
         .progress(&sink)
         .run(&model)?;
