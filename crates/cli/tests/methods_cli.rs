@@ -237,10 +237,16 @@ fn expert_policy_is_parsed_and_reported() {
     let Some(_) = qwen3_quant_io::assets::require("models/qwen3-moe-micro") else {
         return;
     };
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("moe-native");
     let run = |policy: &str| {
         Command::new(env!("CARGO_BIN_EXE_qwen3-quant"))
             .args([
                 "quantize",
+                "--out",
+                out_dir.to_str().unwrap(),
+                "--format",
+                "native",
                 "--model",
                 &format!("{ASSETS}/models/qwen3-moe-micro"),
                 "--method",
@@ -281,6 +287,23 @@ fn expert_policy_is_parsed_and_reported() {
     assert!(experts.iter().all(|l| l["fallback"]
         .as_str()
         .is_some_and(|f| f.contains("all-token"))));
+    // The checkpoint records the routed token counts and the policy next to its config.
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.join("quantization_report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["expert_tokens"], v["expert_tokens"], "{report}");
+    let routed: u64 = report["expert_tokens"]["0"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .sum();
+    assert_eq!(routed, 2 * 256 * 2, "top-2 routing of 2 × 256 tokens");
+    assert!(report["expert_policy"]
+        .as_str()
+        .unwrap()
+        .contains("ThresholdThenAllTokens"));
     let bad = run("sometimes");
     assert!(!bad.status.success());
     let v: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
