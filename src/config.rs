@@ -112,6 +112,10 @@ pub struct GptqConfig {
     pub damp: f32,
     /// With act-order: group parameters computed up front on the original weights.
     pub static_groups: bool,
+    /// Group parameters from GPTQ's `mse=True` range search instead of min/max.
+    pub mse: bool,
+    /// The range search weights each column's error by the Hessian diagonal (implies `mse`).
+    pub mse_hessian_weighted: bool,
 }
 
 impl Default for GptqConfig {
@@ -124,11 +128,38 @@ impl Default for GptqConfig {
             true_sequential: true,
             damp: 0.01,
             static_groups: false,
+            mse: false,
+            mse_hessian_weighted: false,
         }
     }
 }
 
 impl GptqConfig {
+    /// The `best` recipe at `bits` and `group_size` (see
+    /// [`qwen3_quant_gptq::GptqConfig::recipe_best`]): act-order with static groups, the range
+    /// search of the group parameters, dampening 0.05.
+    ///
+    /// ```
+    /// use qwen3_quant::GptqConfig;
+    /// let c = GptqConfig::best(3, Some(128));
+    /// assert!(c.static_groups && c.mse && c.act_order);
+    /// assert_eq!((c.bits, c.group_size), (3, Some(128)));
+    /// ```
+    pub fn best(bits: u8, group_size: Option<usize>) -> Self {
+        let m = qwen3_quant_gptq::GptqConfig::recipe_best();
+        GptqConfig {
+            bits,
+            group_size,
+            sym: m.sym,
+            act_order: m.act_order,
+            true_sequential: m.true_sequential,
+            damp: m.percdamp,
+            static_groups: m.static_groups,
+            mse: m.mse.is_some(),
+            mse_hessian_weighted: m.mse_hessian_weighted,
+        }
+    }
+
     /// The method crate's configuration.
     ///
     /// # Errors
@@ -142,6 +173,8 @@ impl GptqConfig {
             true_sequential: self.true_sequential,
             percdamp: self.damp,
             static_groups: self.static_groups,
+            mse: (self.mse || self.mse_hessian_weighted).then(qwen3_quant_core::MseSearch::default),
+            mse_hessian_weighted: self.mse_hessian_weighted,
             ..qwen3_quant_gptq::GptqConfig::default()
         })
     }
@@ -340,6 +373,8 @@ with_setters!(GptqConfig {
     true_sequential: bool => with_true_sequential,
     damp: f32 => with_damp,
     static_groups: bool => with_static_groups,
+    mse: bool => with_mse,
+    mse_hessian_weighted: bool => with_mse_hessian_weighted,
 });
 
 with_setters!(AwqConfig {

@@ -116,6 +116,7 @@ pub use model_handle::{Generation, Model};
 pub use progress::{ConsoleProgress, NoProgress, ProgressEvent, ProgressSink, Stage};
 pub use quantize::{Quantize, QuantizedModel};
 pub use qwen3_quant_calib::ExpertPolicy;
+pub use qwen3_quant_kernels::dense::Compute;
 
 /// BiLLM's settings; `Default` is the study's command (`run.py c4 braq --blocksize 128
 /// --salient_metric hessian`), the reference's quirks included.
@@ -143,5 +144,6 @@ pub use qwen3_quant_gptq as gptq;
 pub use qwen3_quant_io as io;
 pub use qwen3_quant_kernels as kernels;
 pub use qwen3_quant_model as model;
+pub use qwen3_quant_rotate as rotate;
 pub use qwen3_quant_rtn as rtn;
 pub use qwen3_quant_smoothquant as smoothquant;

@@ -21,6 +21,7 @@ use crate::config::{AwqConfig, GptqConfig, RtnConfig, SmoothQuantConfig};
 use crate::error::{Error, Result};
 use crate::model_handle::Model;
 use crate::progress::{NoProgress, ProgressEvent, ProgressSink, Stage};
+use crate::Compute;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Method {
@@ -53,6 +54,8 @@ pub struct Quantize<'p> {
     calibration: Option<Calibration>,
     packed: bool,
     expert_policy: ExpertPolicy,
+    compute: Compute,
+    rotation: Option<u64>,
     progress: &'p dyn ProgressSink,
 }
 
@@ -62,6 +65,7 @@ impl std::fmt::Debug for Quantize<'_> {
             .field("method", &self.method)
             .field("calibration", &self.calibration)
             .field("packed", &self.packed)
+            .field("compute", &self.compute)
             .finish()
     }
 }
@@ -73,6 +77,8 @@ impl Quantize<'static> {
             calibration: None,
             packed: false,
             expert_policy: ExpertPolicy::default(),
+            compute: Compute::F32,
+            rotation: None,
             progress: &NoProgress,
         }
     }
@@ -184,6 +190,43 @@ impl<'p> Quantize<'p> {
         self
     }
 
+    /// The arithmetic of the calibration forwards and AWQ's search (default [`Compute::F32`],
+    /// exact). [`Compute::Bf16`] runs their products with bf16 operands and f32 accumulation
+    /// (AVX-512-BF16 where the CPU has it): about 1.7× faster for AWQ on qwen3-micro, perplexities
+    /// within 0.2%. The mode is process-wide while [`Quantize::run`] runs and is set back to f32
+    /// after it, so evaluation stays exact.
+    ///
+    /// ```
+    /// use qwen3_quant::{AwqConfig, Compute, Quantize};
+    /// let q = Quantize::awq(AwqConfig::default()).compute(Compute::Bf16);
+    /// # let _ = q;
+    /// ```
+    pub fn compute(mut self, compute: Compute) -> Self {
+        self.compute = compute;
+        self
+    }
+
+    /// Rotates the residual stream with a randomized Hadamard matrix (random signs from `seed`)
+    /// before the method runs: the norms are folded into the linears, the embeddings and every
+    /// linear move to the rotated basis, the head is untied (QuaRot / SpinQuant style; see
+    /// [`crate::rotate`]). Exact in full precision, no run-time cost; it spreads outlier channels
+    /// so that low-bit grids fit the weights better.
+    ///
+    /// ```
+    /// # let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else { return Ok(()); };
+    /// use qwen3_quant::{Model, Quantize, RtnConfig};
+    /// let model = Model::open(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/models/qwen3-micro"))?;
+    /// let q = Quantize::rtn(RtnConfig::default().with_bits(8)).rotate(0).run(&model)?;
+    /// assert_eq!(q.pipeline(), "hadamard+rtn");
+    /// let (before, after) = (model.perplexity("docs", 128, Some(1))?, q.perplexity("docs", 128, Some(1))?);
+    /// assert!((after.ppl / before.ppl - 1.0).abs() < 0.01);
+    /// # Ok::<(), qwen3_quant::Error>(())
+    /// ```
+    pub fn rotate(mut self, seed: u64) -> Self {
+        self.rotation = Some(seed);
+        self
+    }
+
     /// Where progress goes: one [`Stage::Quantize`] step per linear.
     ///
     /// ```
@@ -203,6 +246,8 @@ impl<'p> Quantize<'p> {
             calibration: self.calibration,
             packed: self.packed,
             expert_policy: self.expert_policy,
+            compute: self.compute,
+            rotation: self.rotation,
             progress: sink,
         }
     }
@@ -248,6 +293,12 @@ impl<'p> Quantize<'p> {
     }
 
     fn parts(&self) -> Result<Parts> {
+        let mut parts = self.method_parts()?;
+        parts.rotation = self.rotation.map(qwen3_quant_rotate::Hadamard::new);
+        Ok(parts)
+    }
+
+    fn method_parts(&self) -> Result<Parts> {
         let none = Vec::new;
         Ok(match &self.method {
             Method::Rtn(c) => Parts::new(none(), Box::new(c.method()?)),
@@ -312,6 +363,7 @@ impl<'p> Quantize<'p> {
             .map(|l| l.linear_ids().len())
             .sum::<usize>();
         let mut qwen3 = model.qwen3().clone();
+        let _mode = ComputeMode::set(self.compute);
         let run = parts.with_pipeline(self.progress, total, |pipeline| {
             Ok(quantize_model_with(
                 &mut qwen3,
@@ -356,6 +408,7 @@ impl<'p> Quantize<'p> {
         let parts = self.parts()?;
         let calib = self.calibration_set(&parts, &tok)?;
         let total = linear_count(&config);
+        let mode = ComputeMode::set(self.compute);
         let (qwen3, run) = parts.with_pipeline(self.progress, total, |pipeline| {
             Ok(quantize_checkpoint_with(
                 &ckpt,
@@ -364,7 +417,13 @@ impl<'p> Quantize<'p> {
                 &self.driver_options(),
             )?)
         })?;
+        drop(mode);
         self.finish(Model::from_parts(qwen3, tok, dir), run, &parts)
+    }
+
+    /// How the quantization computed (see [`Quantize::compute`]).
+    pub fn compute_mode(&self) -> Compute {
+        self.compute
     }
 
     fn driver_options(&self) -> DriverOptions {
@@ -435,6 +494,7 @@ fn linear_count(c: &ModelConfig) -> usize {
 
 /// The owned transforms and quantizer of a job.
 struct Parts {
+    rotation: Option<qwen3_quant_rotate::Hadamard>,
     transforms: Vec<Box<dyn LayerTransform>>,
     quantizer: Box<dyn Quantizer>,
 }
@@ -442,13 +502,16 @@ struct Parts {
 impl Parts {
     fn new(transforms: Vec<Box<dyn LayerTransform>>, quantizer: Box<dyn Quantizer>) -> Self {
         Parts {
+            rotation: None,
             transforms,
             quantizer,
         }
     }
 
     fn name(&self) -> String {
-        let mut v: Vec<&str> = self.transforms.iter().map(|t| t.name()).collect();
+        use qwen3_quant_core::ResidualRotation;
+        let mut v: Vec<&str> = self.rotation.iter().map(|r| r.name()).collect();
+        v.extend(self.transforms.iter().map(|t| t.name()));
         v.push(self.quantizer.name());
         v.join("+")
     }
@@ -475,7 +538,10 @@ impl Parts {
             total: Some(total as u64),
         });
         let refs: Vec<&dyn LayerTransform> = self.transforms.iter().map(|t| t.as_ref()).collect();
-        let pipeline = Pipeline::new(&reporting).with_transforms(&refs);
+        let mut pipeline = Pipeline::new(&reporting).with_transforms(&refs);
+        if let Some(r) = &self.rotation {
+            pipeline = pipeline.with_rotation(r);
+        }
         let out = f(&pipeline)?;
         sink.on_event(&ProgressEvent {
             stage: Stage::Quantize,
@@ -662,5 +728,21 @@ impl QuantizedModel {
     /// The directory of the source model.
     pub fn source_dir(&self) -> PathBuf {
         self.model.dir().to_path_buf()
+    }
+}
+
+/// Sets the kernels' compute mode for a scope and puts f32 back when dropped (errors included).
+struct ComputeMode;
+
+impl ComputeMode {
+    fn set(c: Compute) -> Self {
+        qwen3_quant_kernels::dense::set_compute(c);
+        ComputeMode
+    }
+}
+
+impl Drop for ComputeMode {
+    fn drop(&mut self) {
+        qwen3_quant_kernels::dense::set_compute(Compute::F32);
     }
 }

@@ -71,6 +71,9 @@ pub struct SweepOptions {
     pub shard: Option<Shard>,
     /// Keep quantized weights packed (evaluated on the low-bit kernels).
     pub packed: bool,
+    /// The arithmetic of the AWQ cells' search ([`crate::Quantize::compute`]); every other
+    /// method, and every evaluation, runs in f32.
+    pub search_compute: crate::Compute,
 }
 
 impl SweepOptions {
@@ -85,6 +88,7 @@ impl SweepOptions {
             calibration: Calibration::c4(),
             shard: None,
             packed: false,
+            search_compute: crate::Compute::F32,
         }
     }
 
@@ -163,6 +167,9 @@ pub struct CellResult {
     pub quantize_seconds: Option<f64>,
     /// Seconds of evaluation.
     pub eval_seconds: f64,
+    /// The arithmetic of the search when it was not f32 (`"bf16"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_compute: Option<String>,
     /// What it was measured with.
     pub protocol: Protocol,
     /// Perplexities and accuracies.
@@ -303,6 +310,7 @@ fn run_cell(
         reference_bits: None,
         quantize_seconds: None,
         eval_seconds: 0.0,
+        search_compute: None,
         protocol: protocol.clone(),
         report: EvalReport::default(),
     };
@@ -314,8 +322,21 @@ fn run_cell(
     let (report, secs) = match cell.job(&opts.calibration) {
         None => evaluate(&Model::open(&opts.model)?)?,
         Some(job) => {
+            let searches = matches!(
+                cell.method,
+                SweepMethod::Awq | SweepMethod::AwqGptq | SweepMethod::AwqGptqMse
+            );
+            let compute = if searches {
+                opts.search_compute
+            } else {
+                crate::Compute::F32
+            };
+            if compute != crate::Compute::F32 {
+                result.search_compute = Some(format!("{compute:?}").to_lowercase());
+            }
             let q = job
                 .packed(opts.packed)
+                .compute(compute)
                 .progress(progress)
                 .run_dir(&opts.model)?;
             result.pipeline = Some(q.pipeline().to_string());

@@ -56,7 +56,7 @@ fn group_label(r: &CellResult) -> String {
 }
 
 /// The results as one Markdown table: method, bits (W/A), group, honest bits per weight, then
-/// every perplexity (3 decimals) and accuracy (percent).
+/// every perplexity (3 decimals) and accuracy (percent), and the seconds of quantization.
 ///
 /// ```
 /// let table = qwen3_quant::sweep::markdown_table(&[]);
@@ -68,8 +68,9 @@ pub fn markdown_table(results: &[CellResult]) -> String {
     for k in &keys {
         let _ = write!(s, " {} |", k.label());
     }
+    s.push_str(" quantize s |");
     s.push_str("\n|---|---:|---:|---|---:|");
-    s.push_str(&"---:|".repeat(keys.len()));
+    s.push_str(&"---:|".repeat(keys.len() + 1));
     s.push('\n');
     for r in results {
         let bits = if r.cell.method == SweepMethod::Fp {
@@ -93,6 +94,8 @@ pub fn markdown_table(results: &[CellResult]) -> String {
         for k in &keys {
             let _ = write!(s, " {} |", fmt_metric(k, r.report.metric(k)));
         }
+        let secs = r.quantize_seconds.map_or("–".into(), |t| format!("{t:.0}"));
+        let _ = write!(s, " {secs} |");
         s.push('\n');
     }
     s

@@ -163,6 +163,7 @@ impl LayerTransform for Awq {
         TransformNeeds {
             channel_stats: true,
             input_samples: self.config.clip.then_some(self.config.clip_samples),
+            block_losses: self.config.search_scales,
         }
     }
 

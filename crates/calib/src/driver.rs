@@ -18,12 +18,12 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use qwen3_quant_core::{
     Hessian, LayerTransform, LinearId, LinearInput, LinearKind, LinearStats, PackedWeight,
-    Propagation, QuantizedWeight, Quantizer, TransformNeeds, TransformRecord,
+    Propagation, QuantizedWeight, Quantizer, ResidualRotation, TransformNeeds, TransformRecord,
 };
 use qwen3_quant_io::Checkpoint;
 use qwen3_quant_model::layer::add_in_place;
 use qwen3_quant_model::{
-    DecoderLayer, FeedForward, LinearWeight, NoObserver, Qwen3Model, Rope, Site,
+    DecoderLayer, FeedForward, LinearWeight, NoObserver, Qwen3Model, Rope, Rotation, Site,
 };
 use serde::Serialize;
 
@@ -48,6 +48,7 @@ use crate::transform_ctx::{site_of, TransformContext};
 /// ```
 #[derive(Clone, Copy)]
 pub struct Pipeline<'a> {
+    rotation: Option<&'a dyn ResidualRotation>,
     transforms: &'a [&'a dyn LayerTransform],
     quantizer: Option<&'a dyn Quantizer>,
     propagation: Option<Propagation>,
@@ -66,6 +67,7 @@ impl<'a> Pipeline<'a> {
     /// A per-linear quantizer alone.
     pub fn new(quantizer: &'a dyn Quantizer) -> Self {
         Pipeline {
+            rotation: None,
             transforms: &[],
             quantizer: Some(quantizer),
             propagation: None,
@@ -76,6 +78,7 @@ impl<'a> Pipeline<'a> {
     /// to check that a transform is an exact equivalence, or to export it).
     pub fn transforms_only(transforms: &'a [&'a dyn LayerTransform]) -> Self {
         Pipeline {
+            rotation: None,
             transforms,
             quantizer: None,
             propagation: None,
@@ -88,6 +91,18 @@ impl<'a> Pipeline<'a> {
         self
     }
 
+    /// A rotation of the residual stream folded into the model before everything else (the
+    /// transforms and the quantizer then see the rotated weights).
+    pub fn with_rotation(mut self, rotation: &'a dyn ResidualRotation) -> Self {
+        self.rotation = Some(rotation);
+        self
+    }
+
+    /// The residual rotation, if any.
+    pub fn rotation(&self) -> Option<&'a dyn ResidualRotation> {
+        self.rotation
+    }
+
     /// Overrides which outputs feed the next layer (see [`Pipeline::propagation`]).
     pub fn with_propagation(mut self, propagation: Propagation) -> Self {
         self.propagation = Some(propagation);
@@ -96,7 +111,8 @@ impl<'a> Pipeline<'a> {
 
     /// `awq+rtn`-style name of the composition.
     pub fn name(&self) -> String {
-        let mut parts: Vec<&str> = self.transforms.iter().map(|t| t.name()).collect();
+        let mut parts: Vec<&str> = self.rotation.iter().map(|r| r.name()).collect();
+        parts.extend(self.transforms.iter().map(|t| t.name()));
         parts.extend(self.quantizer.map(|q| q.name()));
         parts.join("+")
     }
@@ -144,6 +160,7 @@ impl<'a> Pipeline<'a> {
                     (Some(x), Some(y)) => Some(x.max(y)),
                     (x, y) => x.or(y),
                 },
+                block_losses: a.block_losses || b.block_losses,
             })
     }
 }
@@ -628,6 +645,7 @@ impl Driver<'_> {
             FeedForward::Dense(_) => None,
         };
         let keep = self.propagation == Propagation::FullPrecision;
+        let keep_blocks = self.block_outputs_fit(h.cols());
         // The context borrows the tables while the driver keeps logging.
         let rope = self.rope.clone();
         let (mut ctx, out) = TransformContext::capture(
@@ -640,6 +658,7 @@ impl Driver<'_> {
             pipeline.transform_needs(),
             self.opts.expert_policy,
             keep,
+            keep_blocks,
         )?;
         if let Some(e) = n_experts {
             self.run.expert_tokens.push((li, ctx.expert_tokens(e)));
@@ -688,6 +707,17 @@ impl Driver<'_> {
             }
         }
         Ok(out)
+    }
+
+    /// Whether two more f32 `[tokens, hidden]` buffers (the blocks' outputs a transform's
+    /// scoring reuses instead of running the layer again) fit in half of the memory budget or
+    /// of the memory available now.
+    fn block_outputs_fit(&self, hidden: usize) -> bool {
+        let bytes = 2 * self.n_seq * self.seq * hidden * 4;
+        self.opts
+            .memory_budget
+            .or_else(available_memory_bytes)
+            .is_none_or(|avail| (bytes as u64) <= avail / 2)
     }
 
     fn annotate(&mut self, r: &TransformRecord) {
@@ -873,6 +903,25 @@ fn run_layers(
         transforms: Vec::new(),
     };
     let propagation = pipeline.propagation();
+    let rotation = match pipeline.rotation() {
+        Some(rot) => {
+            let d = model.config.hidden_size;
+            let r = Rotation::new(d, rot.matrix(d)?)?;
+            model.rotate_ends(&r)?;
+            Some(r)
+        }
+        None => None,
+    };
+    // Fetches layer `li` if needed and moves it to the rotated basis.
+    let mut prepare = |model: &mut Qwen3Model, li: usize| -> Result<()> {
+        if li >= model.layers.len() {
+            fetch(model, li)?;
+        }
+        if let Some(r) = &rotation {
+            model.layers[li].fold_norms_and_rotate(r)?;
+        }
+        Ok(())
+    };
 
     if !needs_data {
         let mut d = Driver {
@@ -887,9 +936,7 @@ fn run_layers(
             pb,
         };
         for li in 0..n_layers {
-            if li >= model.layers.len() {
-                fetch(model, li)?;
-            }
+            prepare(model, li)?;
             let layer = &mut model.layers[li];
             let ids = layer.linear_ids();
             if quantize {
@@ -933,9 +980,7 @@ fn run_layers(
     );
     let true_seq = method.true_sequential() && propagation == Propagation::Quantized;
     for li in 0..n_layers {
-        if li >= model.layers.len() {
-            fetch(model, li)?;
-        }
+        prepare(model, li)?;
         let layer = &mut model.layers[li];
         let fp_out = d.transform_stage(pipeline, layer, &h)?;
         if !quantize {

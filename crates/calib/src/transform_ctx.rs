@@ -12,7 +12,7 @@ use qwen3_quant_core::{
 use qwen3_quant_model::{DecoderLayer, LinearOverrides, LinearWeight, Observer, Rope, Site};
 use rayon::prelude::*;
 
-use crate::activations::ActivationStore;
+use crate::activations::{ActivationDtype, ActivationStore};
 use crate::driver::ExpertPolicy;
 use crate::error::{CalibError, Result};
 
@@ -123,7 +123,36 @@ struct Capture {
     stats: HashMap<Site, ChannelStats>,
     samples: HashMap<Site, Sampler>,
     tokens: HashMap<Site, usize>,
+    /// First row of the chunk being run (where block outputs go in `kept`).
+    row0: usize,
+    kept: Option<KeptOutputs>,
     error: Option<CalibError>,
+}
+
+/// What the capture pass keeps so that scoring needs no second forward of the layer: the
+/// attention and feed-forward blocks' full-precision outputs for every calibration token, and
+/// the Gram matrices of the down_proj inputs (dense and per expert), with their row counts.
+struct KeptOutputs {
+    attn_out: ActivationStore,
+    ffn_out: ActivationStore,
+    grams: HashMap<Site, (Hessian, usize)>,
+}
+
+impl KeptOutputs {
+    /// Whether a sweep over `block` can run on traces rebuilt from the kept outputs: whole
+    /// blocks always; a single linear when its input's Gram matrix was kept or its input is a
+    /// norm of the layer input (q/k/v, gate/up) or an expert's (recomputed from the routing).
+    fn serves(&self, block: ScoredBlock) -> bool {
+        match block {
+            ScoredBlock::Attention | ScoredBlock::FeedForward => true,
+            ScoredBlock::Linear(id) => {
+                self.grams.contains_key(&site_of(&id))
+                    || id.expert.is_some()
+                    || !matches!(id.kind, LinearKind::O | LinearKind::Down)
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Observer for Capture {
@@ -131,8 +160,44 @@ impl Observer for Capture {
         layer == self.layer && self.error.is_none() && (self.all_experts || !site.is_all_experts())
     }
 
+    fn wants_block_outputs(&self, layer: usize) -> bool {
+        layer == self.layer && self.error.is_none() && self.kept.is_some()
+    }
+
+    fn observe_block_output(
+        &mut self,
+        _layer: usize,
+        block: ScoredBlock,
+        y: &[f32],
+        _rows: usize,
+        _cols: usize,
+    ) {
+        if let Some(k) = self.kept.as_mut() {
+            match block {
+                ScoredBlock::Attention => k.attn_out.set_rows(self.row0, y),
+                ScoredBlock::FeedForward => k.ffn_out.set_rows(self.row0, y),
+                _ => {}
+            }
+        }
+    }
+
     fn observe(&mut self, _layer: usize, site: Site, x: &[f32], rows: usize, cols: usize) {
         *self.tokens.entry(site).or_default() += rows;
+        if let Some(k) = self.kept.as_mut() {
+            if matches!(site, Site::DownInput | Site::ExpertDownInput(_)) && rows > 0 {
+                let (g, n) = k
+                    .grams
+                    .entry(site)
+                    .or_insert_with(|| (Hessian::new(cols), 0));
+                *n += rows;
+                if let Err(source) = g.accumulate(x, rows) {
+                    self.error = Some(CalibError::Stats {
+                        site: format!("layer {} {site:?}", self.layer),
+                        source,
+                    });
+                }
+            }
+        }
         if self.needs.channel_stats {
             let st = self
                 .stats
@@ -171,6 +236,8 @@ pub(crate) struct TransformContext<'a> {
     stats: HashMap<Site, ChannelStats>,
     samples: HashMap<Site, Sampler>,
     tokens: HashMap<Site, usize>,
+    /// Outputs kept from the capture, valid until a scale is folded or a weight replaced.
+    kept: Option<KeptOutputs>,
 }
 
 fn ctx_err(e: impl std::fmt::Display) -> MethodError {
@@ -181,6 +248,8 @@ impl<'a> TransformContext<'a> {
     /// Runs `layer` in full precision over all of `input` (`n_seq` sequences of `seq` tokens),
     /// collecting what `needs` asks for. Returns the context and, if `keep_output`, the layer's
     /// full-precision outputs (the next layer's inputs under full-precision propagation).
+    /// With `keep_blocks` (the caller checked that two more `[tokens, hidden]` f32 buffers fit
+    /// in memory) the blocks' outputs are kept for the scoring sweeps.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn capture(
         layer: &'a mut DecoderLayer,
@@ -192,7 +261,16 @@ impl<'a> TransformContext<'a> {
         needs: TransformNeeds,
         expert_policy: ExpertPolicy,
         keep_output: bool,
+        keep_blocks: bool,
     ) -> Result<(Self, Option<ActivationStore>)> {
+        let rows = n_seq * seq;
+        let hidden = input.cols();
+        let store = || ActivationStore::new(vec![0.0; rows * hidden], hidden, ActivationDtype::F32);
+        let kept = (keep_blocks && needs.block_losses).then(|| KeptOutputs {
+            attn_out: store(),
+            ffn_out: store(),
+            grams: HashMap::new(),
+        });
         let mut cap = Capture {
             layer: layer.index,
             needs,
@@ -201,6 +279,8 @@ impl<'a> TransformContext<'a> {
             stats: HashMap::new(),
             samples: HashMap::new(),
             tokens: HashMap::new(),
+            row0: 0,
+            kept,
             error: None,
         };
         let mut out = keep_output.then(|| input.clone());
@@ -208,6 +288,7 @@ impl<'a> TransformContext<'a> {
         for s0 in (0..n_seq).step_by(cs) {
             let s1 = (s0 + cs).min(n_seq);
             let mut x = input.rows(s0 * seq, s1 * seq);
+            cap.row0 = s0 * seq;
             layer.forward(&mut x, s1 - s0, seq, rope, &mut cap)?;
             if let Some(e) = cap.error.take() {
                 return Err(e);
@@ -228,6 +309,7 @@ impl<'a> TransformContext<'a> {
                 stats: cap.stats,
                 samples: cap.samples,
                 tokens: cap.tokens,
+                kept: cap.kept,
             },
             out,
         ))
@@ -316,10 +398,20 @@ impl<'a> TransformContext<'a> {
         let mut counts = vec![0usize; requests.len()];
         // A block that is one linear is scored through its input's Gram matrix (see
         // `gram_losses`): no candidate product over the calibration tokens at all.
+        // Traces rebuilt from the capture's block outputs when they serve every request (no
+        // forward of the layer); a Gram matrix kept by the capture is used as it is.
+        let kept = self
+            .kept
+            .as_ref()
+            .filter(|k| requests.iter().all(|r| k.serves(r.block)));
+        let kept_gram = |block: ScoredBlock| match (kept, block) {
+            (Some(k), ScoredBlock::Linear(id)) => k.grams.get(&site_of(&id)),
+            _ => None,
+        };
         let mut grams: Vec<Option<(Hessian, usize)>> = requests
             .iter()
             .map(|r| match r.block {
-                ScoredBlock::Linear(id) => layer
+                ScoredBlock::Linear(id) if kept_gram(r.block).is_none() => layer
                     .linear(id.kind, id.expert)
                     .map(|w| (Hessian::new(w.in_features()), w.out_features())),
                 _ => None,
@@ -327,11 +419,22 @@ impl<'a> TransformContext<'a> {
             .collect();
         for (s0, s1) in self.chunks() {
             let b = s1 - s0;
-            let h = self.input.rows(s0 * self.seq, s1 * self.seq);
-            let trace = layer.trace(&h, b, self.seq, self.rope).map_err(ctx_err)?;
+            let (r0, r1) = (s0 * self.seq, s1 * self.seq);
+            let h = self.input.rows(r0, r1);
+            let trace = match kept {
+                Some(k) => layer.trace_from_block_outputs(
+                    &h,
+                    b,
+                    self.seq,
+                    k.attn_out.rows(r0, r1),
+                    k.ffn_out.rows(r0, r1),
+                ),
+                None => layer.trace(&h, b, self.seq, self.rope),
+            }
+            .map_err(ctx_err)?;
             drop(h);
             for (k, r) in requests.iter().enumerate() {
-                if cands[k].is_empty() {
+                if cands[k].is_empty() || kept_gram(r.block).is_some() {
                     continue;
                 }
                 let bi = layer.trace_input(&trace, r.block).map_err(ctx_err)?;
@@ -353,7 +456,16 @@ impl<'a> TransformContext<'a> {
             }
         }
         for (k, g) in grams.iter().enumerate() {
-            if let (Some((g, _)), ScoredBlock::Linear(id)) = (g, requests[k].block) {
+            let ScoredBlock::Linear(id) = requests[k].block else {
+                continue;
+            };
+            if let Some((g, _)) = g {
+                losses[k] = self.gram_losses(id, g, &cands[k])?;
+            } else if let Some((g, rows)) = kept_gram(requests[k].block) {
+                let out = layer
+                    .linear(id.kind, id.expert)
+                    .map_or(0, |w| w.out_features());
+                counts[k] = rows * out;
                 losses[k] = self.gram_losses(id, g, &cands[k])?;
             }
         }
@@ -536,6 +648,9 @@ impl LayerContext for TransformContext<'_> {
             });
         }
         self.layer.fold_scale(pair.producer, s).map_err(ctx_err)?;
+        // Exact up to rounding for the block outputs, but the Gram matrices change: rescore
+        // from fresh traces.
+        self.kept = None;
         let expanded = pair.expand(s);
         match pair.producer {
             ScaleProducer::PostAttentionNorm => {
@@ -574,6 +689,7 @@ impl LayerContext for TransformContext<'_> {
         qwen3_quant_core::method::check_weight(&weight, out, inp).map_err(|e| e.with_id(id))?;
         let w = LinearWeight::dense(out, inp, weight).map_err(ctx_err)?;
         self.layer.replace_linear(&id, w).map_err(ctx_err)?;
+        self.kept = None;
         Ok(())
     }
 }
@@ -648,6 +764,7 @@ mod tests {
                 TransformNeeds::default(),
                 ExpertPolicy::default(),
                 false,
+                false,
             )
             .unwrap();
             let cur = ctx.layer.linear(id.kind, id.expert).unwrap();
@@ -705,5 +822,130 @@ mod tests {
             checked += 1;
         }
         assert!(checked >= 3, "the dense model and at least two experts");
+    }
+
+    /// Scoring on traces rebuilt from the capture's block outputs (and its Gram matrices) gives
+    /// the losses a fresh forward of the layer gives, for whole blocks and single linears, on
+    /// the dense and the MoE model; a folded scale drops what was kept.
+    #[test]
+    fn kept_block_outputs_score_like_fresh_traces() {
+        for dir in ["qwen3-micro", "qwen3-moe-micro"] {
+            let Some(path) = qwen3_quant_io::assets::require(&format!("models/{dir}")) else {
+                return;
+            };
+            let model = qwen3_quant_model::Qwen3Model::load(path).unwrap();
+            let (n_seq, seq) = (3, 48);
+            let ids: Vec<u32> = (0..n_seq * seq)
+                .map(|i| ((i * 7919 + 11) % 8000) as u32)
+                .collect();
+            let rope = model.rope(seq);
+            let hidden = model.config.hidden_size;
+            let input = ActivationStore::new(
+                model.embed(&ids).unwrap(),
+                hidden,
+                crate::ActivationDtype::F32,
+            );
+            let needs = TransformNeeds {
+                block_losses: true,
+                ..TransformNeeds::default()
+            };
+            let scored = |keep: bool| {
+                let mut layer = model.layers[1].clone();
+                let (ctx, out) = TransformContext::capture(
+                    &mut layer,
+                    &input,
+                    &rope,
+                    n_seq,
+                    seq,
+                    2,
+                    needs,
+                    ExpertPolicy::default(),
+                    true,
+                    keep,
+                )
+                .unwrap();
+                assert_eq!(ctx.kept.is_some(), keep);
+                // v -> o is scored on o_proj's input, which is not kept (GQA: AWQ skips it).
+                let pairs: Vec<ScalePair> = ctx
+                    .layer
+                    .scale_pairs()
+                    .into_iter()
+                    .filter(
+                        |p| !matches!(p.block, ScoredBlock::Linear(id) if id.kind == LinearKind::O),
+                    )
+                    .collect();
+                // Every pair's consumers nudged by a candidate-dependent amount.
+                let fns: Vec<Box<qwen3_quant_core::CandidateFn<'_>>> = pairs
+                    .iter()
+                    .map(|p| {
+                        let ws: Vec<(LinearId, Vec<f32>)> = p
+                            .consumers
+                            .iter()
+                            .map(|&id| {
+                                (id, ctx.layer.linear(id.kind, id.expert).unwrap().to_dense())
+                            })
+                            .collect();
+                        Box::new(move |k: usize| {
+                            Ok(ws
+                                .iter()
+                                .map(|(id, w)| {
+                                    let v = w.iter().enumerate().map(|(i, x)| {
+                                        x * (1.0 + 0.02 * k as f32 * ((i % 7) as f32 - 3.0))
+                                    });
+                                    (*id, v.collect())
+                                })
+                                .collect())
+                        }) as Box<qwen3_quant_core::CandidateFn<'_>>
+                    })
+                    .collect();
+                let requests: Vec<LossRequest<'_>> = pairs
+                    .iter()
+                    .zip(&fns)
+                    .map(|(p, f)| LossRequest {
+                        block: p.block,
+                        n: 3,
+                        candidate: f.as_ref(),
+                    })
+                    .collect();
+                if let Some(k) = &ctx.kept {
+                    assert!(requests.iter().all(|r| k.serves(r.block)));
+                    assert!(!k.serves(ScoredBlock::Linear(LinearId {
+                        layer: 1,
+                        kind: LinearKind::O,
+                        expert: None
+                    })));
+                }
+                let cands: Vec<_> = requests
+                    .iter()
+                    .map(|r| ctx.candidates(r, 0, r.n, None).unwrap())
+                    .collect();
+                let losses = ctx.sweep(&requests, &cands).unwrap();
+                (losses, out.unwrap().rows(0, n_seq * seq))
+            };
+            let (fresh, out_fresh) = scored(false);
+            let (kept, out_kept) = scored(true);
+            assert_eq!(fresh.len(), kept.len());
+            let mut compared = 0;
+            for (f, k) in fresh.iter().zip(&kept) {
+                for (a, b) in f.iter().zip(k) {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * a.abs().max(1e-12),
+                        "{dir}: fresh {f:?} kept {k:?}"
+                    );
+                    compared += usize::from(*a > 0.0);
+                }
+            }
+            assert!(
+                compared >= 2 * fresh.len(),
+                "{dir}: candidates with an error"
+            );
+            // The layer outputs handed to the next layer are those of the fused forward.
+            let worst = out_fresh
+                .iter()
+                .zip(&out_kept)
+                .map(|(a, b)| (a - b).abs() / a.abs().max(1.0))
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-5, "{dir}: outputs differ by {worst}");
+        }
     }
 }

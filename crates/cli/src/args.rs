@@ -128,14 +128,24 @@ pub enum FormatArg {
     CompressedTensors,
 }
 
+impl QuantizeArgs {
+    /// `--method` (GPTQ when only `--recipe` names it).
+    pub fn method(&self) -> MethodArg {
+        self.method.unwrap_or(MethodArg::Gptq)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct QuantizeArgs {
     /// Model directory.
     #[arg(long)]
     pub model: PathBuf,
-    /// Quantization method.
-    #[arg(long, value_enum)]
-    pub method: MethodArg,
+    /// Quantization method (implied by --recipe).
+    #[arg(long, value_enum, required_unless_present = "recipe")]
+    pub method: Option<MethodArg>,
+    /// A named combination of options: `best` = GPTQ with act-order, static groups, the --mse range search and --damp 0.05 (docs/beyond-the-study.md).
+    #[arg(long)]
+    pub recipe: Option<String>,
     /// Weight bits.
     #[arg(long, default_value_t = 4)]
     pub bits: u8,
@@ -194,9 +204,18 @@ pub struct QuantizeArgs {
     /// Hold the calibration activations in bf16 (half the memory) instead of f32.
     #[arg(long)]
     pub bf16_activations: bool,
-    /// RTN: search a clipping range per group/channel minimising the 2.4-norm error (GPTQ's grid).
+    /// RTN and GPTQ: search a clipping range per group/channel minimising the 2.4-norm rounding error (GPTQ's mse grid).
     #[arg(long)]
     pub mse: bool,
+    /// GPTQ: the --mse range search with each column's error weighted by the Hessian diagonal (implies --mse).
+    #[arg(long)]
+    pub mse_hessian: bool,
+    /// Rotate the residual stream with a randomized Hadamard matrix folded into the weights before quantizing (QuaRot style; exact in full precision, no run-time cost).
+    #[arg(long)]
+    pub rotate: bool,
+    /// Seed of --rotate's random signs.
+    #[arg(long, default_value_t = 0)]
+    pub rotate_seed: u64,
     /// AWQ: scale grid size (ratios i/N, i < N).
     #[arg(long, default_value_t = 20)]
     pub awq_grid: usize,
@@ -347,10 +366,10 @@ pub struct SweepArgs {
     /// Full-precision model directory (not with --merge).
     #[arg(long, required_unless_present = "merge")]
     pub model: Option<PathBuf>,
-    /// Grid: paper (the study's: RTN, GPTQ, AWQ at w8/w4/w3/w2 x g128/per-channel; SmoothQuant W8A8/W4A8/W4A4; BiLLM) or extended (adds AWQ then GPTQ).
+    /// Grid: paper (the study's: RTN, GPTQ, AWQ at w8/w4/w3/w2 x g128/per-channel; SmoothQuant W8A8/W4A8/W4A4; BiLLM), extended (adds AWQ then GPTQ) or beyond (RTN/GPTQ/AWQ at w4/w3/w2 g128 next to the combinations of docs/beyond-the-study.md).
     #[arg(long, default_value = "paper")]
     pub grid: String,
-    /// Only these methods: rtn, gptq, awq, awqgptq, smoothquant, billm (comma-separated).
+    /// Only these methods: rtn, gptq, awq, awqgptq, smoothquant, billm, gptqmse, awqgptqmse, hadgptq, hadgptqmse (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub methods: Vec<String>,
     /// Only these weight bit widths (comma-separated).
@@ -404,6 +423,9 @@ pub struct SweepArgs {
     /// Keep quantized weights packed (evaluated on the low-bit kernels).
     #[arg(long)]
     pub packed: bool,
+    /// Arithmetic of the AWQ cells' search: f32 (exact) or bf16 (about 1.7x faster); other methods and all evaluation stay f32.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub compute: ComputeArg,
     /// Folder with the evaluation and calibration data (default: found automatically).
     #[arg(long, env = "QWEN3_QUANT_DATA")]
     pub data_dir: Option<PathBuf>,

@@ -9,6 +9,8 @@ use qwen3_quant_rtn::{MseSearch, Rtn, RtnConfig};
 use qwen3_quant_smoothquant::{weight_quantizer, SmoothQuant, SmoothQuantConfig};
 
 use qwen3_quant_billm::{Billm, BillmConfig, SalientMetric};
+use qwen3_quant_core::ResidualRotation;
+use qwen3_quant_rotate::Hadamard;
 
 use crate::args::{AwqThenArg, MethodArg, QuantizeArgs, SalientMetricArg};
 
@@ -18,6 +20,8 @@ pub struct Plan {
     pub quantizer: Box<dyn Quantizer>,
     /// The candidate search the transforms run (for the cost projection).
     pub search: Option<SearchCost>,
+    /// A residual rotation folded in before everything (`--rotate`).
+    pub rotation: Option<Hadamard>,
 }
 
 impl Plan {
@@ -28,12 +32,17 @@ impl Plan {
 
     /// The pipeline over `refs` (from [`Plan::transform_refs`]).
     pub fn pipeline<'a>(&'a self, refs: &'a [&'a dyn LayerTransform]) -> Pipeline<'a> {
-        Pipeline::new(self.quantizer.as_ref()).with_transforms(refs)
+        let p = Pipeline::new(self.quantizer.as_ref()).with_transforms(refs);
+        match &self.rotation {
+            Some(r) => p.with_rotation(r),
+            None => p,
+        }
     }
 
     /// `awq+rtn`-style name.
     pub fn name(&self) -> String {
-        let mut parts: Vec<&str> = self.transforms.iter().map(|t| t.name()).collect();
+        let mut parts: Vec<&str> = self.rotation.iter().map(|r| r.name()).collect();
+        parts.extend(self.transforms.iter().map(|t| t.name()));
         parts.push(self.quantizer.name());
         parts.join("+")
     }
@@ -56,19 +65,28 @@ fn gptq_config(a: &QuantizeArgs, bits: Bits) -> GptqConfig {
         true_sequential: !a.no_true_sequential,
         percdamp: a.damp,
         static_groups: a.static_groups,
+        mse: (a.mse || a.mse_hessian).then(MseSearch::default),
+        mse_hessian_weighted: a.mse_hessian,
         ..GptqConfig::default()
     }
 }
 
-/// Builds the plan for `--method`.
+/// Builds the plan for `--method`, with `--rotate`'s rotation in front.
 pub fn build_plan(a: &QuantizeArgs) -> anyhow::Result<Plan> {
+    let mut plan = method_plan(a)?;
+    plan.rotation = a.rotate.then(|| Hadamard::new(a.rotate_seed));
+    Ok(plan)
+}
+
+fn method_plan(a: &QuantizeArgs) -> anyhow::Result<Plan> {
     let bits = Bits::new(a.bits)?;
     let plain = |quantizer: Box<dyn Quantizer>| Plan {
         transforms: Vec::new(),
         quantizer,
         search: None,
+        rotation: None,
     };
-    match a.method {
+    match a.method() {
         MethodArg::Rtn => {
             // The reference protocol: per-group RTN uses the group's own min/max (llm-awq),
             // per-channel RTN the GPTQ quantizer (range widened to include 0). Symmetric only
@@ -121,6 +139,7 @@ pub fn build_plan(a: &QuantizeArgs) -> anyhow::Result<Plan> {
                 transforms: vec![Box::new(awq)],
                 quantizer,
                 search: Some(search),
+                rotation: None,
             })
         }
         MethodArg::Smoothquant => {
@@ -136,6 +155,7 @@ pub fn build_plan(a: &QuantizeArgs) -> anyhow::Result<Plan> {
                 transforms: vec![Box::new(SmoothQuant::new(cfg)?)],
                 quantizer,
                 search: None,
+                rotation: None,
             })
         }
         MethodArg::Billm => Ok(plain(Box::new(Billm::new(billm_config(a)?)?))),

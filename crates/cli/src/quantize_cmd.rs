@@ -11,7 +11,7 @@ use qwen3_quant_io::Checkpoint;
 use qwen3_quant_model::{ActExecution, Qwen3Model, Tokenizer};
 use serde_json::{json, Value};
 
-use crate::args::{ActExecArg, ComputeArg, QuantizeArgs};
+use crate::args::{ActExecArg, ComputeArg, MethodArg, QuantizeArgs};
 use crate::calib_source::calibration_set;
 use crate::eval_cmd::{data_dir, ppl_of};
 use crate::output::print_json;
@@ -32,7 +32,35 @@ fn parse_eval_spec(spec: &str) -> anyhow::Result<(String, Option<usize>)> {
     }
 }
 
-pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
+/// Fills in the options of `--recipe`: `best` is GPTQ with act-order, static groups, the range
+/// search of the group parameters and dampening 0.05 (`GptqConfig::recipe_best`, the best 2- and
+/// 3-bit combination measured in docs/beyond-the-study.md); the recipe's settings replace
+/// `--damp`, `--static-groups` and `--mse`.
+fn apply_recipe(a: &mut QuantizeArgs) -> anyhow::Result<()> {
+    let Some(name) = a.recipe.as_deref() else {
+        return Ok(());
+    };
+    match name {
+        "best" => {
+            if a.method.is_some_and(|m| m != MethodArg::Gptq) {
+                bail!("--recipe best is GPTQ-based: leave out --method or pass --method gptq");
+            }
+            let r = qwen3_quant_gptq::GptqConfig::recipe_best();
+            a.method = Some(MethodArg::Gptq);
+            a.no_act_order = !r.act_order;
+            a.static_groups = r.static_groups;
+            a.damp = r.percdamp;
+            a.no_true_sequential = !r.true_sequential;
+            a.mse = r.mse.is_some();
+            a.mse_hessian = r.mse_hessian_weighted;
+            Ok(())
+        }
+        other => bail!("unknown --recipe {other:?}: expected best"),
+    }
+}
+
+pub fn run(mut a: QuantizeArgs) -> anyhow::Result<()> {
+    apply_recipe(&mut a)?;
     if a.resume {
         bail!("--resume needs per-layer checkpoints, which this build does not write yet");
     }
@@ -154,8 +182,9 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         expert_tokens.insert(layer.to_string(), counts.clone());
     }
     let report = json!({
-        "method": format!("{:?}", a.method).to_lowercase(),
+        "method": format!("{:?}", a.method()).to_lowercase(),
         "pipeline": plan.name(),
+        "recipe": a.recipe,
         "compute": format!("{:?}", a.compute).to_lowercase(),
         "bits": a.bits,
         "act_bits": a.act_bits,

@@ -23,7 +23,7 @@ pub fn check_args(a: &QuantizeArgs) -> anyhow::Result<()> {
     if a.out.is_none() {
         return Ok(());
     }
-    let act_order = a.method == MethodArg::Gptq && !a.no_act_order;
+    let act_order = a.method() == MethodArg::Gptq && !a.no_act_order;
     match a.format {
         FormatArg::Awq => {
             anyhow::ensure!(
@@ -39,13 +39,13 @@ pub fn check_args(a: &QuantizeArgs) -> anyhow::Result<()> {
                 "--format awq has no act-order: add --no-act-order, or use --format gptq"
             );
             anyhow::ensure!(
-                a.method != MethodArg::Billm,
+                a.method() != MethodArg::Billm,
                 "--format awq cannot hold BiLLM binary weights (use native)"
             );
         }
         FormatArg::Gptq | FormatArg::CompressedTensors => {
             anyhow::ensure!(
-                a.method != MethodArg::Billm,
+                a.method() != MethodArg::Billm,
                 "--format {:?} cannot hold BiLLM binary weights (use native)",
                 a.format
             );
@@ -71,7 +71,7 @@ pub fn write_output(
     };
     let mut opts = WriteOptions::new(format_of(a.format));
     opts.meta = MethodMeta {
-        method: format!("{:?}", a.method).to_lowercase(),
+        method: format!("{:?}", a.method()).to_lowercase(),
         act_bits: a.act_bits,
         true_sequential: Some(!a.no_true_sequential),
         damp_percent: Some(f64::from(a.damp)),

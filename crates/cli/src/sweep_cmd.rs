@@ -20,7 +20,7 @@ fn grid_of(a: &SweepArgs) -> anyhow::Result<Grid> {
         .map(|m| {
             SweepMethod::parse(m).with_context(|| {
                 format!(
-                    "unknown method {m:?}: expected rtn, gptq, awq, awqgptq, smoothquant or billm"
+                    "unknown method {m:?}: expected rtn, gptq, awq, awqgptq, smoothquant, billm, gptqmse, awqgptqmse, hadgptq or hadgptqmse"
                 )
             })
         })
@@ -160,6 +160,10 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
         calibration: calibration_of(&a, &data),
         shard,
         packed: a.packed,
+        search_compute: match a.compute {
+            crate::args::ComputeArg::F32 => qwen3_quant::Compute::F32,
+            crate::args::ComputeArg::Bf16 => qwen3_quant::Compute::Bf16,
+        },
         ..SweepOptions::new(model, &a.out)
     };
     if !a.json {

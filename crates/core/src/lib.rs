@@ -36,11 +36,12 @@ pub use linear::{canonical_g_idx, QuantizedLinear};
 pub use method::{LinearInput, MethodError, Propagation, QuantOutcome, Quantizer, StatsRequest};
 pub use qwen3_quant_kernels::{BinaryParams, BinaryTable};
 pub use scheme::{
-    base_range, dequantize_code, fake_quantize, find_params, min_max, params_from_range,
-    quantize_code, round_half_even, Bits, GroupSize, QuantParams, QuantScheme, RangeConvention,
+    base_range, dequantize_code, fake_quantize, find_params, find_params_mse, min_max,
+    params_from_range, quantize_code, round_half_even, Bits, GroupSize, MseSearch, QuantParams,
+    QuantScheme, RangeConvention,
 };
 pub use stats::{ChannelStats, Hessian, LinearStats};
 pub use transform::{
-    CandidateFn, CandidateWeights, LayerContext, LayerTransform, LossRequest, ScalePair,
-    ScaleProducer, ScoredBlock, TransformNeeds, TransformRecord,
+    CandidateFn, CandidateWeights, LayerContext, LayerTransform, LossRequest, ResidualRotation,
+    ScalePair, ScaleProducer, ScoredBlock, TransformNeeds, TransformRecord,
 };

@@ -296,6 +296,101 @@ pub fn find_params(values: &[f32], scheme: &QuantScheme) -> QuantParams {
     params_from_range(xmin, xmax, scheme)
 }
 
+/// An error-minimising search of a group's range: GPTQ's `Quantizer(mse=True)`
+/// (reference-methods §2.1), in the spirit of llama.cpp's and HQQ's error-minimising scales.
+/// For `i in 0..int(max_shrink·grid)` the base range is shrunk by `p = 1 − i/grid` and the
+/// `(scale, zero)` with the smallest `Σ_j c_j·|fake_quant(x_j) − x_j|^norm` wins (strictly
+/// smaller; `c_j = 1`, or per-value weights such as the Hessian diagonal, see
+/// [`find_params_mse`]). `p = 1` is always a candidate, so the search is never worse than min/max
+/// on its own criterion.
+///
+/// With [`RangeConvention::Awq`] the same search shrinks llm-awq's raw `[min, max]` and applies
+/// its formulas (clamped scale and zero); the reference has no such combination.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MseSearch {
+    /// Grid resolution (`grid = 100`).
+    pub grid: usize,
+    /// Largest shrink fraction (`maxshrink = 0.8`); f64 so `int(max_shrink*grid)` matches Python.
+    pub max_shrink: f64,
+    /// Error exponent (`norm = 2.4`).
+    pub norm: f32,
+}
+
+impl Default for MseSearch {
+    /// The reference's values: grid 100, shrink up to 0.8, norm 2.4.
+    fn default() -> Self {
+        Self {
+            grid: 100,
+            max_shrink: 0.8,
+            norm: 2.4,
+        }
+    }
+}
+
+impl MseSearch {
+    /// Checks `grid > 0`, `max_shrink` in `(0, 1]` and a positive, finite `norm`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, reason| Err(Error::InvalidConfig { field, reason });
+        if self.grid == 0 {
+            return bad("mse.grid", "must be positive");
+        }
+        if !(self.max_shrink > 0.0 && self.max_shrink <= 1.0) {
+            return bad("mse.max_shrink", "must be in (0, 1]");
+        }
+        if !(self.norm.is_finite() && self.norm > 0.0) {
+            return bad("mse.norm", "must be positive and finite");
+        }
+        Ok(())
+    }
+}
+
+/// [`find_params`] refined by the range search `m` (see [`MseSearch`]); `weights` (one per
+/// value, e.g. the Hessian diagonal of the group's columns) scale each value's error.
+///
+/// ```
+/// use qwen3_quant_core::{find_params, find_params_mse, fake_quantize, Bits, GroupSize,
+///     MseSearch, QuantScheme, RangeConvention};
+/// let s = QuantScheme::new(Bits::new(3)?, GroupSize::group(8)?, false, RangeConvention::Gptq)?;
+/// // One outlier stretches the min/max grid; a shrunk range serves the other seven better.
+/// let x = [0.11, -0.12, 0.09, 0.05, -0.07, 0.1, -0.02, 1.0];
+/// let err = |p| x.iter().map(|&v| (v - fake_quantize(v, p, s.maxq())).powi(2)).sum::<f32>();
+/// let searched = find_params_mse(&x, &s, None, &MseSearch::default());
+/// assert!(err(searched) < err(find_params(&x, &s)));
+/// # Ok::<(), qwen3_quant_core::Error>(())
+/// ```
+pub fn find_params_mse(
+    values: &[f32],
+    scheme: &QuantScheme,
+    weights: Option<&[f32]>,
+    m: &MseSearch,
+) -> QuantParams {
+    let (xmin, xmax) = base_range(values, scheme);
+    let base = params_from_range(xmin, xmax, scheme);
+    let maxq = scheme.maxq();
+    let weights = weights.filter(|w| w.len() == values.len());
+    let steps = (m.max_shrink * m.grid as f64) as usize;
+    let mut best_err = f64::INFINITY;
+    let mut best = base;
+    for i in 0..steps {
+        let p = (1.0 - i as f64 / m.grid as f64) as f32;
+        let prm = params_from_range(p * xmin, p * xmax, scheme);
+        let e = |x: f32| ((fake_quantize(x, prm, maxq) - x).abs().powf(m.norm)) as f64;
+        let err: f64 = match weights {
+            Some(c) => values.iter().zip(c).map(|(&x, &c)| c as f64 * e(x)).sum(),
+            None => values.iter().map(|&x| e(x)).sum(),
+        };
+        // Strictly smaller: ties keep the wider range, a NaN error never wins.
+        if err < best_err {
+            best_err = err;
+            best = prm;
+        }
+    }
+    best
+}
+
 /// Integer code `clamp(round(x/scale) + zero, 0, maxq)`.
 #[inline]
 pub fn quantize_code(x: f32, params: QuantParams, maxq: u8) -> u8 {

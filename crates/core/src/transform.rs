@@ -203,6 +203,10 @@ pub struct TransformNeeds {
     pub channel_stats: bool,
     /// Keep a subsample of at most this many rows of every linear's inputs.
     pub input_samples: Option<usize>,
+    /// The transform scores candidates with [`LayerContext::block_losses`]: the context may keep
+    /// the blocks' full-precision outputs from its capture pass (memory permitting), so that a
+    /// scoring sweep does not run the layer again.
+    pub block_losses: bool,
 }
 
 /// One line of a transform's log: what it chose for a pair or a linear.
@@ -228,6 +232,21 @@ pub struct TransformRecord {
     pub fallback: Option<String>,
     /// Wall time of this search.
     pub seconds: f64,
+}
+
+/// An orthogonal rotation of the whole residual stream (QuaRot / SpinQuant style), folded into
+/// the model by the driver before its layer loop: the norms' weights go into the linears that
+/// read them, the embeddings and every reading linear are multiplied by `Q`, every writing
+/// linear by `Qᵀ`. An exact equivalence in full precision; it spreads outlier channels over all
+/// channels before quantization, with no run-time cost for weight-only models.
+pub trait ResidualRotation: Send + Sync {
+    /// Short name (`"hadamard"`).
+    fn name(&self) -> &'static str;
+    /// The `[d, d]` row-major orthogonal matrix for a residual stream of width `d`.
+    ///
+    /// # Errors
+    /// A width the rotation cannot be built for.
+    fn matrix(&self, d: usize) -> Result<Vec<f32>, MethodError>;
 }
 
 /// A layer-level equivalent transform (AWQ's scale + clip search, SmoothQuant's migration, …).

@@ -468,6 +468,13 @@ pub fn write_checkpoint(
         serde_json::from_str(&text)
             .map_err(|e| FormatError::Config(format!("{}: {e}", p.display())))?
     };
+    // A head of its own (e.g. untied by a residual rotation) is written as lm_head.weight, and
+    // loaders must not tie it back to the embeddings.
+    if model.lm_head.is_some() && !model.config.tie_word_embeddings {
+        if let Some(obj) = cfg_json.as_object_mut() {
+            obj.insert("tie_word_embeddings".into(), Value::Bool(false));
+        }
+    }
     let by_id: BTreeMap<LinearId, &QuantizedWeight> =
         quantized.iter().map(|(id, q)| (*id, q)).collect();
     let moe = model

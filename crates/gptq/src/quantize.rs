@@ -10,8 +10,8 @@ use rayon::prelude::*;
 
 use qwen3_quant_core::method::check_weight_and_hessian;
 use qwen3_quant_core::{
-    canonical_g_idx, dequantize_code, find_params, quantize_code, GroupSize, MethodError,
-    QuantParams, QuantScheme, QuantizedLinear, RangeConvention,
+    canonical_g_idx, dequantize_code, find_params, find_params_mse, quantize_code, GroupSize,
+    MethodError, MseSearch, QuantParams, QuantScheme, QuantizedLinear, RangeConvention,
 };
 
 use crate::config::GptqConfig;
@@ -54,6 +54,22 @@ struct Shared<'a> {
     scheme: QuantScheme,
     src: ParamSource<'a>,
     n_groups_out: usize,
+    /// The range search of dynamic groups, with its error weights in processing order.
+    search: Option<(MseSearch, Option<&'a [f32]>)>,
+}
+
+/// A group's parameters: min/max, or the range search with `weights` (the Hessian diagonal of
+/// the group's columns, when weighted).
+fn group_params(
+    values: &[f32],
+    scheme: &QuantScheme,
+    search: Option<&MseSearch>,
+    weights: Option<&[f32]>,
+) -> QuantParams {
+    match search {
+        None => find_params(values, scheme),
+        Some(m) => find_params_mse(values, scheme, weights, m),
+    }
 }
 
 /// Runs GPTQ on one `[out_features, in_features]` weight given its (normalised) Hessian
@@ -94,10 +110,13 @@ pub fn quantize_weight(
     let maxq = scheme.maxq();
     let n_groups = group.n_groups(n);
 
+    let search = config.mse.as_ref();
+    let raw_diag: Vec<f32> = (0..n).map(|i| hessian[i * n + i]).collect();
+    let weighted = config.mse_hessian_weighted;
     // Per-channel params first, on the original W (before dead columns are zeroed).
     let channel_params: Vec<QuantParams> = if config.group_size.is_none() {
         w.par_chunks(n)
-            .map(|row| find_params(row, &scheme))
+            .map(|row| group_params(row, &scheme, search, weighted.then_some(&raw_diag[..])))
             .collect()
     } else {
         Vec::new()
@@ -131,7 +150,12 @@ pub fn quantize_weight(
     let static_params: Vec<QuantParams> = match (config.static_groups, config.group_size) {
         (true, Some(gs)) => w0
             .par_chunks(n)
-            .flat_map_iter(|row| row.chunks(gs).map(|g| find_params(g, &scheme)))
+            .flat_map_iter(|row| {
+                row.chunks(gs).enumerate().map(|(g, vals)| {
+                    let c = &raw_diag[g * gs..g * gs + vals.len()];
+                    group_params(vals, &scheme, search, weighted.then_some(c))
+                })
+            })
             .collect(),
         _ => Vec::new(),
     };
@@ -192,7 +216,9 @@ pub fn quantize_weight(
     } else {
         ParamSource::Dynamic(config.group_size.unwrap_or(n))
     };
+    let diag_p: Vec<f32> = (0..n).map(|j| raw_diag[orig_col(j)]).collect();
     let sh = Shared {
+        search: search.map(|m| (*m, weighted.then_some(diag_p.as_slice()))),
         n,
         u: &factor.u,
         block: config.block_size.min(n),
@@ -390,7 +416,15 @@ fn run_chunk_impl(
                         let end = (col + gs).min(n);
                         for r in 0..rows {
                             // Reads W (state at the block start), not W1: as the reference.
-                            let p = find_params(&w[r * n + col..r * n + end], &sh.scheme);
+                            let p = match &sh.search {
+                                None => find_params(&w[r * n + col..r * n + end], &sh.scheme),
+                                Some((m, weights)) => find_params_mse(
+                                    &w[r * n + col..r * n + end],
+                                    &sh.scheme,
+                                    weights.map(|c| &c[col..end]),
+                                    m,
+                                ),
+                            };
                             params[r * ng + col / gs] = p;
                             scale[r] = p.scale;
                             zero[r] = p.zero;

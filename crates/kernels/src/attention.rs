@@ -218,7 +218,7 @@ mod fused {
         let (seq, hd) = (s.seq, s.head_dim);
         let row0 = b * seq;
         let (hu, su) = (hd.div_ceil(2), seq.div_ceil(2));
-        let mut units = vec![0u32; hd.max(KEY_CHUNK).div_ceil(2)];
+        let mut units = vec![0u32; hd.div_ceil(2)];
         let mut kp = vec![0u32; seq.div_ceil(NR) * hu * NR];
         for t in 0..seq {
             // SAFETY: the caller guarantees the features; `units` holds ⌈hd/2⌉ lanes.
@@ -263,8 +263,7 @@ mod fused {
                 // SAFETY: as documented for this function.
                 unsafe {
                     panel_bf16(
-                        s.scale, hd, i0, rows, &qa, &kp, &vp, su, &mut units, &mut pp, &mut sc,
-                        &mut acc,
+                        s.scale, hd, i0, rows, &qa, &kp, &vp, su, &mut pp, &mut sc, &mut acc,
                     );
                     for i in 0..rows {
                         let dst = out.add((row0 + i0 + i) * out_rs + h * hd);
@@ -292,7 +291,6 @@ mod fused {
         kp: &[u32],
         vp: &[u32],
         su: usize,
-        units: &mut [u32],
         pp: &mut [u32],
         sc: &mut [f32],
         acc: &mut [f32],
@@ -321,17 +319,13 @@ mod fused {
                     );
                 }
             }
-            // SAFETY: AVX-512F is enabled for this function.
-            unsafe { online_softmax(scale, i0, rows, c0, kc, sc, &mut m, &mut l, acc, hd) };
-            // P as bf16 pairs of consecutive keys, [kc/2][MR] (odd tails paired with 0).
+            // P as bf16 pairs of consecutive keys, [kc/2][MR] (odd tails paired with 0),
+            // written by the softmax itself.
+            // SAFETY: the features are enabled for this function; `pp` holds ⌈KEY_CHUNK/2⌉·MR.
+            unsafe {
+                online_softmax_bf16(scale, i0, rows, c0, kc, sc, &mut m, &mut l, acc, hd, pp)
+            };
             let ku = kc.div_ceil(2);
-            for i in 0..MR {
-                // SAFETY: `units` holds ⌈KEY_CHUNK/2⌉ ≥ ⌈kc/2⌉ lanes.
-                unsafe { to_bf16_units(&sc[i * KEY_CHUNK..i * KEY_CHUNK + kc], units) };
-                for (u, &x) in units[..ku].iter().enumerate() {
-                    pp[u * MR + i] = x;
-                }
-            }
             for d0 in (0..hd).step_by(NR) {
                 // SAFETY: value panel d0/NR holds su·NR lanes, units c0/2..c0/2 + ku < su
                 // (c0 is even); columns masked to hd.
@@ -446,55 +440,150 @@ mod fused {
         acc: &mut [f32],
         hd: usize,
     ) {
-        let vscale = _mm512_set1_ps(scale);
-        for i in 0..MR {
-            let row = &mut sc[i * KEY_CHUNK..i * KEY_CHUNK + kc];
-            let visible = if i < rows {
-                (i0 + i + 1).saturating_sub(c0).min(kc)
-            } else {
-                0
-            };
-            if visible == 0 {
-                row.fill(0.0);
-                continue;
-            }
-            let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
-            let mut j = 0;
-            while j < visible {
-                let mask = lanes(visible - j);
-                // SAFETY: j + 16 lanes masked to the row.
-                let x = unsafe { _mm512_maskz_loadu_ps(mask, row[j..].as_ptr()) };
-                let x = _mm512_mul_ps(x, vscale);
-                vmax = _mm512_mask_max_ps(vmax, mask, vmax, x);
-                j += 16;
-            }
-            let new_m = m[i].max(_mm512_reduce_max_ps(vmax));
-            let alpha = if m[i] == f32::NEG_INFINITY {
-                0.0
-            } else {
-                (m[i] - new_m).exp()
-            };
-            m[i] = new_m;
-            let vm = _mm512_set1_ps(new_m);
-            let mut vsum = _mm512_setzero_ps();
-            let mut j = 0;
-            while j < kc {
-                let mask = lanes(visible.saturating_sub(j));
-                // SAFETY: loads masked to the visible part; stores masked to kc.
-                unsafe {
+        // SAFETY: as documented; the f32 variant writes no panel.
+        unsafe {
+            softmax_chunk::<false>(
+                scale,
+                i0,
+                rows,
+                c0,
+                kc,
+                sc,
+                m,
+                l,
+                acc,
+                hd,
+                std::ptr::null_mut(),
+            )
+        }
+    }
+
+    /// [`online_softmax`] that writes the exponentials straight into `P`'s bf16 panel `pp`
+    /// (`[⌈kc/2⌉][MR]` pairs of consecutive keys, rounded as `to_bf16_units`, 0 where not
+    /// visible) instead of back into `sc`: no second pass over the scores and no scalar
+    /// transposition (the scatter puts each row's 8 pairs of 16 keys in their panel lanes).
+    ///
+    /// # Safety
+    /// AVX-512F, AVX-512VL and AVX-512-BF16; as [`online_softmax`], and `pp` holds
+    /// `⌈kc/2⌉·MR` lanes.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bf16")]
+    unsafe fn online_softmax_bf16(
+        scale: f32,
+        i0: usize,
+        rows: usize,
+        c0: usize,
+        kc: usize,
+        sc: &mut [f32],
+        m: &mut [f32; MR],
+        l: &mut [f32; MR],
+        acc: &mut [f32],
+        hd: usize,
+        pp: &mut [u32],
+    ) {
+        assert!(pp.len() >= kc.div_ceil(2) * MR);
+        // SAFETY: as documented; `pp` is large enough (asserted).
+        unsafe {
+            softmax_chunk::<true>(scale, i0, rows, c0, kc, sc, m, l, acc, hd, pp.as_mut_ptr())
+        }
+    }
+
+    /// The body of both softmax variants (inlined into each, with its target features).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn softmax_chunk<const BF16: bool>(
+        scale: f32,
+        i0: usize,
+        rows: usize,
+        c0: usize,
+        kc: usize,
+        sc: &mut [f32],
+        m: &mut [f32; MR],
+        l: &mut [f32; MR],
+        acc: &mut [f32],
+        hd: usize,
+        pp: *mut u32,
+    ) {
+        // SAFETY: the callers are the two wrappers above, whose target features cover every
+        // intrinsic here; pointer extents as documented there.
+        unsafe {
+            let vscale = _mm512_set1_ps(scale);
+            // Panel lanes of one row's 8 consecutive key pairs.
+            let vidx = _mm256_setr_epi32(
+                0,
+                MR as i32,
+                2 * MR as i32,
+                3 * MR as i32,
+                4 * MR as i32,
+                5 * MR as i32,
+                6 * MR as i32,
+                7 * MR as i32,
+            );
+            for i in 0..MR {
+                let row = &mut sc[i * KEY_CHUNK..i * KEY_CHUNK + kc];
+                let visible = if i < rows {
+                    (i0 + i + 1).saturating_sub(c0).min(kc)
+                } else {
+                    0
+                };
+                if visible == 0 {
+                    if BF16 {
+                        // The caller's `pp` holds ⌈kc/2⌉·MR lanes.
+                        (0..kc.div_ceil(2)).for_each(|u| *pp.add(u * MR + i) = 0);
+                    } else {
+                        row.fill(0.0);
+                    }
+                    continue;
+                }
+                let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+                let mut j = 0;
+                while j < visible {
+                    let mask = lanes(visible - j);
+                    // j + 16 lanes masked to the row.
+                    let x = _mm512_maskz_loadu_ps(mask, row[j..].as_ptr());
+                    let x = _mm512_mul_ps(x, vscale);
+                    vmax = _mm512_mask_max_ps(vmax, mask, vmax, x);
+                    j += 16;
+                }
+                let new_m = m[i].max(_mm512_reduce_max_ps(vmax));
+                let alpha = if m[i] == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    (m[i] - new_m).exp()
+                };
+                m[i] = new_m;
+                let vm = _mm512_set1_ps(new_m);
+                let mut vsum = _mm512_setzero_ps();
+                let mut j = 0;
+                while j < kc {
+                    let mask = lanes(visible.saturating_sub(j));
+                    // Loads masked to the visible part; stores masked to kc (f32) or to the
+                    // ⌈(kc − j)/2⌉ ≤ 8 pairs from pair j/2 of the panel (bf16; j is even).
                     let x = _mm512_maskz_loadu_ps(mask, row[j..].as_ptr());
                     let e = exp16(_mm512_sub_ps(_mm512_mul_ps(x, vscale), vm));
                     let e = _mm512_maskz_mov_ps(mask, e);
                     vsum = _mm512_add_ps(vsum, e);
-                    _mm512_mask_storeu_ps(row[j..].as_mut_ptr(), lanes(kc - j), e);
+                    if BF16 {
+                        let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(e));
+                        let units = (kc - j).min(16).div_ceil(2);
+                        let k = ((1u32 << units) - 1) as __mmask8;
+                        _mm256_mask_i32scatter_epi32::<4>(
+                            pp.add((j / 2) * MR + i) as *mut i32,
+                            k,
+                            vidx,
+                            h,
+                        );
+                    } else {
+                        _mm512_mask_storeu_ps(row[j..].as_mut_ptr(), lanes(kc - j), e);
+                    }
+                    j += 16;
                 }
-                j += 16;
-            }
-            l[i] = l[i] * alpha + _mm512_reduce_add_ps(vsum);
-            if alpha != 1.0 {
-                acc[i * hd..(i + 1) * hd]
-                    .iter_mut()
-                    .for_each(|a| *a *= alpha);
+                l[i] = l[i] * alpha + _mm512_reduce_add_ps(vsum);
+                if alpha != 1.0 {
+                    acc[i * hd..(i + 1) * hd]
+                        .iter_mut()
+                        .for_each(|a| *a *= alpha);
+                }
             }
         }
     }

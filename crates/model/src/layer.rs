@@ -1,6 +1,6 @@
 //! One decoder layer, with its forward pass split into the stages the calibration driver needs.
 
-use qwen3_quant_core::{LinearId, LinearKind};
+use qwen3_quant_core::{LinearId, LinearKind, ScoredBlock};
 use rayon::prelude::*;
 
 use crate::attention::{add_bias, Attention, LayerKv};
@@ -159,8 +159,15 @@ impl DecoderLayer {
         if obs.wants(li, Site::OInput) {
             obs.observe(li, Site::OInput, &core, n, core.len() / n.max(1));
         }
-        add_product(&self.attn.o_proj, &core, n, h)?;
-        add_bias(h, self.attn.bias.o.as_deref());
+        let keep_outputs = obs.wants_block_outputs(li);
+        if keep_outputs {
+            let y = self.attn.output(&core, n)?;
+            obs.observe_block_output(li, ScoredBlock::Attention, &y, n, hidden);
+            add_in_place(h, &y);
+        } else {
+            add_product(&self.attn.o_proj, &core, n, h)?;
+            add_bias(h, self.attn.bias.o.as_deref());
+        }
         drop(core);
         let FeedForward::Dense(mlp) = &self.ffn else {
             let FeedForward::Moe(moe) = &self.ffn else {
@@ -171,6 +178,9 @@ impl DecoderLayer {
                 obs.observe(li, Site::MlpInput, &x, n, hidden);
             }
             let y = moe.forward(&x, n, li, obs)?;
+            if keep_outputs {
+                obs.observe_block_output(li, ScoredBlock::FeedForward, &y, n, hidden);
+            }
             add_in_place(h, &y);
             return Ok(());
         };
@@ -188,6 +198,12 @@ impl DecoderLayer {
         };
         if obs.wants(li, Site::DownInput) {
             obs.observe(li, Site::DownInput, &act, n, act.len() / n.max(1));
+        }
+        if keep_outputs {
+            let y = mlp.down.apply(&act, n)?;
+            obs.observe_block_output(li, ScoredBlock::FeedForward, &y, n, hidden);
+            add_in_place(h, &y);
+            return Ok(());
         }
         add_product(&mlp.down, &act, n, h)
     }

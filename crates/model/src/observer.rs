@@ -1,5 +1,7 @@
 //! Observation of linear inputs during a forward pass (how calibration collects statistics).
 
+use qwen3_quant_core::ScoredBlock;
+
 /// A place in a decoder layer where the input of one or more linears is visible.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Site {
@@ -38,6 +40,24 @@ pub trait Observer {
     }
     /// `x` is `[rows, cols]` row-major.
     fn observe(&mut self, layer: usize, site: Site, x: &[f32], rows: usize, cols: usize);
+    /// Whether the whole blocks' outputs of `layer` are of interest (see
+    /// [`Observer::observe_block_output`]); off by default, since the fused forward adds them
+    /// into the residual stream without materialising them.
+    fn wants_block_outputs(&self, _layer: usize) -> bool {
+        false
+    }
+    /// The output `y` (`[rows, cols]`) of a whole block, before the residual add:
+    /// [`ScoredBlock::Attention`] is `o_proj`'s output with its bias, [`ScoredBlock::FeedForward`]
+    /// the MLP's or the MoE block's.
+    fn observe_block_output(
+        &mut self,
+        _layer: usize,
+        _block: ScoredBlock,
+        _y: &[f32],
+        _rows: usize,
+        _cols: usize,
+    ) {
+    }
 }
 
 /// An observer that wants nothing.

@@ -82,11 +82,12 @@ pub struct LayerTrace {
     batch: usize,
     seq: usize,
     attn_in: Vec<f32>,
-    core: Vec<f32>,
+    /// The attention core (o_proj's input); `None` in a trace rebuilt from block outputs.
+    core: Option<Vec<f32>>,
     attn_out: Vec<f32>,
     mlp_in: Vec<f32>,
     ffn_out: Vec<f32>,
-    /// Dense layers: `silu(gate)·up`.
+    /// Dense layers: `silu(gate)·up` (`None` in a trace rebuilt from block outputs).
     down_in: Option<Vec<f32>>,
     /// MoE layers: which rows each expert serves.
     routing: Option<crate::mlp::Routing>,
@@ -129,11 +130,65 @@ impl DecoderLayer {
             batch,
             seq,
             attn_in,
-            core,
+            core: Some(core),
             attn_out,
             mlp_in,
             ffn_out,
             down_in,
+            routing,
+        })
+    }
+
+    /// A trace of `h` rebuilt from the blocks' outputs kept by an earlier forward (see
+    /// [`crate::Observer::observe_block_output`]), with no product of the attention block or
+    /// the MLP: the blocks' inputs are the norms of `h` and `h + attn_out`. It lacks
+    /// `o_proj`'s and a dense `down_proj`'s inputs ([`DecoderLayer::trace_input`] of those is an
+    /// error); an MoE layer's routing is recomputed.
+    ///
+    /// # Errors
+    /// [`ModelError::Shape`] when the outputs are not `[batch·seq, hidden]`, or an error of the
+    /// router.
+    pub fn trace_from_block_outputs(
+        &self,
+        h: &[f32],
+        batch: usize,
+        seq: usize,
+        attn_out: Vec<f32>,
+        ffn_out: Vec<f32>,
+    ) -> Result<LayerTrace> {
+        let n = batch * seq;
+        let expected = n * self.input_layernorm.len();
+        for (what, got) in [
+            ("hidden states", h.len()),
+            ("attention block output", attn_out.len()),
+            ("feed-forward block output", ffn_out.len()),
+        ] {
+            if got != expected {
+                return Err(ModelError::Shape {
+                    what,
+                    expected,
+                    got,
+                });
+            }
+        }
+        let attn_in = self.attn_input(h);
+        let mut r = h.to_vec();
+        add_in_place(&mut r, &attn_out);
+        let mlp_in = self.mlp_input(&r);
+        drop(r);
+        let routing = match &self.ffn {
+            FeedForward::Dense(_) => None,
+            FeedForward::Moe(m) => Some(m.route(&mlp_in, n)?),
+        };
+        Ok(LayerTrace {
+            batch,
+            seq,
+            attn_in,
+            core: None,
+            attn_out,
+            mlp_in,
+            ffn_out,
+            down_in: None,
             routing,
         })
     }
@@ -156,9 +211,15 @@ impl DecoderLayer {
             ScoredBlock::Linear(id) => {
                 match (id.kind, id.expert, &self.ffn, &t.down_in, &t.routing) {
                     (Q | K | V, None, ..) => full(&t.attn_in),
-                    (O, None, ..) => full(&t.core),
+                    (O, None, ..) => match &t.core {
+                        Some(core) => full(core),
+                        None => return Err(bad("o_proj's input is not in this trace")),
+                    },
                     (Gate | Up, None, FeedForward::Dense(_), ..) => full(&t.mlp_in),
                     (Down, None, FeedForward::Dense(_), Some(a), _) => full(a),
+                    (Down, None, FeedForward::Dense(_), None, _) => {
+                        return Err(bad("down_proj's input is not in this trace"))
+                    }
                     (Gate | Up | Down, Some(e), FeedForward::Moe(moe), _, Some(routing))
                         if e < moe.experts.len() =>
                     {

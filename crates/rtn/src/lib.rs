@@ -25,9 +25,9 @@ use rayon::prelude::*;
 
 use qwen3_quant_core::method::check_weight;
 use qwen3_quant_core::{
-    base_range, canonical_g_idx, fake_quantize, params_from_range, quantize_code, GroupSize,
-    LinearInput, LinearStats, MethodError, Propagation, QuantOutcome, QuantParams, QuantScheme,
-    QuantizedLinear, Quantizer, RangeConvention, StatsRequest,
+    base_range, canonical_g_idx, params_from_range, quantize_code, GroupSize, LinearInput,
+    LinearStats, MethodError, Propagation, QuantOutcome, QuantParams, QuantScheme, QuantizedLinear,
+    Quantizer, RangeConvention, StatsRequest,
 };
 
 pub use qwen3_quant_core::{Bits, Error as CoreError};
@@ -35,31 +35,7 @@ pub use qwen3_quant_core::{Bits, Error as CoreError};
 /// `Result` of this crate.
 pub type Result<T> = std::result::Result<T, MethodError>;
 
-/// GPTQ `Quantizer(mse=True)` clip search (reference-methods §2.1): for
-/// `i in 0..int(max_shrink*grid)`, shrink the range by `p = 1 − i/grid`, and keep the
-/// `(scale, zero)` with the smallest `Σ |fake_quant(x) − x|^norm` (strictly smaller wins).
-///
-/// With [`RangeConvention::Awq`] the same search shrinks llm-awq's raw `[min, max]` and applies
-/// its formulas (clamped scale and zero); the reference has no such combination.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MseSearch {
-    /// Grid resolution (`grid = 100`).
-    pub grid: usize,
-    /// Largest shrink fraction (`maxshrink = 0.8`); f64 so `int(max_shrink*grid)` matches Python.
-    pub max_shrink: f64,
-    /// Error exponent (`norm = 2.4`).
-    pub norm: f32,
-}
-
-impl Default for MseSearch {
-    fn default() -> Self {
-        Self {
-            grid: 100,
-            max_shrink: 0.8,
-            norm: 2.4,
-        }
-    }
-}
+pub use qwen3_quant_core::MseSearch;
 
 /// RTN configuration. `Default` is the reference `qwen.py --nearest`: 4-bit, per-channel,
 /// asymmetric, GPTQ range convention, no MSE search.
@@ -104,49 +80,22 @@ impl RtnConfig {
     /// [`MethodError::InvalidConfig`] for `grid == 0`, `max_shrink` outside `(0, 1]` or a
     /// non-positive / non-finite `norm`.
     pub fn validate(&self) -> Result<()> {
-        if let Some(m) = self.mse {
-            let bad = |field, reason| {
-                Err(MethodError::InvalidConfig(CoreError::InvalidConfig {
-                    field,
-                    reason,
-                }))
-            };
-            if m.grid == 0 {
-                return bad("mse.grid", "must be positive");
-            }
-            if !(m.max_shrink > 0.0 && m.max_shrink <= 1.0) {
-                return bad("mse.max_shrink", "must be in (0, 1]");
-            }
-            if !(m.norm.is_finite() && m.norm > 0.0) {
-                return bad("mse.norm", "must be positive and finite");
-            }
+        match &self.mse {
+            Some(m) => m.validate().map_err(MethodError::InvalidConfig),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
 /// `(scale, zero)` for one group: the scheme's convention, then the optional MSE search.
 pub fn group_params(values: &[f32], scheme: &QuantScheme, mse: Option<&MseSearch>) -> QuantParams {
-    let (xmin, xmax) = base_range(values, scheme);
-    let base = params_from_range(xmin, xmax, scheme);
-    let Some(m) = mse else { return base };
-    let maxq = scheme.maxq();
-    let steps = (m.max_shrink * m.grid as f64) as usize;
-    let mut best_err = f64::INFINITY;
-    let mut best = base;
-    for i in 0..steps {
-        let p = (1.0 - i as f64 / m.grid as f64) as f32;
-        let prm = params_from_range(p * xmin, p * xmax, scheme);
-        let err: f64 = values
-            .iter()
-            .map(|&x| ((fake_quantize(x, prm, maxq) - x).abs().powf(m.norm)) as f64)
-            .sum();
-        if err < best_err {
-            best_err = err;
-            best = prm;
+    match mse {
+        None => {
+            let (xmin, xmax) = base_range(values, scheme);
+            params_from_range(xmin, xmax, scheme)
         }
+        Some(m) => qwen3_quant_core::find_params_mse(values, scheme, None, m),
     }
-    best
 }
 
 /// Quantizes a `[out_features, in_features]` row-major weight with RTN.

@@ -179,6 +179,7 @@ impl LayerTransform for SmoothQuant {
         TransformNeeds {
             channel_stats: true,
             input_samples: None,
+            block_losses: false,
         }
     }
 
