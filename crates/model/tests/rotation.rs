@@ -3,20 +3,13 @@
 //! Qwen3-MoE and LLaMA-3 models stay within 1e-5 relative (max |Δ| / max |logit|) of the
 //! original ones, while every weight the rotation touches has really changed.
 
+mod common;
+use common::rel_max_diff;
 use qwen3_quant_core::ResidualRotation;
 use qwen3_quant_model::{Qwen3Model, Rotation};
 use qwen3_quant_rotate::Hadamard;
 
 const ASSETS: qwen3_quant_io::assets::Folder = qwen3_quant_io::assets::Folder;
-
-fn rel_max_diff(a: &[f32], b: &[f32]) -> f32 {
-    let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let d = a
-        .iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-    d / scale
-}
 
 fn check(dir: &str) {
     let Some(_) = qwen3_quant_io::assets::require(&format!("models/{dir}")) else {

@@ -3,6 +3,8 @@
 //! `v → o` case, stay within 1e-5 relative (max |Δ| / max |logit|) of the original ones.
 //! Scored sub-blocks run with candidate weights equal the layer's own forward.
 
+mod common;
+use common::rel_max_diff;
 use std::collections::HashMap;
 
 use qwen3_quant_core::{LinearId, LinearKind, ScaleProducer, ScoredBlock};
@@ -48,15 +50,6 @@ fn fold_everything(model: &mut Qwen3Model, rng: &mut Rng) -> usize {
         }
     }
     folded
-}
-
-fn rel_max_diff(a: &[f32], b: &[f32]) -> f32 {
-    let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let d = a
-        .iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-    d / scale
 }
 
 fn check_model(mut model: Qwen3Model, expected_pairs: usize) {
