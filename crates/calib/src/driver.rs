@@ -25,11 +25,12 @@ use qwen3_quant_model::layer::add_in_place;
 use qwen3_quant_model::{
     DecoderLayer, FeedForward, LinearWeight, NoObserver, Qwen3Model, Rope, Rotation, Site,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::activations::{ActivationDtype, ActivationStore};
 use crate::data::CalibrationSet;
 use crate::error::{CalibError, Result};
+use crate::resume::{FinishedLayer, LayerStore};
 use crate::stats::StatsCollector;
 use crate::transform_ctx::{site_of, TransformContext};
 
@@ -166,7 +167,7 @@ impl<'a> Pipeline<'a> {
 }
 
 /// One line of a transform's log, as reported in JSON.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TransformLog {
     /// Decoder layer.
     pub layer: usize,
@@ -303,7 +304,7 @@ impl ExpertPolicy {
 }
 
 /// One line of the per-linear log (like GPTQModel's table).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LinearRecord {
     /// Decoder layer.
     pub layer: usize,
@@ -801,11 +802,18 @@ pub fn quantize_model_with(
     pipeline: &Pipeline<'_>,
     opts: &DriverOptions,
 ) -> Result<QuantizationRun> {
-    run_layers(model, calib, pipeline, opts, &mut |_, i| {
-        Err(CalibError::InvalidOptions(format!(
-            "layer {i} is not loaded"
-        )))
-    })
+    run_layers(
+        model,
+        calib,
+        pipeline,
+        opts,
+        &mut |_, i| {
+            Err(CalibError::InvalidOptions(format!(
+                "layer {i} is not loaded"
+            )))
+        },
+        None,
+    )
 }
 
 /// Like [`quantize_model`], but streams the decoder layers from a memory-mapped checkpoint: only
@@ -829,13 +837,50 @@ pub fn quantize_checkpoint_with(
     pipeline: &Pipeline<'_>,
     opts: &DriverOptions,
 ) -> Result<(Qwen3Model, QuantizationRun)> {
+    quantize_checkpoint_inner(ckpt, calib, pipeline, opts, None)
+}
+
+/// [`quantize_checkpoint_with`] that makes every finished layer durable through `store`, and
+/// first continues from what `store` kept of an interrupted run of the same job: the finished
+/// layers are taken as they were saved (not recomputed) and the run goes on from the next layer's
+/// saved calibration inputs, so its results are bit-identical to an uninterrupted run's.
+///
+/// The caller is responsible for the store belonging to the same job (model, calibration set,
+/// options and program version); the formats crate's `ResumeDir` checks a fingerprint of them.
+///
+/// # Errors
+/// As [`quantize_checkpoint_with`], plus the store's.
+pub fn quantize_checkpoint_resumable(
+    ckpt: &Checkpoint,
+    calib: Option<&CalibrationSet>,
+    pipeline: &Pipeline<'_>,
+    opts: &DriverOptions,
+    store: &mut dyn LayerStore,
+) -> Result<(Qwen3Model, QuantizationRun)> {
+    quantize_checkpoint_inner(ckpt, calib, pipeline, opts, Some(store))
+}
+
+fn quantize_checkpoint_inner(
+    ckpt: &Checkpoint,
+    calib: Option<&CalibrationSet>,
+    pipeline: &Pipeline<'_>,
+    opts: &DriverOptions,
+    store: Option<&mut dyn LayerStore>,
+) -> Result<(Qwen3Model, QuantizationRun)> {
     let config = ckpt.config().map_err(qwen3_quant_model::ModelError::from)?;
     let mut model = Qwen3Model::skeleton(ckpt, config)?;
-    let run = run_layers(&mut model, calib, pipeline, opts, &mut |m, i| {
-        let layer = Qwen3Model::load_layer(ckpt, &m.config, i)?;
-        m.layers.push(layer);
-        Ok(())
-    })?;
+    let run = run_layers(
+        &mut model,
+        calib,
+        pipeline,
+        opts,
+        &mut |m, i| {
+            let layer = Qwen3Model::load_layer(ckpt, &m.config, i)?;
+            m.layers.push(layer);
+            Ok(())
+        },
+        store,
+    )?;
     Ok((model, run))
 }
 
@@ -867,6 +912,109 @@ impl Quantizer for NoQuantizer {
     }
 }
 
+/// Where a layer's entries start in the run's logs.
+struct LogMarks {
+    quantized: usize,
+    records: usize,
+    transforms: usize,
+}
+
+impl LogMarks {
+    fn of(run: &QuantizationRun) -> Self {
+        LogMarks {
+            quantized: run.quantized.len(),
+            records: run.records.len(),
+            transforms: run.transforms.len(),
+        }
+    }
+
+    /// What the store keeps of `layer`: the log entries added since these marks.
+    fn finished<'a>(
+        &self,
+        run: &'a QuantizationRun,
+        layer: &'a DecoderLayer,
+        activations: Option<&'a ActivationStore>,
+    ) -> FinishedLayer<'a> {
+        FinishedLayer {
+            layer,
+            quantized: &run.quantized[self.quantized..],
+            records: &run.records[self.records..],
+            transforms: &run.transforms[self.transforms..],
+            expert_tokens: run
+                .expert_tokens
+                .iter()
+                .find(|(l, _)| *l == layer.index)
+                .map(|(_, c)| c.as_slice()),
+            activations,
+        }
+    }
+}
+
+/// Puts the restored layers `0..k` into `model` and their log entries into `run`.
+fn install_restored(
+    model: &mut Qwen3Model,
+    run: &mut QuantizationRun,
+    layers: Vec<crate::resume::RestoredLayer>,
+) -> Result<()> {
+    let n_layers = model.config.num_hidden_layers;
+    if layers.len() > n_layers {
+        return Err(CalibError::Resume(format!(
+            "{} saved layers for a model of {n_layers}",
+            layers.len()
+        )));
+    }
+    for (i, r) in layers.into_iter().enumerate() {
+        if r.layer.index != i {
+            return Err(CalibError::Resume(format!(
+                "saved layer {} found where layer {i} was expected",
+                r.layer.index
+            )));
+        }
+        if let Some(counts) = r.expert_tokens {
+            run.expert_tokens.push((i, counts));
+        }
+        run.quantized.extend(r.quantized);
+        run.records.extend(r.records);
+        run.transforms.extend(r.transforms);
+        match i.cmp(&model.layers.len()) {
+            std::cmp::Ordering::Less => model.layers[i] = r.layer,
+            std::cmp::Ordering::Equal => model.layers.push(r.layer),
+            std::cmp::Ordering::Greater => {
+                return Err(CalibError::Resume(format!(
+                    "layer {i} restored before layer {}",
+                    model.layers.len()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The saved inputs must be those this run would hold: same shape and element type.
+fn check_restored_activations(
+    h: &ActivationStore,
+    rows: usize,
+    hidden: usize,
+    opts: &DriverOptions,
+) -> Result<()> {
+    let dtype = match h {
+        ActivationStore::F32 { .. } => ActivationDtype::F32,
+        ActivationStore::Bf16 { .. } => ActivationDtype::Bf16,
+    };
+    let elem = if dtype == ActivationDtype::F32 { 4 } else { 2 };
+    if h.cols() != hidden || h.bytes() != rows * hidden * elem || dtype != opts.activations {
+        return Err(CalibError::Resume(format!(
+            "saved calibration inputs are {:?} of {} bytes × {} columns; this run needs {:?} \
+             {rows} × {hidden}",
+            dtype,
+            h.bytes(),
+            h.cols(),
+            opts.activations
+        )));
+    }
+    Ok(())
+}
+
 /// Fetches decoder layer `i` into `model.layers` when it is not there yet.
 type LayerFetch<'a> = dyn FnMut(&mut Qwen3Model, usize) -> Result<()> + 'a;
 
@@ -876,6 +1024,7 @@ fn run_layers(
     pipeline: &Pipeline<'_>,
     opts: &DriverOptions,
     fetch: &mut LayerFetch<'_>,
+    mut store: Option<&mut dyn LayerStore>,
 ) -> Result<QuantizationRun> {
     let start = Instant::now();
     let method = pipeline.quantizer().unwrap_or(&NoQuantizer);
@@ -894,7 +1043,7 @@ fn run_layers(
     } else {
         ProgressBar::hidden()
     };
-    let run = QuantizationRun {
+    let mut run = QuantizationRun {
         quantized: Vec::new(),
         records: Vec::new(),
         seconds: 0.0,
@@ -902,6 +1051,22 @@ fn run_layers(
         expert_tokens: Vec::new(),
         transforms: Vec::new(),
     };
+    let restored = match store.as_deref_mut() {
+        Some(s) => s.load(&model.config, opts.weight_mode == WeightMode::Packed)?,
+        None => None,
+    };
+    let (first, restored_h) = match restored {
+        Some(r) => {
+            let first = r.layers.len();
+            install_restored(model, &mut run, r.layers)?;
+            (first, r.activations)
+        }
+        None => (0, None),
+    };
+    if first > 0 && opts.progress {
+        eprintln!("resuming after layer {} of {n_layers}", first - 1);
+    }
+    pb.inc(first as u64);
     let propagation = pipeline.propagation();
     let rotation = match pipeline.rotation() {
         Some(rot) => {
@@ -935,12 +1100,16 @@ fn run_layers(
             run,
             pb,
         };
-        for li in 0..n_layers {
+        for li in first..n_layers {
             prepare(model, li)?;
+            let marks = LogMarks::of(&d.run);
             let layer = &mut model.layers[li];
             let ids = layer.linear_ids();
             if quantize {
                 d.quantize_group(layer, &ids, &HashMap::new())?;
+            }
+            if let Some(s) = store.as_deref_mut() {
+                s.save(marks.finished(&d.run, &model.layers[li], None))?;
             }
             d.pb.inc(1);
         }
@@ -972,15 +1141,28 @@ fn run_layers(
         opts.activations,
         opts.memory_budget.or_else(available_memory_bytes),
     )?;
-    // Layer-0 inputs of every window, captured once.
-    let mut h = ActivationStore::new(
-        model.embed(&calib.flat(0, n_seq))?,
-        model.config.hidden_size,
-        opts.activations,
-    );
+    // Layer-0 inputs of every window, captured once (or the saved inputs of the first layer
+    // left to do).
+    let mut h = match restored_h {
+        Some(h) if first > 0 => {
+            check_restored_activations(&h, n_seq * seq, model.config.hidden_size, opts)?;
+            h
+        }
+        None if first > 0 => {
+            return Err(CalibError::Resume(format!(
+                "{first} finished layers but no saved calibration inputs for layer {first}"
+            )))
+        }
+        _ => ActivationStore::new(
+            model.embed(&calib.flat(0, n_seq))?,
+            model.config.hidden_size,
+            opts.activations,
+        ),
+    };
     let true_seq = method.true_sequential() && propagation == Propagation::Quantized;
-    for li in 0..n_layers {
+    for li in first..n_layers {
         prepare(model, li)?;
+        let marks = LogMarks::of(&d.run);
         let layer = &mut model.layers[li];
         let fp_out = d.transform_stage(pipeline, layer, &h)?;
         if !quantize {
@@ -1000,6 +1182,9 @@ fn run_layers(
         }
         if let Some(out) = fp_out {
             h = out;
+        }
+        if let Some(s) = store.as_deref_mut() {
+            s.save(marks.finished(&d.run, &model.layers[li], Some(&h)))?;
         }
         d.pb.inc(1);
     }

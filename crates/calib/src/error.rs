@@ -45,6 +45,10 @@ pub enum CalibError {
         /// What would fit: fewer samples, bf16 activations.
         advice: String,
     },
+    /// The saved state of an interrupted run cannot be used (unreadable, inconsistent, or made by
+    /// a different job).
+    #[error("resume: {0}")]
+    Resume(String),
     /// Packing a quantized linear for the kernels failed.
     #[error("packing {id}: {reason}")]
     Pack {

@@ -135,7 +135,7 @@ impl QuantizeArgs {
     }
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct QuantizeArgs {
     /// Model directory.
     #[arg(long)]

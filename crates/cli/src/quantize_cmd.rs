@@ -4,14 +4,16 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context};
 use qwen3_quant_calib::{
-    measure_gemm_gflops, peak_rss_mb, project, quantize_checkpoint_with, ActivationDtype,
-    DriverOptions, QuantizationRun, WeightMode,
+    measure_gemm_gflops, peak_rss_mb, project, quantize_checkpoint_resumable,
+    quantize_checkpoint_with, ActivationDtype, CalibrationSet, DriverOptions, QuantizationRun,
+    WeightMode,
 };
+use qwen3_quant_formats::{Fingerprint, ResumeDir};
 use qwen3_quant_io::Checkpoint;
 use qwen3_quant_model::{ActExecution, Qwen3Model, Tokenizer};
 use serde_json::{json, Value};
 
-use crate::args::{ActExecArg, ComputeArg, MethodArg, QuantizeArgs};
+use crate::args::{ActExecArg, ComputeArg, FormatArg, MethodArg, QuantizeArgs};
 use crate::calib_source::calibration_set;
 use crate::eval_cmd::{data_dir, ppl_of};
 use crate::output::print_json;
@@ -59,12 +61,81 @@ fn apply_recipe(a: &mut QuantizeArgs) -> anyhow::Result<()> {
     }
 }
 
+/// What a saved state must match to be resumed: the model's files, the calibration windows,
+/// every option that changes the quantized layers, and this program's version.
+fn fingerprint(a: &QuantizeArgs, calib: Option<&CalibrationSet>) -> anyhow::Result<Fingerprint> {
+    // Options that only change where the result goes or what is printed are left out, so that
+    // a run may be resumed into another format, from a moved model or with another --eval.
+    let mut m = a.clone();
+    m.out = None;
+    m.eval.clear();
+    m.data_dir = None;
+    m.model = Default::default();
+    m.format = FormatArg::Native;
+    m.resume = false;
+    m.json = false;
+    m.act_exec = ActExecArg::Auto;
+    let method = format!("{m:?}");
+    Ok(Fingerprint::new()
+        .with("model", Fingerprint::model_digest(&a.model)?)
+        .with(
+            "calibration",
+            calib.map_or("none".to_string(), |c| {
+                format!("{:016x} ({} x {})", c.fingerprint(), c.len(), c.seq_len)
+            }),
+        )
+        .with(
+            "method",
+            qwen3_quant_formats::resume::digest(method.as_bytes()),
+        )
+        .with("version", env!("CARGO_PKG_VERSION")))
+}
+
+/// The per-layer state beside `out`: continued with --resume, else started afresh.
+fn open_state(
+    a: &QuantizeArgs,
+    out: &std::path::Path,
+    calib: Option<&CalibrationSet>,
+) -> anyhow::Result<ResumeDir> {
+    let fp = fingerprint(a, calib)?;
+    let dir = ResumeDir::beside(out);
+    let state = if a.resume {
+        let s = ResumeDir::open(&dir, &fp)?;
+        if s.layers_done() == 0 {
+            eprintln!(
+                "resume: no finished layer saved in {}; starting at layer 0",
+                dir.display()
+            );
+        } else {
+            eprintln!(
+                "resume: {} finished layers in {}",
+                s.layers_done(),
+                dir.display()
+            );
+        }
+        s
+    } else {
+        if dir.exists() {
+            eprintln!(
+                "note: discarding the saved state of an interrupted run in {} (pass --resume to continue it)",
+                dir.display()
+            );
+        }
+        ResumeDir::create(&dir, &fp)?
+    };
+    Ok(state)
+}
+
 pub fn run(mut a: QuantizeArgs) -> anyhow::Result<()> {
     apply_recipe(&mut a)?;
-    if a.resume {
-        bail!("--resume needs per-layer checkpoints, which this build does not write yet");
+    if a.resume && a.out.is_none() {
+        bail!("--resume continues a run that wrote to --out: pass the same --out DIR");
     }
     crate::save::check_args(&a)?;
+    if let Some(out) = &a.out {
+        // Before any work: never write into the input, never over an existing checkpoint.
+        qwen3_quant_formats::check_output_dir(out, &a.model, false)?;
+    }
     let plan = build_plan(&a)?;
     let method = plan.quantizer.as_ref();
     let data = data_dir(a.data_dir.as_deref())?;
@@ -134,12 +205,30 @@ pub fn run(mut a: QuantizeArgs) -> anyhow::Result<()> {
         ComputeArg::F32 => qwen3_quant_kernels::dense::Compute::F32,
         ComputeArg::Bf16 => qwen3_quant_kernels::dense::Compute::Bf16,
     });
-    let quantized = quantize_checkpoint_with(&ckpt, calib.as_ref(), &pipeline, &opts);
+    // With --out, every finished layer is saved beside it so that --resume can continue.
+    let mut state = match &a.out {
+        Some(out) => Some(open_state(&a, out, calib.as_ref())?),
+        None => None,
+    };
+    let resumed_layers = state.as_ref().map_or(0, ResumeDir::layers_done);
+    let quantized = match state.as_mut() {
+        Some(s) => quantize_checkpoint_resumable(&ckpt, calib.as_ref(), &pipeline, &opts, s),
+        None => quantize_checkpoint_with(&ckpt, calib.as_ref(), &pipeline, &opts),
+    };
     // The evaluation (and anything after) is exact f32 whatever the search used.
     qwen3_quant_kernels::dense::set_compute(qwen3_quant_kernels::dense::Compute::F32);
     let (model, run): (Qwen3Model, QuantizationRun) = quantized?;
     let rss = peak_rss_mb();
     let saved = crate::save::write_output(&a, &model, &run)?;
+    let state_report = state.as_ref().map(|s| {
+        json!({"dir": s.dir(), "resumed_layers": resumed_layers, "save_seconds": s.save_seconds(),
+               "bytes_saved": s.bytes_saved()})
+    });
+    if let Some(s) = state {
+        let dir = s.dir().to_path_buf();
+        s.finish()
+            .with_context(|| format!("removing the resume state {}", dir.display()))?;
+    }
     // Weight-activation settings: per-token activation quantization of every decoder linear, as
     // int8 products where the weights allow it (W8A8, W4A8 per-channel symmetric), else fake.
     let mut model = model;
@@ -202,6 +291,8 @@ pub fn run(mut a: QuantizeArgs) -> anyhow::Result<()> {
         "reference_bits": qwen3_quant_billm::reference_bits(run.quantized.iter().map(|(_, q)| q)),
         "peak_rss_mb": rss,
         "out": a.out,
+        "resumed_layers": resumed_layers,
+        "resume_state": state_report,
         "checkpoint": saved,
         "weights": if a.packed { "packed" } else { "fake-quant f32" },
         "linear_bytes": model.linear_bytes(),

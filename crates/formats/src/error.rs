@@ -95,6 +95,22 @@ pub enum FormatError {
         /// Free space for this user on the output's file system.
         available_mb: f64,
     },
+    /// `--resume` found the state of a different job: the model, the calibration set, the
+    /// method's options or the program version changed since the state was saved.
+    #[error("cannot resume from {path}: the {part} changed since it was saved (saved {saved}, now {now}); run without resume to start over")]
+    ResumeMismatch {
+        /// The state directory.
+        path: PathBuf,
+        /// Which part of the fingerprint differs (`model`, `calibration`, `method`, `version`).
+        part: String,
+        /// Its saved value.
+        saved: String,
+        /// Its value for this run.
+        now: String,
+    },
+    /// The calibration driver failed.
+    #[error(transparent)]
+    Calib(#[from] qwen3_quant_calib::CalibError),
     /// The output directory is not usable (exists and is not empty, or is the input directory).
     #[error("output {path}: {reason}")]
     Output {

@@ -41,6 +41,7 @@ mod gptq;
 mod inspect;
 mod loader;
 mod native;
+pub mod resume;
 mod tensors;
 mod writer;
 
@@ -50,4 +51,7 @@ pub use error::{FormatError, Result};
 pub use inspect::{inspect, Inspection};
 pub use loader::{load_model, LoadOptions, LoadedModel};
 pub use native::NATIVE_FORMAT_VERSION;
-pub use writer::{write_checkpoint, Format, MethodMeta, WriteOptions, WriteReport};
+pub use resume::{Fingerprint, ResumeDir};
+pub use writer::{
+    check_output_dir, write_checkpoint, Format, MethodMeta, WriteOptions, WriteReport,
+};

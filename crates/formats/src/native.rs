@@ -95,8 +95,16 @@ pub(crate) fn scheme_of(q: &QuantizedWeight, act_bits: Option<u8>) -> Value {
     }
 }
 
-/// The native tensors of one quantized linear.
-pub(crate) fn encode(prefix: &str, q: &QuantizedWeight) -> Vec<TensorData> {
+/// The native tensors of one quantized linear; `exact` keeps f32 scales even where f16 would
+/// hold their range (for state that must come back bit for bit).
+pub(crate) fn encode(prefix: &str, q: &QuantizedWeight, exact: bool) -> Vec<TensorData> {
+    let floats = |name: String, shape: Vec<usize>, v: &[f32]| {
+        if exact {
+            TensorData::f32(name, shape, v)
+        } else {
+            floats(name, shape, v)
+        }
+    };
     match q {
         QuantizedWeight::Affine(a) => {
             let (o, n, g) = (a.out_features(), a.in_features(), a.n_groups());

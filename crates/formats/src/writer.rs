@@ -318,9 +318,19 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
     Ok(write_atomic(path, format!("{text}\n").as_bytes())?)
 }
 
+/// Checks, before any work, that `out` can receive a checkpoint of `source`: refuses an output
+/// that is the source or inside it, and one that exists and is not empty (unless `overwrite`).
+/// [`write_checkpoint`] checks the same again when it starts writing.
+///
+/// # Errors
+/// [`FormatError::Output`], or [`FormatError::File`] when `source` does not exist.
+pub fn check_output_dir(out: &Path, source: &Path, overwrite: bool) -> Result<()> {
+    check_output(out, source, overwrite)
+}
+
 /// Refuses an output that is the source or inside it, and one that exists and is not empty
 /// (unless `overwrite`).
-fn check_output(out: &Path, source: &Path, overwrite: bool) -> Result<()> {
+pub(crate) fn check_output(out: &Path, source: &Path, overwrite: bool) -> Result<()> {
     let bad = |reason: &str| FormatError::Output {
         path: out.to_path_buf(),
         reason: reason.into(),
@@ -765,7 +775,7 @@ fn encode_linear(
             })
     };
     match opts.format {
-        Format::Native => Ok(native::encode(prefix, q)),
+        Format::Native => Ok(native::encode(prefix, q, false)),
         Format::Gptq => gptq::encode(prefix, &affine(q)?, zeros),
         Format::Awq => awq::encode(prefix, &affine(q)?),
         Format::CompressedTensors if w8a8 => compressed::encode_int8(prefix, &affine(q)?, dtype),
