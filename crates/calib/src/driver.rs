@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::activations::{ActivationDtype, ActivationStore};
 use crate::data::CalibrationSet;
 use crate::error::{CalibError, Result};
-use crate::resume::{FinishedLayer, LayerStore};
+use crate::resume::{FinishedLayer, LayerStore, Restore};
 use crate::stats::StatsCollector;
 use crate::transform_ctx::{site_of, TransformContext};
 
@@ -220,6 +220,11 @@ pub struct DriverOptions {
     /// Bytes the calibration activation buffers may take; `None`: what the system reports
     /// available (`MemAvailable`, and the cgroup limit when there is one), no check elsewhere.
     pub memory_budget: Option<u64>,
+    /// `false` streams the model through memory ([`quantize_checkpoint_streamed`]): each
+    /// finished layer is handed to the [`LayerStore`] and dropped with its quantized weights, so
+    /// that one layer is resident at a time. The returned model then holds no decoder layers and
+    /// the run's `quantized` list stays empty; the store has them.
+    pub keep_finished_layers: bool,
 }
 
 impl Default for DriverOptions {
@@ -231,6 +236,7 @@ impl Default for DriverOptions {
             activations: ActivationDtype::F32,
             expert_policy: ExpertPolicy::default(),
             memory_budget: None,
+            keep_finished_layers: true,
         }
     }
 }
@@ -320,6 +326,9 @@ pub struct LinearRecord {
     pub tokens: usize,
     /// Storage bits per weight including metadata.
     pub bits_per_weight: f64,
+    /// Weights of the linear (`out × in`).
+    #[serde(default)]
+    pub weights: usize,
     /// Set when the linear was handled by a fallback (e.g. an expert with no calibration tokens).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
@@ -355,6 +364,13 @@ impl QuantizationRun {
     /// Average storage bits per quantized weight.
     pub fn bits_per_weight(&self) -> f64 {
         let (mut bits, mut n) = (0.0f64, 0usize);
+        if self.quantized.is_empty() {
+            // A streamed run keeps only the log.
+            for r in &self.records {
+                bits += r.bits_per_weight * r.weights as f64;
+                n += r.weights;
+            }
+        }
         for (_, q) in &self.quantized {
             let w = q.out_features() * q.in_features();
             bits += q.bits_per_weight() * w as f64;
@@ -490,6 +506,7 @@ impl Driver<'_> {
                 seconds,
                 tokens: routed_tokens,
                 bits_per_weight: outcome.linear.bits_per_weight(),
+                weights: out_f * in_f,
                 fallback,
                 scale_ratio: self.annotations.get(id).and_then(|a| a.0),
                 scale_loss: self.annotations.get(id).and_then(|a| a.1),
@@ -813,6 +830,7 @@ pub fn quantize_model_with(
             )))
         },
         None,
+        None,
     )
 }
 
@@ -860,6 +878,64 @@ pub fn quantize_checkpoint_resumable(
     quantize_checkpoint_inner(ckpt, calib, pipeline, opts, Some(store))
 }
 
+/// Quantizes a checkpoint of any size with one decoder layer resident at a time: layers are
+/// widened to f32 from the memory map one by one (their mapped pages released afterwards),
+/// handed to `store` when finished and dropped. The embedding table is never widened (the
+/// calibration windows' rows are read from the map) and `lm_head` is not loaded, so the peak is
+/// about one f32 layer, the calibration activations and the method's temporaries, whatever the
+/// model's size. As with [`quantize_checkpoint_resumable`], what `store` holds of an interrupted
+/// run of the same job is continued.
+///
+/// Returns the model's ends (final norm only: [`Qwen3Model::ends_loaded`] is false, and no
+/// decoder layer) and the run, whose `quantized` list is empty: the output is written from the
+/// store (the formats crate's `write_checkpoint_streamed`).
+///
+/// # Errors
+/// As [`quantize_checkpoint_resumable`]; [`CalibError::InvalidOptions`] with a residual rotation,
+/// which changes the embeddings and `lm_head` and so needs them in memory.
+pub fn quantize_checkpoint_streamed(
+    ckpt: &Checkpoint,
+    calib: Option<&CalibrationSet>,
+    pipeline: &Pipeline<'_>,
+    opts: &DriverOptions,
+    store: &mut dyn LayerStore,
+) -> Result<(Qwen3Model, QuantizationRun)> {
+    if pipeline.rotation().is_some() {
+        return Err(CalibError::InvalidOptions(
+            "a residual rotation rewrites the embeddings and lm_head, which a streamed run does \
+             not hold: keep the layers in memory"
+                .into(),
+        ));
+    }
+    let opts = DriverOptions {
+        keep_finished_layers: false,
+        ..opts.clone()
+    };
+    let config = ckpt.config().map_err(qwen3_quant_model::ModelError::from)?;
+    let mut model = Qwen3Model::skeleton_without_ends(ckpt, config)?;
+    let embed = |ids: &[u32]| -> Result<Vec<f32>> {
+        Ok(ckpt
+            .tensor("model.embed_tokens.weight")
+            .and_then(|t| t.rows_to_f32(ids))
+            .map_err(qwen3_quant_model::ModelError::from)?)
+    };
+    let run = run_layers(
+        &mut model,
+        calib,
+        pipeline,
+        &opts,
+        &mut |m, i| {
+            let layer = Qwen3Model::load_layer(ckpt, &m.config, i)?;
+            ckpt.release_prefix(&format!("model.layers.{i}."));
+            m.layers.push(layer);
+            Ok(())
+        },
+        Some(store),
+        Some(&embed),
+    )?;
+    Ok((model, run))
+}
+
 fn quantize_checkpoint_inner(
     ckpt: &Checkpoint,
     calib: Option<&CalibrationSet>,
@@ -876,10 +952,13 @@ fn quantize_checkpoint_inner(
         opts,
         &mut |m, i| {
             let layer = Qwen3Model::load_layer(ckpt, &m.config, i)?;
+            // The f32 copy is made: the layer's file pages need not stay resident.
+            ckpt.release_prefix(&format!("model.layers.{i}."));
             m.layers.push(layer);
             Ok(())
         },
         store,
+        None,
     )?;
     Ok((model, run))
 }
@@ -955,6 +1034,7 @@ fn install_restored(
     model: &mut Qwen3Model,
     run: &mut QuantizationRun,
     layers: Vec<crate::resume::RestoredLayer>,
+    stream: bool,
 ) -> Result<()> {
     let n_layers = model.config.num_hidden_layers;
     if layers.len() > n_layers {
@@ -964,21 +1044,29 @@ fn install_restored(
         )));
     }
     for (i, r) in layers.into_iter().enumerate() {
-        if r.layer.index != i {
+        let index = r.layer.as_ref().map_or(r.index, |l| l.index);
+        if index != i || r.index != i {
             return Err(CalibError::Resume(format!(
-                "saved layer {} found where layer {i} was expected",
-                r.layer.index
+                "saved layer {index} found where layer {i} was expected"
             )));
         }
         if let Some(counts) = r.expert_tokens {
             run.expert_tokens.push((i, counts));
         }
-        run.quantized.extend(r.quantized);
         run.records.extend(r.records);
         run.transforms.extend(r.transforms);
+        if stream {
+            continue;
+        }
+        run.quantized.extend(r.quantized);
+        let Some(layer) = r.layer else {
+            return Err(CalibError::Resume(format!(
+                "layer {i} came back without its weights"
+            )));
+        };
         match i.cmp(&model.layers.len()) {
-            std::cmp::Ordering::Less => model.layers[i] = r.layer,
-            std::cmp::Ordering::Equal => model.layers.push(r.layer),
+            std::cmp::Ordering::Less => model.layers[i] = layer,
+            std::cmp::Ordering::Equal => model.layers.push(layer),
             std::cmp::Ordering::Greater => {
                 return Err(CalibError::Resume(format!(
                     "layer {i} restored before layer {}",
@@ -1015,6 +1103,9 @@ fn check_restored_activations(
     Ok(())
 }
 
+/// Embeds token ids without the model's embedding table (read from the checkpoint instead).
+type EmbedRows<'a> = dyn Fn(&[u32]) -> Result<Vec<f32>> + 'a;
+
 /// Fetches decoder layer `i` into `model.layers` when it is not there yet.
 type LayerFetch<'a> = dyn FnMut(&mut Qwen3Model, usize) -> Result<()> + 'a;
 
@@ -1025,8 +1116,18 @@ fn run_layers(
     opts: &DriverOptions,
     fetch: &mut LayerFetch<'_>,
     mut store: Option<&mut dyn LayerStore>,
+    embed_rows: Option<&EmbedRows<'_>>,
 ) -> Result<QuantizationRun> {
     let start = Instant::now();
+    // Streaming: the current layer is the only one in `model.layers`.
+    let stream = !opts.keep_finished_layers;
+    if stream && (store.is_none() || !model.layers.is_empty()) {
+        return Err(CalibError::InvalidOptions(
+            "dropping finished layers needs a layer store and a model streamed from a checkpoint"
+                .into(),
+        ));
+    }
+    let slot = |li: usize| if stream { 0 } else { li };
     let method = pipeline.quantizer().unwrap_or(&NoQuantizer);
     let quantize = pipeline.quantizer().is_some();
     let needs_data = pipeline.quantizer_needs_stats() || !pipeline.transforms().is_empty();
@@ -1051,14 +1152,19 @@ fn run_layers(
         expert_tokens: Vec::new(),
         transforms: Vec::new(),
     };
+    let restore = match opts.weight_mode {
+        _ if stream => Restore::LogOnly,
+        WeightMode::Packed => Restore::Packed,
+        WeightMode::FakeQuant => Restore::Dense,
+    };
     let restored = match store.as_deref_mut() {
-        Some(s) => s.load(&model.config, opts.weight_mode == WeightMode::Packed)?,
+        Some(s) => s.load(&model.config, restore)?,
         None => None,
     };
     let (first, restored_h) = match restored {
         Some(r) => {
             let first = r.layers.len();
-            install_restored(model, &mut run, r.layers)?;
+            install_restored(model, &mut run, r.layers, stream)?;
             (first, r.activations)
         }
         None => (0, None),
@@ -1079,13 +1185,20 @@ fn run_layers(
     };
     // Fetches layer `li` if needed and moves it to the rotated basis.
     let mut prepare = |model: &mut Qwen3Model, li: usize| -> Result<()> {
-        if li >= model.layers.len() {
+        if slot(li) >= model.layers.len() {
             fetch(model, li)?;
         }
         if let Some(r) = &rotation {
-            model.layers[li].fold_norms_and_rotate(r)?;
+            model.layers[slot(li)].fold_norms_and_rotate(r)?;
         }
         Ok(())
+    };
+    // After a layer is safe in the store: in streaming mode, drop it and its quantized weights.
+    let release = |model: &mut Qwen3Model, run: &mut QuantizationRun, marks: &LogMarks| {
+        if stream {
+            model.layers.clear();
+            run.quantized.truncate(marks.quantized);
+        }
     };
 
     if !needs_data {
@@ -1103,14 +1216,15 @@ fn run_layers(
         for li in first..n_layers {
             prepare(model, li)?;
             let marks = LogMarks::of(&d.run);
-            let layer = &mut model.layers[li];
+            let layer = &mut model.layers[slot(li)];
             let ids = layer.linear_ids();
             if quantize {
                 d.quantize_group(layer, &ids, &HashMap::new())?;
             }
             if let Some(s) = store.as_deref_mut() {
-                s.save(marks.finished(&d.run, &model.layers[li], None))?;
+                s.save(marks.finished(&d.run, &model.layers[slot(li)], None))?;
             }
+            release(model, &mut d.run, &marks);
             d.pb.inc(1);
         }
         d.pb.finish_and_clear();
@@ -1153,17 +1267,20 @@ fn run_layers(
                 "{first} finished layers but no saved calibration inputs for layer {first}"
             )))
         }
-        _ => ActivationStore::new(
-            model.embed(&calib.flat(0, n_seq))?,
-            model.config.hidden_size,
-            opts.activations,
-        ),
+        _ => {
+            let ids = calib.flat(0, n_seq);
+            let x = match embed_rows {
+                Some(rows) => rows(&ids)?,
+                None => model.embed(&ids)?,
+            };
+            ActivationStore::new(x, model.config.hidden_size, opts.activations)
+        }
     };
     let true_seq = method.true_sequential() && propagation == Propagation::Quantized;
     for li in first..n_layers {
         prepare(model, li)?;
         let marks = LogMarks::of(&d.run);
-        let layer = &mut model.layers[li];
+        let layer = &mut model.layers[slot(li)];
         let fp_out = d.transform_stage(pipeline, layer, &h)?;
         if !quantize {
             // Transforms only: the layer keeps full-precision weights.
@@ -1184,8 +1301,9 @@ fn run_layers(
             h = out;
         }
         if let Some(s) = store.as_deref_mut() {
-            s.save(marks.finished(&d.run, &model.layers[li], Some(&h)))?;
+            s.save(marks.finished(&d.run, &model.layers[slot(li)], Some(&h)))?;
         }
+        release(model, &mut d.run, &marks);
         d.pb.inc(1);
     }
     d.pb.finish_and_clear();

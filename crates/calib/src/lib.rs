@@ -39,11 +39,11 @@ mod transform_ctx;
 pub use activations::{ActivationDtype, ActivationStore};
 pub use data::{awq_blocks, first_windows, gptq_windows, random_windows, CalibrationSet};
 pub use driver::{
-    peak_rss_mb, quantize_checkpoint, quantize_checkpoint_resumable, quantize_checkpoint_with,
-    quantize_model, quantize_model_with, DriverOptions, ExpertPolicy, LinearRecord, Pipeline,
-    QuantizationRun, TransformLog, WeightMode,
+    peak_rss_mb, quantize_checkpoint, quantize_checkpoint_resumable, quantize_checkpoint_streamed,
+    quantize_checkpoint_with, quantize_model, quantize_model_with, DriverOptions, ExpertPolicy,
+    LinearRecord, Pipeline, QuantizationRun, TransformLog, WeightMode,
 };
 pub use error::{CalibError, Result};
 pub use projection::{measure_gemm_gflops, project, Projection, SearchCost};
-pub use resume::{FinishedLayer, LayerStore, RestoredLayer, RestoredRun};
+pub use resume::{FinishedLayer, LayerStore, Restore, RestoredLayer, RestoredRun};
 pub use stats::StatsCollector;

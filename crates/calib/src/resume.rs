@@ -35,13 +35,27 @@ pub struct FinishedLayer<'a> {
     pub activations: Option<&'a ActivationStore>,
 }
 
+/// How [`LayerStore::load`] gives finished layers back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Restore {
+    /// Layers with dequantized f32 weights ([`crate::WeightMode::FakeQuant`]).
+    Dense,
+    /// Layers with packed codes ([`crate::WeightMode::Packed`]).
+    Packed,
+    /// Only the logs: a streamed run keeps no finished layer in memory.
+    LogOnly,
+}
+
 /// One layer given back by [`LayerStore::load`].
 #[derive(Debug)]
 pub struct RestoredLayer {
-    /// The layer, ready to run (dense fake-quant or packed weights, as the run's
-    /// [`crate::WeightMode`] asks).
-    pub layer: DecoderLayer,
-    /// Its quantized linears, in processing order.
+    /// The layer's index.
+    pub index: usize,
+    /// The layer, ready to run (dense fake-quant or packed weights, as asked); `None` for
+    /// [`Restore::LogOnly`].
+    pub layer: Option<DecoderLayer>,
+    /// Its quantized linears, in processing order (empty for [`Restore::LogOnly`]).
     pub quantized: Vec<(LinearId, QuantizedWeight)>,
     /// Its per-linear log.
     pub records: Vec<LinearRecord>,
@@ -63,15 +77,15 @@ pub struct RestoredRun {
 /// Durable per-layer state of a run, so that a crashed or killed run continues after its last
 /// finished layer ([`crate::quantize_checkpoint_resumable`]).
 pub trait LayerStore {
-    /// The finished layers of an earlier run of the same job, if any. Called once, before the
-    /// first layer, with the run's weight mode (`packed` for [`crate::WeightMode::Packed`]).
+    /// The finished layers of an earlier run of the same job, if any, in the form `restore`
+    /// asks. Called once, before the first layer.
     ///
     /// # Errors
     /// Unreadable or inconsistent state.
     fn load(
         &mut self,
         config: &qwen3_quant_model::ModelConfig,
-        packed: bool,
+        restore: Restore,
     ) -> Result<Option<RestoredRun>>;
 
     /// Makes layer `done.layer.index` durable. When this returns, a run killed at any later

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context};
 use qwen3_quant_calib::{
     measure_gemm_gflops, peak_rss_mb, project, quantize_checkpoint_resumable,
-    quantize_checkpoint_with, ActivationDtype, CalibrationSet, DriverOptions, QuantizationRun,
-    WeightMode,
+    quantize_checkpoint_streamed, quantize_checkpoint_with, ActivationDtype, CalibrationSet,
+    DriverOptions, QuantizationRun, WeightMode,
 };
 use qwen3_quant_formats::{Fingerprint, ResumeDir};
 use qwen3_quant_io::Checkpoint;
@@ -205,21 +205,49 @@ pub fn run(mut a: QuantizeArgs) -> anyhow::Result<()> {
         ComputeArg::F32 => qwen3_quant_kernels::dense::Compute::F32,
         ComputeArg::Bf16 => qwen3_quant_kernels::dense::Compute::Bf16,
     });
+    if let Some(out) = &a.out {
+        // The checkpoint and the resume state beside it, before any work.
+        let bpw = match a.method() {
+            MethodArg::Billm => 3.0,
+            _ if a.per_channel => f64::from(a.bits) + 0.1,
+            _ => f64::from(a.bits) + 32.0 / a.group_size.max(1) as f64,
+        };
+        let act = if calib.is_some() {
+            projection.activation_bytes as u64
+        } else {
+            0
+        };
+        qwen3_quant_formats::check_space_for_run(out, &a.model, bpw, act)?;
+    }
     // With --out, every finished layer is saved beside it so that --resume can continue.
     let mut state = match &a.out {
         Some(out) => Some(open_state(&a, out, calib.as_ref())?),
         None => None,
     };
     let resumed_layers = state.as_ref().map_or(0, ResumeDir::layers_done);
+    // Nothing needs the quantized model in this process (no --eval, no activation
+    // quantization): stream it, one layer resident at a time, and write --out from the state.
+    let streamed = state.is_some() && a.eval.is_empty() && a.act_bits.is_none() && !a.rotate;
     let quantized = match state.as_mut() {
+        Some(s) if streamed => {
+            quantize_checkpoint_streamed(&ckpt, calib.as_ref(), &pipeline, &opts, s)
+        }
         Some(s) => quantize_checkpoint_resumable(&ckpt, calib.as_ref(), &pipeline, &opts, s),
         None => quantize_checkpoint_with(&ckpt, calib.as_ref(), &pipeline, &opts),
     };
     // The evaluation (and anything after) is exact f32 whatever the search used.
     qwen3_quant_kernels::dense::set_compute(qwen3_quant_kernels::dense::Compute::F32);
     let (model, run): (Qwen3Model, QuantizationRun) = quantized?;
+    let saved = match (&state, streamed) {
+        (Some(s), true) => crate::save::write_streamed(&a, &model, s, &run)?,
+        _ => crate::save::write_output(&a, &model, &run)?,
+    };
+    // The peak includes writing the output.
     let rss = peak_rss_mb();
-    let saved = crate::save::write_output(&a, &model, &run)?;
+    let reference_bits = match (&state, streamed) {
+        (Some(s), true) => crate::save::reference_bits_streamed(s, &model.config)?,
+        _ => qwen3_quant_billm::reference_bits(run.quantized.iter().map(|(_, q)| q)),
+    };
     let state_report = state.as_ref().map(|s| {
         json!({"dir": s.dir(), "resumed_layers": resumed_layers, "save_seconds": s.save_seconds(),
                "bytes_saved": s.bytes_saved()})
@@ -288,14 +316,15 @@ pub fn run(mut a: QuantizeArgs) -> anyhow::Result<()> {
         "group_size": group_size,
         "seconds": run.seconds,
         "bits_per_weight": run.bits_per_weight(),
-        "reference_bits": qwen3_quant_billm::reference_bits(run.quantized.iter().map(|(_, q)| q)),
+        "reference_bits": reference_bits,
         "peak_rss_mb": rss,
         "out": a.out,
         "resumed_layers": resumed_layers,
         "resume_state": state_report,
         "checkpoint": saved,
         "weights": if a.packed { "packed" } else { "fake-quant f32" },
-        "linear_bytes": model.linear_bytes(),
+        "linear_bytes": (!streamed).then(|| model.linear_bytes()),
+        "streamed": streamed,
         "eval": eval,
         "calibration": calib.as_ref().map(|c| json!({"description": c.description, "samples": c.len(), "seq_len": c.seq_len, "tokens": c.tokens()})),
         "expert_tokens": expert_tokens,

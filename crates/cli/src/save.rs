@@ -3,7 +3,10 @@
 
 use anyhow::Context;
 use qwen3_quant_calib::QuantizationRun;
-use qwen3_quant_formats::{write_checkpoint, Format, MethodMeta, WriteOptions, WriteReport};
+use qwen3_quant_formats::{
+    write_checkpoint, write_checkpoint_streamed, Format, LayerSource, MethodMeta, ResumeDir,
+    WriteOptions, WriteReport,
+};
 use qwen3_quant_model::Qwen3Model;
 use serde_json::{json, Value};
 
@@ -69,6 +72,52 @@ pub fn write_output(
     let Some(out) = &a.out else {
         return Ok(Value::Null);
     };
+    let opts = write_options(a, run);
+    let report = write_checkpoint(out, &a.model, model, &run.quantized, &opts)
+        .with_context(|| format!("writing {} as {}", out.display(), opts.format.as_str()))?;
+    Ok(summarize(report))
+}
+
+/// [`write_output`] for a streamed run: the layers come from the run's saved state, one at a
+/// time, and the embeddings and `lm_head` from the source checkpoint.
+pub fn write_streamed(
+    a: &QuantizeArgs,
+    ends: &Qwen3Model,
+    state: &ResumeDir,
+    run: &QuantizationRun,
+) -> anyhow::Result<Value> {
+    let Some(out) = &a.out else {
+        return Ok(Value::Null);
+    };
+    let opts = write_options(a, run);
+    let mut layers = state.saved_layers(&ends.config);
+    let report = write_checkpoint_streamed(out, &a.model, ends, &mut layers, &opts)
+        .with_context(|| format!("writing {} as {}", out.display(), opts.format.as_str()))?;
+    Ok(summarize(report))
+}
+
+/// BiLLM's reference bits of a streamed run, read back from its saved layers.
+pub fn reference_bits_streamed(
+    state: &ResumeDir,
+    config: &qwen3_quant_model::ModelConfig,
+) -> anyhow::Result<Option<f64>> {
+    let mut parts: Vec<(f64, f64)> = Vec::new();
+    let mut layers = state.saved_layers(config);
+    for i in 0..config.num_hidden_layers {
+        layers.with_layer(i, &mut |_, qs| {
+            for (_, q) in qs {
+                if let Some(b) = q.reference_bits() {
+                    parts.push((b, (q.out_features() * q.in_features()) as f64));
+                }
+            }
+            Ok(())
+        })?;
+    }
+    let n: f64 = parts.iter().map(|p| p.1).sum();
+    Ok((n > 0.0).then(|| parts.iter().map(|(b, w)| b * w).sum::<f64>() / n))
+}
+
+fn write_options(a: &QuantizeArgs, run: &QuantizationRun) -> WriteOptions {
     let mut opts = WriteOptions::new(format_of(a.format));
     opts.meta = MethodMeta {
         method: format!("{:?}", a.method()).to_lowercase(),
@@ -79,8 +128,11 @@ pub fn write_output(
         expert_tokens: run.expert_tokens.clone(),
         expert_policy: Some(format!("{:?}", a.expert_policy)),
     };
-    let report: WriteReport = write_checkpoint(out, &a.model, model, &run.quantized, &opts)
-        .with_context(|| format!("writing {} as {}", out.display(), opts.format.as_str()))?;
+    opts
+}
+
+/// Prints what was written and returns it as JSON.
+fn summarize(report: WriteReport) -> Value {
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
@@ -94,8 +146,8 @@ pub fn write_output(
     for s in &report.serving {
         eprintln!("  serving: {s}");
     }
-    Ok(json!({
+    json!({
         "dir": report.dir, "format": report.format.as_str(), "files": report.files,
         "tensor_file_bytes": report.tensor_file_bytes, "serving": report.serving, "warnings": report.warnings,
-    }))
+    })
 }

@@ -51,7 +51,8 @@ pub use error::{FormatError, Result};
 pub use inspect::{inspect, Inspection};
 pub use loader::{load_model, LoadOptions, LoadedModel};
 pub use native::NATIVE_FORMAT_VERSION;
-pub use resume::{Fingerprint, ResumeDir};
+pub use resume::{Fingerprint, ResumeDir, SavedLayers};
 pub use writer::{
-    check_output_dir, write_checkpoint, Format, MethodMeta, WriteOptions, WriteReport,
+    check_output_dir, check_space_for_run, free_space, write_checkpoint, write_checkpoint_streamed,
+    Format, LayerSource, LayerVisitor, MethodMeta, WriteOptions, WriteReport,
 };

@@ -21,7 +21,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use qwen3_quant_calib::{
-    ActivationStore, CalibError, FinishedLayer, LayerStore, LinearRecord, RestoredLayer,
+    ActivationStore, CalibError, FinishedLayer, LayerStore, LinearRecord, Restore, RestoredLayer,
     RestoredRun, TransformLog,
 };
 use qwen3_quant_core::{LinearId, PackedWeight, QuantizedWeight};
@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 
 use crate::error::{file_err, FormatError, Result};
 use crate::native;
+use crate::writer::{LayerSource, LayerVisitor};
 
 const FINGERPRINT_FILE: &str = "fingerprint.json";
 const PROGRESS_FILE: &str = "progress.json";
@@ -351,14 +352,19 @@ impl ResumeDir {
         Ok(())
     }
 
-    fn load_layers(&self, config: &ModelConfig, packed: bool) -> Result<Option<RestoredRun>> {
+    fn load_layers(&self, config: &ModelConfig, restore: Restore) -> Result<Option<RestoredRun>> {
         let k = self.layers_done;
         if k == 0 {
             return Ok(None);
         }
+        let build = match restore {
+            Restore::Packed => Build::Packed,
+            Restore::LogOnly => Build::LogOnly,
+            _ => Build::Dense,
+        };
         let mut layers = Vec::with_capacity(k);
         for i in 0..k {
-            layers.push(restore_layer(&self.layer_dir(i), config, i, packed)?);
+            layers.push(restore_layer(&self.layer_dir(i), config, i, build)?);
         }
         let act = self.activations_path(k - 1);
         let activations = if act.is_file() {
@@ -377,13 +383,48 @@ impl LayerStore for ResumeDir {
     fn load(
         &mut self,
         config: &ModelConfig,
-        packed: bool,
+        restore: Restore,
     ) -> qwen3_quant_calib::Result<Option<RestoredRun>> {
-        self.load_layers(config, packed).map_err(to_calib)
+        self.load_layers(config, restore).map_err(to_calib)
     }
 
     fn save(&mut self, done: FinishedLayer<'_>) -> qwen3_quant_calib::Result<()> {
         self.save_layer(&done).map_err(to_calib)
+    }
+}
+
+impl ResumeDir {
+    /// The saved layers as a [`LayerSource`] for [`crate::write_checkpoint_streamed`]: each
+    /// layer is read back when the writer asks for it and dropped after.
+    pub fn saved_layers<'a>(&'a self, config: &'a ModelConfig) -> SavedLayers<'a> {
+        SavedLayers {
+            state: self,
+            config,
+        }
+    }
+}
+
+/// The layers of a [`ResumeDir`], read one at a time ([`ResumeDir::saved_layers`]).
+#[derive(Debug)]
+pub struct SavedLayers<'a> {
+    state: &'a ResumeDir,
+    config: &'a ModelConfig,
+}
+
+impl LayerSource for SavedLayers<'_> {
+    fn with_layer(&mut self, i: usize, f: &mut LayerVisitor<'_>) -> Result<()> {
+        if i >= self.state.layers_done {
+            return Err(FormatError::Config(format!(
+                "{}: layer {i} was never saved ({} layers are)",
+                self.state.dir.display(),
+                self.state.layers_done
+            )));
+        }
+        let r = restore_layer(&self.state.layer_dir(i), self.config, i, Build::CodesOnly)?;
+        let layer = r.layer.expect("built");
+        let refs: Vec<(LinearId, &QuantizedWeight)> =
+            r.quantized.iter().map(|(id, q)| (*id, q)).collect();
+        f(&layer, &refs)
     }
 }
 
@@ -486,14 +527,38 @@ fn layer_tensors(
     Ok((t, Value::Object(schemes)))
 }
 
+/// What [`restore_layer`] builds of a saved layer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Build {
+    /// Quantized linears dequantized to f32, as a fake-quant run holds them.
+    Dense,
+    /// Quantized linears packed for the kernels.
+    Packed,
+    /// Quantized linears as codes only (their weight slot left empty): for writing.
+    CodesOnly,
+    /// Nothing but the logs.
+    LogOnly,
+}
+
 /// Rebuilds layer `i` from its state directory: dense f32 where it was stored so, the quantized
-/// linears decoded and put back as the run would have (dequantized f32, or packed).
+/// linears decoded and put back as `build` asks.
 fn restore_layer(
     dir: &Path,
     config: &ModelConfig,
     i: usize,
-    packed: bool,
+    build: Build,
 ) -> Result<RestoredLayer> {
+    if build == Build::LogOnly {
+        let (records, transforms, expert_tokens) = read_log(dir)?;
+        return Ok(RestoredLayer {
+            index: i,
+            layer: None,
+            quantized: Vec::new(),
+            records,
+            transforms,
+            expert_tokens,
+        });
+    }
     let ckpt = Checkpoint::open(dir)?;
     let schemes: Value = ckpt
         .shards()
@@ -510,13 +575,13 @@ fn restore_layer(
             return Ok::<_, FormatError>(LinearWeight::dense(out, inp, w)?);
         };
         let q = native::decode(&ckpt, prefix, out, inp, scheme)?;
-        let weight = if packed {
-            match q.to_packed()? {
+        let weight = match build {
+            Build::Packed => match q.to_packed()? {
                 PackedWeight::Affine(p) => LinearWeight::Packed(p),
                 PackedWeight::Binary(b) => LinearWeight::Binary(b),
-            }
-        } else {
-            LinearWeight::dense(out, inp, q.dequantize())?
+            },
+            Build::CodesOnly => LinearWeight::dense(0, 0, Vec::new())?,
+            _ => LinearWeight::dense(out, inp, q.dequantize())?,
         };
         decoded.insert(prefix.to_string(), q);
         Ok(weight)
@@ -545,17 +610,28 @@ fn restore_layer(
     if !decoded.is_empty() {
         return Err(bad("quantized linears missing from the list"));
     }
+    let (records, transforms, expert_tokens) = read_log(dir)?;
+    Ok(RestoredLayer {
+        index: i,
+        layer: Some(layer),
+        quantized,
+        records,
+        transforms,
+        expert_tokens,
+    })
+}
+
+/// Per-layer log lines and expert counts of a saved layer.
+type LayerLog = (Vec<LinearRecord>, Vec<TransformLog>, Option<Vec<usize>>);
+
+fn read_log(dir: &Path) -> Result<LayerLog> {
+    let log = read_json(&dir.join("log.json"))?;
+    let bad = |what: &str| FormatError::Config(format!("{}/log.json: {what}", dir.display()));
     let records: Vec<LinearRecord> = serde_json::from_value(log["records"].clone())
         .map_err(|e| bad(&format!("records: {e}")))?;
     let transforms: Vec<TransformLog> = serde_json::from_value(log["transforms"].clone())
         .map_err(|e| bad(&format!("transforms: {e}")))?;
     let expert_tokens: Option<Vec<usize>> = serde_json::from_value(log["expert_tokens"].clone())
         .map_err(|e| bad(&format!("expert_tokens: {e}")))?;
-    Ok(RestoredLayer {
-        layer,
-        quantized,
-        records,
-        transforms,
-        expert_tokens,
-    })
+    Ok((records, transforms, expert_tokens))
 }

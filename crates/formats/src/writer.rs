@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use qwen3_quant_core::{LinearId, QuantizedLinear, QuantizedWeight};
-use qwen3_quant_io::write::{write_atomic, write_safetensors, TensorData};
+
+use qwen3_quant_io::write::{write_atomic, StreamingSafetensors, TensorData};
 use qwen3_quant_io::Dtype;
-use qwen3_quant_model::{FeedForward, Qwen3Model};
+use qwen3_quant_model::{DecoderLayer, FeedForward, Qwen3Model};
 use serde_json::{json, Map, Value};
 
 use crate::config::GptqZeros;
@@ -134,34 +135,25 @@ struct Uniform {
     act_order: bool,
 }
 
-fn uniform(format: Format, quantized: &[(LinearId, QuantizedWeight)]) -> Result<Uniform> {
+fn uniform(format: Format, linears: &[LinearSummary]) -> Result<Uniform> {
     let fmt = format.as_str();
     let mut u: Option<Uniform> = None;
-    for (id, q) in quantized {
-        let module = format!("model.{id}");
-        let a = match q {
-            QuantizedWeight::Affine(a) => a,
-            QuantizedWeight::Binary(_) => {
-                return Err(FormatError::UnsupportedByFormat {
-                    format: fmt,
-                    module,
-                    reason: "BiLLM binary weights".into(),
-                })
-            }
+    for l in linears {
+        let module = format!("model.{}", l.id);
+        let Some((this, smoothing)) = l.affine else {
+            return Err(FormatError::UnsupportedByFormat {
+                format: fmt,
+                module,
+                reason: "BiLLM binary weights".into(),
+            });
         };
-        if a.smoothing().is_some() {
+        if smoothing {
             return Err(FormatError::UnsupportedByFormat {
                 format: fmt,
                 module,
                 reason: "SmoothQuant factors that are not folded into the preceding norm".into(),
             });
         }
-        let this = Uniform {
-            bits: a.bits().get(),
-            group_size: a.group_size(),
-            sym: a.sym(),
-            act_order: a.perm().is_some(),
-        };
         match &mut u {
             None => u = Some(this),
             Some(prev) => {
@@ -249,38 +241,76 @@ fn serving_notes(
     v
 }
 
-/// Accumulates tensors into shards of at most `max` bytes (a tensor larger than that gets a
-/// shard of its own).
+/// Writes tensors into shards of at most `max` bytes (a tensor larger than that gets a shard of
+/// its own), streaming each tensor to disk as it comes: memory holds one tensor, never a shard.
 struct Shards {
     dir: PathBuf,
     max: usize,
-    pending: Vec<TensorData>,
-    pending_bytes: usize,
+    current: Option<StreamingSafetensors>,
     written: Vec<(String, Vec<String>)>,
     bytes: u64,
 }
 
 impl Shards {
-    fn push(&mut self, t: TensorData) -> Result<()> {
-        if self.pending_bytes + t.bytes.len() > self.max && !self.pending.is_empty() {
+    fn new(dir: PathBuf, max: usize) -> Self {
+        Shards {
+            dir,
+            max,
+            current: None,
+            written: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The shard the next `len` bytes go to.
+    fn shard_for(&mut self, len: u64) -> Result<&mut StreamingSafetensors> {
+        let full = self
+            .current
+            .as_ref()
+            .is_some_and(|c| !c.is_empty() && c.bytes() + len > self.max as u64);
+        if full {
             self.flush()?;
         }
-        self.pending_bytes += t.bytes.len();
-        self.pending.push(t);
+        if self.current.is_none() {
+            let name = format!("shard-{}.tmp.safetensors", self.written.len());
+            let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+            self.current = Some(StreamingSafetensors::create(self.dir.join(name), meta)?);
+        }
+        Ok(self.current.as_mut().expect("just created"))
+    }
+
+    fn push(&mut self, t: TensorData) -> Result<()> {
+        self.shard_for(t.bytes.len() as u64)?
+            .push(&t.name, t.dtype, t.shape, &t.bytes)?;
+        Ok(())
+    }
+
+    /// Copies tensor `name` of `src` as it is, 64 MB at a time, releasing the mapped pages it
+    /// has read so that a large table never becomes resident as a whole.
+    fn copy_from(&mut self, src: &qwen3_quant_io::Checkpoint, name: &str) -> Result<()> {
+        let t = src.tensor(name)?;
+        let (dtype, shape, data) = (t.dtype, t.shape.to_vec(), t.data);
+        let shard = self.shard_for(data.len() as u64)?;
+        shard.push_with(name, dtype, shape, data.len() as u64, &mut |w| {
+            const CHUNK: usize = 64 << 20;
+            for (k, c) in data.chunks(CHUNK).enumerate() {
+                w.write_all(c)?;
+                src.release_range(name, k * CHUNK, c.len());
+            }
+            Ok(())
+        })?;
         Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
+        let Some(cur) = self.current.take() else {
             return Ok(());
-        }
+        };
         let name = format!("shard-{}.tmp.safetensors", self.written.len());
-        let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-        write_safetensors(self.dir.join(&name), &self.pending, &meta)?;
-        self.bytes += self.pending_bytes as u64;
-        let names = self.pending.drain(..).map(|t| t.name).collect();
+        let names: Vec<String> = cur.names().map(str::to_string).collect();
+        self.bytes += cur.bytes();
+        cur.finish()?;
         self.written.push((name, names));
-        self.pending_bytes = 0;
         Ok(())
     }
 
@@ -370,11 +400,11 @@ pub(crate) fn check_output(out: &Path, source: &Path, overwrite: bool) -> Result
 
 /// Bytes the checkpoint will take: the quantized linears at their storage bits per weight, and
 /// every other tensor of the source (embeddings, norms, router, lm_head) at its own size.
-fn projected_bytes(source: &Path, quantized: &[(LinearId, QuantizedWeight)]) -> Result<u64> {
+fn projected_bytes(source: &Path, linears: &[LinearSummary]) -> Result<u64> {
     let ckpt = qwen3_quant_io::Checkpoint::open(source)?;
-    let replaced: std::collections::BTreeSet<String> = quantized
+    let replaced: std::collections::BTreeSet<String> = linears
         .iter()
-        .map(|(id, _)| format!("model.{id}.weight"))
+        .map(|l| format!("model.{}.weight", l.id))
         .collect();
     let mut bytes = 0u64;
     for name in ckpt.names() {
@@ -382,14 +412,44 @@ fn projected_bytes(source: &Path, quantized: &[(LinearId, QuantizedWeight)]) -> 
             bytes += ckpt.tensor(name)?.data.len() as u64;
         }
     }
-    for (_, q) in quantized {
-        let (o, i, bpw) = match q {
-            QuantizedWeight::Affine(a) => (a.out_features(), a.in_features(), a.bits_per_weight()),
-            QuantizedWeight::Binary(b) => (b.out_features(), b.in_features(), b.bits_per_weight()),
-        };
-        bytes += ((o * i) as f64 * bpw / 8.0).ceil() as u64;
+    for l in linears {
+        bytes += ((l.out * l.inp) as f64 * l.bits_per_weight / 8.0).ceil() as u64;
     }
     Ok(bytes)
+}
+
+/// Bytes that quantizing `source` at `bits_per_weight` will write to `out`'s file system
+/// (the checkpoint, plus the resume state kept beside it until the end: the quantized linears
+/// once more and `activation_bytes` of calibration inputs), checked against its free space
+/// before any work.
+///
+/// # Errors
+/// [`FormatError::NoSpace`] when they do not fit (with 5% and 1 MB of margin); the source's
+/// I/O errors.
+pub fn check_space_for_run(
+    out: &Path,
+    source: &Path,
+    bits_per_weight: f64,
+    activation_bytes: u64,
+) -> Result<u64> {
+    let ckpt = qwen3_quant_io::Checkpoint::open(source)?;
+    let (mut other, mut linear) = (0u64, 0u64);
+    for name in ckpt.names() {
+        let t = ckpt.tensor(name)?;
+        let is_linear = name.ends_with("_proj.weight") && name.contains(".layers.");
+        if is_linear {
+            linear += (t.numel() as f64 * bits_per_weight / 8.0).ceil() as u64;
+        } else {
+            other += t.data.len() as u64;
+        }
+    }
+    let needed = other + 2 * linear + activation_bytes;
+    check_space(
+        out,
+        needed,
+        free_space(out.parent().unwrap_or(Path::new("."))),
+    )?;
+    Ok(needed)
 }
 
 /// Free bytes for this user on the file system holding `dir` (or its nearest existing
@@ -471,6 +531,121 @@ pub fn write_checkpoint(
     quantized: &[(LinearId, QuantizedWeight)],
     opts: &WriteOptions,
 ) -> Result<WriteReport> {
+    let mut by_layer: Vec<Vec<(LinearId, &QuantizedWeight)>> = vec![Vec::new(); model.layers.len()];
+    for (id, q) in quantized {
+        let slot = by_layer.get_mut(id.layer).ok_or_else(|| {
+            FormatError::Config(format!("{id}: the model has {} layers", model.layers.len()))
+        })?;
+        slot.push((*id, q));
+    }
+    let mut layers = InMemory { model, by_layer };
+    write_checkpoint_streamed(out, source, model, &mut layers, opts)
+}
+
+/// What a [`LayerSource`] calls with one decoder layer and its quantized linears.
+pub type LayerVisitor<'a> =
+    dyn FnMut(&DecoderLayer, &[(LinearId, &QuantizedWeight)]) -> Result<()> + 'a;
+
+/// The decoder layers a checkpoint is written from, handed over one at a time: a streamed run
+/// ([`crate::ResumeDir`]) never holds the whole model.
+pub trait LayerSource {
+    /// Calls `f` with decoder layer `i` and its quantized linears (the other linears of the
+    /// layer are written in full precision as skipped modules).
+    ///
+    /// # Errors
+    /// The source's, and `f`'s.
+    fn with_layer(&mut self, i: usize, f: &mut LayerVisitor<'_>) -> Result<()>;
+}
+
+/// The layers of a model in memory.
+struct InMemory<'a> {
+    model: &'a Qwen3Model,
+    by_layer: Vec<Vec<(LinearId, &'a QuantizedWeight)>>,
+}
+
+impl LayerSource for InMemory<'_> {
+    fn with_layer(&mut self, i: usize, f: &mut LayerVisitor<'_>) -> Result<()> {
+        let layer = self
+            .model
+            .layers
+            .get(i)
+            .ok_or(qwen3_quant_model::ModelError::NoSuchLayer {
+                layer: i,
+                layers: self.model.layers.len(),
+            })?;
+        f(layer, &self.by_layer[i])
+    }
+}
+
+/// What the format checks and the configs need to know of one quantized linear, gathered in a
+/// first pass so that the codes themselves are read one layer at a time.
+struct LinearSummary {
+    id: LinearId,
+    out: usize,
+    inp: usize,
+    bits_per_weight: f64,
+    /// Scheme entry of the native config.
+    scheme: Value,
+    /// The affine layout (`None` for binary weights), and whether it carries SmoothQuant
+    /// factors that are not folded.
+    affine: Option<(Uniform, bool)>,
+    /// Why the chosen format cannot hold it.
+    unsupported: Option<String>,
+    /// GPTQ v1 can hold its zero points.
+    v1_ok: bool,
+}
+
+fn summarize(id: LinearId, q: &QuantizedWeight, opts: &WriteOptions, w8a8: bool) -> LinearSummary {
+    let unsupported = match (opts.format, q) {
+        (Format::Awq, QuantizedWeight::Affine(a)) => awq::unsupported(a),
+        (Format::CompressedTensors, QuantizedWeight::Affine(a)) if w8a8 => {
+            compressed::int8_unsupported(a)
+        }
+        (Format::Gptq, QuantizedWeight::Affine(a)) => a
+            .out_features()
+            .checked_mul(a.bits().get() as usize)
+            .filter(|v| v % 32 == 0 && (a.in_features() * a.bits().get() as usize) % 32 == 0)
+            .is_none()
+            .then(|| "shapes that do not fill 32-bit words".to_string()),
+        _ => None,
+    };
+    LinearSummary {
+        id,
+        out: q.out_features(),
+        inp: q.in_features(),
+        bits_per_weight: q.bits_per_weight(),
+        scheme: native::scheme_of(q, opts.meta.act_bits),
+        affine: q.as_affine().map(|a| {
+            (
+                Uniform {
+                    bits: a.bits().get(),
+                    group_size: a.group_size(),
+                    sym: a.sym(),
+                    act_order: a.perm().is_some(),
+                },
+                a.smoothing().is_some(),
+            )
+        }),
+        unsupported,
+        v1_ok: q.as_affine().is_none_or(gptq::v1_can_hold),
+    }
+}
+
+/// [`write_checkpoint`] from a [`LayerSource`]: the layers are read twice, once to check the
+/// whole model against the format and once to write it, and never held together. `model`
+/// gives the configuration and the ends: its embeddings, final norm and `lm_head`, or, when
+/// [`Qwen3Model::ends_loaded`] is false (a streamed run), the source's embedding and `lm_head`
+/// tensors copied as they are.
+///
+/// # Errors
+/// As [`write_checkpoint`], plus the source's.
+pub fn write_checkpoint_streamed(
+    out: &Path,
+    source: &Path,
+    model: &Qwen3Model,
+    layers: &mut dyn LayerSource,
+    opts: &WriteOptions,
+) -> Result<WriteReport> {
     check_output(out, source, opts.overwrite)?;
     let mut cfg_json: Value = {
         let p = source.join("config.json");
@@ -485,40 +660,31 @@ pub fn write_checkpoint(
             obj.insert("tie_word_embeddings".into(), Value::Bool(false));
         }
     }
-    let by_id: BTreeMap<LinearId, &QuantizedWeight> =
-        quantized.iter().map(|(id, q)| (*id, q)).collect();
-    let moe = model
-        .layers
-        .iter()
-        .any(|l| matches!(l.ffn, FeedForward::Moe(_)));
+    let n_layers = model.config.num_hidden_layers;
+    let w8a8 = opts.format == Format::CompressedTensors && opts.meta.act_bits == Some(8);
+    // First pass: what every quantized linear is, one layer at a time.
+    let mut summaries: Vec<LinearSummary> = Vec::new();
+    let mut moe = false;
+    for i in 0..n_layers {
+        layers.with_layer(i, &mut |layer, qs| {
+            moe |= matches!(layer.ffn, FeedForward::Moe(_));
+            summaries.extend(qs.iter().map(|(id, q)| summarize(*id, q, opts, w8a8)));
+            Ok(())
+        })?;
+    }
 
     // Validate the whole model against the format before writing anything.
     let u = match opts.format {
         Format::Native => None,
-        f => Some(uniform(f, quantized)?),
+        f => Some(uniform(f, &summaries)?),
     };
-    let w8a8 = opts.format == Format::CompressedTensors && opts.meta.act_bits == Some(8);
     let mut warnings = Vec::new();
-    for (id, q) in quantized {
-        let module = format!("model.{id}");
-        let unsupported = match (opts.format, q) {
-            (Format::Awq, QuantizedWeight::Affine(a)) => awq::unsupported(a),
-            (Format::CompressedTensors, QuantizedWeight::Affine(a)) if w8a8 => {
-                compressed::int8_unsupported(a)
-            }
-            (Format::Gptq, QuantizedWeight::Affine(a)) => a
-                .out_features()
-                .checked_mul(a.bits().get() as usize)
-                .filter(|v| v % 32 == 0 && (a.in_features() * a.bits().get() as usize) % 32 == 0)
-                .is_none()
-                .then(|| "shapes that do not fill 32-bit words".to_string()),
-            _ => None,
-        };
-        if let Some(reason) = unsupported {
+    for s in &summaries {
+        if let Some(reason) = &s.unsupported {
             return Err(FormatError::UnsupportedByFormat {
                 format: opts.format.as_str(),
-                module,
-                reason,
+                module: format!("model.{}", s.id),
+                reason: reason.clone(),
             });
         }
     }
@@ -535,10 +701,7 @@ pub fn write_checkpoint(
     let zeros = match (opts.format, opts.gptq_zeros) {
         (Format::Gptq, Some(z)) => z,
         (Format::Gptq, None) => {
-            let bad = quantized
-                .iter()
-                .filter(|(_, q)| q.as_affine().is_some_and(|a| !gptq::v1_can_hold(a)))
-                .count();
+            let bad = summaries.iter().filter(|s| !s.v1_ok).count();
             if bad > 0 {
                 warnings.push(format!(
                     "{bad} linear(s) have a zero point of 0, which GPTQ v1 (zero − 1) cannot store: written as gptq_v2 (raw zeros)"
@@ -553,105 +716,45 @@ pub fn write_checkpoint(
 
     check_space(
         out,
-        projected_bytes(source, quantized)?,
+        projected_bytes(source, &summaries)?,
         free_space(out.parent().unwrap_or(Path::new("."))),
     )?;
     let tmp = temp_sibling(out, "partial");
     std::fs::create_dir_all(&tmp).map_err(file_err(&tmp))?;
     let result = (|| {
         let dtype = float_dtype(model.config.dtype.as_deref());
-        let mut shards = Shards {
-            dir: tmp.clone(),
-            max: opts.max_shard_bytes.max(1),
-            pending: Vec::new(),
-            pending_bytes: 0,
-            written: Vec::new(),
-            bytes: 0,
-        };
+        let mut shards = Shards::new(tmp.clone(), opts.max_shard_bytes.max(1));
         let (h, v) = (model.config.hidden_size, model.config.vocab_size);
-        shards.push(float_tensor(
-            "model.embed_tokens.weight".into(),
-            dtype,
-            vec![v, h],
-            &model.embed_tokens,
-        ))?;
+        let src_ckpt = if model.ends_loaded() {
+            None
+        } else {
+            Some(qwen3_quant_io::Checkpoint::open(source)?)
+        };
+        match &src_ckpt {
+            None => shards.push(float_tensor(
+                "model.embed_tokens.weight".into(),
+                dtype,
+                vec![v, h],
+                &model.embed_tokens,
+            ))?,
+            Some(c) => shards.copy_from(c, "model.embed_tokens.weight")?,
+        }
         let mut skipped: Vec<String> = Vec::new();
-        for layer in &model.layers {
-            let p = format!("model.layers.{}", layer.index);
-            shards.push(float_tensor(
-                format!("{p}.input_layernorm.weight"),
-                dtype,
-                vec![h],
-                &layer.input_layernorm,
-            ))?;
-            shards.push(float_tensor(
-                format!("{p}.post_attention_layernorm.weight"),
-                dtype,
-                vec![h],
-                &layer.post_attention_layernorm,
-            ))?;
-            // Qwen3's per-head q/k norms; LLaMA has none.
-            for (name, norm) in [
-                ("q_norm", &layer.attn.q_norm),
-                ("k_norm", &layer.attn.k_norm),
-            ] {
-                if let Some(w) = norm {
-                    shards.push(float_tensor(
-                        format!("{p}.self_attn.{name}.weight"),
-                        dtype,
-                        vec![w.len()],
-                        w,
-                    ))?;
-                }
-            }
-            // Attention biases (LLaMA-derived models) stay in full precision next to the codes,
-            // as `<module>.bias`, where transformers' and vLLM's quantized linears read them.
-            let b = &layer.attn.bias;
-            for (name, bias) in [
-                ("q_proj", &b.q),
-                ("k_proj", &b.k),
-                ("v_proj", &b.v),
-                ("o_proj", &b.o),
-            ] {
-                if let Some(v) = bias {
-                    shards.push(float_tensor(
-                        format!("{p}.self_attn.{name}.bias"),
-                        dtype,
-                        vec![v.len()],
-                        v,
-                    ))?;
-                }
-            }
-            if let FeedForward::Moe(m) = &layer.ffn {
-                let r = &m.router;
-                shards.push(float_tensor(
-                    format!("{p}.mlp.gate.weight"),
+        for i in 0..n_layers {
+            layers.with_layer(i, &mut |layer, qs| {
+                let by_id: BTreeMap<LinearId, &QuantizedWeight> =
+                    qs.iter().map(|(id, q)| (*id, *q)).collect();
+                write_layer(
+                    &mut shards,
+                    layer,
+                    &by_id,
+                    &mut skipped,
+                    opts,
+                    zeros,
                     dtype,
-                    vec![r.out_features(), r.in_features()],
-                    &r.to_dense(),
-                ))?;
-            }
-            for id in layer.linear_ids() {
-                let prefix = format!("model.{id}");
-                let tensors = match by_id.get(&id) {
-                    Some(q) => encode_linear(&prefix, q, opts, zeros, dtype, w8a8)?,
-                    None => {
-                        let w = layer
-                            .linear(id.kind, id.expert)
-                            .expect("listed linear exists");
-                        skipped.push(prefix.clone());
-                        vec![float_tensor(
-                            format!("{prefix}.weight"),
-                            dtype,
-                            vec![w.out_features(), w.in_features()],
-                            &w.to_dense(),
-                        )]
-                    }
-                };
-                for t in tensors {
-                    shards.push(t)?;
-                }
-            }
+                    w8a8,
+                )
+            })?;
         }
         shards.push(float_tensor(
             "model.norm.weight".into(),
@@ -659,17 +762,21 @@ pub fn write_checkpoint(
             vec![h],
             &model.norm,
         ))?;
-        if let Some(lm) = &model.lm_head {
-            shards.push(float_tensor(
+        match (&src_ckpt, &model.lm_head) {
+            (None, Some(lm)) => shards.push(float_tensor(
                 "lm_head.weight".into(),
                 dtype,
                 vec![lm.out_features(), lm.in_features()],
                 &lm.to_dense(),
-            ))?;
+            ))?,
+            (Some(c), _) if c.contains("lm_head.weight") => {
+                shards.copy_from(c, "lm_head.weight")?
+            }
+            _ => {}
         }
         let (mut files, bytes) = shards.finish()?;
 
-        let qcfg = quant_config(opts, u, zeros, moe, &skipped, quantized, w8a8);
+        let qcfg = quant_config(opts, u, zeros, moe, &skipped, &summaries, w8a8);
         if let Some(obj) = cfg_json.as_object_mut() {
             obj.insert("quantization_config".into(), qcfg.clone());
         }
@@ -757,6 +864,96 @@ pub fn write_checkpoint(
     })
 }
 
+/// Pushes every tensor of one decoder layer.
+#[allow(clippy::too_many_arguments)]
+fn write_layer(
+    shards: &mut Shards,
+    layer: &DecoderLayer,
+    by_id: &BTreeMap<LinearId, &QuantizedWeight>,
+    skipped: &mut Vec<String>,
+    opts: &WriteOptions,
+    zeros: GptqZeros,
+    dtype: Dtype,
+    w8a8: bool,
+) -> Result<()> {
+    let p = format!("model.layers.{}", layer.index);
+    shards.push(float_tensor(
+        format!("{p}.input_layernorm.weight"),
+        dtype,
+        vec![layer.input_layernorm.len()],
+        &layer.input_layernorm,
+    ))?;
+    shards.push(float_tensor(
+        format!("{p}.post_attention_layernorm.weight"),
+        dtype,
+        vec![layer.post_attention_layernorm.len()],
+        &layer.post_attention_layernorm,
+    ))?;
+    // Qwen3's per-head q/k norms; LLaMA has none.
+    for (name, norm) in [
+        ("q_norm", &layer.attn.q_norm),
+        ("k_norm", &layer.attn.k_norm),
+    ] {
+        if let Some(w) = norm {
+            shards.push(float_tensor(
+                format!("{p}.self_attn.{name}.weight"),
+                dtype,
+                vec![w.len()],
+                w,
+            ))?;
+        }
+    }
+    // Attention biases (LLaMA-derived models) stay in full precision next to the codes,
+    // as `<module>.bias`, where transformers' and vLLM's quantized linears read them.
+    let b = &layer.attn.bias;
+    for (name, bias) in [
+        ("q_proj", &b.q),
+        ("k_proj", &b.k),
+        ("v_proj", &b.v),
+        ("o_proj", &b.o),
+    ] {
+        if let Some(v) = bias {
+            shards.push(float_tensor(
+                format!("{p}.self_attn.{name}.bias"),
+                dtype,
+                vec![v.len()],
+                v,
+            ))?;
+        }
+    }
+    if let FeedForward::Moe(m) = &layer.ffn {
+        let r = &m.router;
+        shards.push(float_tensor(
+            format!("{p}.mlp.gate.weight"),
+            dtype,
+            vec![r.out_features(), r.in_features()],
+            &r.to_dense(),
+        ))?;
+    }
+    for id in layer.linear_ids() {
+        let prefix = format!("model.{id}");
+        let tensors = match by_id.get(&id) {
+            Some(q) => encode_linear(&prefix, q, opts, zeros, dtype, w8a8)?,
+            None => {
+                let w = layer
+                    .linear(id.kind, id.expert)
+                    .expect("listed linear exists");
+                skipped.push(prefix.clone());
+                vec![float_tensor(
+                    format!("{prefix}.weight"),
+                    dtype,
+                    vec![w.out_features(), w.in_features()],
+                    &w.to_dense(),
+                )]
+            }
+        };
+        for t in tensors {
+            shards.push(t)?;
+        }
+    }
+    Ok(())
+}
+
 fn encode_linear(
     prefix: &str,
     q: &QuantizedWeight,
@@ -794,7 +991,7 @@ fn quant_config(
     zeros: GptqZeros,
     moe: bool,
     skipped: &[String],
-    quantized: &[(LinearId, QuantizedWeight)],
+    linears: &[LinearSummary],
     w8a8: bool,
 ) -> Value {
     let quantizer = format!("qwen3-quant:{}", env!("CARGO_PKG_VERSION"));
@@ -803,8 +1000,8 @@ fn quant_config(
         (Format::Native, _) | (_, None) => {
             // A default scheme (the most common one) plus per-module overrides.
             let mut counts: BTreeMap<String, (usize, Value)> = BTreeMap::new();
-            for (_, q) in quantized {
-                let s = native::scheme_of(q, m.act_bits);
+            for l in linears {
+                let s = l.scheme.clone();
                 counts.entry(s.to_string()).or_insert((0, s)).0 += 1;
             }
             let default = counts
@@ -813,10 +1010,9 @@ fn quant_config(
                 .map(|(_, s)| s.clone())
                 .unwrap_or(Value::Null);
             let mut overrides = Map::new();
-            for (id, q) in quantized {
-                let s = native::scheme_of(q, m.act_bits);
-                if s != default {
-                    overrides.insert(format!("model.{id}"), s);
+            for l in linears {
+                if l.scheme != default {
+                    overrides.insert(format!("model.{}", l.id), l.scheme.clone());
                 }
             }
             json!({

@@ -135,6 +135,25 @@ impl Checkpoint {
         self.shards[i].tensor(name)
     }
 
+    /// Releases the mapped pages of every tensor whose name starts with `prefix` (see
+    /// [`SafetensorsFile::release`]): once a layer has been widened to f32, its file pages need
+    /// not stay resident.
+    pub fn release_prefix(&self, prefix: &str) {
+        for (name, &i) in &self.location {
+            if name.starts_with(prefix) {
+                let _ = self.shards[i].release(name);
+            }
+        }
+    }
+
+    /// Releases bytes `[start, start + len)` of tensor `name`'s mapped data
+    /// ([`SafetensorsFile::release_range`]); nothing for an unknown name.
+    pub fn release_range(&self, name: &str, start: usize, len: usize) {
+        if let Some(&i) = self.location.get(name) {
+            let _ = self.shards[i].release_range(name, start, len);
+        }
+    }
+
     /// A float tensor widened to f32, checked against an expected shape and for non-finite values.
     pub fn load_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let t = self.tensor(name)?;

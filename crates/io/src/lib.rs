@@ -29,6 +29,7 @@ mod dtype;
 mod error;
 pub mod fuzzing;
 pub mod safetensors_file;
+pub mod synthetic;
 pub mod write;
 
 pub use checkpoint::Checkpoint;

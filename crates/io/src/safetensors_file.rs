@@ -208,6 +208,37 @@ impl TensorView<'_> {
         Ok(out)
     }
 
+    /// Rows `rows` of a 2-D float tensor widened to f32, `[rows.len(), cols]`: an embedding
+    /// lookup that reads only the rows it needs (the table is never widened as a whole).
+    ///
+    /// # Errors
+    /// [`IoError::WrongDtype`] for a non-float or non-2-D tensor, [`IoError::MissingTensor`]
+    /// naming the row for an index past the end.
+    pub fn rows_to_f32(&self, rows: &[u32]) -> Result<Vec<f32>> {
+        let (&[n, cols], true) = (self.shape, self.dtype.is_float()) else {
+            return Err(IoError::WrongDtype {
+                tensor: self.name.into(),
+                got: self.dtype,
+                wanted: "a 2-D float tensor",
+            });
+        };
+        let row_bytes = cols * self.dtype.size();
+        let mut out = Vec::with_capacity(rows.len() * cols);
+        let mut row = Vec::with_capacity(cols);
+        for &r in rows {
+            if r as usize >= n {
+                return Err(IoError::MissingTensor(format!(
+                    "{}[{r}] (of {n} rows)",
+                    self.name
+                )));
+            }
+            let at = r as usize * row_bytes;
+            floats_to_f32(self.dtype, &self.data[at..at + row_bytes], &mut row);
+            out.extend_from_slice(&row);
+        }
+        Ok(out)
+    }
+
     /// The values widened to f32, with an error on NaN or ±Inf (for weights).
     pub fn to_f32_finite(&self) -> Result<Vec<f32>> {
         let v = self.to_f32()?;
@@ -313,6 +344,52 @@ impl SafetensorsFile {
     /// Tensor names in sorted order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.header.tensors.keys().map(String::as_str)
+    }
+
+    /// Tells the OS that the mapped pages of tensor `name` are no longer needed, so that they
+    /// leave this process's resident set (file pages a process touched count in it). A later
+    /// read faults them back in from the file: nothing is lost. A no-op for in-memory files and
+    /// where the OS has no such advice.
+    ///
+    /// # Errors
+    /// [`IoError::MissingTensor`].
+    pub fn release(&self, name: &str) -> Result<()> {
+        self.release_range(name, 0, usize::MAX)
+    }
+
+    /// [`Self::release`] for bytes `[start, start + len)` of tensor `name`'s data (clamped to
+    /// it): a long copy can release what it has read as it goes.
+    ///
+    /// # Errors
+    /// [`IoError::MissingTensor`].
+    pub fn release_range(&self, name: &str, start: usize, len: usize) -> Result<()> {
+        let info = self
+            .header
+            .tensors
+            .get(name)
+            .ok_or_else(|| IoError::MissingTensor(name.to_string()))?;
+        #[cfg(unix)]
+        if let Backing::Mmap(m) = &self.backing {
+            let size = info.end - info.start;
+            let from = start.min(size);
+            let to = from.saturating_add(len).min(size);
+            let base = self.header.data_offset + info.start;
+            // Whole pages inside the range only: the neighbours' pages stay mapped as they were.
+            let page = 4096;
+            let first = (base + from).div_ceil(page) * page;
+            let end = (base + to) / page * page;
+            if end > first {
+                // SAFETY: the map is read-only and file-backed, so MADV_DONTNEED only drops
+                // clean pages, which the kernel re-reads from the file on the next access; no
+                // data changes under any live reference.
+                let _ = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first)
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (info, start, len);
+        Ok(())
     }
 
     /// A tensor by name.

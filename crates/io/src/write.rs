@@ -224,3 +224,208 @@ pub fn write_safetensors(
     }
     result
 }
+
+/// Writes one safetensors file tensor by tensor without holding them: each tensor's bytes go
+/// to a temporary data file as it arrives; [`StreamingSafetensors::finish`] writes the header
+/// and copies the data into the destination atomically, tensors ordered by element size
+/// (largest first) then name, so that every tensor is aligned to its element size as the
+/// `safetensors` crate's own writer does.
+///
+/// ```
+/// use qwen3_quant_io::write::StreamingSafetensors;
+/// use qwen3_quant_io::{Dtype, SafetensorsFile};
+/// let dir = std::env::temp_dir().join(format!("qq-stream-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("s.safetensors");
+/// let mut w = StreamingSafetensors::create(&path, Default::default()).unwrap();
+/// w.push("codes", Dtype::U8, vec![3], &[1, 2, 3]).unwrap();
+/// w.push("scale", Dtype::F32, vec![1], &2.5f32.to_le_bytes()).unwrap();
+/// w.finish().unwrap();
+/// let f = SafetensorsFile::open(&path).unwrap();
+/// assert_eq!(f.tensor("scale").unwrap().to_f32().unwrap(), vec![2.5]);
+/// assert_eq!(f.tensor("codes").unwrap().data, &[1, 2, 3]);
+/// ```
+#[derive(Debug)]
+pub struct StreamingSafetensors {
+    path: PathBuf,
+    data_path: PathBuf,
+    data: Option<BufWriter<File>>,
+    /// (name, dtype, shape, offset in the data file, length).
+    entries: Vec<(String, Dtype, Vec<usize>, u64, u64)>,
+    len: u64,
+    metadata: BTreeMap<String, String>,
+}
+
+impl StreamingSafetensors {
+    /// Starts the file `path` (nothing appears there before [`Self::finish`]).
+    ///
+    /// # Errors
+    /// [`IoError::Io`] when the temporary data file cannot be created.
+    pub fn create(path: impl AsRef<Path>, metadata: BTreeMap<String, String>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let data_path = temp_path(&path).with_extension("data");
+        let file = File::create(&data_path).map_err(io_err(&data_path))?;
+        Ok(StreamingSafetensors {
+            path,
+            data_path,
+            data: Some(BufWriter::with_capacity(1 << 20, file)),
+            entries: Vec::new(),
+            len: 0,
+            metadata,
+        })
+    }
+
+    /// Bytes of tensor data pushed so far.
+    pub fn bytes(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether no tensor was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Names pushed so far, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| e.0.as_str())
+    }
+
+    /// Appends a tensor.
+    ///
+    /// # Errors
+    /// [`IoError::InvalidWrite`] for a duplicate or reserved name or a byte count that does not
+    /// match the shape; I/O errors.
+    pub fn push(
+        &mut self,
+        name: &str,
+        dtype: Dtype,
+        shape: Vec<usize>,
+        bytes: &[u8],
+    ) -> Result<()> {
+        let len = bytes.len() as u64;
+        self.push_with(name, dtype, shape, len, &mut |w| w.write_all(bytes))
+    }
+
+    /// Appends a tensor of `len` bytes that `fill` writes (in pieces, e.g. from a memory map
+    /// whose pages the caller releases as it goes).
+    ///
+    /// # Errors
+    /// As [`Self::push`]; also when `fill` writes another number of bytes.
+    pub fn push_with(
+        &mut self,
+        name: &str,
+        dtype: Dtype,
+        shape: Vec<usize>,
+        len: u64,
+        fill: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let invalid = |reason: String| IoError::InvalidWrite {
+            path: self.path.clone(),
+            reason,
+        };
+        if name == "__metadata__" || self.entries.iter().any(|e| e.0 == name) {
+            return Err(invalid(format!("duplicate or reserved tensor name {name}")));
+        }
+        let expected = (shape.iter().product::<usize>() * dtype.size()) as u64;
+        if expected != len {
+            return Err(invalid(format!(
+                "tensor {name}: shape {shape:?} of {dtype} needs {expected} bytes, got {len}"
+            )));
+        }
+        let w = self.data.as_mut().expect("open until finish");
+        let mut counter = CountingWriter { inner: w, n: 0 };
+        fill(&mut counter).map_err(io_err(&self.data_path))?;
+        if counter.n != len {
+            return Err(invalid(format!(
+                "tensor {name}: {} bytes written for {len}",
+                counter.n
+            )));
+        }
+        self.entries
+            .push((name.to_string(), dtype, shape, self.len, len));
+        self.len += len;
+        Ok(())
+    }
+
+    /// Writes the header and the data into the destination (atomically, synced) and removes
+    /// the temporary data file.
+    ///
+    /// # Errors
+    /// I/O errors; the destination is then left as it was.
+    pub fn finish(mut self) -> Result<()> {
+        let data = self.data.take().expect("open until finish");
+        data.into_inner().map_err(|e| IoError::Io {
+            path: self.data_path.clone(),
+            source: e.into_error(),
+        })?;
+        let mut order: Vec<usize> = (0..self.entries.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (ea, eb) = (&self.entries[a], &self.entries[b]);
+            eb.1.size().cmp(&ea.1.size()).then_with(|| ea.0.cmp(&eb.0))
+        });
+        let mut header = serde_json::Map::new();
+        if !self.metadata.is_empty() {
+            header.insert("__metadata__".into(), serde_json::json!(self.metadata));
+        }
+        let mut at = 0u64;
+        for &i in &order {
+            let (name, dtype, shape, _, len) = &self.entries[i];
+            header.insert(
+                name.clone(),
+                serde_json::json!({"dtype": dtype.as_str(), "shape": shape, "data_offsets": [at, at + len]}),
+            );
+            at += len;
+        }
+        let mut text = serde_json::to_string(&header).expect("JSON");
+        while text.len() % 8 != 0 {
+            text.push(' ');
+        }
+        let source = File::open(&self.data_path).map_err(io_err(&self.data_path))?;
+        let entries = &self.entries;
+        let result = write_atomic_with(&self.path, |w| {
+            use std::io::{Read, Seek, SeekFrom};
+            w.write_all(&(text.len() as u64).to_le_bytes())?;
+            w.write_all(text.as_bytes())?;
+            let mut src = std::io::BufReader::with_capacity(1 << 20, &source);
+            for &i in &order {
+                let (_, _, _, offset, len) = &entries[i];
+                src.seek(SeekFrom::Start(*offset))?;
+                let copied = std::io::copy(&mut (&mut src).take(*len), w)?;
+                if copied != *len {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "temporary data file shorter than written",
+                    ));
+                }
+            }
+            Ok(())
+        });
+        let _ = fs::remove_file(&self.data_path);
+        result
+    }
+}
+
+impl Drop for StreamingSafetensors {
+    fn drop(&mut self) {
+        if self.data.take().is_some() {
+            let _ = fs::remove_file(&self.data_path);
+        }
+    }
+}
+
+/// Counts the bytes written through it.
+struct CountingWriter<'a, W: Write> {
+    inner: &'a mut W,
+    n: u64,
+}
+
+impl<W: Write> Write for CountingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

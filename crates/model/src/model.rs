@@ -31,7 +31,11 @@ pub struct Qwen3Model {
 }
 
 fn dense(ckpt: &Checkpoint, name: &str, out: usize, inp: usize) -> Result<LinearWeight> {
-    LinearWeight::dense(out, inp, ckpt.load_f32(name, &[out, inp])?)
+    let w = ckpt.load_f32(name, &[out, inp])?;
+    // The f32 copy exists: the tensor's mapped file pages need not stay in the resident set
+    // (they stay in the page cache).
+    ckpt.release_range(name, 0, usize::MAX);
+    LinearWeight::dense(out, inp, w)
 }
 
 impl Qwen3Model {
@@ -50,6 +54,31 @@ impl Qwen3Model {
             model.layers.push(layer);
         }
         Ok(model)
+    }
+
+    /// The final norm only: neither the embedding table nor `lm_head` is widened to f32, and
+    /// there is no decoder layer. The starting point of streamed quantization, which reads the
+    /// calibration windows' embedding rows from the checkpoint and leaves both tables to be
+    /// copied from the source when the result is written. [`Self::ends_loaded`] is false, and
+    /// [`Self::embed`] refuses to run.
+    ///
+    /// # Errors
+    /// A missing or malformed `model.norm.weight`.
+    pub fn skeleton_without_ends(ckpt: &Checkpoint, config: ModelConfig) -> Result<Self> {
+        let norm = ckpt.load_f32("model.norm.weight", &[config.hidden_size])?;
+        Ok(Qwen3Model {
+            config,
+            embed_tokens: Vec::new(),
+            layers: Vec::new(),
+            norm,
+            lm_head: None,
+        })
+    }
+
+    /// Whether the embedding table (and `lm_head`, when untied) are in memory; false for
+    /// [`Self::skeleton_without_ends`].
+    pub fn ends_loaded(&self) -> bool {
+        !self.embed_tokens.is_empty()
     }
 
     /// Everything but the decoder layers (embeddings, final norm, `lm_head`): the starting point
@@ -189,6 +218,13 @@ impl Qwen3Model {
     pub fn embed(&self, ids: &[u32]) -> Result<Vec<f32>> {
         let h = self.config.hidden_size;
         let vocab = self.config.vocab_size;
+        if self.embed_tokens.len() != vocab * h {
+            return Err(ModelError::Shape {
+                what: "embed_tokens (not loaded: a streamed model's ends stay in the checkpoint)",
+                expected: vocab * h,
+                got: self.embed_tokens.len(),
+            });
+        }
         let mut out = vec![0.0f32; ids.len() * h];
         for (row, &id) in out.chunks_mut(h).zip(ids) {
             if id as usize >= vocab {
