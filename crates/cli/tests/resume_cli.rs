@@ -86,6 +86,20 @@ fn random_layer(layers: usize) -> usize {
 /// Starts the run, SIGKILLs it as soon as layer `k`'s state starts to be written (so the kill
 /// lands inside a layer's save, the worst moment), and returns the layers the state committed.
 fn kill_during_layer(a: &[String], out: &Path, k: usize) -> usize {
+    // On a loaded machine the watcher may miss a fast run's layer entirely; a run that ended
+    // before it could be killed is thrown away and started again.
+    for _ in 0..5 {
+        if let Some(committed) = try_kill_during_layer(a, out, k) {
+            return committed;
+        }
+        let _ = std::fs::remove_dir_all(out);
+        let _ = std::fs::remove_dir_all(state_dir(out));
+    }
+    panic!("five runs ended before layer {k} could be killed");
+}
+
+/// One attempt of [`kill_during_layer`]; `None` when the run ended before layer `k` was seen.
+fn try_kill_during_layer(a: &[String], out: &Path, k: usize) -> Option<usize> {
     let state = state_dir(out);
     // Under `nice`, where there is one, so that this watcher is not starved by the run on a
     // busy 2-core machine and the kill lands at the layer chosen.
@@ -107,10 +121,9 @@ fn kill_during_layer(a: &[String], out: &Path, k: usize) -> usize {
     let target = state.join(format!("layer-{k:04}"));
     let t0 = Instant::now();
     while !target.exists() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before layer {k} was saved"
-        );
+        if child.try_wait().unwrap().is_some() {
+            return None;
+        }
         assert!(
             t0.elapsed() < Duration::from_secs(600),
             "layer {k} never saved"
@@ -126,7 +139,7 @@ fn kill_during_layer(a: &[String], out: &Path, k: usize) -> usize {
     let progress: Value =
         serde_json::from_slice(&std::fs::read(state.join("progress.json")).unwrap_or_default())
             .unwrap_or(Value::Null);
-    progress["layers_done"].as_u64().unwrap_or(0) as usize
+    Some(progress["layers_done"].as_u64().unwrap_or(0) as usize)
 }
 
 /// An uninterrupted run (with `--eval`, so the model stays in memory), a run killed inside a
@@ -251,7 +264,7 @@ fn awq_and_moe_runs_resume_to_identical_files() {
     // MoE with per-expert counts and the all-token policy.
     killed_and_resumed_equals_uninterrupted(
         "qwen3-moe-micro",
-        8,
+        4,
         &[
             "--method",
             "gptq",

@@ -27,12 +27,12 @@ use qwen3_quant_calib::{
 use qwen3_quant_core::{LinearId, PackedWeight, QuantizedWeight};
 use qwen3_quant_io::write::{write_atomic, write_safetensors, TensorData};
 use qwen3_quant_io::Checkpoint;
-use qwen3_quant_model::{DecoderLayer, FeedForward, LinearWeight, ModelConfig, Qwen3Model};
+use qwen3_quant_model::{DecoderLayer, LinearWeight, ModelConfig, Qwen3Model};
 use serde_json::{json, Value};
 
 use crate::error::{file_err, FormatError, Result};
 use crate::native;
-use crate::writer::{LayerSource, LayerVisitor};
+use crate::writer::{layer_float_tensors, LayerSource, LayerVisitor};
 
 const FINGERPRINT_FILE: &str = "fingerprint.json";
 const PROGRESS_FILE: &str = "progress.json";
@@ -454,54 +454,8 @@ fn layer_tensors(
     layer: &DecoderLayer,
     quantized: &[(LinearId, QuantizedWeight)],
 ) -> Result<(Vec<TensorData>, Value)> {
-    let p = format!("model.layers.{}", layer.index);
-    let mut t = vec![
-        TensorData::f32(
-            format!("{p}.input_layernorm.weight"),
-            vec![layer.input_layernorm.len()],
-            &layer.input_layernorm,
-        ),
-        TensorData::f32(
-            format!("{p}.post_attention_layernorm.weight"),
-            vec![layer.post_attention_layernorm.len()],
-            &layer.post_attention_layernorm,
-        ),
-    ];
-    for (name, norm) in [
-        ("q_norm", &layer.attn.q_norm),
-        ("k_norm", &layer.attn.k_norm),
-    ] {
-        if let Some(w) = norm {
-            t.push(TensorData::f32(
-                format!("{p}.self_attn.{name}.weight"),
-                vec![w.len()],
-                w,
-            ));
-        }
-    }
-    let b = &layer.attn.bias;
-    for (name, bias) in [
-        ("q_proj", &b.q),
-        ("k_proj", &b.k),
-        ("v_proj", &b.v),
-        ("o_proj", &b.o),
-    ] {
-        if let Some(v) = bias {
-            t.push(TensorData::f32(
-                format!("{p}.self_attn.{name}.bias"),
-                vec![v.len()],
-                v,
-            ));
-        }
-    }
-    if let FeedForward::Moe(m) = &layer.ffn {
-        let r = &m.router;
-        t.push(TensorData::f32(
-            format!("{p}.mlp.gate.weight"),
-            vec![r.out_features(), r.in_features()],
-            &r.to_dense(),
-        ));
-    }
+    let exact = |name: String, shape: Vec<usize>, v: &[f32]| TensorData::f32(name, shape, v);
+    let mut t = layer_float_tensors(layer, &exact);
     let by_id: BTreeMap<LinearId, &QuantizedWeight> =
         quantized.iter().map(|(id, q)| (*id, q)).collect();
     let mut schemes = serde_json::Map::new();

@@ -864,6 +864,64 @@ pub fn write_checkpoint_streamed(
     })
 }
 
+/// Encodes one float tensor (name, shape, values).
+pub(crate) type FloatEncoder<'a> = dyn Fn(String, Vec<usize>, &[f32]) -> TensorData + 'a;
+
+/// The full-precision tensors of a decoder layer besides its linears, in writing order: the two
+/// norms, Qwen3's per-head q/k norms, attention biases (LLaMA-derived models, stored as
+/// `<module>.bias` where transformers' and vLLM's quantized linears read them) and the MoE
+/// router; `make` encodes each (the checkpoint's dtype, or exact f32 for the resume state).
+pub(crate) fn layer_float_tensors(
+    layer: &DecoderLayer,
+    make: &FloatEncoder<'_>,
+) -> Vec<TensorData> {
+    let p = format!("model.layers.{}", layer.index);
+    let mut t = vec![
+        make(
+            format!("{p}.input_layernorm.weight"),
+            vec![layer.input_layernorm.len()],
+            &layer.input_layernorm,
+        ),
+        make(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![layer.post_attention_layernorm.len()],
+            &layer.post_attention_layernorm,
+        ),
+    ];
+    for (name, norm) in [
+        ("q_norm", &layer.attn.q_norm),
+        ("k_norm", &layer.attn.k_norm),
+    ] {
+        if let Some(w) = norm {
+            t.push(make(
+                format!("{p}.self_attn.{name}.weight"),
+                vec![w.len()],
+                w,
+            ));
+        }
+    }
+    let b = &layer.attn.bias;
+    for (name, bias) in [
+        ("q_proj", &b.q),
+        ("k_proj", &b.k),
+        ("v_proj", &b.v),
+        ("o_proj", &b.o),
+    ] {
+        if let Some(v) = bias {
+            t.push(make(format!("{p}.self_attn.{name}.bias"), vec![v.len()], v));
+        }
+    }
+    if let FeedForward::Moe(m) = &layer.ffn {
+        let r = &m.router;
+        t.push(make(
+            format!("{p}.mlp.gate.weight"),
+            vec![r.out_features(), r.in_features()],
+            &r.to_dense(),
+        ));
+    }
+    t
+}
+
 /// Pushes every tensor of one decoder layer.
 #[allow(clippy::too_many_arguments)]
 fn write_layer(
@@ -876,59 +934,9 @@ fn write_layer(
     dtype: Dtype,
     w8a8: bool,
 ) -> Result<()> {
-    let p = format!("model.layers.{}", layer.index);
-    shards.push(float_tensor(
-        format!("{p}.input_layernorm.weight"),
-        dtype,
-        vec![layer.input_layernorm.len()],
-        &layer.input_layernorm,
-    ))?;
-    shards.push(float_tensor(
-        format!("{p}.post_attention_layernorm.weight"),
-        dtype,
-        vec![layer.post_attention_layernorm.len()],
-        &layer.post_attention_layernorm,
-    ))?;
-    // Qwen3's per-head q/k norms; LLaMA has none.
-    for (name, norm) in [
-        ("q_norm", &layer.attn.q_norm),
-        ("k_norm", &layer.attn.k_norm),
-    ] {
-        if let Some(w) = norm {
-            shards.push(float_tensor(
-                format!("{p}.self_attn.{name}.weight"),
-                dtype,
-                vec![w.len()],
-                w,
-            ))?;
-        }
-    }
-    // Attention biases (LLaMA-derived models) stay in full precision next to the codes,
-    // as `<module>.bias`, where transformers' and vLLM's quantized linears read them.
-    let b = &layer.attn.bias;
-    for (name, bias) in [
-        ("q_proj", &b.q),
-        ("k_proj", &b.k),
-        ("v_proj", &b.v),
-        ("o_proj", &b.o),
-    ] {
-        if let Some(v) = bias {
-            shards.push(float_tensor(
-                format!("{p}.self_attn.{name}.bias"),
-                dtype,
-                vec![v.len()],
-                v,
-            ))?;
-        }
-    }
-    if let FeedForward::Moe(m) = &layer.ffn {
-        let r = &m.router;
-        shards.push(float_tensor(
-            format!("{p}.mlp.gate.weight"),
-            dtype,
-            vec![r.out_features(), r.in_features()],
-            &r.to_dense(),
-        ))?;
+    let float = |name: String, shape: Vec<usize>, v: &[f32]| float_tensor(name, dtype, shape, v);
+    for t in layer_float_tensors(layer, &float) {
+        shards.push(t)?;
     }
     for id in layer.linear_ids() {
         let prefix = format!("model.{id}");
