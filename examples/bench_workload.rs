@@ -81,11 +81,9 @@ fn load(a: &Args) -> Result<Qwen3Model, Box<dyn std::error::Error>> {
                 false,
                 RangeConvention::Awq,
             )?;
-            let opts = DriverOptions {
-                weight_mode: WeightMode::Packed,
-                progress: false,
-                ..DriverOptions::default()
-            };
+            let opts = DriverOptions::default()
+                .with_weight_mode(WeightMode::Packed)
+                .with_progress(false);
             let rtn = Rtn::new(RtnConfig::new(scheme))?;
             Ok(quantize_checkpoint(&Checkpoint::open(&a.model)?, None, &rtn, &opts)?.0)
         }
@@ -129,12 +127,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
     let mut ppl = None;
     if a.workload == "docs32" {
-        let opts = PplOptions {
-            seq_len: n,
-            max_windows: Some(a.windows),
-            batch_size: b,
-            stride: None,
-        };
+        let opts = PplOptions::default()
+            .with_seq_len(n)
+            .with_max_windows(Some(a.windows))
+            .with_batch_size(b)
+            .with_stride(None);
         ppl = Some(eval::evaluate_ppl(&model, &ids, &opts, Progress::Hidden)?.ppl);
     } else {
         let mut w0 = 0;

@@ -19,12 +19,11 @@ use qwen3_quant::model::Qwen3Model;
 const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets");
 
 fn ppl(model: &Qwen3Model, ids: &[u32]) -> Result<f64, Box<dyn std::error::Error>> {
-    let opts = PplOptions {
-        seq_len: 1024,
-        max_windows: Some(8),
-        batch_size: 4,
-        stride: None,
-    };
+    let opts = PplOptions::default()
+        .with_seq_len(1024)
+        .with_max_windows(Some(8))
+        .with_batch_size(4)
+        .with_stride(None);
     Ok(eval::evaluate_ppl(model, ids, &opts, Progress::Hidden)?.ppl)
 }
 

@@ -46,11 +46,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         false,
         RangeConvention::Awq,
     )?;
-    let opts = DriverOptions {
-        weight_mode: WeightMode::Packed,
-        progress: false,
-        ..DriverOptions::default()
-    };
+    let opts = DriverOptions::default()
+        .with_weight_mode(WeightMode::Packed)
+        .with_progress(false);
     let (packed, _) = quantize_checkpoint(
         &Checkpoint::open(&dir)?,
         None,

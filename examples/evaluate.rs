@@ -53,10 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut report = eval::EvalReport::new(dir.display().to_string());
     for item in &positional {
         if item == "mmlu" {
-            let opts = eval::MmluOptions {
-                limit_per_subject: limit,
-                ..Default::default()
-            };
+            let opts = eval::MmluOptions::default().with_limit_per_subject(limit);
             let r = eval::run_mmlu(
                 &m,
                 &tok,
@@ -67,11 +64,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("mmlu: acc {:.4} (n = {})", r.acc, r.n);
             report.add_mmlu(&r);
         } else if let Some(task) = eval::Task::parse(item) {
-            let opts = eval::TaskOptions {
-                limit,
-                eot_token_id: m.config.eos_token_ids.first().copied(),
-                ..Default::default()
-            };
+            let opts = eval::TaskOptions::default()
+                .with_limit(limit)
+                .with_eot_token_id(m.config.eos_token_ids.first().copied());
             let r = eval::run_task(&m, &tok, task, &data, &opts, eval::Progress::Bar)?;
             println!(
                 "{item}: acc {:.4} acc_norm {:?} (n = {}, {:.1} s)",
@@ -81,10 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             let dataset = eval::Dataset::parse(item);
             let ids = eval::load_dataset(&dataset, &data, Some(&tok))?.ids;
-            let opts = eval::PplOptions {
-                max_windows: dataset.default_max_windows(),
-                ..Default::default()
-            };
+            let opts = eval::PplOptions::default().with_max_windows(dataset.default_max_windows());
             let r = eval::evaluate_ppl(&m, &ids, &opts, eval::Progress::Bar)?;
             println!(
                 "{item}: ppl {:.4} ({} windows x {}, {:.0} tokens/s)",

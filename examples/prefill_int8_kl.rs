@@ -35,11 +35,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         false,
         RangeConvention::Awq,
     )?;
-    let opts = DriverOptions {
-        weight_mode: WeightMode::Packed,
-        progress: false,
-        ..DriverOptions::default()
-    };
+    let opts = DriverOptions::default()
+        .with_weight_mode(WeightMode::Packed)
+        .with_progress(false);
     let rtn = Rtn::new(RtnConfig::new(scheme))?;
     let (m, _) = quantize_checkpoint(&Checkpoint::open(&dir)?, None, &rtn, &opts)?;
     let ids = eval::data::read_token_tensor(
@@ -65,12 +63,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             count += 1;
         }
     }
-    let ppl_opts = PplOptions {
-        seq_len: n,
-        max_windows: Some(32),
-        batch_size: 4,
-        stride: None,
-    };
+    let ppl_opts = PplOptions::default()
+        .with_seq_len(n)
+        .with_max_windows(Some(32))
+        .with_batch_size(4)
+        .with_stride(None);
     kernels::set_prefill_int8(Some(false));
     let exact = eval::evaluate_ppl(&m, &ids, &ppl_opts, Progress::Hidden)?;
     kernels::set_prefill_int8(Some(true));

@@ -165,18 +165,18 @@ impl GptqConfig {
     /// # Errors
     /// Impossible bits.
     pub fn method_config(&self) -> Result<qwen3_quant_gptq::GptqConfig> {
-        Ok(qwen3_quant_gptq::GptqConfig {
-            bits: Bits::new(self.bits)?,
-            group_size: self.group_size,
-            sym: self.sym,
-            act_order: self.act_order,
-            true_sequential: self.true_sequential,
-            percdamp: self.damp,
-            static_groups: self.static_groups,
-            mse: (self.mse || self.mse_hessian_weighted).then(qwen3_quant_core::MseSearch::default),
-            mse_hessian_weighted: self.mse_hessian_weighted,
-            ..qwen3_quant_gptq::GptqConfig::default()
-        })
+        Ok(qwen3_quant_gptq::GptqConfig::default()
+            .with_bits(Bits::new(self.bits)?)
+            .with_group_size(self.group_size)
+            .with_sym(self.sym)
+            .with_act_order(self.act_order)
+            .with_true_sequential(self.true_sequential)
+            .with_percdamp(self.damp)
+            .with_static_groups(self.static_groups)
+            .with_mse(
+                (self.mse || self.mse_hessian_weighted).then(qwen3_quant_core::MseSearch::default),
+            )
+            .with_mse_hessian_weighted(self.mse_hessian_weighted))
     }
 
     /// The validated method.
@@ -341,31 +341,16 @@ impl SmoothQuantConfig {
     }
 }
 
-/// Builder-style setters, one per field: the configurations are `#[non_exhaustive]` (fields may
-/// be added), so outside this crate they are built as `Default::default()` plus `with_*` calls.
-macro_rules! with_setters {
-    ($t:ident { $($field:ident: $ty:ty => $with:ident),* $(,)? }) => {
-        impl $t {
-            $(
-                #[doc = concat!("Sets [`", stringify!($t), "::", stringify!($field), "`].")]
-                #[must_use]
-                pub fn $with(mut self, $field: $ty) -> Self {
-                    self.$field = $field;
-                    self
-                }
-            )*
-        }
-    };
-}
-
-with_setters!(RtnConfig {
+// Builder-style setters, one per field: the configurations are `#[non_exhaustive]` (fields may
+// be added), so outside this crate they are built as `Default::default()` plus `with_*` calls.
+qwen3_quant_core::setters!(RtnConfig {
     bits: u8 => with_bits,
     group_size: Option<usize> => with_group_size,
     sym: bool => with_sym,
     mse_clip: bool => with_mse_clip,
 });
 
-with_setters!(GptqConfig {
+qwen3_quant_core::setters!(GptqConfig {
     bits: u8 => with_bits,
     group_size: Option<usize> => with_group_size,
     sym: bool => with_sym,
@@ -377,7 +362,7 @@ with_setters!(GptqConfig {
     mse_hessian_weighted: bool => with_mse_hessian_weighted,
 });
 
-with_setters!(AwqConfig {
+qwen3_quant_core::setters!(AwqConfig {
     bits: u8 => with_bits,
     group_size: Option<usize> => with_group_size,
     sym: bool => with_sym,
@@ -389,7 +374,7 @@ with_setters!(AwqConfig {
     scale_v_o_gqa: bool => with_scale_v_o_gqa,
 });
 
-with_setters!(SmoothQuantConfig {
+qwen3_quant_core::setters!(SmoothQuantConfig {
     weight_bits: u8 => with_weight_bits,
     act_bits: Option<u8> => with_act_bits,
     alpha: f32 => with_alpha,

@@ -163,11 +163,9 @@ impl Evaluation {
         }
         for name in &self.tasks {
             if name == "mmlu" {
-                let opts = MmluOptions {
-                    limit_per_subject: self.limit,
-                    batch_size: self.batch,
-                    ..MmluOptions::default()
-                };
+                let opts = MmluOptions::default()
+                    .with_limit_per_subject(self.limit)
+                    .with_batch_size(self.batch);
                 let counted = Counted::new(model, progress, "mmlu", None);
                 let r = run_mmlu(
                     &counted,
@@ -188,12 +186,11 @@ impl Evaluation {
             })?;
             let docs = load_task(task, &data, self.limit)?;
             let requests: usize = docs.iter().map(|d| d.requests.len()).sum();
-            let opts = TaskOptions {
-                limit: self.limit,
-                batch_size: self.batch,
-                max_length: self.seq_len,
-                eot_token_id: model.config().eos_token_ids.first().copied(),
-            };
+            let opts = TaskOptions::default()
+                .with_limit(self.limit)
+                .with_batch_size(self.batch)
+                .with_max_length(self.seq_len)
+                .with_eot_token_id(model.config().eos_token_ids.first().copied());
             let counted = Counted::new(model, progress, name, Some(requests as u64));
             let r = score_docs(&counted, tok, task, &docs, &opts, Progress::Hidden)?;
             counted.finish();
@@ -210,12 +207,11 @@ impl Evaluation {
         dataset: &Dataset,
         progress: &dyn ProgressSink,
     ) -> Result<PplResult> {
-        let opts = PplOptions {
-            seq_len: self.seq_len,
-            max_windows: self.windows.or(dataset.default_max_windows()),
-            batch_size: self.batch,
-            stride: None,
-        };
+        let opts = PplOptions::default()
+            .with_seq_len(self.seq_len)
+            .with_max_windows(self.windows.or(dataset.default_max_windows()))
+            .with_batch_size(self.batch)
+            .with_stride(None);
         let total = plan_windows(ids.len(), &opts)?.len() as u64;
         let counted = Counted::new(model, progress, name, Some(total));
         let r = evaluate_ppl(&counted, ids, &opts, Progress::Hidden)?;

@@ -427,15 +427,13 @@ impl<'p> Quantize<'p> {
     }
 
     fn driver_options(&self) -> DriverOptions {
-        DriverOptions {
-            weight_mode: if self.packed {
+        DriverOptions::default()
+            .with_weight_mode(if self.packed {
                 WeightMode::Packed
             } else {
                 WeightMode::FakeQuant
-            },
-            expert_policy: self.expert_policy,
-            ..DriverOptions::default()
-        }
+            })
+            .with_expert_policy(self.expert_policy)
     }
 
     fn calibration_set(

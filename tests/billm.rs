@@ -90,10 +90,7 @@ fn billm_packed_equals_fake_quant_and_beats_sign_only() {
     let calib = first_windows(&docs("calib"), 16, 512).unwrap();
     let method = Billm::new(BillmConfig::default()).unwrap();
     let ckpt = Checkpoint::open(format!("{ASSETS}/models/qwen3-micro")).unwrap();
-    let opts = DriverOptions {
-        weight_mode: WeightMode::Packed,
-        ..DriverOptions::default()
-    };
+    let opts = DriverOptions::default().with_weight_mode(WeightMode::Packed);
     let (packed, run) = quantize_checkpoint(&ckpt, Some(&calib), &method, &opts).unwrap();
     assert_eq!(run.quantized.len(), 56);
     assert!(run

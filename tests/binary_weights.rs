@@ -134,10 +134,7 @@ fn binary_weights_run_fake_and_packed_alike() {
         .all(|(_, q)| matches!(q, QuantizedWeight::Binary(_))));
     let bpw = run.bits_per_weight();
     let ckpt = Checkpoint::open(format!("{ASSETS}/models/qwen3-micro")).unwrap();
-    let opts = DriverOptions {
-        weight_mode: WeightMode::Packed,
-        ..DriverOptions::default()
-    };
+    let opts = DriverOptions::default().with_weight_mode(WeightMode::Packed);
     let (packed, _) = quantize_checkpoint(&ckpt, None, &ToyBinary, &opts).unwrap();
     let fp_bytes = micro().linear_bytes();
     assert!(

@@ -129,6 +129,13 @@ fn the_downstream_crate_runs_the_readme_example() {
 #[test]
 #[ignore = "builds every dependency from scratch; run with --ignored"]
 fn the_downstream_project_builds_with_cargo() {
+    // Resolve with the versions the workspace is tested with (cargo prunes what it does not use);
+    // without a lockfile, `--offline` would pick the newest compatible versions, which may not
+    // be in the local cache.
+    let lock = format!("{ROOT}/tests/downstream/Cargo.lock");
+    if !Path::new(&lock).exists() {
+        std::fs::copy(format!("{ROOT}/Cargo.lock"), &lock).unwrap();
+    }
     let target = tempfile::tempdir().unwrap();
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["run", "--release", "--offline", "--manifest-path"])

@@ -79,10 +79,7 @@ fn bf16_activation_buffer_matches_f32_closely() {
     let mut a = micro();
     quantize_model(&mut a, Some(&calib), &method, &DriverOptions::default()).unwrap();
     let mut b = micro();
-    let opts = DriverOptions {
-        activations: ActivationDtype::Bf16,
-        ..DriverOptions::default()
-    };
+    let opts = DriverOptions::default().with_activations(ActivationDtype::Bf16);
     quantize_model(&mut b, Some(&calib), &method, &opts).unwrap();
     let (pa, pb, pr) = (
         ppl(&a, &valid, 4),

@@ -15,10 +15,7 @@ fn run(policy: ExpertPolicy) -> (Qwen3Model, QuantizationRun) {
     let dir = format!("{ASSETS}/models/qwen3-moe-micro");
     let mut m = Qwen3Model::load(&dir).unwrap();
     let calib = first_windows(&docs("calib"), 4, 256).unwrap();
-    let opts = DriverOptions {
-        expert_policy: policy,
-        ..DriverOptions::default()
-    };
+    let opts = DriverOptions::default().with_expert_policy(policy);
     let gptq = Gptq::new(GptqConfig::default()).unwrap();
     let r = quantize_model(&mut m, Some(&calib), &gptq, &opts).unwrap();
     (m, r)

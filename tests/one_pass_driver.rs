@@ -97,10 +97,8 @@ fn one_pass_collects_fp_hessians_and_propagates_quantized_outputs() {
         seen: Mutex::new(HashMap::new()),
     };
     let mut quantized = micro();
-    let opts = DriverOptions {
-        chunk_sequences: 2, // two chunks: the Hessians must add up over chunks
-        ..DriverOptions::default()
-    };
+    // Two chunks: the Hessians must add up over chunks.
+    let opts = DriverOptions::default().with_chunk_sequences(2);
     let run = quantize_model(&mut quantized, Some(&calib), &probe, &opts).unwrap();
     assert_eq!(run.quantized.len(), 56);
     let seen = probe.seen.into_inner().unwrap();

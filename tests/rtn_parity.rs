@@ -65,10 +65,7 @@ fn packed_inference_matches_fake_quant() {
     let mut fake = micro();
     quantize_model(&mut fake, None, &method, &DriverOptions::default()).unwrap();
     let ckpt = Checkpoint::open(format!("{ASSETS}/models/qwen3-micro")).unwrap();
-    let opts = DriverOptions {
-        weight_mode: WeightMode::Packed,
-        ..DriverOptions::default()
-    };
+    let opts = DriverOptions::default().with_weight_mode(WeightMode::Packed);
     let (packed, run) = quantize_checkpoint(&ckpt, None, &method, &opts).unwrap();
     assert_eq!(run.quantized.len(), 56);
     assert!(

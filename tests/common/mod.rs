@@ -35,12 +35,11 @@ pub fn wiki2_ids() -> Vec<u32> {
 
 /// Perplexity over the first `windows` windows of 1024 tokens.
 pub fn ppl(model: &Qwen3Model, ids: &[u32], windows: usize) -> f64 {
-    let opts = PplOptions {
-        seq_len: 1024,
-        max_windows: Some(windows),
-        batch_size: 4,
-        stride: None,
-    };
+    let opts = PplOptions::default()
+        .with_seq_len(1024)
+        .with_max_windows(Some(windows))
+        .with_batch_size(4)
+        .with_stride(None);
     eval::evaluate_ppl(model, ids, &opts, Progress::Hidden)
         .unwrap()
         .ppl

@@ -65,6 +65,17 @@ pub struct AwqConfig {
     pub min_scale: f32,
 }
 
+qwen3_quant_core::setters!(AwqConfig {
+    grid: usize => with_grid,
+    search_scales: bool => with_search_scales,
+    clip: bool => with_clip,
+    clip_grid: usize => with_clip_grid,
+    max_shrink: f32 => with_max_shrink,
+    clip_samples: usize => with_clip_samples,
+    scale_v_o_gqa: bool => with_scale_v_o_gqa,
+    min_scale: f32 => with_min_scale,
+});
+
 impl Default for AwqConfig {
     fn default() -> Self {
         AwqConfig {

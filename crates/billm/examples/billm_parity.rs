@@ -26,12 +26,11 @@ use qwen3_quant_model::{Qwen3Model, Tokenizer};
 const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets");
 
 fn ppl(model: &Qwen3Model, ids: &[u32], windows: Option<usize>) -> f64 {
-    let opts = PplOptions {
-        seq_len: 1024,
-        max_windows: windows,
-        batch_size: 4,
-        stride: None,
-    };
+    let opts = PplOptions::default()
+        .with_seq_len(1024)
+        .with_max_windows(windows)
+        .with_batch_size(4)
+        .with_stride(None);
     eval::evaluate_ppl(model, ids, &opts, Progress::Hidden)
         .expect("perplexity")
         .ppl
@@ -136,10 +135,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.iter().any(|a| a == "--packed") {
         let ckpt = Checkpoint::open(&model_dir)?;
-        let opts = DriverOptions {
-            weight_mode: WeightMode::Packed,
-            ..DriverOptions::default()
-        };
+        let opts = DriverOptions::default().with_weight_mode(WeightMode::Packed);
         let (packed, _) = quantize_checkpoint(&ckpt, Some(&calib), &method, &opts)?;
         let p = ppl(&packed, &docs, Some(32));
         println!(

@@ -6,6 +6,7 @@ use qwen3_quant_core::{Error as CoreError, MethodError};
 /// How salient columns are ranked and what the structural searches work on
 /// (`--salient_metric`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum SalientMetric {
     /// `S = w² / d²` with `d` the diagonal of the upper Cholesky factor of `H⁻¹` (GPTQ's
     /// per-column error scale): the reference command's choice.
@@ -19,6 +20,7 @@ pub enum SalientMetric {
 /// (`run.py MODEL c4 braq --blocksize 128 --salient_metric hessian`), quirks included; the three
 /// `*` booleans below are the fixes, each off by default.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct BillmConfig {
     /// Columns per block (`--blocksize`, default 128): the span of one structural search, of one
     /// set of means and scales per row, and of one GPTQ error-feedback step. A positive multiple
@@ -61,6 +63,21 @@ pub struct BillmConfig {
     pub intra_block_feedback: bool,
 }
 
+qwen3_quant_core::setters!(BillmConfig {
+    block_size: usize => with_block_size,
+    salient_metric: SalientMetric => with_salient_metric,
+    percdamp: f32 => with_percdamp,
+    max_damp_retries: u32 => with_max_damp_retries,
+    salient_column_limit: usize => with_salient_column_limit,
+    split_quantile_low: f64 => with_split_quantile_low,
+    split_quantile_high: f64 => with_split_quantile_high,
+    split_quantile_points: usize => with_split_quantile_points,
+    error_feedback: bool => with_error_feedback,
+    search_on_weights: bool => with_search_on_weights,
+    quantiles_over_non_salient: bool => with_quantiles_over_non_salient,
+    intra_block_feedback: bool => with_intra_block_feedback,
+});
+
 impl Default for BillmConfig {
     fn default() -> Self {
         Self {
@@ -89,18 +106,6 @@ impl BillmConfig {
             intra_block_feedback: true,
             ..Self::default()
         }
-    }
-
-    /// Sets the block size.
-    pub fn with_block_size(mut self, block_size: usize) -> Self {
-        self.block_size = block_size;
-        self
-    }
-
-    /// Sets the salient metric.
-    pub fn with_salient_metric(mut self, metric: SalientMetric) -> Self {
-        self.salient_metric = metric;
-        self
     }
 
     /// The split quantiles, `points` values evenly spaced over `[low, high]`.

@@ -206,6 +206,7 @@ pub enum WeightMode {
 
 /// Options of [`quantize_model`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct DriverOptions {
     /// Calibration windows pushed through a layer at once (bounds temporary memory).
     pub chunk_sequences: usize,
@@ -227,6 +228,16 @@ pub struct DriverOptions {
     pub keep_finished_layers: bool,
 }
 
+qwen3_quant_core::setters!(DriverOptions {
+    chunk_sequences: usize => with_chunk_sequences,
+    progress: bool => with_progress,
+    weight_mode: WeightMode => with_weight_mode,
+    activations: ActivationDtype => with_activations,
+    expert_policy: ExpertPolicy => with_expert_policy,
+    memory_budget: Option<u64> => with_memory_budget,
+    keep_finished_layers: bool => with_keep_finished_layers,
+});
+
 impl Default for DriverOptions {
     fn default() -> Self {
         DriverOptions {
@@ -246,6 +257,7 @@ impl Default for DriverOptions {
 /// policies differ for experts that the router sends few calibration tokens to (the run's
 /// `expert_tokens` and each linear's `fallback` say which policy applied where).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ExpertPolicy {
     /// The tokens routed to the expert; an expert with fewer than `min_tokens` is quantized by
     /// plain rounding (RTN on the method's grid: an identity Hessian for GPTQ/BiLLM).
@@ -440,7 +452,7 @@ impl Driver<'_> {
                 .linear(id.kind, id.expert)
                 .ok_or_else(|| CalibError::InvalidOptions(format!("{id} missing")))?;
             let (out_f, in_f) = (weight.out_features(), weight.in_features());
-            let w = weight.to_dense();
+            let w = weight.dense_view();
             let site = site_of(id);
             let empty = LinearStats::default();
             let routed_tokens = stats.get(&site).map_or(0, |s| s.tokens);
@@ -483,21 +495,36 @@ impl Driver<'_> {
                 )
                 .map_err(|e| e.with_id(*id))?;
             let seconds = t0.elapsed().as_secs_f64();
+            drop(w);
             let new_weight = match self.opts.weight_mode {
-                WeightMode::FakeQuant => {
-                    LinearWeight::dense(out_f, in_f, outcome.linear.dequantize())?
-                }
-                WeightMode::Packed => {
+                // Overwrite the full-precision values in place: never two f32 copies at once.
+                WeightMode::FakeQuant => match layer.dense_weight_mut(id.kind, id.expert) {
+                    Some(dense) => {
+                        outcome
+                            .linear
+                            .dequantize_into(dense)
+                            .map_err(qwen3_quant_core::MethodError::from)?;
+                        None
+                    }
+                    None => Some(LinearWeight::dense(
+                        out_f,
+                        in_f,
+                        outcome.linear.dequantize(),
+                    )?),
+                },
+                WeightMode::Packed => Some(
                     match outcome.linear.to_packed().map_err(|e| CalibError::Pack {
                         id: id.to_string(),
                         reason: e.to_string(),
                     })? {
                         PackedWeight::Affine(p) => LinearWeight::Packed(p),
                         PackedWeight::Binary(b) => LinearWeight::Binary(b),
-                    }
-                }
+                    },
+                ),
             };
-            layer.replace_linear(id, new_weight)?;
+            if let Some(new_weight) = new_weight {
+                layer.replace_linear(id, new_weight)?;
+            }
             let rec = LinearRecord {
                 layer: id.layer,
                 module: module_name(id),
@@ -1248,11 +1275,13 @@ fn run_layers(
         pb,
     };
     d.run.calib_tokens = calib.tokens();
+    let true_seq = method.true_sequential() && propagation == Propagation::Quantized;
     check_activation_memory(
         n_seq,
         seq,
         model.config.hidden_size,
         opts.activations,
+        LayerWorkingSet::of(&model.config, method.stats_required(), true_seq),
         opts.memory_budget.or_else(available_memory_bytes),
     )?;
     // Layer-0 inputs of every window, captured once (or the saved inputs of the first layer
@@ -1276,7 +1305,6 @@ fn run_layers(
             ActivationStore::new(x, model.config.hidden_size, opts.activations)
         }
     };
-    let true_seq = method.true_sequential() && propagation == Propagation::Quantized;
     for li in first..n_layers {
         prepare(model, li)?;
         let marks = LogMarks::of(&d.run);
@@ -1335,14 +1363,70 @@ pub fn available_memory_bytes() -> Option<u64> {
     }
 }
 
+/// Memory one layer needs besides the calibration activations, estimated from the shapes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct LayerWorkingSet {
+    /// Bytes independent of the number of samples: the widest layer in f32 and, for Hessian
+    /// methods, the Hessian, f64 Cholesky factor and f32 inverse factor of the widest linear
+    /// (`16·n²`) with three f32 copies of that linear (the method's working copy and results).
+    fixed: f64,
+    /// Bytes per calibration token: the MLP activations true-sequential methods keep for
+    /// `down_proj` (`4·intermediate`).
+    per_token: f64,
+}
+
+impl LayerWorkingSet {
+    fn of(
+        config: &qwen3_quant_io::ModelConfig,
+        stats: qwen3_quant_core::StatsRequest,
+        true_seq: bool,
+    ) -> Self {
+        let (h, qd, kvd) = (
+            config.hidden_size as f64,
+            config.q_dim() as f64,
+            config.kv_dim() as f64,
+        );
+        let attn = h * qd + 2.0 * h * kvd + qd * h;
+        let (mut layer, mut widest, mut inter) = (0.0f64, h.max(qd), 0.0f64);
+        for li in 0..config.num_hidden_layers {
+            let (mlp, i) = match (&config.moe, config.is_moe_layer(li)) {
+                (Some(m), true) => {
+                    let (mi, e) = (m.moe_intermediate_size as f64, m.num_experts as f64);
+                    (e * 3.0 * h * mi + h * e, mi)
+                }
+                _ => {
+                    let i = config.intermediate_size as f64;
+                    (3.0 * h * i, i)
+                }
+            };
+            layer = layer.max(attn + mlp);
+            widest = widest.max(i);
+            inter = inter.max(i);
+        }
+        let mut ws = LayerWorkingSet {
+            fixed: 4.0 * layer,
+            per_token: 0.0,
+        };
+        if stats.hessian {
+            ws.fixed += 16.0 * widest * widest + 3.0 * 4.0 * h * widest;
+            if true_seq {
+                ws.per_token = 4.0 * inter;
+            }
+        }
+        ws
+    }
+}
+
 /// Fails before anything is allocated when the calibration activations (the layer inputs, a
-/// second buffer for the outputs, and the f32 embedding they start from) exceed `available`,
-/// proposing the number of samples that would fit and bf16 activations.
+/// second buffer for the outputs, and the f32 embedding they start from) plus one layer's
+/// working set ([`LayerWorkingSet`]) exceed `available`, proposing the number of samples that
+/// would fit and bf16 activations.
 fn check_activation_memory(
     n_seq: usize,
     seq: usize,
     hidden: usize,
     dtype: ActivationDtype,
+    layer: LayerWorkingSet,
     available: Option<u64>,
 ) -> Result<()> {
     let Some(available) = available else {
@@ -1352,21 +1436,32 @@ fn check_activation_memory(
         ActivationDtype::F32 => 4.0,
         ActivationDtype::Bf16 => 2.0,
     };
-    let per_sample = (seq * hidden) as f64 * (2.0 * elem + 4.0);
-    let needed = n_seq as f64 * per_sample;
-    // Leave a tenth for the layer, its temporaries and everything else.
+    let per_sample =
+        |elem: f64| seq as f64 * (hidden as f64 * (2.0 * elem + 4.0) + layer.per_token);
+    let needed = layer.fixed + n_seq as f64 * per_sample(elem);
+    // Leave a tenth for everything else.
     let usable = available as f64 * 0.9;
     if needed <= usable {
         return Ok(());
     }
-    let fits = (usable / per_sample).floor() as usize;
-    let mut advice = format!("use at most {fits} calibration samples of {seq} tokens");
+    let room = (usable - layer.fixed).max(0.0);
+    let fits = (room / per_sample(elem)).floor() as usize;
+    let mut advice = if fits == 0 {
+        format!(
+            "one layer alone needs about {:.0} MB; use a machine with more memory",
+            layer.fixed / 1e6
+        )
+    } else {
+        format!("use at most {fits} calibration samples of {seq} tokens")
+    };
     if dtype == ActivationDtype::F32 {
-        let fits_bf16 = (usable / ((seq * hidden) as f64 * 8.0)).floor() as usize;
-        advice += &format!(
-            ", or bf16 activations (--bf16-activations), with which {} samples fit",
-            fits_bf16.min(n_seq)
-        );
+        let fits_bf16 = (room / per_sample(2.0)).floor() as usize;
+        if fits_bf16 > 0 {
+            advice += &format!(
+                ", or bf16 activations (--bf16-activations), with which {} samples fit",
+                fits_bf16.min(n_seq)
+            );
+        }
     }
     Err(CalibError::OutOfMemory {
         needed_mb: needed / 1e6,
@@ -1383,11 +1478,11 @@ mod memory_tests {
     fn activation_memory_is_checked_before_allocating() {
         // 128 × 2048 tokens of a 4096-wide model: 12 GB in f32, 8 GB in bf16.
         let (n, seq, hidden) = (128, 2048, 4096);
-        assert!(
-            check_activation_memory(n, seq, hidden, ActivationDtype::F32, Some(16 << 30)).is_ok()
-        );
-        let e = check_activation_memory(n, seq, hidden, ActivationDtype::F32, Some(8 << 30))
-            .unwrap_err();
+        let none = LayerWorkingSet::default();
+        let check =
+            |dtype, available| check_activation_memory(n, seq, hidden, dtype, none, available);
+        assert!(check(ActivationDtype::F32, Some(16 << 30)).is_ok());
+        let e = check(ActivationDtype::F32, Some(8 << 30)).unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, CalibError::OutOfMemory { .. }), "{e:?}");
         // 0.9 × 8 GiB / (2048 · 4096 · 12 B) = 76.8 samples; bf16 (8 B per value): 115.2.
@@ -1396,11 +1491,51 @@ mod memory_tests {
             msg.contains("--bf16-activations") && msg.contains("115 samples fit"),
             "{msg}"
         );
-        let e = check_activation_memory(n, seq, hidden, ActivationDtype::Bf16, Some(4 << 30))
-            .unwrap_err();
+        let e = check(ActivationDtype::Bf16, Some(4 << 30)).unwrap_err();
         assert!(!e.to_string().contains("--bf16-activations"), "{e}");
         // Unknown memory: no check.
-        assert!(check_activation_memory(n, seq, hidden, ActivationDtype::F32, None).is_ok());
+        assert!(check(ActivationDtype::F32, None).is_ok());
+    }
+
+    /// Qwen3-8B's shapes: GPTQ's working set of one layer (the f32 layer, `down_proj`'s
+    /// 12288² Hessian with its factors) is counted, RTN-free statistics are not.
+    #[test]
+    fn one_layers_working_set_is_counted() {
+        let mut c = qwen3_quant_io::ModelConfig::from_json(
+            r#"{"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 4096,
+                "intermediate_size": 12288, "num_attention_heads": 32,
+                "num_key_value_heads": 8, "head_dim": 128, "num_hidden_layers": 36,
+                "vocab_size": 151936, "rms_norm_eps": 1e-6, "rope_theta": 1000000,
+                "max_position_embeddings": 40960, "tie_word_embeddings": false}"#,
+        )
+        .unwrap();
+        c.num_hidden_layers = 2;
+        let hess = qwen3_quant_core::StatsRequest {
+            hessian: true,
+            channel_stats: false,
+        };
+        let gptq = LayerWorkingSet::of(&c, hess, true);
+        // Layer: 4096·(4096 + 2·1024 + 4096) + 3·4096·12288 weights = 0.78 GB in f32;
+        // 16·12288² = 2.42 GB of factors; 3 × 201 MB copies of down_proj.
+        assert!(
+            (gptq.fixed / 1e9 - (0.7734 + 2.4159 + 0.6040)).abs() < 0.01,
+            "{gptq:?}"
+        );
+        assert_eq!(gptq.per_token, 4.0 * 12288.0);
+        let awq = LayerWorkingSet::of(&c, qwen3_quant_core::StatsRequest::default(), false);
+        assert!((awq.fixed / 1e9 - 0.7734).abs() < 0.01 && awq.per_token == 0.0);
+        // Per 512-token sample: 512·(4096·12 + 4·12288) B = 50.3 MB in f32 (41.9 MB with bf16
+        // activations); fixed 3791.65 MB. Room for 3.5 f32 samples after the 10% margin:
+        let check = |bytes: u64| {
+            check_activation_memory(16, 512, 4096, ActivationDtype::F32, gptq, Some(bytes))
+        };
+        assert!(check(6 << 30).is_ok());
+        let e = check(4_408_679_538).unwrap_err().to_string();
+        assert!(e.contains("at most 3 calibration samples"), "{e}");
+        assert!(e.contains("with which 4 samples fit"), "{e}");
+        let e = check(3 << 30).unwrap_err().to_string();
+        assert!(e.contains("one layer alone needs about 3792 MB"), "{e}");
+        assert!(!e.contains("bf16"), "{e}");
     }
 
     #[test]

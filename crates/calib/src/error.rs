@@ -32,13 +32,14 @@ pub enum CalibError {
         #[source]
         source: qwen3_quant_core::Error,
     },
-    /// The calibration activations would not fit in memory; nothing was allocated.
+    /// The calibration activations and one layer's working set would not fit in memory;
+    /// nothing was allocated.
     #[error(
-        "the calibration activations need {needed_mb:.0} MB but about {available_mb:.0} MB are \
-         available: {advice}"
+        "the calibration activations and one layer's working set need {needed_mb:.0} MB but \
+         about {available_mb:.0} MB are available: {advice}"
     )]
     OutOfMemory {
-        /// Megabytes the activation buffers need.
+        /// Megabytes the activation buffers and one layer's working set need.
         needed_mb: f64,
         /// Megabytes available (the OS's `MemAvailable`, a cgroup limit, or the configured budget).
         available_mb: f64,

@@ -49,12 +49,11 @@ pub fn ppl_of(
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
-    let opts = PplOptions {
-        seq_len,
-        max_windows: windows.or(dataset.default_max_windows()),
-        batch_size: batch,
-        stride: None,
-    };
+    let opts = PplOptions::default()
+        .with_seq_len(seq_len)
+        .with_max_windows(windows.or(dataset.default_max_windows()))
+        .with_batch_size(batch)
+        .with_stride(None);
     Ok(evaluate_ppl(model, &loaded.ids, &opts, progress())?)
 }
 
@@ -68,7 +67,7 @@ pub fn load_any(dir: &Path) -> anyhow::Result<Qwen3Model> {
         Some("v2") => Some(GptqZeros::V2),
         Some(other) => bail!("QWEN3_QUANT_GPTQ_ZEROS={other:?}: expected v1 or v2"),
     };
-    let loaded = load_model(dir, &LoadOptions { gptq_zeros })
+    let loaded = load_model(dir, &LoadOptions::default().with_gptq_zeros(gptq_zeros))
         .with_context(|| format!("loading {}", dir.display()))?;
     if let Some(q) = &loaded.quant {
         eprintln!(
@@ -115,11 +114,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     }
     for name in &a.tasks {
         if name == "mmlu" {
-            let opts = MmluOptions {
-                limit_per_subject: a.limit,
-                batch_size: a.batch,
-                ..MmluOptions::default()
-            };
+            let opts = MmluOptions::default()
+                .with_limit_per_subject(a.limit)
+                .with_batch_size(a.batch);
             let r = run_mmlu(&model, &tok, &data.join("tasks/mmlu"), &opts, progress())?;
             if !a.json {
                 println!("mmlu: acc {:.4} ({} questions)", r.acc, r.n);
@@ -130,12 +127,11 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         let task = Task::parse(name).with_context(|| {
             format!("unknown task {name:?}: expected piqa, arc_easy, arc_challenge, hellaswag, winogrande, boolq, openbookqa or mmlu")
         })?;
-        let opts = TaskOptions {
-            limit: a.limit,
-            batch_size: a.batch.max(1),
-            max_length: a.seq_len,
-            eot_token_id: model.config.eos_token_ids.first().copied(),
-        };
+        let opts = TaskOptions::default()
+            .with_limit(a.limit)
+            .with_batch_size(a.batch.max(1))
+            .with_max_length(a.seq_len)
+            .with_eot_token_id(model.config.eos_token_ids.first().copied());
         let r = run_task(&model, &tok, task, &data, &opts, progress())?;
         if !a.json {
             match r.acc_norm {

@@ -57,18 +57,16 @@ fn group_of(a: &QuantizeArgs) -> anyhow::Result<GroupSize> {
 }
 
 fn gptq_config(a: &QuantizeArgs, bits: Bits) -> GptqConfig {
-    GptqConfig {
-        bits,
-        group_size: (!a.per_channel).then_some(a.group_size),
-        sym: a.sym,
-        act_order: !a.no_act_order,
-        true_sequential: !a.no_true_sequential,
-        percdamp: a.damp,
-        static_groups: a.static_groups,
-        mse: (a.mse || a.mse_hessian).then(MseSearch::default),
-        mse_hessian_weighted: a.mse_hessian,
-        ..GptqConfig::default()
-    }
+    GptqConfig::default()
+        .with_bits(bits)
+        .with_group_size((!a.per_channel).then_some(a.group_size))
+        .with_sym(a.sym)
+        .with_act_order(!a.no_act_order)
+        .with_true_sequential(!a.no_true_sequential)
+        .with_percdamp(a.damp)
+        .with_static_groups(a.static_groups)
+        .with_mse((a.mse || a.mse_hessian).then(MseSearch::default))
+        .with_mse_hessian_weighted(a.mse_hessian)
 }
 
 /// Builds the plan for `--method`, with `--rotate`'s rotation in front.
@@ -165,15 +163,13 @@ fn method_plan(a: &QuantizeArgs) -> anyhow::Result<Plan> {
 /// BiLLM's configuration: the reference command (`braq`, blocks of 128, Hessian saliency) plus
 /// the fixes asked for with `--billm-fix`.
 fn billm_config(a: &QuantizeArgs) -> anyhow::Result<BillmConfig> {
-    let mut cfg = BillmConfig {
-        block_size: a.blocksize,
-        salient_metric: match a.salient_metric {
+    let mut cfg = BillmConfig::default()
+        .with_block_size(a.blocksize)
+        .with_salient_metric(match a.salient_metric {
             SalientMetricArg::Hessian => SalientMetric::Hessian,
             SalientMetricArg::Magnitude => SalientMetric::Magnitude,
-        },
-        percdamp: a.damp,
-        ..BillmConfig::default()
-    };
+        })
+        .with_percdamp(a.damp);
     for fix in &a.billm_fix {
         match fix.trim() {
             "weights" => cfg.search_on_weights = true,

@@ -183,22 +183,20 @@ pub fn run(mut a: QuantizeArgs) -> anyhow::Result<()> {
             gflops
         );
     }
-    let opts = DriverOptions {
-        progress: std::env::var_os("QWEN3_QUANT_QUIET").is_none(),
-        weight_mode: if a.packed {
+    let opts = DriverOptions::default()
+        .with_progress(std::env::var_os("QWEN3_QUANT_QUIET").is_none())
+        .with_weight_mode(if a.packed {
             WeightMode::Packed
         } else {
             WeightMode::FakeQuant
-        },
-        activations: if a.bf16_activations {
+        })
+        .with_activations(if a.bf16_activations {
             ActivationDtype::Bf16
         } else {
             ActivationDtype::F32
-        },
-        expert_policy: a.expert_policy,
-        memory_budget: a.memory_budget_mb.map(|mb| mb * 1_000_000),
-        ..DriverOptions::default()
-    };
+        })
+        .with_expert_policy(a.expert_policy)
+        .with_memory_budget(a.memory_budget_mb.map(|mb| mb * 1_000_000));
     let refs = plan.transform_refs();
     let pipeline = plan.pipeline(&refs);
     qwen3_quant_kernels::dense::set_compute(match a.compute {

@@ -193,11 +193,16 @@ impl BinaryLinear {
 
     /// Dequantized weight `[out, in]`: each weight's stored table value.
     pub fn dequantize(&self) -> Vec<f32> {
-        let (o, n, bs) = (self.out_features, self.in_features, self.block_size);
+        let mut w = vec![0f32; self.out_features * self.in_features];
+        self.dequantize_rows(&mut w);
+        w
+    }
+
+    fn dequantize_rows(&self, w: &mut [f32]) {
+        let (n, bs) = (self.in_features, self.block_size);
         let nb = n.div_ceil(bs);
-        let mut w = vec![0f32; o * n];
         if n == 0 {
-            return w;
+            return;
         }
         w.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
             for (b, chunk) in row.chunks_mut(bs).enumerate() {
@@ -209,7 +214,6 @@ impl BinaryLinear {
                 }
             }
         });
-        w
     }
 
     /// Packs this weight for the binary kernels.
@@ -280,6 +284,29 @@ impl QuantizedWeight {
         match self {
             Self::Affine(q) => q.dequantize(),
             Self::Binary(b) => b.dequantize(),
+        }
+    }
+
+    /// [`Self::dequantize`] into `out` (`[out, in]`), e.g. the buffer of the weight it replaces,
+    /// so that a fake-quantized model never holds two f32 copies of a linear.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when `out` does not hold `out_features · in_features` values.
+    pub fn dequantize_into(&self, out: &mut [f32]) -> Result<()> {
+        match self {
+            Self::Affine(q) => q.dequantize_into(out),
+            Self::Binary(b) => {
+                let expected = b.out_features * b.in_features;
+                if out.len() != expected {
+                    return Err(Error::ShapeMismatch {
+                        what: "dequantize_into output",
+                        expected,
+                        actual: out.len(),
+                    });
+                }
+                b.dequantize_rows(out);
+                Ok(())
+            }
         }
     }
     /// Honest storage bits per weight.
@@ -366,6 +393,10 @@ mod tests {
             panic!("binary expected")
         };
         assert_eq!(m.dequantize(), w);
+        let mut buf = vec![f32::NAN; w.len()];
+        q.dequantize_into(&mut buf).unwrap();
+        assert_eq!(buf, w);
+        assert!(q.dequantize_into(&mut buf[1..]).is_err());
         // Salient columns 3, 19, …, 115 in block 0 (8 of 128) and 3 ... none in 128..130.
         assert!((b.salient_fraction() - 8.0 / 130.0).abs() < 1e-12);
         // The reference figure looks at the last block only: columns 128..130, none salient.

@@ -26,6 +26,7 @@ pub mod linear;
 pub mod method;
 mod pack;
 pub mod scheme;
+mod setters;
 pub mod stats;
 pub mod transform;
 

@@ -13,7 +13,7 @@
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
 use faer::linalg::solvers::LltError;
-use faer::linalg::triangular_inverse::invert_lower_triangular;
+use faer::linalg::triangular_solve::solve_lower_triangular_in_place;
 use faer::{Mat, Par};
 
 /// Upper Cholesky factor `U` (`H⁻¹ = UᵀU`) of the damped Hessian.
@@ -34,7 +34,8 @@ pub struct FactorFailure {
     pub damp: f64,
 }
 
-/// Upper Cholesky factor of `(h + damp·I)⁻¹`, in f64 with faer (one Cholesky factorisation and one triangular inverse, `H⁻¹` never formed).
+/// Upper Cholesky factor of `(h + damp·I)⁻¹`, in f64 with faer (one Cholesky factorisation and
+/// one blocked triangular solve, `H⁻¹` never formed).
 ///
 /// `h` is `[n, n]` row-major (f32, symmetric), already permuted and with dead columns fixed;
 /// `damp = percdamp · mean(diag h)`. On failure the damping is multiplied by 10 (or set to `0.01·mean(diag)` if it was 0) up to `retries` times.
@@ -44,7 +45,21 @@ pub fn inverse_cholesky_upper(
     percdamp: f64,
     retries: u32,
 ) -> Result<InverseFactor, FactorFailure> {
-    let mean_diag = (0..n).map(|i| h[i * n + i] as f64).sum::<f64>() / n.max(1) as f64;
+    inverse_cholesky_upper_by(n, |i, j| h[i * n + j], percdamp, retries)
+}
+
+/// [`inverse_cholesky_upper`] of the matrix whose entry `(i, j)` is `entry(i, j)`.
+///
+/// Lets a caller permute, scale or patch its Hessian on the fly instead of materialising an
+/// `n × n` copy (600 MB for Qwen3-8B's `down_proj`). `entry` must be symmetric and is read once
+/// per attempt, along rows.
+pub fn inverse_cholesky_upper_by(
+    n: usize,
+    entry: impl Fn(usize, usize) -> f32,
+    percdamp: f64,
+    retries: u32,
+) -> Result<InverseFactor, FactorFailure> {
+    let mean_diag = (0..n).map(|i| entry(i, i) as f64).sum::<f64>() / n.max(1) as f64;
     let mut damp = percdamp * mean_diag;
     let mut fail = FactorFailure { column: 0, damp };
     for attempt in 0..=retries {
@@ -55,7 +70,7 @@ pub fn inverse_cholesky_upper(
                 0.01 * mean_diag
             };
         }
-        match try_factor(h, n, damp) {
+        match try_factor(&entry, n, damp) {
             Ok(u) => return Ok(InverseFactor { u, damp }),
             Err(column) => fail = FactorFailure { column, damp },
         }
@@ -63,23 +78,33 @@ pub fn inverse_cholesky_upper(
     Err(fail)
 }
 
+/// Columns of `L⁻¹` solved per step: the f64 right-hand side is `n × SOLVE_BLOCK`.
+const SOLVE_BLOCK: usize = 256;
+
 /// `U = J·L⁻¹·J` where `J·(H + damp·I)·J = L·Lᵀ` and `J` reverses the index order.
 ///
 /// This is the same matrix as the reference's `cholesky_upper(inverse(H))` (the upper Cholesky
 /// factor of `H⁻¹` is unique): `H⁻¹ = (J L⁻ᵀ J)(J L⁻¹ J) = UᵀU` with `U` upper triangular and a
 /// positive diagonal. It costs one Cholesky and one triangular inverse instead of two Cholesky
 /// factorisations and a full inverse, and never forms `H⁻¹` explicitly.
-fn try_factor(h: &[f32], n: usize, damp: f64) -> Result<Vec<f32>, usize> {
+///
+/// Memory: the f64 factor and the f32 result only. `L⁻¹` is solved a block of columns at a time
+/// (`L[j.., j..] · X = I[j.., j..j+b]`, since column `j` of `L⁻¹` is zero above row `j`: the same
+/// `n³/3` flops as a full triangular inverse) and each block goes straight into `U`.
+fn try_factor(
+    entry: &impl Fn(usize, usize) -> f32,
+    n: usize,
+    damp: f64,
+) -> Result<Vec<f32>, usize> {
     // (J H J)[i, j] = H[n-1-i, n-1-j] = H[n-1-j, n-1-i] (symmetric): read along rows of H so the
     // column-major fill is sequential in memory.
-    let a = Mat::<f64>::from_fn(n, n, |i, j| {
-        h[(n - 1 - j) * n + (n - 1 - i)] as f64 + if i == j { damp } else { 0.0 }
+    let mut a = Mat::<f64>::from_fn(n, n, |i, j| {
+        entry(n - 1 - j, n - 1 - i) as f64 + if i == j { damp } else { 0.0 }
     });
     // A failing pivot k of the flipped matrix is processing column n-1-k.
     let pivot = |e: LltError| match e {
         LltError::NonPositivePivot { index } => n - 1 - index.min(n - 1),
     };
-    let mut a = a;
     let par = Par::rayon(0);
     // In-place factorisation (no copy of the n×n matrix); only the lower triangle is used.
     let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(n, par, Default::default()));
@@ -91,20 +116,26 @@ fn try_factor(h: &[f32], n: usize, damp: f64) -> Result<Vec<f32>, usize> {
         Default::default(),
     )
     .map_err(pivot)?;
-    let mut linv = Mat::<f64>::zeros(n, n);
-    invert_lower_triangular(linv.as_mut(), a.as_ref(), par);
     let mut u = vec![0f32; n * n];
-    // U[i, j] = Linv[n-1-i, n-1-j], nonzero for j >= i; copied in tiles (one side is strided).
-    const T: usize = 32;
-    for jt in (0..n).step_by(T) {
-        for it in (jt..n).step_by(T) {
-            for jj in jt..(jt + T).min(n) {
-                for ii in it.max(jj)..(it + T).min(n) {
-                    let v = linv[(ii, jj)];
-                    if !v.is_finite() {
-                        return Err(n - 1 - ii);
+    for j0 in (0..n).step_by(SOLVE_BLOCK) {
+        let b = SOLVE_BLOCK.min(n - j0);
+        let m = n - j0;
+        // x = L⁻¹[j0.., j0..j0+b].
+        let mut x = Mat::<f64>::from_fn(m, b, |i, j| if i == j { 1.0 } else { 0.0 });
+        solve_lower_triangular_in_place(a.as_ref().submatrix(j0, j0, m, m), x.as_mut(), par);
+        // U[i, j] = Linv[n-1-i, n-1-j], nonzero for j >= i; copied in tiles (one side is strided).
+        const T: usize = 32;
+        for jt in (0..b).step_by(T) {
+            for it in (jt..m).step_by(T) {
+                for jj in jt..(jt + T).min(b) {
+                    for ii in it.max(jj)..(it + T).min(m) {
+                        let v = x[(ii, jj)];
+                        let (gi, gj) = (j0 + ii, j0 + jj);
+                        if !v.is_finite() {
+                            return Err(n - 1 - gi);
+                        }
+                        u[(n - 1 - gi) * n + (n - 1 - gj)] = v as f32;
                     }
-                    u[(n - 1 - ii) * n + (n - 1 - jj)] = v as f32;
                 }
             }
         }

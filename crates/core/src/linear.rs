@@ -252,23 +252,50 @@ impl QuantizedLinear {
     /// Dequantized weight `[out, in]` in the original input space (f32, bit-identical to the
     /// methods' fake quantization; with smoothing, the stored weight divided by `s` per column).
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut w = self.dequantize_stored();
+        let mut w = vec![0f32; self.out_features * self.in_features];
+        self.dequantize_rows(&mut w);
+        w
+    }
+
+    /// [`Self::dequantize`] into `out` (`[out, in]`), e.g. the buffer of the weight it replaces.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when `out` does not hold `out_features · in_features` values.
+    pub fn dequantize_into(&self, out: &mut [f32]) -> Result<()> {
+        let expected = self.out_features * self.in_features;
+        if out.len() != expected {
+            return Err(Error::ShapeMismatch {
+                what: "dequantize_into output",
+                expected,
+                actual: out.len(),
+            });
+        }
+        self.dequantize_rows(out);
+        Ok(())
+    }
+
+    fn dequantize_rows(&self, w: &mut [f32]) {
+        self.dequantize_stored_rows(w);
         if let (Some(s), n) = (&self.smoothing, self.in_features) {
             if n > 0 {
                 w.par_chunks_mut(n)
                     .for_each(|row| row.iter_mut().zip(s).for_each(|(v, f)| *v /= f));
             }
         }
-        w
     }
 
     /// Dequantized weight `[out, in]` as stored: `scale·(code − zero)`, in the smoothed space when
     /// [`Self::smoothing`] is set (otherwise equal to [`Self::dequantize`]).
     pub fn dequantize_stored(&self) -> Vec<f32> {
+        let mut w = vec![0f32; self.out_features * self.in_features];
+        self.dequantize_stored_rows(&mut w);
+        w
+    }
+
+    fn dequantize_stored_rows(&self, w: &mut [f32]) {
         let (o, n) = (self.out_features, self.in_features);
-        let mut w = vec![0f32; o * n];
         if n == 0 {
-            return w;
+            return;
         }
         w.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
             let codes = &self.codes[r * n..(r + 1) * n];
@@ -279,7 +306,6 @@ impl QuantizedLinear {
                 row[c] = s * (codes[c] as f32 - z);
             }
         });
-        w
     }
 
     /// Storage cost in bits per weight, counting honestly what a packed checkpoint holds:
@@ -417,6 +443,22 @@ mod tests {
         assert_eq!(s.dequantize_stored(), vec![1.0, 2.0, 3.0, 2.0, 2.5, 3.0]);
         assert_eq!(s.dequantize(), vec![0.5, 0.5, 6.0, 1.0, 0.625, 6.0]);
         assert!((s.bits_per_weight() - plain - 16.0 * 3.0 / 6.0).abs() < 1e-12);
+        // In place: the same values over whatever the buffer held; a wrong length is refused.
+        let mut buf = vec![f32::NAN; 6];
+        s.dequantize_into(&mut buf).unwrap();
+        assert_eq!(buf, s.dequantize());
+        let e = s.dequantize_into(&mut [0.0; 5]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::ShapeMismatch {
+                    expected: 6,
+                    actual: 5,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -307,6 +307,7 @@ pub fn find_params(values: &[f32], scheme: &QuantScheme) -> QuantParams {
 /// With [`RangeConvention::Awq`] the same search shrinks llm-awq's raw `[min, max]` and applies
 /// its formulas (clamped scale and zero); the reference has no such combination.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct MseSearch {
     /// Grid resolution (`grid = 100`).
     pub grid: usize,
@@ -315,6 +316,12 @@ pub struct MseSearch {
     /// Error exponent (`norm = 2.4`).
     pub norm: f32,
 }
+
+crate::setters!(MseSearch {
+    grid: usize => with_grid,
+    max_shrink: f64 => with_max_shrink,
+    norm: f32 => with_norm,
+});
 
 impl Default for MseSearch {
     /// The reference's values: grid 100, shrink up to 0.8, norm 2.4.

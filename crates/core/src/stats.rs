@@ -166,12 +166,20 @@ impl Hessian {
         Ok(())
     }
 
-    /// The reference normalisation `2/N_seq · Σ XᵀX` (or `data` itself if `n_sequences == 0`).
-    pub fn scaled(&self) -> Vec<f32> {
+    /// The factor of the reference normalisation `2/N_seq · Σ XᵀX` (1 if `n_sequences == 0`).
+    pub fn scale(&self) -> f32 {
         if self.n_sequences == 0 {
-            return self.data.clone();
+            1.0
+        } else {
+            2.0 / self.n_sequences as f32
         }
-        let f = 2.0 / self.n_sequences as f32;
+    }
+
+    /// The reference normalisation `2/N_seq · Σ XᵀX` (or `data` itself if `n_sequences == 0`).
+    ///
+    /// A full copy; methods that only read it entry by entry multiply by [`Hessian::scale`] instead.
+    pub fn scaled(&self) -> Vec<f32> {
+        let f = self.scale();
         self.data.iter().map(|v| v * f).collect()
     }
 

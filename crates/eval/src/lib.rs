@@ -35,7 +35,7 @@
 //! }
 //!
 //! let ids: Vec<u32> = (0..100).map(|i| i % 4).collect();
-//! let opts = PplOptions { seq_len: 16, ..PplOptions::default() };
+//! let opts = PplOptions::default().with_seq_len(16);
 //! let r = evaluate_ppl(&Uniform, &ids, &opts, Progress::Hidden)?;
 //! assert_eq!(r.windows, 6); // 100 / 16, tail dropped
 //! assert!((r.ppl - 4.0).abs() < 1e-5);

@@ -135,6 +135,7 @@ pub struct MmluQuestion {
 
 /// Options of [`run_mmlu`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MmluOptions {
     /// Dev examples in the prompt (5).
     pub ntrain: usize,
@@ -151,6 +152,16 @@ pub struct MmluOptions {
     /// Print pandas-NA cells as `"nan"`, as the pandas-based reference does.
     pub pandas_na: bool,
 }
+
+qwen3_quant_core::setters!(MmluOptions {
+    ntrain: usize => with_ntrain,
+    max_len: usize => with_max_len,
+    limit_per_subject: Option<usize> => with_limit_per_subject,
+    subjects: Option<Vec<String>> => with_subjects,
+    batch_size: usize => with_batch_size,
+    subject_style: SubjectStyle => with_subject_style,
+    pandas_na: bool => with_pandas_na,
+});
 
 impl Default for MmluOptions {
     fn default() -> Self {

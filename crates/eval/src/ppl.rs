@@ -29,6 +29,7 @@ use crate::{EvalError, LanguageModel, Progress, TextEncoder};
 
 /// Options of [`evaluate_ppl`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PplOptions {
     /// Tokens per window (the paper: 2048; the micro-model reference: 1024).
     pub seq_len: usize,
@@ -39,6 +40,13 @@ pub struct PplOptions {
     /// `None`: GPTQ non-overlapping protocol. `Some(s)`: sliding-window evaluation (module docs).
     pub stride: Option<usize>,
 }
+
+qwen3_quant_core::setters!(PplOptions {
+    seq_len: usize => with_seq_len,
+    max_windows: Option<usize> => with_max_windows,
+    batch_size: usize => with_batch_size,
+    stride: Option<usize> => with_stride,
+});
 
 impl Default for PplOptions {
     fn default() -> Self {
@@ -194,6 +202,7 @@ pub fn evaluate_ppl(
 
 /// A perplexity corpus.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Dataset {
     /// Tensor `valid` of `docs/docs.tokens.safetensors` (micro-model documentation text), ids as shipped.
     Docs,

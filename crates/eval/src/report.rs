@@ -370,6 +370,7 @@ pub fn write_sweep_csv(entries: &[SweepEntry], path: &Path) -> Result<(), EvalEr
 
 /// Options of [`plot_metric_vs_bits`].
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct PlotOptions {
     /// Image width, pixels.
     pub width: u32,
@@ -378,6 +379,12 @@ pub struct PlotOptions {
     /// Logarithmic y axis (useful for perplexity).
     pub log_y: bool,
 }
+
+qwen3_quant_core::setters!(PlotOptions {
+    width: u32 => with_width,
+    height: u32 => with_height,
+    log_y: bool => with_log_y,
+});
 
 impl Default for PlotOptions {
     fn default() -> Self {

@@ -36,6 +36,7 @@ use crate::{EvalError, LanguageModel, Progress, TextEncoder};
 
 /// A zero-shot multiple-choice task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Task {
     /// PIQA, validation split.
     Piqa,
@@ -356,6 +357,7 @@ pub fn encode_pair(
 
 /// Options of [`run_task`] / [`score_docs`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TaskOptions {
     /// Score the first `K` documents only (lm-eval `--limit K`).
     pub limit: Option<usize>,
@@ -366,6 +368,13 @@ pub struct TaskOptions {
     /// Token standing in for an empty context (lm-eval uses the tokenizer's EOT token).
     pub eot_token_id: Option<u32>,
 }
+
+qwen3_quant_core::setters!(TaskOptions {
+    limit: Option<usize> => with_limit,
+    batch_size: usize => with_batch_size,
+    max_length: usize => with_max_length,
+    eot_token_id: Option<u32> => with_eot_token_id,
+});
 
 impl Default for TaskOptions {
     fn default() -> Self {

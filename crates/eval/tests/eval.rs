@@ -90,16 +90,10 @@ mod ppl {
 
     #[test]
     fn windows_drop_the_tail() {
-        let o = PplOptions {
-            seq_len: 10,
-            ..Default::default()
-        };
+        let o = PplOptions::default().with_seq_len(10);
         let p = plan_windows(35, &o).unwrap();
         assert_eq!(p, vec![(0, 10, 1), (10, 20, 11), (20, 30, 21)]);
-        let o2 = PplOptions {
-            max_windows: Some(2),
-            ..o.clone()
-        };
+        let o2 = o.clone().with_max_windows(Some(2));
         assert_eq!(plan_windows(35, &o2).unwrap().len(), 2);
         assert!(plan_windows(9, &o).is_err());
         assert_eq!(plan_windows(10, &o).unwrap().len(), 1);
@@ -107,11 +101,7 @@ mod ppl {
 
     #[test]
     fn sliding_windows_score_each_token_once() {
-        let o = PplOptions {
-            seq_len: 8,
-            stride: Some(3),
-            ..Default::default()
-        };
+        let o = PplOptions::default().with_seq_len(8).with_stride(Some(3));
         let p = plan_windows(20, &o).unwrap();
         assert_eq!(p[0], (0, 8, 1));
         assert_eq!(p[1], (3, 11, 8));
@@ -132,11 +122,9 @@ mod ppl {
         let m = Bigram::new(11);
         let ids: Vec<u32> = (0..103u32).map(|i| (i * i + 3 * i + 1) % 11).collect();
         for batch in [1, 2, 5] {
-            let o = PplOptions {
-                seq_len: 16,
-                batch_size: batch,
-                ..Default::default()
-            };
+            let o = PplOptions::default()
+                .with_seq_len(16)
+                .with_batch_size(batch);
             let r = evaluate_ppl(&m, &ids, &o, Progress::Hidden).unwrap();
             assert_eq!((r.windows, r.seq_len, r.tokens), (6, 16, 96));
             let mut acc = 0.0;
@@ -153,11 +141,7 @@ mod ppl {
             );
         }
         // Sliding window: token-weighted over every target once.
-        let o = PplOptions {
-            seq_len: 16,
-            stride: Some(16),
-            ..Default::default()
-        };
+        let o = PplOptions::default().with_seq_len(16).with_stride(Some(16));
         let r = evaluate_ppl(&m, &ids, &o, Progress::Hidden).unwrap();
         // Bigram: only the previous token matters. Targets 16, 32, … open a window and are not scored.
         let scored: Vec<usize> = (1..103).filter(|t| t % 16 != 0).collect();
@@ -166,11 +150,7 @@ mod ppl {
             .map(|&t| -m.logp(ids[t - 1], ids[t]))
             .sum::<f64>()
             / scored.len() as f64;
-        let o3 = PplOptions {
-            seq_len: 16,
-            stride: Some(5),
-            ..Default::default()
-        };
+        let o3 = PplOptions::default().with_seq_len(16).with_stride(Some(5));
         let r3 = evaluate_ppl(&m, &ids, &o3, Progress::Hidden).unwrap();
         let all: f64 = (1..103).map(|t| -m.logp(ids[t - 1], ids[t])).sum::<f64>() / 102.0;
         assert!((r3.ppl - all.exp()).abs() / all.exp() < 1e-6);
@@ -200,10 +180,7 @@ mod ppl {
         let r = evaluate_ppl(
             &Huge,
             &[0, 0, 0, 0],
-            &PplOptions {
-                seq_len: 4,
-                ..Default::default()
-            },
+            &PplOptions::default().with_seq_len(4),
             Progress::Hidden,
         )
         .unwrap();
@@ -391,10 +368,7 @@ mod tasks {
         let m = Bigram::new(256);
         let docs = load_task(Task::Piqa, &data_dir(), Some(6)).unwrap();
         for batch in [1, 3, 16] {
-            let opts = TaskOptions {
-                batch_size: batch,
-                ..Default::default()
-            };
+            let opts = TaskOptions::default().with_batch_size(batch);
             let r = score_docs(&m, &Bytes, Task::Piqa, &docs, &opts, Progress::Hidden).unwrap();
             assert_eq!(r.n, 6);
             let mut accs = Vec::new();
@@ -428,10 +402,7 @@ mod tasks {
             assert!((r.acc_norm.unwrap() - norms.iter().sum::<f64>() / 6.0).abs() < 1e-12);
         }
         // Truncation to max_length keeps the continuation's log-probs computable.
-        let opts = TaskOptions {
-            max_length: 8,
-            ..Default::default()
-        };
+        let opts = TaskOptions::default().with_max_length(8);
         let r = score_docs(&m, &Bytes, Task::Piqa, &docs[..1], &opts, Progress::Hidden).unwrap();
         assert!(r.docs[0].loglikelihoods.iter().all(|x| x.is_finite()));
     }
@@ -531,17 +502,11 @@ Answer:";
                 .len()
         };
         // Exactly the 3-shot length fits: k goes 5 → 4 → 3.
-        let opts = MmluOptions {
-            max_len: len(3),
-            ..Default::default()
-        };
+        let opts = MmluOptions::default().with_max_len(len(3));
         let p = build_prompt(&Bytes, &dev, "abstract_algebra", q, &opts).unwrap();
         assert_eq!(p.k, 3);
         assert_eq!(p.ids.len(), len(3));
-        let opts = MmluOptions {
-            max_len: len(3) - 1,
-            ..Default::default()
-        };
+        let opts = MmluOptions::default().with_max_len(len(3) - 1);
         assert_eq!(
             build_prompt(&Bytes, &dev, "abstract_algebra", q, &opts)
                 .unwrap()
@@ -549,10 +514,7 @@ Answer:";
             2
         );
         // Even 0 shots too long: left-truncated to max_len.
-        let opts = MmluOptions {
-            max_len: 10,
-            ..Default::default()
-        };
+        let opts = MmluOptions::default().with_max_len(10);
         let p = build_prompt(&Bytes, &dev, "abstract_algebra", q, &opts).unwrap();
         assert_eq!((p.k, p.ids.len()), (0, 10));
         let tail: Vec<u32> = p.text.as_bytes()[p.text.len() - 10..]
@@ -630,12 +592,10 @@ Answer:";
                     .collect())
             }
         }
-        let opts = MmluOptions {
-            limit_per_subject: Some(7),
-            subjects: Some(vec!["abstract_algebra".into(), "virology".into()]),
-            batch_size: 4,
-            ..Default::default()
-        };
+        let opts = MmluOptions::default()
+            .with_limit_per_subject(Some(7))
+            .with_subjects(Some(vec!["abstract_algebra".into(), "virology".into()]))
+            .with_batch_size(4);
         let r = run_mmlu(&AlwaysB, &Bytes, &mmlu_dir(), &opts, Progress::Hidden).unwrap();
         assert_eq!(r.n, 14);
         let mut bs = 0;
@@ -795,10 +755,7 @@ mod report {
             &entries,
             &MetricKey::Ppl("docs".into()),
             &png,
-            &PlotOptions {
-                log_y: true,
-                ..Default::default()
-            },
+            &PlotOptions::default().with_log_y(true),
         )
         .unwrap();
         assert_eq!(
@@ -844,10 +801,7 @@ mod micro {
         use qwen3_quant_eval::tasks::compare_with_lm_eval_samples;
         let (model, tok) = micro();
         let golden = assets().join("golden/lm_eval_micro_samples_limit10.json");
-        let opts = TaskOptions {
-            batch_size: 16,
-            ..Default::default()
-        };
+        let opts = TaskOptions::default().with_batch_size(16);
         let c = compare_with_lm_eval_samples(model, tok, &data_dir(), &golden, 10, &opts).unwrap();
         eprintln!(
             "worst relative log-likelihood difference vs lm-eval: {:.2e} {:?}",
@@ -872,11 +826,9 @@ mod micro {
         )
         .unwrap();
         for &task in tasks {
-            let opts = TaskOptions {
-                batch_size: 16,
-                limit: Some(50),
-                ..Default::default()
-            };
+            let opts = TaskOptions::default()
+                .with_batch_size(16)
+                .with_limit(Some(50));
             let r =
                 qwen3_quant_eval::run_task(model, tok, task, &data_dir(), &opts, Progress::Hidden)
                     .unwrap();

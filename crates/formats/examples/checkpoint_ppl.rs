@@ -22,11 +22,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = std::time::Instant::now();
     let loaded = load_model(dir.as_ref(), &LoadOptions::default())?;
     let load_s = t.elapsed().as_secs_f64();
-    let opts = PplOptions {
-        seq_len: 1024,
-        max_windows: windows,
-        ..Default::default()
-    };
+    let opts = PplOptions::default()
+        .with_seq_len(1024)
+        .with_max_windows(windows);
     let r = evaluate_ppl(&loaded.model, &ids, &opts, Progress::Hidden)?;
     println!(
         "{dir}: format {}, {} packed linears, linear bytes {}, loaded in {load_s:.2} s; docs ppl {:.4} over {} windows of {} ({:.0} tokens/s)",

@@ -15,11 +15,16 @@ use crate::{awq, compressed, gptq, native};
 
 /// Options of [`load_model`].
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct LoadOptions {
     /// Decode GPTQ zeros with this convention whatever the file declares and whatever the
     /// detection says (for files known to be mislabeled).
     pub gptq_zeros: Option<GptqZeros>,
 }
+
+qwen3_quant_core::setters!(LoadOptions {
+    gptq_zeros: Option<GptqZeros> => with_gptq_zeros,
+});
 
 /// A loaded checkpoint.
 #[derive(Debug)]

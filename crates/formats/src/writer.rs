@@ -70,6 +70,7 @@ pub struct MethodMeta {
 
 /// Options of [`write_checkpoint`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct WriteOptions {
     /// The format.
     pub format: Format,
@@ -82,6 +83,14 @@ pub struct WriteOptions {
     /// What the method did.
     pub meta: MethodMeta,
 }
+
+qwen3_quant_core::setters!(WriteOptions {
+    format: Format => with_format,
+    max_shard_bytes: usize => with_max_shard_bytes,
+    gptq_zeros: Option<GptqZeros> => with_gptq_zeros,
+    overwrite: bool => with_overwrite,
+    meta: MethodMeta => with_meta,
+});
 
 impl WriteOptions {
     /// Defaults for `format`: 2 GB shards, automatic GPTQ zeros, no overwrite.

@@ -221,10 +221,7 @@ fn v2_zeros_declared_as_v1_are_detected_and_writes_are_atomic() {
 
     // A v2 file, correctly declared, loads; relabelled as v1 it is refused with the evidence.
     let v2 = tmp.path().join("v2");
-    let opts = WriteOptions {
-        gptq_zeros: Some(GptqZeros::V2),
-        ..WriteOptions::new(Format::Gptq)
-    };
+    let opts = WriteOptions::new(Format::Gptq).with_gptq_zeros(Some(GptqZeros::V2));
     write_checkpoint(&v2, &src, &model, &run.quantized, &opts).unwrap();
     let good = load_model(&v2, &LoadOptions::default()).unwrap();
     for name in ["config.json", "quantize_config.json"] {
@@ -250,9 +247,7 @@ fn v2_zeros_declared_as_v1_are_detected_and_writes_are_atomic() {
     }
     let forced = load_model(
         &v2,
-        &LoadOptions {
-            gptq_zeros: Some(GptqZeros::V2),
-        },
+        &LoadOptions::default().with_gptq_zeros(Some(GptqZeros::V2)),
     )
     .unwrap();
     let valid = docs("valid");
@@ -283,10 +278,7 @@ fn v2_zeros_declared_as_v1_are_detected_and_writes_are_atomic() {
     );
     assert!(matches!(e, Err(FormatError::Output { .. })));
     // With overwrite the old content is replaced as a whole.
-    let opts = WriteOptions {
-        overwrite: true,
-        ..WriteOptions::new(Format::Native)
-    };
+    let opts = WriteOptions::new(Format::Native).with_overwrite(true);
     write_checkpoint(&out, &src, &model, &run.quantized, &opts).unwrap();
     assert!(!out.join("keep.txt").exists() && out.join("model.safetensors").is_file());
     // A write that fails half-way (a scale beyond f16 in the last linear) leaves nothing behind:

@@ -214,13 +214,11 @@ fn gptq_every_width_round_trips_through_every_format() {
     };
     let calib = small_calib();
     for bits in [8u8, 4, 3, 2] {
-        let cfg = GptqConfig {
-            bits: Bits::new(bits).unwrap(),
-            group_size: Some(128),
-            sym: false,
-            act_order: true,
-            ..GptqConfig::default()
-        };
+        let cfg = GptqConfig::default()
+            .with_bits(Bits::new(bits).unwrap())
+            .with_group_size(Some(128))
+            .with_sym(false)
+            .with_act_order(true);
         round_trip(
             &Gptq::new(cfg).unwrap(),
             Some(&calib),
@@ -239,12 +237,10 @@ fn moe_sharded_gptq_and_native_round_trip() {
     let src = model_dir("qwen3-moe-micro");
     let ckpt = Checkpoint::open(&src).unwrap();
     let calib = first_windows(&docs("calib"), 4, 256).unwrap();
-    let cfg = GptqConfig {
-        bits: Bits::B4,
-        group_size: Some(128),
-        sym: true,
-        ..GptqConfig::default()
-    };
+    let cfg = GptqConfig::default()
+        .with_bits(Bits::B4)
+        .with_group_size(Some(128))
+        .with_sym(true);
     let (model, run) = quantize_checkpoint(
         &ckpt,
         Some(&calib),
@@ -257,10 +253,7 @@ fn moe_sharded_gptq_and_native_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
     for format in [Format::Gptq, Format::Native] {
         let out = tmp.path().join(format.as_str());
-        let opts = WriteOptions {
-            max_shard_bytes: 2_000_000,
-            ..WriteOptions::new(format)
-        };
+        let opts = WriteOptions::new(format).with_max_shard_bytes(2_000_000);
         let report = write_checkpoint(&out, &src, &model, &run.quantized, &opts).unwrap();
         assert!(
             report

@@ -47,10 +47,9 @@ fn main() {
             ("w4 per-channel act-order", GptqConfig::default()),
             (
                 "w4 g128 no act-order",
-                GptqConfig {
-                    act_order: false,
-                    ..GptqConfig::default().with_group_size(Some(128))
-                },
+                GptqConfig::default()
+                    .with_group_size(Some(128))
+                    .with_act_order(false),
             ),
         ] {
             quantize_weight(&w, out, inp, &hs, &cfg).unwrap(); // warm-up

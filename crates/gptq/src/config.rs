@@ -5,6 +5,7 @@ use qwen3_quant_core::{Bits, Error as CoreError, MethodError, MseSearch};
 /// GPTQ configuration. `Default` mirrors the reference defaults (`qwen.py` + `fasterquant`),
 /// except `act_order = true` (the README runs pass `--act-order`).
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct GptqConfig {
     /// Weight bits (`--wbits`, default 4). 2..=8; 1-bit is rejected (see [`GptqConfig::validate`]).
     pub bits: Bits,
@@ -35,6 +36,20 @@ pub struct GptqConfig {
     pub mse_hessian_weighted: bool,
 }
 
+qwen3_quant_core::setters!(GptqConfig {
+    bits: Bits => with_bits,
+    group_size: Option<usize> => with_group_size,
+    sym: bool => with_sym,
+    act_order: bool => with_act_order,
+    static_groups: bool => with_static_groups,
+    percdamp: f32 => with_percdamp,
+    block_size: usize => with_block_size,
+    true_sequential: bool => with_true_sequential,
+    max_damp_retries: u32 => with_max_damp_retries,
+    mse: Option<MseSearch> => with_mse,
+    mse_hessian_weighted: bool => with_mse_hessian_weighted,
+});
+
 impl Default for GptqConfig {
     fn default() -> Self {
         Self {
@@ -54,12 +69,6 @@ impl Default for GptqConfig {
 }
 
 impl GptqConfig {
-    /// Sets the group size (`None` = per-channel).
-    pub fn with_group_size(mut self, group_size: Option<usize>) -> Self {
-        self.group_size = group_size;
-        self
-    }
-
     /// The `best` recipe (`qwen3-quant quantize --recipe best`, docs/beyond-the-study.md): act-order
     /// with static groups, the range search of the group parameters, dampening 0.05, true
     /// sequential. At 3 bits, group 128 it beat every method of the study on qwen3-micro; set
@@ -83,18 +92,6 @@ impl GptqConfig {
             mse_hessian_weighted: false,
             ..GptqConfig::default()
         }
-    }
-
-    /// Sets the range search of the group parameters (`None`: min/max).
-    pub fn with_mse(mut self, mse: Option<MseSearch>) -> Self {
-        self.mse = mse;
-        self
-    }
-
-    /// Sets the bit width.
-    pub fn with_bits(mut self, bits: Bits) -> Self {
-        self.bits = bits;
-        self
     }
 
     /// Checks the configuration.

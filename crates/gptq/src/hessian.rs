@@ -11,4 +11,4 @@ pub fn act_order_perm(diag: &[f32]) -> Vec<u32> {
     idx
 }
 
-pub(crate) use qwen3_quant_core::linalg::inverse_cholesky_upper as hinv_upper;
+pub(crate) use qwen3_quant_core::linalg::inverse_cholesky_upper_by as hinv_upper;

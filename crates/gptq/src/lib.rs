@@ -45,7 +45,7 @@ mod quantize;
 
 pub use config::GptqConfig;
 pub use hessian::act_order_perm;
-pub use quantize::{quantize_weight, GptqOutput};
+pub use quantize::{quantize_weight, quantize_weight_scaled, GptqOutput};
 
 use qwen3_quant_core::{
     LinearInput, LinearStats, MethodError, Propagation, QuantOutcome, Quantizer, StatsRequest,
@@ -92,16 +92,17 @@ impl Quantizer for Gptq {
     fn true_sequential(&self) -> bool {
         self.config.true_sequential
     }
-    /// Runs [`quantize_weight`] with `stats.hessian` normalised as the reference
-    /// ([`qwen3_quant_core::Hessian::scaled`], `2/N_seq · ΣXᵀX`, which only affects `loss`).
+    /// Runs [`quantize_weight_scaled`] with `stats.hessian` normalised as the reference
+    /// ([`qwen3_quant_core::Hessian::scale`], `2/N_seq · ΣXᵀX`, which only affects `loss`).
     fn quantize_linear(&self, input: LinearInput<'_>, stats: &LinearStats) -> Result<QuantOutcome> {
         let id = input.id;
         let h = qwen3_quant_core::method::required_hessian(stats, &input)?;
-        let out = quantize_weight(
+        let out = quantize_weight_scaled(
             input.weight,
             input.out_features,
             input.in_features,
-            &h.scaled(),
+            &h.data,
+            h.scale(),
             &self.config,
         )
         .map_err(|e| e.with_id(id))?;

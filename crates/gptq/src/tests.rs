@@ -579,11 +579,10 @@ fn mse_range_search() {
     }
     assert!(better > 0, "some group's range shrinks");
     // One grid step: only p = 1, i.e. min/max.
-    let one = MseSearch {
-        grid: 100,
-        max_shrink: 0.01,
-        norm: 2.4,
-    };
+    let one = MseSearch::default()
+        .with_grid(100)
+        .with_max_shrink(0.01)
+        .with_norm(2.4);
     let same = quantize_weight(&w, out, n, &h, &base.with_mse(Some(one))).unwrap();
     assert_eq!(same.linear.codes(), plain.linear.codes());
     // Dynamic groups with act-order and the weighted search run; their effect is measured on the
@@ -599,10 +598,7 @@ fn mse_range_search() {
         assert!(e.is_finite() && e > 0.0);
     }
     let bad = GptqConfig {
-        mse: Some(MseSearch {
-            grid: 0,
-            ..MseSearch::default()
-        }),
+        mse: Some(MseSearch::default().with_grid(0)),
         ..dynamic
     };
     assert!(matches!(

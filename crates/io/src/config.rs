@@ -36,6 +36,9 @@ pub enum ConfigError {
 }
 
 /// Architecture family.
+///
+/// Exhaustive on purpose: the model crate must implement every architecture it can be handed, so
+/// a new one is a breaking (minor, while 0.x) release of the workspace (CHANGELOG.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Architecture {
     /// Dense Qwen3 (`Qwen3ForCausalLM`).
@@ -73,6 +76,9 @@ impl Architecture {
 }
 
 /// RoPE frequency scaling (`rope_scaling` / `rope_parameters` with a `rope_type`).
+///
+/// Exhaustive on purpose, like [`Architecture`]: the model must implement every scaling it is
+/// handed; an unknown `rope_type` is a [`ConfigError::Unsupported`] when the config is read.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RopeScaling {
     /// LLaMA-3's "llama3" scaling: with `wavelength = 2π / inv_freq`, wavelengths above
@@ -93,6 +99,7 @@ pub enum RopeScaling {
 
 /// Mixture-of-experts settings.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct MoeConfig {
     /// Number of routed experts.
     pub num_experts: usize,
@@ -110,6 +117,7 @@ pub struct MoeConfig {
 
 /// A validated Qwen3 / Qwen3-MoE configuration.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ModelConfig {
     /// Family.
     pub architecture: Architecture,

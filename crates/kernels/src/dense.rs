@@ -35,6 +35,7 @@ const A_BLOCK_FLOATS: usize = 64 * 1024;
 
 /// The arithmetic of the dense products (process-wide, [`set_compute`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Compute {
     /// f32 × f32 (exact: the reference perplexities).
     #[default]

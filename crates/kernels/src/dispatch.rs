@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 
 /// Which implementation of the packed kernels runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum KernelChoice {
     /// Portable Rust, always available.
     Scalar,

@@ -104,6 +104,7 @@ fn err(e: ActQuantError) -> ModelError {
 
 /// How activation-quantized linears execute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ActExecution {
     /// Quantize and dequantize the input, then run the weight's own f32/packed product.
     Fake,

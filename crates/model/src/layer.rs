@@ -241,6 +241,17 @@ impl DecoderLayer {
         }
     }
 
+    /// The dense f32 values of a linear, to overwrite in place (e.g. with its fake-quantized
+    /// values); `None` when there is no such linear or it is not stored dense.
+    pub fn dense_weight_mut(
+        &mut self,
+        kind: LinearKind,
+        expert: Option<usize>,
+    ) -> Option<&mut [f32]> {
+        self.linear_mut(kind, expert)
+            .and_then(LinearWeight::dense_mut)
+    }
+
     pub(crate) fn linear_mut(
         &mut self,
         kind: LinearKind,

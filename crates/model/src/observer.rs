@@ -4,6 +4,7 @@ use qwen3_quant_core::ScoredBlock;
 
 /// A place in a decoder layer where the input of one or more linears is visible.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Site {
     /// `input_layernorm` output: the input of q_proj, k_proj and v_proj.
     AttnInput,

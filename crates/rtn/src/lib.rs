@@ -40,12 +40,17 @@ pub use qwen3_quant_core::MseSearch;
 /// RTN configuration. `Default` is the reference `qwen.py --nearest`: 4-bit, per-channel,
 /// asymmetric, GPTQ range convention, no MSE search.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct RtnConfig {
     /// Bits, grouping, symmetry and range convention (validated on construction).
     pub scheme: QuantScheme,
     /// Optional MSE clip search.
     pub mse: Option<MseSearch>,
 }
+
+qwen3_quant_core::setters!(RtnConfig {
+    scheme: QuantScheme => with_scheme,
+});
 
 impl Default for RtnConfig {
     fn default() -> Self {

@@ -214,10 +214,7 @@ fn bad_inputs_are_errors() {
     ));
     assert!(e.to_string().contains("layers.7.self_attn.o_proj"));
     assert!(RtnConfig::default()
-        .with_mse(MseSearch {
-            grid: 0,
-            ..Default::default()
-        })
+        .with_mse(MseSearch::default().with_grid(0))
         .validate()
         .is_err());
 }

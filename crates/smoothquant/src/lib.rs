@@ -52,6 +52,11 @@ pub struct SmoothQuantConfig {
     pub smooth_down: bool,
 }
 
+qwen3_quant_core::setters!(SmoothQuantConfig {
+    smooth_o: bool => with_smooth_o,
+    smooth_down: bool => with_smooth_down,
+});
+
 impl Default for SmoothQuantConfig {
     fn default() -> Self {
         SmoothQuantConfig {

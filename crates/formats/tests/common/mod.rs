@@ -29,12 +29,11 @@ pub fn docs(split: &str) -> Vec<u32> {
 
 /// Perplexity over the first `windows` windows of `seq` tokens.
 pub fn ppl(model: &Qwen3Model, ids: &[u32], windows: usize, seq: usize) -> f64 {
-    let opts = PplOptions {
-        seq_len: seq,
-        max_windows: Some(windows),
-        batch_size: 4,
-        stride: None,
-    };
+    let opts = PplOptions::default()
+        .with_seq_len(seq)
+        .with_max_windows(Some(windows))
+        .with_batch_size(4)
+        .with_stride(None);
     evaluate_ppl(model, ids, &opts, Progress::Hidden)
         .unwrap()
         .ppl
