@@ -116,6 +116,9 @@ pub struct GptqConfig {
     pub mse: bool,
     /// The range search weights each column's error by the Hessian diagonal (implies `mse`).
     pub mse_hessian_weighted: bool,
+    /// Asymmetric calibration with this correction strength in `(0, 1]` (GPTAQ's objective:
+    /// see [`qwen3_quant_gptq::GptqConfig::asymmetric`]); `None` = plain GPTQ.
+    pub asymmetric: Option<f32>,
 }
 
 impl Default for GptqConfig {
@@ -130,6 +133,7 @@ impl Default for GptqConfig {
             static_groups: false,
             mse: false,
             mse_hessian_weighted: false,
+            asymmetric: None,
         }
     }
 }
@@ -157,6 +161,7 @@ impl GptqConfig {
             static_groups: m.static_groups,
             mse: m.mse.is_some(),
             mse_hessian_weighted: m.mse_hessian_weighted,
+            asymmetric: m.asymmetric,
         }
     }
 
@@ -176,7 +181,8 @@ impl GptqConfig {
             .with_mse(
                 (self.mse || self.mse_hessian_weighted).then(qwen3_quant_core::MseSearch::default),
             )
-            .with_mse_hessian_weighted(self.mse_hessian_weighted))
+            .with_mse_hessian_weighted(self.mse_hessian_weighted)
+            .with_asymmetric(self.asymmetric))
     }
 
     /// The validated method.
@@ -360,6 +366,7 @@ qwen3_quant_core::setters!(GptqConfig {
     static_groups: bool => with_static_groups,
     mse: bool => with_mse,
     mse_hessian_weighted: bool => with_mse_hessian_weighted,
+    asymmetric: Option<f32> => with_asymmetric,
 });
 
 qwen3_quant_core::setters!(AwqConfig {

@@ -129,6 +129,7 @@ pub fn gptq_weight(
     let stats = LinearStats {
         hessian: Some(h),
         channels: None,
+        cross: None,
         tokens,
     };
     run(&config.method()?, weight, &stats)

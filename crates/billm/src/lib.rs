@@ -35,7 +35,7 @@
 //! let x: Vec<f32> = (0..tokens * inp).map(|i| ((i * 53 % 97) as f32 - 48.0) / 50.0).collect();
 //! let mut h = Hessian::new(inp);
 //! h.accumulate(&x, tokens)?;
-//! let stats = LinearStats { hessian: Some(h), channels: None, tokens };
+//! let stats = LinearStats { hessian: Some(h), tokens, ..Default::default() };
 //! let billm = Billm::new(BillmConfig::default())?;
 //! let id = LinearId::new(0, LinearKind::Q);
 //! let outcome = billm.quantize_linear(

@@ -369,6 +369,7 @@ fn bad_inputs_are_typed_errors() {
     let stats = |h: Hessian| LinearStats {
         hessian: Some(h),
         channels: None,
+        cross: None,
         tokens: 1,
     };
     let e = billm

@@ -474,6 +474,7 @@ impl Driver<'_> {
                 substitute = LinearStats {
                     hessian: Some(h),
                     channels: None,
+                    cross: None,
                     tokens: 0,
                 };
                 st = &substitute;
@@ -570,15 +571,68 @@ impl Driver<'_> {
         &self,
         layer: usize,
         site: Site,
+        fp: Option<FpStream<'_>>,
         mut input: impl FnMut(usize, usize) -> Result<(Vec<f32>, usize)>,
     ) -> Result<HashMap<Site, LinearStats>> {
         let mut c = StatsCollector::new(layer, self.method.stats_required())
             .with_all_experts(self.opts.expert_policy.needs_all_tokens());
         for (s0, s1) in self.chunks() {
             let (x, cols) = input(s0, s1)?;
-            c.add(site, &x, (s1 - s0) * self.seq, cols)?;
+            self.add_site(&mut c, site, fp, &x, s0, s1, cols)?;
         }
         c.finish(self.n_seq)
+    }
+
+    /// Adds one chunk's inputs of `site`, with the full-precision model's inputs at the same
+    /// site when `fp` is given (asymmetric calibration).
+    #[allow(clippy::too_many_arguments)]
+    fn add_site(
+        &self,
+        c: &mut StatsCollector,
+        site: Site,
+        fp: Option<FpStream<'_>>,
+        x: &[f32],
+        s0: usize,
+        s1: usize,
+        cols: usize,
+    ) -> Result<()> {
+        let rows = (s1 - s0) * self.seq;
+        match fp {
+            Some(fp) => c.add_pair(site, x, &self.fp_site_input(fp, site, s0, s1)?, rows, cols),
+            None => c.add(site, x, rows, cols),
+        }
+    }
+
+    /// The full-precision model's input to `site` for sequences `s0..s1`: the full-precision
+    /// layer run on the full-precision stream up to that site.
+    fn fp_site_input(
+        &self,
+        fp: FpStream<'_>,
+        site: Site,
+        s0: usize,
+        s1: usize,
+    ) -> Result<Vec<f32>> {
+        let (seq, layer) = (self.seq, fp.layer);
+        let rows = (s1 - s0) * seq;
+        let x = fp.h.rows(s0 * seq, s1 * seq);
+        let attn_in = layer.attn_input(&x);
+        if site == Site::AttnInput {
+            return Ok(attn_in);
+        }
+        let core = layer.attn.core(&attn_in, s1 - s0, seq, &self.rope)?;
+        if site == Site::OInput {
+            return Ok(core);
+        }
+        let mut mid = x;
+        add_in_place(&mut mid, &layer.attn.output(&core, rows)?);
+        let mlp_in = layer.mlp_input(&mid);
+        match (site, &layer.ffn) {
+            (Site::MlpInput, _) => Ok(mlp_in),
+            (Site::DownInput, FeedForward::Dense(mlp)) => Ok(mlp.activation(&mlp_in, rows)?),
+            _ => Err(CalibError::InvalidOptions(format!(
+                "full-precision targets are not collected at {site:?}"
+            ))),
+        }
     }
 
     /// True-sequential processing of a dense layer; `h` becomes the quantized layer's output.
@@ -586,6 +640,7 @@ impl Driver<'_> {
         &mut self,
         layer: &mut DecoderLayer,
         h: &mut ActivationStore,
+        fp: Option<FpStream<'_>>,
     ) -> Result<()> {
         let seq = self.seq;
         let li = layer.index;
@@ -598,7 +653,7 @@ impl Driver<'_> {
 
         // [k, v, q] on input_layernorm(h).
         let hid = h.cols();
-        let stats = self.collect(li, Site::AttnInput, |s0, s1| {
+        let stats = self.collect(li, Site::AttnInput, fp, |s0, s1| {
             let (r0, r1) = rows(s0, s1);
             Ok((layer.attn_input(&h.rows(r0, r1)), hid))
         })?;
@@ -618,7 +673,7 @@ impl Driver<'_> {
                 let (r0, r1) = rows(s0, s1);
                 let x = layer.attn_input(&h.rows(r0, r1));
                 let c = layer.attn.core(&x, s1 - s0, seq, &self.rope)?;
-                coll.add(Site::OInput, &c, r1 - r0, qd)?;
+                self.add_site(&mut coll, Site::OInput, fp, &c, s0, s1, qd)?;
                 core[r0 * qd..r1 * qd].copy_from_slice(&c);
             }
             let stats = coll.finish(self.n_seq)?;
@@ -634,7 +689,7 @@ impl Driver<'_> {
             h.set_rows(r0, &x);
         }
         drop(core);
-        let stats = self.collect(li, Site::MlpInput, |s0, s1| {
+        let stats = self.collect(li, Site::MlpInput, fp, |s0, s1| {
             let (r0, r1) = rows(s0, s1);
             Ok((layer.mlp_input(&h.rows(r0, r1)), hid))
         })?;
@@ -653,7 +708,7 @@ impl Driver<'_> {
                 let (r0, r1) = rows(s0, s1);
                 let x = layer.mlp_input(&h.rows(r0, r1));
                 let a = mlp.activation(&x, r1 - r0)?;
-                coll.add(Site::DownInput, &a, r1 - r0, inter)?;
+                self.add_site(&mut coll, Site::DownInput, fp, &a, s0, s1, inter)?;
                 act[r0 * inter..r1 * inter].copy_from_slice(&a);
             }
             let stats = coll.finish(self.n_seq)?;
@@ -1305,16 +1360,30 @@ fn run_layers(
             ActivationStore::new(x, model.config.hidden_size, opts.activations)
         }
     };
+    // Asymmetric calibration: the full-precision model's own activations, run alongside.
+    let mut h_fp = (quantize && true_seq && method.full_precision_targets()).then(|| h.clone());
+    if h_fp.is_some() && first > 0 {
+        return Err(CalibError::Resume(
+            "a run with full-precision targets (GPTAQ) cannot be resumed: the full-precision \
+             activations are not saved"
+                .into(),
+        ));
+    }
     for li in first..n_layers {
         prepare(model, li)?;
         let marks = LogMarks::of(&d.run);
         let layer = &mut model.layers[slot(li)];
         let fp_out = d.transform_stage(pipeline, layer, &h)?;
+        let fp_layer = h_fp.as_ref().map(|_| layer.clone());
         if !quantize {
             // Transforms only: the layer keeps full-precision weights.
         } else if pipeline.quantizer_needs_stats() {
             if true_seq && matches!(layer.ffn, FeedForward::Dense(_)) {
-                d.true_sequential_dense(layer, &mut h)?;
+                let fp = fp_layer
+                    .as_ref()
+                    .zip(h_fp.as_ref())
+                    .map(|(layer, h)| FpStream { layer, h });
+                d.true_sequential_dense(layer, &mut h, fp)?;
             } else {
                 d.one_pass(layer, &mut h)?;
             }
@@ -1327,6 +1396,9 @@ fn run_layers(
         }
         if let Some(out) = fp_out {
             h = out;
+        }
+        if let (Some(fp_layer), Some(h_fp)) = (&fp_layer, h_fp.as_mut()) {
+            d.forward_all(fp_layer, h_fp)?;
         }
         if let Some(s) = store.as_deref_mut() {
             s.save(marks.finished(&d.run, &model.layers[slot(li)], Some(&h)))?;
@@ -1361,6 +1433,14 @@ pub fn available_memory_bytes() -> Option<u64> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// The full-precision model next to the quantized one: the layer before quantization and its
+/// inputs (asymmetric calibration, [`qwen3_quant_core::Quantizer::full_precision_targets`]).
+#[derive(Clone, Copy)]
+struct FpStream<'a> {
+    layer: &'a DecoderLayer,
+    h: &'a ActivationStore,
 }
 
 /// Memory one layer needs besides the calibration activations, estimated from the shapes.

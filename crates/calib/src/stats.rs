@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use qwen3_quant_core::{ChannelStats, Hessian, LinearStats, StatsRequest};
+use qwen3_quant_core::{ChannelStats, CrossCovariance, Hessian, LinearStats, StatsRequest};
 use qwen3_quant_model::{Observer, Site};
 
 use crate::error::{CalibError, Result};
@@ -62,6 +62,28 @@ impl StatsCollector {
                 .map_err(ctx)?;
         }
         Ok(())
+    }
+
+    /// [`Self::add`] for the quantized model's inputs `quantized`, plus `Σ (X − X̃)ᵀ X̃` with the
+    /// full-precision model's inputs `full` at the same site and tokens (asymmetric calibration).
+    pub fn add_pair(
+        &mut self,
+        site: Site,
+        quantized: &[f32],
+        full: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        self.add(site, quantized, rows, cols)?;
+        let layer = self.layer;
+        let st = self.sites.entry(site).or_default();
+        st.cross
+            .get_or_insert_with(|| CrossCovariance::new(cols))
+            .accumulate(full, quantized, rows)
+            .map_err(|source| CalibError::Stats {
+                site: format!("layer {layer} {site:?}"),
+                source,
+            })
     }
 
     /// Finishes: every Hessian is normalised by the number of calibration sequences, as the

@@ -210,6 +210,9 @@ pub struct QuantizeArgs {
     /// GPTQ: the --mse range search with each column's error weighted by the Hessian diagonal (implies --mse).
     #[arg(long)]
     pub mse_hessian: bool,
+    /// GPTQ: asymmetric calibration (GPTAQ's objective) with correction strength ALPHA in (0, 1]: each linear is fitted, on the quantized model's inputs, to the full-precision model's outputs. Runs the full-precision model alongside (twice the activation memory, about 3x the forward time); dense layers only; cannot be resumed.
+    #[arg(long, value_name = "ALPHA")]
+    pub gptaq: Option<f32>,
     /// Rotate the residual stream with a randomized Hadamard matrix folded into the weights before quantizing (QuaRot style; exact in full precision, no run-time cost).
     #[arg(long)]
     pub rotate: bool,

@@ -67,11 +67,15 @@ fn gptq_config(a: &QuantizeArgs, bits: Bits) -> GptqConfig {
         .with_static_groups(a.static_groups)
         .with_mse((a.mse || a.mse_hessian).then(MseSearch::default))
         .with_mse_hessian_weighted(a.mse_hessian)
+        .with_asymmetric(a.gptaq)
 }
 
 /// Builds the plan for `--method`, with `--rotate`'s rotation in front.
 pub fn build_plan(a: &QuantizeArgs) -> anyhow::Result<Plan> {
     let mut plan = method_plan(a)?;
+    if a.gptaq.is_some() && !plan.quantizer.full_precision_targets() {
+        bail!("--gptaq applies to GPTQ: --method gptq, --recipe best or --awq-then gptq");
+    }
     plan.rotation = a.rotate.then(|| Hadamard::new(a.rotate_seed));
     Ok(plan)
 }

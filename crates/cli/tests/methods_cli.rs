@@ -134,6 +134,8 @@ fn bad_settings_are_json_errors() {
         &["--method", "awq", "--awq-grid", "0"][..],
         &["--method", "billm", "--blocksize", "100"][..],
         &["--method", "billm", "--billm-fix", "everything"][..],
+        &["--method", "rtn", "--gptaq", "0.25"][..],
+        &["--method", "gptq", "--gptaq", "1.5"][..],
     ] {
         let (ok, v, _) = quantize(extra);
         assert!(!ok, "{extra:?} should fail");

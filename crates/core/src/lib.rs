@@ -41,7 +41,7 @@ pub use scheme::{
     params_from_range, quantize_code, round_half_even, Bits, GroupSize, MseSearch, QuantParams,
     QuantScheme, RangeConvention,
 };
-pub use stats::{ChannelStats, Hessian, LinearStats};
+pub use stats::{ChannelStats, CrossCovariance, Hessian, LinearStats};
 pub use transform::{
     CandidateFn, CandidateWeights, LayerContext, LayerTransform, LossRequest, ResidualRotation,
     ScalePair, ScaleProducer, ScoredBlock, TransformNeeds, TransformRecord,

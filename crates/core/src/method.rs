@@ -159,6 +159,14 @@ pub trait Quantizer: Send + Sync {
     /// GPTQ's true-sequential order: `[k,v,q] → [o] → [up,gate] → [down]`, with inputs
     /// recomputed (through the already-quantized linears) between groups.
     fn true_sequential(&self) -> bool;
+    /// Asymmetric calibration (GPTAQ): fit the quantized layer's outputs on the quantized
+    /// model's inputs `X̃` to the full-precision model's outputs on its own inputs `X`, rather
+    /// than to the full-precision layer on `X̃`. When true, the driver runs the full-precision
+    /// model next to the quantized one and fills [`LinearStats::cross`] for dense layers.
+    /// Default: false.
+    fn full_precision_targets(&self) -> bool {
+        false
+    }
     /// Quantizes one linear.
     ///
     /// # Errors

@@ -252,6 +252,83 @@ impl ChannelStats {
     }
 }
 
+/// `D = Σ (X − X̃)ᵀ X̃` of one linear: how the full-precision model's inputs `X` differ from the
+/// quantized model's inputs `X̃` (rows are tokens), for asymmetric calibration (GPTAQ's
+/// objective `‖Q X̃ᵀ − W Xᵀ‖²`, see [`crate::method::Quantizer::full_precision_targets`]).
+///
+/// `data` is `[dim, dim]` row-major and unnormalised, like [`Hessian::data`]:
+/// `data[i, j] = Σ_t (x_t,i − x̃_t,i) · x̃_t,j`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrossCovariance {
+    /// Side of the square matrix (`in_features`).
+    pub dim: usize,
+    /// `[dim, dim]` row-major.
+    pub data: Vec<f32>,
+}
+
+impl CrossCovariance {
+    /// A zero matrix.
+    pub fn new(dim: usize) -> Self {
+        CrossCovariance {
+            dim,
+            data: vec![0.0; dim * dim],
+        }
+    }
+
+    /// Adds `rows` tokens: `full` (`X`) and `quantized` (`X̃`) are `[rows, dim]`.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] or [`Error::NonFinite`] for bad inputs.
+    pub fn accumulate(&mut self, full: &[f32], quantized: &[f32], rows: usize) -> Result<()> {
+        let d = self.dim;
+        for (what, x) in [
+            ("full-precision input", full),
+            ("quantized input", quantized),
+        ] {
+            if x.len() != rows * d {
+                return Err(Error::ShapeMismatch {
+                    what,
+                    expected: rows * d,
+                    actual: x.len(),
+                });
+            }
+            if let Some(index) = first_non_finite(x) {
+                return Err(Error::NonFinite { what, index });
+            }
+        }
+        if rows == 0 || d == 0 {
+            return Ok(());
+        }
+        let delta: Vec<f32> = full.iter().zip(quantized).map(|(a, b)| a - b).collect();
+        // SAFETY: dst (i, j) at i*d + j < d*d; lhs (i, t) = delta[t*d + i] and rhs (t, j) =
+        // quantized[t*d + j] are < rows*d; the three buffers are distinct.
+        unsafe {
+            gemm(
+                d,
+                d,
+                rows,
+                self.data.as_mut_ptr(),
+                1,
+                d as isize,
+                true,
+                delta.as_ptr(),
+                d as isize,
+                1,
+                quantized.as_ptr(),
+                1,
+                d as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::Rayon(rayon::current_num_threads()),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Statistics collected for one linear; which fields are set follows
 /// [`crate::method::Quantizer::stats_required`].
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -260,6 +337,9 @@ pub struct LinearStats {
     pub hessian: Option<Hessian>,
     /// Per-input-channel magnitudes, if requested.
     pub channels: Option<ChannelStats>,
+    /// `Σ (X − X̃)ᵀ X̃` when the method asked for full-precision targets and the driver ran the
+    /// full-precision model next to the quantized one.
+    pub cross: Option<CrossCovariance>,
     /// Number of calibration tokens seen.
     pub tokens: usize,
 }
@@ -267,6 +347,32 @@ pub struct LinearStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cross_covariance_is_delta_transposed_times_quantized() {
+        let (rows, d) = (5, 3);
+        let full: Vec<f32> = (0..rows * d).map(|i| (i as f32 * 0.37).sin()).collect();
+        let quant: Vec<f32> = (0..rows * d).map(|i| (i as f32 * 0.53).cos()).collect();
+        let mut c = CrossCovariance::new(d);
+        c.accumulate(&full, &quant, rows).unwrap();
+        c.accumulate(&full[..d], &quant[..d], 1).unwrap();
+        for i in 0..d {
+            for j in 0..d {
+                let mut e: f64 = (0..rows)
+                    .map(|t| ((full[t * d + i] - quant[t * d + i]) * quant[t * d + j]) as f64)
+                    .sum();
+                e += ((full[i] - quant[i]) * quant[j]) as f64;
+                assert!((c.data[i * d + j] as f64 - e).abs() < 1e-5, "{i} {j}");
+            }
+        }
+        assert!(c.accumulate(&full, &quant[1..], rows).is_err());
+        let mut bad = full.clone();
+        bad[4] = f32::NAN;
+        assert!(matches!(
+            c.accumulate(&bad, &quant, rows),
+            Err(Error::NonFinite { index: 4, .. })
+        ));
+    }
 
     #[test]
     fn hessian_matches_naive() {

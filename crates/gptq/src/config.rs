@@ -34,6 +34,15 @@ pub struct GptqConfig {
     /// Weight each column's error in the range search by the Hessian diagonal `H_jj` (the
     /// column's input energy), so the range serves the columns that matter (default false).
     pub mse_hessian_weighted: bool,
+    /// Asymmetric calibration (GPTAQ's objective, default `None`): with `Some(alpha)` the
+    /// quantized linear is fitted, on the quantized model's inputs `X̃`, to the full-precision
+    /// model's outputs `W·X` rather than to `W·X̃`. The unconstrained optimum of that fit is
+    /// `W* = W + W·D·H⁻¹` (`D = Σ (X − X̃)ᵀX̃`, `H = Σ X̃ᵀX̃`, damped as GPTQ damps it); GPTQ then
+    /// quantizes `W + alpha·W·D·H⁻¹`, and `alpha` in `(0, 1]` shrinks the correction (GPTAQ
+    /// scales its asymmetry term by 0.25). The driver runs the full-precision model alongside
+    /// ([`qwen3_quant_core::Quantizer::full_precision_targets`]); layers without the statistics
+    /// (MoE experts) get plain GPTQ.
+    pub asymmetric: Option<f32>,
 }
 
 qwen3_quant_core::setters!(GptqConfig {
@@ -48,6 +57,7 @@ qwen3_quant_core::setters!(GptqConfig {
     max_damp_retries: u32 => with_max_damp_retries,
     mse: Option<MseSearch> => with_mse,
     mse_hessian_weighted: bool => with_mse_hessian_weighted,
+    asymmetric: Option<f32> => with_asymmetric,
 });
 
 impl Default for GptqConfig {
@@ -64,6 +74,7 @@ impl Default for GptqConfig {
             max_damp_retries: 4,
             mse: None,
             mse_hessian_weighted: false,
+            asymmetric: None,
         }
     }
 }
@@ -126,6 +137,11 @@ impl GptqConfig {
         }
         if let Some(m) = &self.mse {
             m.validate().map_err(MethodError::InvalidConfig)?;
+        }
+        if let Some(a) = self.asymmetric {
+            if !(a.is_finite() && a > 0.0 && a <= 1.0) {
+                return bad("asymmetric", "alpha must be in (0, 1]");
+            }
         }
         Ok(())
     }

@@ -30,7 +30,7 @@
 //! let x: Vec<f32> = (0..tokens * inp).map(|i| ((i * 53 % 97) as f32 - 48.0) / 50.0).collect();
 //! let mut h = Hessian::new(inp);
 //! h.accumulate(&x, tokens)?;
-//! let stats = LinearStats { hessian: Some(h), channels: None, tokens };
+//! let stats = LinearStats { hessian: Some(h), tokens, ..Default::default() };
 //! let gptq = Gptq::new(GptqConfig::default().with_group_size(Some(16)))?;
 //! let id = LinearId::new(0, LinearKind::Q);
 //! let outcome = gptq.quantize_linear(LinearInput { id, weight: &w, out_features: out, in_features: inp }, &stats)?;
@@ -39,10 +39,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod asymmetric;
 mod config;
 mod hessian;
 mod quantize;
 
+pub use asymmetric::asymmetric_target;
 pub use config::GptqConfig;
 pub use hessian::act_order_perm;
 pub use quantize::{quantize_weight, quantize_weight_scaled, GptqOutput};
@@ -92,13 +94,33 @@ impl Quantizer for Gptq {
     fn true_sequential(&self) -> bool {
         self.config.true_sequential
     }
+    fn full_precision_targets(&self) -> bool {
+        self.config.asymmetric.is_some()
+    }
     /// Runs [`quantize_weight_scaled`] with `stats.hessian` normalised as the reference
     /// ([`qwen3_quant_core::Hessian::scale`], `2/N_seq · ΣXᵀX`, which only affects `loss`).
     fn quantize_linear(&self, input: LinearInput<'_>, stats: &LinearStats) -> Result<QuantOutcome> {
         let id = input.id;
         let h = qwen3_quant_core::method::required_hessian(stats, &input)?;
+        // Asymmetric calibration: quantize the weight that best reproduces the full-precision
+        // outputs from the quantized inputs (plain GPTQ where the driver had no cross term).
+        let target = match (self.config.asymmetric, &stats.cross) {
+            (Some(alpha), Some(d)) if d.dim == input.in_features => Some(
+                asymmetric_target(
+                    input.weight,
+                    input.out_features,
+                    input.in_features,
+                    &h.data,
+                    &d.data,
+                    alpha,
+                    self.config.percdamp,
+                )
+                .map_err(|e| e.with_id(id))?,
+            ),
+            _ => None,
+        };
         let out = quantize_weight_scaled(
-            input.weight,
+            target.as_deref().unwrap_or(input.weight),
             input.out_features,
             input.in_features,
             &h.data,

@@ -523,6 +523,7 @@ fn quantizer_trait() {
     let st = LinearStats {
         hessian: Some(h.clone()),
         channels: None,
+        cross: None,
         tokens: 32,
     };
     let o = g.quantize_linear(input, &st).unwrap();
@@ -531,6 +532,7 @@ fn quantizer_trait() {
     let bad = LinearStats {
         hessian: Some(Hessian::new(n + 1)),
         channels: None,
+        cross: None,
         tokens: 0,
     };
     assert!(matches!(
