@@ -1336,7 +1336,12 @@ fn run_layers(
         seq,
         model.config.hidden_size,
         opts.activations,
-        LayerWorkingSet::of(&model.config, method.stats_required(), true_seq),
+        LayerWorkingSet::of(
+            &model.config,
+            method.stats_required(),
+            true_seq,
+            method.full_precision_targets(),
+        ),
         opts.memory_budget.or_else(available_memory_bytes),
     )?;
     // Layer-0 inputs of every window, captured once (or the saved inputs of the first layer
@@ -1453,6 +1458,9 @@ struct LayerWorkingSet {
     /// Bytes per calibration token: the MLP activations true-sequential methods keep for
     /// `down_proj` (`4·intermediate`).
     per_token: f64,
+    /// Activation buffers beyond the inputs and outputs, in the activations' dtype: the
+    /// full-precision stream of asymmetric calibration (1), else 0.
+    extra_streams: f64,
 }
 
 impl LayerWorkingSet {
@@ -1460,6 +1468,7 @@ impl LayerWorkingSet {
         config: &qwen3_quant_io::ModelConfig,
         stats: qwen3_quant_core::StatsRequest,
         true_seq: bool,
+        full_precision_targets: bool,
     ) -> Self {
         let (h, qd, kvd) = (
             config.hidden_size as f64,
@@ -1485,13 +1494,18 @@ impl LayerWorkingSet {
         }
         let mut ws = LayerWorkingSet {
             fixed: 4.0 * layer,
-            per_token: 0.0,
+            ..Default::default()
         };
         if stats.hessian {
             ws.fixed += 16.0 * widest * widest + 3.0 * 4.0 * h * widest;
             if true_seq {
                 ws.per_token = 4.0 * inter;
             }
+        }
+        if full_precision_targets && true_seq {
+            // The full-precision copy of the layer and its own activation stream.
+            ws.fixed += 4.0 * layer;
+            ws.extra_streams = 1.0;
         }
         ws
     }
@@ -1516,8 +1530,9 @@ fn check_activation_memory(
         ActivationDtype::F32 => 4.0,
         ActivationDtype::Bf16 => 2.0,
     };
-    let per_sample =
-        |elem: f64| seq as f64 * (hidden as f64 * (2.0 * elem + 4.0) + layer.per_token);
+    let per_sample = |elem: f64| {
+        seq as f64 * (hidden as f64 * ((2.0 + layer.extra_streams) * elem + 4.0) + layer.per_token)
+    };
     let needed = layer.fixed + n_seq as f64 * per_sample(elem);
     // Leave a tenth for everything else.
     let usable = available as f64 * 0.9;
@@ -1594,7 +1609,7 @@ mod memory_tests {
             hessian: true,
             channel_stats: false,
         };
-        let gptq = LayerWorkingSet::of(&c, hess, true);
+        let gptq = LayerWorkingSet::of(&c, hess, true, false);
         // Layer: 4096·(4096 + 2·1024 + 4096) + 3·4096·12288 weights = 0.78 GB in f32;
         // 16·12288² = 2.42 GB of factors; 3 × 201 MB copies of down_proj.
         assert!(
@@ -1602,8 +1617,12 @@ mod memory_tests {
             "{gptq:?}"
         );
         assert_eq!(gptq.per_token, 4.0 * 12288.0);
-        let awq = LayerWorkingSet::of(&c, qwen3_quant_core::StatsRequest::default(), false);
+        let awq = LayerWorkingSet::of(&c, qwen3_quant_core::StatsRequest::default(), false, false);
         assert!((awq.fixed / 1e9 - 0.7734).abs() < 0.01 && awq.per_token == 0.0);
+        // GPTAQ: a second f32 layer and a second activation stream.
+        let gptaq = LayerWorkingSet::of(&c, hess, true, true);
+        assert!((gptaq.fixed - gptq.fixed - 4.0 * 192_937_984.0).abs() < 1.0);
+        assert_eq!(gptaq.extra_streams, 1.0);
         // Per 512-token sample: 512·(4096·12 + 4·12288) B = 50.3 MB in f32 (41.9 MB with bf16
         // activations); fixed 3791.65 MB. Room for 3.5 f32 samples after the 10% margin:
         let check = |bytes: u64| {
