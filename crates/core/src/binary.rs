@@ -296,14 +296,7 @@ impl QuantizedWeight {
         match self {
             Self::Affine(q) => q.dequantize_into(out),
             Self::Binary(b) => {
-                let expected = b.out_features * b.in_features;
-                if out.len() != expected {
-                    return Err(Error::ShapeMismatch {
-                        what: "dequantize_into output",
-                        expected,
-                        actual: out.len(),
-                    });
-                }
+                crate::linear::check_output_len(b.out_features * b.in_features, out.len())?;
                 b.dequantize_rows(out);
                 Ok(())
             }

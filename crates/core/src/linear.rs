@@ -262,14 +262,7 @@ impl QuantizedLinear {
     /// # Errors
     /// [`Error::ShapeMismatch`] when `out` does not hold `out_features · in_features` values.
     pub fn dequantize_into(&self, out: &mut [f32]) -> Result<()> {
-        let expected = self.out_features * self.in_features;
-        if out.len() != expected {
-            return Err(Error::ShapeMismatch {
-                what: "dequantize_into output",
-                expected,
-                actual: out.len(),
-            });
-        }
+        check_output_len(self.out_features * self.in_features, out.len())?;
         self.dequantize_rows(out);
         Ok(())
     }
@@ -331,6 +324,19 @@ impl QuantizedLinear {
             total += 16.0 * self.in_features as f64;
         }
         total / n_w
+    }
+}
+
+/// The length check of the `dequantize_into` methods.
+pub(crate) fn check_output_len(expected: usize, actual: usize) -> Result<()> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            what: "dequantize_into output",
+            expected,
+            actual,
+        })
     }
 }
 
