@@ -119,6 +119,12 @@ pub struct GptqConfig {
     /// Asymmetric calibration with this correction strength in `(0, 1]` (GPTAQ's objective:
     /// see [`qwen3_quant_gptq::GptqConfig::asymmetric`]); `None` = plain GPTQ.
     pub asymmetric: Option<f32>,
+    /// Coordinate-descent passes over the codes after GPTQ's column loop (see
+    /// [`qwen3_quant_gptq::GptqConfig::refine_passes`]); 0 = plain GPTQ.
+    pub refine_passes: usize,
+    /// Rounds of scale refitting with the refinement (see
+    /// [`qwen3_quant_gptq::GptqConfig::refit_scales`]).
+    pub refit_scales: usize,
 }
 
 impl Default for GptqConfig {
@@ -134,6 +140,8 @@ impl Default for GptqConfig {
             mse: false,
             mse_hessian_weighted: false,
             asymmetric: None,
+            refine_passes: 0,
+            refit_scales: 0,
         }
     }
 }
@@ -141,7 +149,7 @@ impl Default for GptqConfig {
 impl GptqConfig {
     /// The `best` recipe at `bits` and `group_size` (see
     /// [`qwen3_quant_gptq::GptqConfig::recipe_best`]): act-order with static groups, the range
-    /// search of the group parameters, dampening 0.05.
+    /// search of the group parameters, dampening 0.05, refinement of the codes and scales.
     ///
     /// ```
     /// use qwen3_quant::GptqConfig;
@@ -162,6 +170,8 @@ impl GptqConfig {
             mse: m.mse.is_some(),
             mse_hessian_weighted: m.mse_hessian_weighted,
             asymmetric: m.asymmetric,
+            refine_passes: m.refine_passes,
+            refit_scales: m.refit_scales,
         }
     }
 
@@ -182,7 +192,9 @@ impl GptqConfig {
                 (self.mse || self.mse_hessian_weighted).then(qwen3_quant_core::MseSearch::default),
             )
             .with_mse_hessian_weighted(self.mse_hessian_weighted)
-            .with_asymmetric(self.asymmetric))
+            .with_asymmetric(self.asymmetric)
+            .with_refine_passes(self.refine_passes)
+            .with_refit_scales(self.refit_scales))
     }
 
     /// The validated method.
@@ -367,6 +379,8 @@ qwen3_quant_core::setters!(GptqConfig {
     mse: bool => with_mse,
     mse_hessian_weighted: bool => with_mse_hessian_weighted,
     asymmetric: Option<f32> => with_asymmetric,
+    refine_passes: usize => with_refine_passes,
+    refit_scales: usize => with_refit_scales,
 });
 
 qwen3_quant_core::setters!(AwqConfig {

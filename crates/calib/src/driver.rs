@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::activations::{ActivationDtype, ActivationStore};
 use crate::data::CalibrationSet;
 use crate::error::{CalibError, Result};
+use crate::paired::{PairedCollector, SiteRecorder};
 use crate::resume::{FinishedLayer, LayerStore, Restore};
 use crate::stats::StatsCollector;
 use crate::transform_ctx::{site_of, TransformContext};
@@ -846,7 +847,15 @@ impl Driver<'_> {
 
     /// One full-precision pass collecting every site's statistics, quantize all linears, then
     /// propagate the quantized or the full-precision output.
-    fn one_pass(&mut self, layer: &mut DecoderLayer, h: &mut ActivationStore) -> Result<()> {
+    ///
+    /// With `fp` (asymmetric calibration), every input is paired with the full-precision
+    /// model's at the same tokens, and `fp`'s stream advances through the full-precision layer.
+    fn one_pass(
+        &mut self,
+        layer: &mut DecoderLayer,
+        h: &mut ActivationStore,
+        mut fp: Option<(&DecoderLayer, &mut ActivationStore)>,
+    ) -> Result<()> {
         let seq = self.seq;
         let li = layer.index;
         let keep_input = self.propagation == Propagation::Quantized;
@@ -855,9 +864,21 @@ impl Driver<'_> {
             .with_all_experts(self.opts.expert_policy.needs_all_tokens());
         let chunks: Vec<(usize, usize)> = self.chunks().collect();
         for &(s0, s1) in &chunks {
-            let mut x = h.rows(s0 * seq, s1 * seq);
-            layer.forward(&mut x, s1 - s0, seq, &self.rope, &mut coll)?;
-            h.set_rows(s0 * seq, &x);
+            let (r0, r1) = (s0 * seq, s1 * seq);
+            let mut x = h.rows(r0, r1);
+            match fp.as_mut() {
+                None => layer.forward(&mut x, s1 - s0, seq, &self.rope, &mut coll)?,
+                Some((fp_layer, h_fp)) => {
+                    let mut full = SiteRecorder::default();
+                    let mut xf = h_fp.rows(r0, r1);
+                    fp_layer.forward(&mut xf, s1 - s0, seq, &self.rope, &mut full)?;
+                    h_fp.set_rows(r0, &xf);
+                    let mut paired = PairedCollector::new(&mut coll, &full, fp_layer);
+                    layer.forward(&mut x, s1 - s0, seq, &self.rope, &mut paired)?;
+                    paired.finish()?;
+                }
+            }
+            h.set_rows(r0, &x);
         }
         let stats = coll.finish(self.n_seq)?;
         let counted = self.run.expert_tokens.iter().any(|(l, _)| *l == li);
@@ -1380,6 +1401,8 @@ fn run_layers(
         let layer = &mut model.layers[slot(li)];
         let fp_out = d.transform_stage(pipeline, layer, &h)?;
         let fp_layer = h_fp.as_ref().map(|_| layer.clone());
+        // Whether the full-precision stream already went through this layer (one-pass layers).
+        let mut fp_advanced = false;
         if !quantize {
             // Transforms only: the layer keeps full-precision weights.
         } else if pipeline.quantizer_needs_stats() {
@@ -1390,7 +1413,8 @@ fn run_layers(
                     .map(|(layer, h)| FpStream { layer, h });
                 d.true_sequential_dense(layer, &mut h, fp)?;
             } else {
-                d.one_pass(layer, &mut h)?;
+                fp_advanced = true;
+                d.one_pass(layer, &mut h, fp_layer.as_ref().zip(h_fp.as_mut()))?;
             }
         } else {
             let ids = layer.linear_ids();
@@ -1402,7 +1426,7 @@ fn run_layers(
         if let Some(out) = fp_out {
             h = out;
         }
-        if let (Some(fp_layer), Some(h_fp)) = (&fp_layer, h_fp.as_mut()) {
+        if let (Some(fp_layer), Some(h_fp), false) = (&fp_layer, h_fp.as_mut(), fp_advanced) {
             d.forward_all(fp_layer, h_fp)?;
         }
         if let Some(s) = store.as_deref_mut() {

@@ -31,6 +31,7 @@ pub mod activations;
 pub mod data;
 pub mod driver;
 mod error;
+mod paired;
 pub mod projection;
 pub mod resume;
 pub mod stats;

@@ -143,7 +143,7 @@ pub struct QuantizeArgs {
     /// Quantization method (implied by --recipe).
     #[arg(long, value_enum, required_unless_present = "recipe")]
     pub method: Option<MethodArg>,
-    /// A named combination of options: `best` = GPTQ with act-order, static groups, the --mse range search and --damp 0.05 (docs/beyond-the-study.md).
+    /// A named combination of options: `best` = GPTQ with act-order, static groups, the --mse range search, --damp 0.05, --refine 5 and --refit-scales 2 (docs/beyond-the-study.md).
     #[arg(long)]
     pub recipe: Option<String>,
     /// Weight bits.
@@ -210,9 +210,15 @@ pub struct QuantizeArgs {
     /// GPTQ: the --mse range search with each column's error weighted by the Hessian diagonal (implies --mse).
     #[arg(long)]
     pub mse_hessian: bool,
-    /// GPTQ: asymmetric calibration (GPTAQ's objective) with correction strength ALPHA in (0, 1]: each linear is fitted, on the quantized model's inputs, to the full-precision model's outputs. Runs the full-precision model alongside (twice the activation memory, about 3x the forward time); dense layers only; cannot be resumed.
+    /// GPTQ: asymmetric calibration (GPTAQ's objective) with correction strength ALPHA in (0, 1]: each linear is fitted, on the quantized model's inputs, to the full-precision model's outputs. Runs the full-precision model alongside (twice the activation memory, about 3x the forward time); MoE experts are paired at the tokens the quantized model routes to them; cannot be resumed.
     #[arg(long, value_name = "ALPHA")]
     pub gptaq: Option<f32>,
+    /// GPTQ: after the column loop, up to N coordinate-descent passes over the codes on the same grid (each code moves to the grid point that minimises the layer loss given all the others; QuantEase's refinement). Stops early once a pass moves nothing.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub refine: usize,
+    /// GPTQ with --refine: N rounds that refit every row's scales to its codes by least squares under the same layer loss (zeros and layout unchanged), each followed by the --refine passes again.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub refit_scales: usize,
     /// Rotate the residual stream with a randomized Hadamard matrix folded into the weights before quantizing (QuaRot style; exact in full precision, no run-time cost).
     #[arg(long)]
     pub rotate: bool,

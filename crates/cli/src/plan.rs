@@ -68,6 +68,8 @@ fn gptq_config(a: &QuantizeArgs, bits: Bits) -> GptqConfig {
         .with_mse((a.mse || a.mse_hessian).then(MseSearch::default))
         .with_mse_hessian_weighted(a.mse_hessian)
         .with_asymmetric(a.gptaq)
+        .with_refine_passes(a.refine)
+        .with_refit_scales(a.refit_scales)
 }
 
 /// Builds the plan for `--method`, with `--rotate`'s rotation in front.
@@ -75,6 +77,9 @@ pub fn build_plan(a: &QuantizeArgs) -> anyhow::Result<Plan> {
     let mut plan = method_plan(a)?;
     if a.gptaq.is_some() && !plan.quantizer.full_precision_targets() {
         bail!("--gptaq applies to GPTQ: --method gptq, --recipe best or --awq-then gptq");
+    }
+    if a.refine > 0 && plan.quantizer.name() != "gptq" {
+        bail!("--refine applies to GPTQ: --method gptq, --recipe best or --awq-then gptq");
     }
     plan.rotation = a.rotate.then(|| Hadamard::new(a.rotate_seed));
     Ok(plan)

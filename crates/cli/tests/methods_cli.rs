@@ -136,6 +136,9 @@ fn bad_settings_are_json_errors() {
         &["--method", "billm", "--billm-fix", "everything"][..],
         &["--method", "rtn", "--gptaq", "0.25"][..],
         &["--method", "gptq", "--gptaq", "1.5"][..],
+        &["--method", "awq", "--refine", "3"][..],
+        &["--method", "gptq", "--refine", "101"][..],
+        &["--method", "gptq", "--refit-scales", "2"][..],
     ] {
         let (ok, v, _) = quantize(extra);
         assert!(!ok, "{extra:?} should fail");

@@ -2,6 +2,9 @@
 
 use qwen3_quant_core::{Bits, Error as CoreError, MethodError, MseSearch};
 
+/// The most coordinate-descent passes [`GptqConfig::refine_passes`] accepts.
+pub const MAX_REFINE_PASSES: usize = 100;
+
 /// GPTQ configuration. `Default` mirrors the reference defaults (`qwen.py` + `fasterquant`),
 /// except `act_order = true` (the README runs pass `--act-order`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,9 +43,21 @@ pub struct GptqConfig {
     /// `W* = W + W·D·H⁻¹` (`D = Σ (X − X̃)ᵀX̃`, `H = Σ X̃ᵀX̃`, damped as GPTQ damps it); GPTQ then
     /// quantizes `W + alpha·W·D·H⁻¹`, and `alpha` in `(0, 1]` shrinks the correction (GPTAQ
     /// scales its asymmetry term by 0.25). The driver runs the full-precision model alongside
-    /// ([`qwen3_quant_core::Quantizer::full_precision_targets`]); layers without the statistics
-    /// (MoE experts) get plain GPTQ.
+    /// ([`qwen3_quant_core::Quantizer::full_precision_targets`]); a linear without the
+    /// statistics (an expert no calibration token reached) gets plain GPTQ.
     pub asymmetric: Option<f32>,
+    /// Coordinate-descent passes over the codes after the column loop (default 0, the
+    /// reference): with the grid fixed, each code moves to the grid point that minimises the
+    /// layer loss `(q − w)ᵀ H (q − w)` given all the others, so that early columns see the later
+    /// ones (QuantEase's refinement). The loss never increases; passes stop once nothing moves.
+    /// [`crate::Gptq`] skips it for a linear calibrated on fewer than
+    /// [`crate::REFINE_MIN_TOKENS_PER_INPUT`] tokens per input feature.
+    pub refine_passes: usize,
+    /// Rounds of scale refitting with the refinement (default 0; needs `refine_passes > 0`):
+    /// each round refits every row's scales to its codes by least squares under the same loss
+    /// (zeros kept, so the layout is unchanged), then runs the code passes again. [`crate::Gptq`]
+    /// skips it below [`crate::REFIT_MIN_TOKENS_PER_INPUT`] tokens per input feature.
+    pub refit_scales: usize,
 }
 
 qwen3_quant_core::setters!(GptqConfig {
@@ -58,6 +73,8 @@ qwen3_quant_core::setters!(GptqConfig {
     mse: Option<MseSearch> => with_mse,
     mse_hessian_weighted: bool => with_mse_hessian_weighted,
     asymmetric: Option<f32> => with_asymmetric,
+    refine_passes: usize => with_refine_passes,
+    refit_scales: usize => with_refit_scales,
 });
 
 impl Default for GptqConfig {
@@ -75,6 +92,8 @@ impl Default for GptqConfig {
             mse: None,
             mse_hessian_weighted: false,
             asymmetric: None,
+            refine_passes: 0,
+            refit_scales: 0,
         }
     }
 }
@@ -82,14 +101,16 @@ impl Default for GptqConfig {
 impl GptqConfig {
     /// The `best` recipe (`qwen3-quant quantize --recipe best`, docs/beyond-the-study.md): act-order
     /// with static groups, the range search of the group parameters, dampening 0.05, true
-    /// sequential. At 3 bits, group 128 it beat every method of the study on qwen3-micro; set
-    /// `bits` and `group_size` as usual.
+    /// sequential, then 5 refinement passes over the codes with 2 rounds of scale refitting. At
+    /// 2 and 3 bits, group 128 it beat every method of the study on qwen3-micro; set `bits` and
+    /// `group_size` as usual.
     ///
     /// ```
     /// use qwen3_quant_core::Bits;
     /// use qwen3_quant_gptq::GptqConfig;
     /// let c = GptqConfig::recipe_best().with_bits(Bits::new(3)?).with_group_size(Some(128));
     /// assert!(c.static_groups && c.act_order && c.mse.is_some());
+    /// assert_eq!((c.refine_passes, c.refit_scales), (5, 2));
     /// c.validate()?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -101,6 +122,8 @@ impl GptqConfig {
             true_sequential: true,
             mse: Some(MseSearch::default()),
             mse_hessian_weighted: false,
+            refine_passes: 5,
+            refit_scales: 2,
             ..GptqConfig::default()
         }
     }
@@ -137,6 +160,18 @@ impl GptqConfig {
         }
         if let Some(m) = &self.mse {
             m.validate().map_err(MethodError::InvalidConfig)?;
+        }
+        if self.refine_passes > MAX_REFINE_PASSES {
+            return bad(
+                "refine_passes",
+                "at most 100 (passes stop once nothing moves)",
+            );
+        }
+        if self.refit_scales > MAX_REFINE_PASSES {
+            return bad("refit_scales", "at most 100 rounds");
+        }
+        if self.refit_scales > 0 && self.refine_passes == 0 {
+            return bad("refit_scales", "needs refine_passes > 0");
         }
         if let Some(a) = self.asymmetric {
             if !(a.is_finite() && a > 0.0 && a <= 1.0) {

@@ -43,9 +43,10 @@ mod asymmetric;
 mod config;
 mod hessian;
 mod quantize;
+mod refine;
 
 pub use asymmetric::asymmetric_target;
-pub use config::GptqConfig;
+pub use config::{GptqConfig, MAX_REFINE_PASSES};
 pub use hessian::act_order_perm;
 pub use quantize::{quantize_weight, quantize_weight_scaled, GptqOutput};
 
@@ -55,6 +56,17 @@ use qwen3_quant_core::{
 
 /// `Result` of this crate.
 pub type Result<T> = std::result::Result<T, MethodError>;
+
+/// Calibration tokens per input feature below which [`Gptq`] skips the refinement of
+/// [`GptqConfig::refine_passes`] for a linear: its Hessian is too noisy to fit more tightly
+/// than GPTQ's column loop does.
+pub const REFINE_MIN_TOKENS_PER_INPUT: usize = 16;
+
+/// Calibration tokens per input feature below which [`Gptq`] skips the scale refitting of
+/// [`GptqConfig::refit_scales`], keeping the code passes. On qwen3-moe-micro with 32 × 1024
+/// calibration tokens, refitting the experts that saw fewer raised the docs perplexity; with
+/// 128 × 1024 tokens refitting lowered it (docs/beyond-the-study.md).
+pub const REFIT_MIN_TOKENS_PER_INPUT: usize = 64;
 
 /// The GPTQ method as a [`Quantizer`]: needs the input Hessian, propagates quantized outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -119,13 +131,24 @@ impl Quantizer for Gptq {
             ),
             _ => None,
         };
+        // The refinement fits the Hessian more tightly than the column loop, the scale refit
+        // most; a Hessian from few tokens per input (a rarely routed expert) is noise they would
+        // fit too.
+        let per_input = stats.tokens / input.in_features.max(1);
+        let config = if per_input < REFINE_MIN_TOKENS_PER_INPUT {
+            self.config.with_refine_passes(0).with_refit_scales(0)
+        } else if per_input < REFIT_MIN_TOKENS_PER_INPUT {
+            self.config.with_refit_scales(0)
+        } else {
+            self.config
+        };
         let out = quantize_weight_scaled(
             target.as_deref().unwrap_or(input.weight),
             input.out_features,
             input.in_features,
             &h.data,
             h.scale(),
-            &self.config,
+            &config,
         )
         .map_err(|e| e.with_id(id))?;
         Ok(QuantOutcome {

@@ -16,6 +16,7 @@ use qwen3_quant_core::{
 
 use crate::config::GptqConfig;
 use crate::hessian::{act_order_perm, hinv_upper};
+use crate::refine::{refine_codes, DampedHessian, Grid, Refinement};
 
 /// Everything GPTQ produced for one linear.
 #[derive(Debug, Clone, PartialEq)]
@@ -270,7 +271,7 @@ pub fn quantize_weight_scaled(
         .sum();
 
     // Back to the original column order.
-    let (codes, fake_quant) = match &perm {
+    let (mut codes, mut fake_quant) = match &perm {
         Some(p) => {
             let mut codes = vec![0u8; out_features * n];
             let mut fq = vec![0f32; out_features * n];
@@ -288,6 +289,54 @@ pub fn quantize_weight_scaled(
         }
         None => (codes_p, qp),
     };
+    // Only desc_act groups need the permutation to describe the layout.
+    let out_perm = match (config.group_size, config.static_groups) {
+        (Some(_), false) => perm,
+        _ => None,
+    };
+    let g_idx = canonical_g_idx(n, config.group_size, out_perm.as_deref());
+    if config.refine_passes > 0 {
+        let zeroed;
+        let target = if dead.iter().any(|&d| d) {
+            zeroed = w
+                .chunks(n)
+                .flat_map(|row| {
+                    row.iter()
+                        .zip(&dead)
+                        .map(|(&x, &d)| if d { 0.0 } else { x })
+                })
+                .collect::<Vec<f32>>();
+            &zeroed[..]
+        } else {
+            w
+        };
+        let grid = Grid {
+            params: &mut params,
+            n_groups,
+            g_idx: &g_idx,
+            maxq,
+        };
+        let how = Refinement {
+            passes: config.refine_passes,
+            scale_rounds: config.refit_scales,
+        };
+        let h = DampedHessian {
+            hessian,
+            scale,
+            damp: factor.damp as f32,
+        };
+        if refine_codes(target, n, &h, grid, &mut codes, how) > 0 || how.scale_rounds > 0 {
+            fake_quant
+                .par_chunks_mut(n)
+                .zip(codes.par_chunks(n))
+                .enumerate()
+                .for_each(|(r, (fr, cr))| {
+                    for (j, (f, &c)) in fr.iter_mut().zip(cr).enumerate() {
+                        *f = dequantize_code(c, params[r * n_groups + g_idx[j] as usize]);
+                    }
+                });
+        }
+    }
     let mut scales = vec![0f32; n_groups * out_features];
     let mut zeros = vec![0u8; n_groups * out_features];
     for r in 0..out_features {
@@ -311,12 +360,6 @@ pub fn quantize_weight_scaled(
             index,
         });
     }
-    // Only desc_act groups need the permutation to describe the layout.
-    let out_perm = match (config.group_size, config.static_groups) {
-        (Some(_), false) => perm,
-        _ => None,
-    };
-    let g_idx = canonical_g_idx(n, config.group_size, out_perm.as_deref());
     let linear = QuantizedLinear::new(
         out_features,
         n,
