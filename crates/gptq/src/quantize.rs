@@ -16,7 +16,7 @@ use qwen3_quant_core::{
 
 use crate::config::GptqConfig;
 use crate::hessian::{act_order_perm, hinv_upper};
-use crate::refine::{refine_codes, DampedHessian, Grid, Refinement};
+use crate::refine::{refine_quantized, DampedHessian, Grid, Refinement};
 
 /// Everything GPTQ produced for one linear.
 #[derive(Debug, Clone, PartialEq)]
@@ -296,19 +296,10 @@ pub fn quantize_weight_scaled(
     };
     let g_idx = canonical_g_idx(n, config.group_size, out_perm.as_deref());
     if config.refine_passes > 0 {
-        let zeroed;
-        let target = if dead.iter().any(|&d| d) {
-            zeroed = w
-                .chunks(n)
-                .flat_map(|row| {
-                    row.iter()
-                        .zip(&dead)
-                        .map(|(&x, &d)| if d { 0.0 } else { x })
-                })
-                .collect::<Vec<f32>>();
-            &zeroed[..]
-        } else {
-            w
+        let h = DampedHessian {
+            hessian,
+            scale,
+            damp: factor.damp as f32,
         };
         let grid = Grid {
             params: &mut params,
@@ -320,22 +311,7 @@ pub fn quantize_weight_scaled(
             passes: config.refine_passes,
             scale_rounds: config.refit_scales,
         };
-        let h = DampedHessian {
-            hessian,
-            scale,
-            damp: factor.damp as f32,
-        };
-        if refine_codes(target, n, &h, grid, &mut codes, how) > 0 || how.scale_rounds > 0 {
-            fake_quant
-                .par_chunks_mut(n)
-                .zip(codes.par_chunks(n))
-                .enumerate()
-                .for_each(|(r, (fr, cr))| {
-                    for (j, (f, &c)) in fr.iter_mut().zip(cr).enumerate() {
-                        *f = dequantize_code(c, params[r * n_groups + g_idx[j] as usize]);
-                    }
-                });
-        }
+        refine_quantized(w, &dead, &h, grid, how, &mut codes, &mut fake_quant);
     }
     let mut scales = vec![0f32; n_groups * out_features];
     let mut zeros = vec![0u8; n_groups * out_features];

@@ -43,15 +43,54 @@ pub(crate) struct DampedHessian<'a> {
     pub damp: f32,
 }
 
+/// Refines GPTQ's result in place: `codes` (`[out, n]`, original column order) and the grid's
+/// scales towards `w`, whose `dead` columns (no input energy) GPTQ quantized as zeros; then
+/// `fake_quant` is recomputed from them.
+pub(crate) fn refine_quantized(
+    w: &[f32],
+    dead: &[bool],
+    h: &DampedHessian<'_>,
+    mut grid: Grid<'_>,
+    how: Refinement,
+    codes: &mut [u8],
+    fake_quant: &mut [f32],
+) {
+    let n = dead.len();
+    let zeroed: Vec<f32>;
+    let target = if dead.iter().any(|&d| d) {
+        zeroed = w
+            .chunks(n)
+            .flat_map(|row| row.iter().zip(dead).map(|(&x, &d)| if d { 0.0 } else { x }))
+            .collect();
+        &zeroed[..]
+    } else {
+        w
+    };
+    let moved = refine_codes(target, n, h, &mut grid, codes, how);
+    if moved == 0 && how.scale_rounds == 0 {
+        return;
+    }
+    let (params, g, g_idx) = (&*grid.params, grid.n_groups, grid.g_idx);
+    fake_quant
+        .par_chunks_mut(n)
+        .zip(codes.par_chunks(n))
+        .enumerate()
+        .for_each(|(r, (fr, cr))| {
+            for (j, (f, &c)) in fr.iter_mut().zip(cr).enumerate() {
+                *f = dequantize_code(c, params[r * g + g_idx[j] as usize]);
+            }
+        });
+}
+
 /// Refines `codes` (`[out, n]`, original column order) towards the target `w` (dead columns
 /// already zeroed): up to `passes` coordinate-descent passes (stopping once a pass moves
 /// nothing), then for each scale round a refit of the scales and the passes again. Returns the
 /// number of codes moved.
-pub(crate) fn refine_codes(
+fn refine_codes(
     w: &[f32],
     n: usize,
     h: &DampedHessian<'_>,
-    grid: Grid<'_>,
+    grid: &mut Grid<'_>,
     codes: &mut [u8],
     how: Refinement,
 ) -> usize {
