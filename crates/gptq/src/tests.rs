@@ -637,11 +637,9 @@ fn refinement_lowers_the_layer_loss_on_the_same_grid() {
         (2, Some(32), false, false),
         (3, Some(32), true, true),
     ] {
-        let base = GptqConfig {
-            static_groups: stat,
-            block_size: 32,
-            ..cfg(bits, gs, false, act)
-        };
+        let base = cfg(bits, gs, false, act)
+            .with_static_groups(stat)
+            .with_block_size(32);
         let plain = quantize_weight(&w, out, n, &h, &base).unwrap();
         let refined = quantize_weight(&w, out, n, &h, &base.with_refine_passes(4)).unwrap();
         let what = format!("bits {bits} gs {gs:?} act {act} static {stat}");
