@@ -642,9 +642,7 @@ mod tests {
         if !fused_available() {
             return;
         }
-        let _g = crate::dense::tests::GLOBALS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let _g = crate::test_support::hold_globals();
         // 301 tokens: 14-row panels, 32-key tiles and 256-key chunks, and an odd tail.
         let s = CausalShape {
             batch: 2,

@@ -845,7 +845,7 @@ pub fn matmul_wt_strided(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     fn naive_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
@@ -864,7 +864,7 @@ pub(crate) mod tests {
 
     #[test]
     fn matmul_wt_matches_naive_on_odd_shapes() {
-        let _g = GLOBALS.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = crate::test_support::hold_globals();
         for &(m, k, n) in &[(1, 1, 1), (3, 17, 5), (65, 130, 33), (128, 64, 96)] {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
@@ -896,13 +896,10 @@ pub(crate) mod tests {
         }
     }
 
-    /// Serialises the tests that change the process-wide kernel choice or arithmetic.
-    pub(crate) static GLOBALS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
     /// Every kernel choice this CPU has (the blocked path and the `gemm` crate fallback), with
     /// the arithmetic `compute`.
     fn each_kernel(compute: Compute, f: impl Fn()) {
-        let _g = GLOBALS.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = crate::test_support::hold_globals();
         set_compute(compute);
         for c in crate::available_kernels() {
             crate::set_kernel_choice(Some(c));

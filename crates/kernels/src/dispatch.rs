@@ -193,6 +193,7 @@ mod tests {
 
     #[test]
     fn override_and_clamp() {
+        let _g = crate::test_support::hold_globals();
         set_kernel_choice(Some(KernelChoice::Scalar));
         assert_eq!(active_kernel(), KernelChoice::Scalar);
         set_kernel_choice(Some(KernelChoice::Avx512));

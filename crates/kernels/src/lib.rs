@@ -190,3 +190,18 @@ pub(crate) fn checked_mul(what: &'static str, a: usize, b: usize) -> Result<usiz
         got: 0,
     })
 }
+
+/// Test support shared by the unit tests of several modules.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::sync::{Mutex, MutexGuard};
+
+    static GLOBALS: Mutex<()> = Mutex::new(());
+
+    /// Serialises the unit tests that change the process-wide kernel choice or arithmetic
+    /// ([`crate::set_kernel_choice`], [`crate::dense::set_compute`]) with those whose results
+    /// depend on them: tests run on parallel threads of one process.
+    pub(crate) fn hold_globals() -> MutexGuard<'static, ()> {
+        GLOBALS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1252,6 +1252,7 @@ mod tests {
     /// act-order, serial and parallel row blocks.
     #[test]
     fn q8_gemv_matches_definition_and_bound() {
+        let _g = crate::test_support::hold_globals();
         for &(rows, cols) in &[(7usize, 300usize), (5, 128), (66, 1000), (600, 1024)] {
             for bits in [1u8, 2, 3, 4, 8] {
                 for gs in [32usize, 128, 256, cols] {

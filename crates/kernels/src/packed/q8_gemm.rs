@@ -222,6 +222,7 @@ mod tests {
 
     #[test]
     fn int8_gemm_equals_the_int8_gemv_row_by_row() {
+        let _g = crate::test_support::hold_globals();
         if !crate::dispatch::cpu().avx512vnni
             || crate::active_kernel() != crate::KernelChoice::Avx512
         {
