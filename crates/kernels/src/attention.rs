@@ -132,8 +132,29 @@ mod fused {
 
     use super::{CausalShape, KEY_CHUNK};
     use crate::dense::avx512::{
-        exp16, interleave_bf16, lanes, tile, tile_bf16, tile_with, to_bf16_units, TileStore, MR, NR,
+        exp16, interleave_bf16, lanes, tile, tile_bf16, tile_with, transpose_rows,
+        transpose_rows_bf16, TileStore, MR, NR,
     };
+
+    /// Pointers to rows `t0..t0 + 16` (null from `end` on) of `x` (row stride `rs`) of
+    /// sequence `row0`, at column `col`.
+    fn rows_of(
+        x: &[f32],
+        rs: usize,
+        row0: usize,
+        col: usize,
+        t0: usize,
+        end: usize,
+    ) -> [*const f32; 16] {
+        std::array::from_fn(|i| {
+            let t = t0 + i;
+            if t < end {
+                x[(row0 + t) * rs + col..].as_ptr()
+            } else {
+                std::ptr::null()
+            }
+        })
+    }
 
     /// All query heads of kv group `g` of sequence `b`.
     ///
@@ -157,11 +178,21 @@ mod fused {
         // Keys of this group packed as 32-key panels [hd][NR] (zero past the end).
         let panels = seq.div_ceil(NR);
         let mut kp = vec![0.0f32; panels * hd * NR];
-        for t in 0..seq {
-            let src = &k[(row0 + t) * kv_rs + g * hd..][..hd];
-            let dst = &mut kp[(t / NR) * hd * NR + t % NR..];
-            for (d, &x) in src.iter().enumerate() {
-                dst[d * NR] = x;
+        for p in 0..panels {
+            for half in 0..NR / 16 {
+                let ptrs = rows_of(k, kv_rs, row0, g * hd, p * NR + half * 16, seq);
+                // SAFETY: AVX-512F (caller); each non-null row holds `hd` floats; the writes
+                // `d·NR + half·16 + r` stay inside panel `p`'s `hd·NR` floats.
+                unsafe {
+                    transpose_rows(
+                        &ptrs,
+                        hd,
+                        None,
+                        kp[p * hd * NR + half * 16..].as_mut_ptr(),
+                        NR,
+                        0xffff,
+                    )
+                };
             }
         }
         let vbase = v[row0 * kv_rs + g * hd..].as_ptr();
@@ -173,16 +204,12 @@ mod fused {
             let mut i0 = 0;
             while i0 < seq {
                 let rows = MR.min(seq - i0);
-                // Query panel [hd][MR].
-                qa.fill(0.0);
-                for i in 0..rows {
-                    let src = &q[(row0 + i0 + i) * q_rs + h * hd..][..hd];
-                    for (d, &x) in src.iter().enumerate() {
-                        qa[d * MR + i] = x;
-                    }
-                }
-                // SAFETY: as documented for this function.
+                // Query panel [hd][MR] (zero past the last row).
+                let ptrs = rows_of(q, q_rs, row0, h * hd, i0, i0 + rows);
+                // SAFETY: as documented for this function; each non-null row holds `hd` floats,
+                // `qa` the `hd·MR` lanes written.
                 unsafe {
+                    transpose_rows(&ptrs, hd, None, qa.as_mut_ptr(), MR, lanes(MR));
                     panel(
                         s.scale, hd, i0, rows, &qa, &kp, vbase, kv_rs, &mut sc, &mut acc,
                     );
@@ -218,14 +245,22 @@ mod fused {
         let (seq, hd) = (s.seq, s.head_dim);
         let row0 = b * seq;
         let (hu, su) = (hd.div_ceil(2), seq.div_ceil(2));
-        let mut units = vec![0u32; hd.div_ceil(2)];
         let mut kp = vec![0u32; seq.div_ceil(NR) * hu * NR];
-        for t in 0..seq {
-            // SAFETY: the caller guarantees the features; `units` holds ⌈hd/2⌉ lanes.
-            unsafe { to_bf16_units(&k[(row0 + t) * kv_rs + g * hd..][..hd], &mut units) };
-            let dst = &mut kp[(t / NR) * hu * NR + t % NR..];
-            for (u, &x) in units[..hu].iter().enumerate() {
-                dst[u * NR] = x;
+        for p in 0..seq.div_ceil(NR) {
+            for half in 0..NR / 16 {
+                let ptrs = rows_of(k, kv_rs, row0, g * hd, p * NR + half * 16, seq);
+                // SAFETY: the caller guarantees the features; each non-null row holds `hd`
+                // floats; the writes `u·NR + half·16 + r` stay inside panel `p`'s `hu·NR` lanes.
+                unsafe {
+                    transpose_rows_bf16(
+                        &ptrs,
+                        hd,
+                        None,
+                        kp[p * hu * NR + half * 16..].as_mut_ptr() as *mut f32,
+                        NR,
+                        0xffff,
+                    )
+                };
             }
         }
         // Values: panel `d / NR`, unit `t / 2`, lane `d % NR`; key pairs (2u, 2u + 1).
@@ -250,18 +285,18 @@ mod fused {
             let mut i0 = 0;
             while i0 < seq {
                 let rows = MR.min(seq - i0);
-                qa.fill(0);
-                for i in 0..rows {
-                    // SAFETY: as above.
-                    unsafe {
-                        to_bf16_units(&q[(row0 + i0 + i) * q_rs + h * hd..][..hd], &mut units)
-                    };
-                    for (u, &x) in units[..hu].iter().enumerate() {
-                        qa[u * MR + i] = x;
-                    }
-                }
-                // SAFETY: as documented for this function.
+                let ptrs = rows_of(q, q_rs, row0, h * hd, i0, i0 + rows);
+                // SAFETY: as documented for this function; each non-null row holds `hd` floats,
+                // `qa` the `hu·MR` lanes written.
                 unsafe {
+                    transpose_rows_bf16(
+                        &ptrs,
+                        hd,
+                        None,
+                        qa.as_mut_ptr() as *mut f32,
+                        MR,
+                        lanes(MR),
+                    );
                     panel_bf16(
                         s.scale, hd, i0, rows, &qa, &kp, &vp, su, &mut pp, &mut sc, &mut acc,
                     );
@@ -459,7 +494,7 @@ mod fused {
     }
 
     /// [`online_softmax`] that writes the exponentials straight into `P`'s bf16 panel `pp`
-    /// (`[⌈kc/2⌉][MR]` pairs of consecutive keys, rounded as `to_bf16_units`, 0 where not
+    /// (`[⌈kc/2⌉][MR]` pairs of consecutive keys, rounded as `transpose_rows_bf16`, 0 where not
     /// visible) instead of back into `sc`: no second pass over the scores and no scalar
     /// transposition (the scatter puts each row's 8 pairs of 16 keys in their panel lanes).
     ///

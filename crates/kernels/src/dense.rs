@@ -111,30 +111,6 @@ impl Flavor {
     }
 }
 
-/// `src` as bf16 pairs into `units` (see [`avx512::to_bf16_units`]); only called for
-/// [`Flavor::Bf16`], which `Flavor::current` picks only on a CPU with AVX-512-BF16.
-#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
-fn bf16_units(src: &[f32], units: &mut [u32]) {
-    if crate::dispatch::cpu().avx512bf16 {
-        // SAFETY: `avx512bf16` implies AVX-512F/VL (see `dispatch::cpu`); `units` holds ⌈len/2⌉
-        // lanes (asserted inside).
-        unsafe { avx512::to_bf16_units(src, units) }
-    } else {
-        for (u, o) in units[..src.len().div_ceil(2)].iter_mut().enumerate() {
-            let hi = src.get(2 * u + 1).copied().unwrap_or(0.0);
-            *o = bf16_pair(src[2 * u], hi).to_bits();
-        }
-    }
-}
-
-/// A packed bf16 pair: `lo` in the low half, `hi` in the high half (stored in an f32 slot).
-#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
-#[inline]
-fn bf16_pair(lo: f32, hi: f32) -> f32 {
-    let b = |x: f32| u32::from(half::bf16::from_f32(x).to_bits());
-    f32::from_bits(b(lo) | (b(hi) << 16))
-}
-
 /// How many threads a dense product may use.
 fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     // Tiny products are faster on one thread than paying rayon's fork/join.
@@ -515,38 +491,70 @@ fn pack_b<'w>(
     data[..panels * ku * NR]
         .par_chunks_mut(ku * NR)
         .enumerate()
-        .for_each_init(Vec::new, |units, (p, dst)| {
-            if flavor == Flavor::Bf16 {
-                units.resize(ku, 0u32);
-            }
-            for l in 0..NR {
-                let Some(row) = src(p, l) else {
-                    (0..ku).for_each(|u| dst[u * NR + l] = 0.0);
-                    continue;
-                };
-                let row = &row[..k];
-                match flavor {
-                    Flavor::F32 => row
-                        .iter()
-                        .enumerate()
-                        .for_each(|(u, &v)| dst[u * NR + l] = v),
-                    Flavor::Bf16Emulated => row
-                        .iter()
-                        .enumerate()
-                        .for_each(|(u, &v)| dst[u * NR + l] = round_bf16(v)),
-                    Flavor::Bf16 => {
-                        bf16_units(row, units);
-                        for (u, &v) in units[..ku].iter().enumerate() {
-                            dst[u * NR + l] = f32::from_bits(v);
-                        }
+        .for_each(|(p, dst)| {
+            if flavor == Flavor::Bf16Emulated {
+                for l in 0..NR {
+                    match src(p, l) {
+                        Some(row) => row[..k]
+                            .iter()
+                            .enumerate()
+                            .for_each(|(u, &v)| dst[u * NR + l] = round_bf16(v)),
+                        None => (0..ku).for_each(|u| dst[u * NR + l] = 0.0),
                     }
                 }
+                return;
+            }
+            for half in 0..NR / 16 {
+                let ptrs: [*const f32; 16] = std::array::from_fn(|i| {
+                    src(p, half * 16 + i).map_or(std::ptr::null(), |r| r[..k].as_ptr())
+                });
+                // SAFETY: `blocked_available` checked AVX-512F (and `Flavor::current` BF16 for
+                // `Flavor::Bf16`); each source row holds `k` floats; the writes
+                // `c·NR + half·16 + r` (c < ku, r < 16) stay inside this panel's `ku·NR` lanes.
+                unsafe {
+                    transpose_into(
+                        flavor,
+                        &ptrs,
+                        k,
+                        None,
+                        dst[half * 16..].as_mut_ptr(),
+                        NR,
+                        16,
+                    )
+                };
             }
         });
     PackedB {
         data,
         panels,
         units: ku,
+    }
+}
+
+/// [`avx512::transpose_rows`] of f32 values or, for [`Flavor::Bf16`], its bf16-pair
+/// counterpart; `store_lanes` of each output row are written.
+///
+/// # Safety
+/// As the transpose `flavor` selects (AVX-512F; AVX-512-BF16 for [`Flavor::Bf16`]), with
+/// `floats` values per source row.
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+unsafe fn transpose_into(
+    flavor: Flavor,
+    src: &[*const f32; 16],
+    floats: usize,
+    norm: Option<avx512::LoadNorm<'_>>,
+    dst: *mut f32,
+    ld: usize,
+    store_lanes: usize,
+) {
+    let store = avx512::lanes(store_lanes);
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        if flavor == Flavor::Bf16 {
+            avx512::transpose_rows_bf16(src, floats, norm, dst, ld, store)
+        } else {
+            avx512::transpose_rows(src, floats, norm, dst, ld, store)
+        }
     }
 }
 
@@ -596,7 +604,6 @@ fn pack_a(
     kc: usize,
     dst: &mut [f32],
     row_buf: &mut [f32],
-    units: &mut [u32],
 ) {
     use avx512::MR;
     let ku = flavor.units(kc);
@@ -604,40 +611,68 @@ fn pack_a(
         .chunks_mut(MR * ku)
         .enumerate()
     {
-        for i in 0..MR {
+        let live = MR.min(rows - r * MR);
+        let src = |i: usize| {
             let row = i0 + r * MR + i;
-            if r * MR + i >= rows {
-                (0..ku).for_each(|u| panel[u * MR + i] = 0.0);
-                continue;
+            &lhs.x[row * lhs.rs + k0..row * lhs.rs + k0 + kc]
+        };
+        if flavor == Flavor::Bf16Emulated {
+            for i in 0..MR {
+                if i >= live {
+                    (0..ku).for_each(|u| panel[u * MR + i] = 0.0);
+                    continue;
+                }
+                let vals = normalised(lhs, i0 + r * MR + i, k0, src(i), row_buf);
+                vals.iter()
+                    .enumerate()
+                    .for_each(|(u, &v)| panel[u * MR + i] = round_bf16(v));
             }
-            let src = &lhs.x[row * lhs.rs + k0..row * lhs.rs + k0 + kc];
-            let vals: &[f32] = match lhs.norm {
-                Some(n) => {
-                    let inv = n.inv_rms[row];
-                    for ((o, &v), &w) in row_buf.iter_mut().zip(src).zip(&n.weight[k0..k0 + kc]) {
-                        *o = w * (v * inv);
-                    }
-                    &row_buf[..kc]
-                }
-                None => src,
-            };
-            match flavor {
-                Flavor::F32 => vals
-                    .iter()
-                    .enumerate()
-                    .for_each(|(u, &v)| panel[u * MR + i] = v),
-                Flavor::Bf16Emulated => vals
-                    .iter()
-                    .enumerate()
-                    .for_each(|(u, &v)| panel[u * MR + i] = round_bf16(v)),
-                Flavor::Bf16 => {
-                    bf16_units(vals, units);
-                    for (u, &v) in units[..ku].iter().enumerate() {
-                        panel[u * MR + i] = f32::from_bits(v);
-                    }
-                }
+            continue;
+        }
+        let ptrs: [*const f32; 16] = std::array::from_fn(|i| {
+            if i < live {
+                src(i).as_ptr()
+            } else {
+                std::ptr::null()
+            }
+        });
+        let mut inv = [0f32; 16];
+        if let Some(n) = lhs.norm {
+            for (i, v) in inv.iter_mut().enumerate().take(live) {
+                *v = n.inv_rms[i0 + r * MR + i];
             }
         }
+        let norm = lhs.norm.map(|n| avx512::LoadNorm {
+            inv: &inv,
+            weight: n.weight[k0..k0 + kc].as_ptr(),
+        });
+        // SAFETY: `blocked_available` checked AVX-512F (and `Flavor::current` BF16 for
+        // `Flavor::Bf16`); every non-null source is an `lhs` row slice of `kc` floats, the norm
+        // weights `kc` floats; the writes `u·MR + i` (u < ku, i < MR) stay inside this panel.
+        unsafe { transpose_into(flavor, &ptrs, kc, norm, panel.as_mut_ptr(), MR, MR) };
+    }
+}
+
+/// Row `row` of `lhs` (columns `src`, starting at `k0`), RMS-normalised into `row_buf` if the
+/// operand asks for it.
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+fn normalised<'a>(
+    lhs: &Lhs<'_>,
+    row: usize,
+    k0: usize,
+    src: &'a [f32],
+    row_buf: &'a mut [f32],
+) -> &'a [f32] {
+    match lhs.norm {
+        Some(n) => {
+            let inv = n.inv_rms[row];
+            let w = &n.weight[k0..k0 + src.len()];
+            for ((o, &v), &w) in row_buf.iter_mut().zip(src).zip(w) {
+                *o = w * (v * inv);
+            }
+            &row_buf[..src.len()]
+        }
+        None => src,
     }
 }
 
@@ -673,12 +708,11 @@ fn blocked(
         let p1 = (p0 + per_group).min(b.panels);
         let mut abuf = scratch(&A_PANELS, mc * kc_max + kc_max);
         let (a, row_buf) = abuf.split_at_mut(mc * kc_max);
-        let mut units = vec![0u32; flavor.units(kc_max)];
         let mut k0 = 0;
         while k0 < k {
             let kc = kc_max.min(k - k0);
             let ku = flavor.units(kc);
-            pack_a(flavor, lhs, i0, rows, k0, kc, a, row_buf, &mut units);
+            pack_a(flavor, lhs, i0, rows, k0, kc, a, row_buf);
             let st = if k0 > 0 { TileStore::Add } else { store };
             for p in p0..p1 {
                 let bp = &b.data[p * b.units * NR + flavor.units(k0) * NR..];
@@ -909,9 +943,81 @@ mod tests {
         set_compute(Compute::F32);
     }
 
+    /// The register transpose that packs both GEMM operands moves exactly the values the scalar
+    /// packing did: every length's tail, absent rows as zeros, partial store masks, and the
+    /// normalisation's two products in the same order.
     #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
     #[test]
-    fn vector_bf16_units_match_the_scalar_conversion() {
+    fn register_transpose_packs_like_the_scalar_loops() {
+        if !crate::dispatch::cpu().avx512 {
+            return;
+        }
+        for &(len, ld, store_lanes) in &[
+            (1usize, 16usize, 16usize),
+            (16, 16, 16),
+            (37, 14, 14),
+            (70, 32, 16),
+        ] {
+            let rows: Vec<Vec<f32>> = (0..16).map(|r| data(len, r + 1)).collect();
+            let weight = data(len, 99);
+            let inv: [f32; 16] = std::array::from_fn(|r| 0.5 + r as f32 / 7.0);
+            for with_norm in [false, true] {
+                let ptrs: [*const f32; 16] = std::array::from_fn(|r| {
+                    if r % 5 == 3 {
+                        std::ptr::null()
+                    } else {
+                        rows[r].as_ptr()
+                    }
+                });
+                let norm = with_norm.then(|| avx512::LoadNorm {
+                    inv: &inv,
+                    weight: weight.as_ptr(),
+                });
+                let mut got = vec![f32::NAN; len * ld + 16];
+                // SAFETY: AVX-512F checked; rows and weights hold `len` floats; `got` holds
+                // every lane `c·ld + r` with r < 16.
+                unsafe {
+                    avx512::transpose_rows(
+                        &ptrs,
+                        len,
+                        norm,
+                        got.as_mut_ptr(),
+                        ld,
+                        avx512::lanes(store_lanes),
+                    )
+                };
+                for c in 0..len {
+                    for r in 0..store_lanes {
+                        let want = if r % 5 == 3 {
+                            0.0
+                        } else if with_norm {
+                            weight[c] * (rows[r][c] * inv[r])
+                        } else {
+                            rows[r][c]
+                        };
+                        let g = got[c * ld + r];
+                        assert_eq!(g.to_bits(), want.to_bits(), "len {len} ld {ld} c {c} r {r}");
+                    }
+                }
+                // Lanes outside the store mask are never written.
+                if store_lanes < ld {
+                    assert!(got[store_lanes].is_nan());
+                }
+            }
+        }
+    }
+
+    #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+    #[test]
+    fn vector_bf16_pairs_match_the_scalar_conversion() {
+        if !crate::dispatch::cpu().avx512bf16 {
+            return;
+        }
+        /// The scalar reference: a bf16 pair, `lo` in the low half (`half`'s rounding).
+        fn pair(lo: f32, hi: f32) -> u32 {
+            let b = |x: f32| u32::from(half::bf16::from_f32(x).to_bits());
+            b(lo) | (b(hi) << 16)
+        }
         // Ties in both directions, values that round up into the exponent, ±inf, NaN, and
         // every length's tail (odd lengths pair the last value with 0).
         let mut v: Vec<f32> = data(67, 3).into_iter().map(|a| a * 1e3).collect();
@@ -926,17 +1032,36 @@ mod tests {
             f32::MIN_POSITIVE,
         ]);
         for len in 0..v.len() {
-            let src = &v[..len];
-            let mut got = vec![0u32; len.div_ceil(2)];
-            bf16_units(src, &mut got);
-            for (u, &g) in got.iter().enumerate() {
-                let hi = src.get(2 * u + 1).copied().unwrap_or(0.0);
-                assert_eq!(g, bf16_pair(src[2 * u], hi).to_bits(), "len {len} unit {u}");
+            let want =
+                |s: &[f32], u: usize| pair(s[2 * u], s.get(2 * u + 1).copied().unwrap_or(0.0));
+            // Rows rotated so that every value meets every lane and position.
+            let rows: Vec<Vec<f32>> = (0..16)
+                .map(|r| (0..len).map(|j| v[(j + 5 * r) % v.len()]).collect())
+                .collect();
+            let ptrs: [*const f32; 16] = std::array::from_fn(|r| rows[r].as_ptr());
+            let units = len.div_ceil(2);
+            let mut packed = vec![0f32; units * 16];
+            // SAFETY: AVX-512-BF16 checked; each row holds `len` floats; `packed` holds
+            // `units · 16` lanes.
+            unsafe {
+                avx512::transpose_rows_bf16(&ptrs, len, None, packed.as_mut_ptr(), 16, 0xffff)
+            };
+            for u in 0..units {
+                for (r, row) in rows.iter().enumerate() {
+                    assert_eq!(
+                        packed[u * 16 + r].to_bits(),
+                        want(row, u),
+                        "len {len} unit {u} row {r}"
+                    );
+                }
             }
         }
-        let mut nan = [0u32; 1];
-        bf16_units(&[f32::NAN, 1.0], &mut nan);
-        assert!(half::bf16::from_bits(nan[0] as u16).is_nan());
+        let nan = [f32::NAN, 1.0];
+        let ptrs: [*const f32; 16] = std::array::from_fn(|_| nan.as_ptr());
+        let mut packed = [0f32; 16];
+        // SAFETY: AVX-512-BF16 checked; each row holds 2 floats; one unit of 16 lanes.
+        unsafe { avx512::transpose_rows_bf16(&ptrs, 2, None, packed.as_mut_ptr(), 16, 0xffff) };
+        assert!(half::bf16::from_bits(packed[0].to_bits() as u16).is_nan());
     }
 
     #[test]

@@ -233,34 +233,157 @@ pub(crate) unsafe fn tile_bf16(
     }
 }
 
-/// `src` as bf16 pairs, `dst[u] = bf16(src[2u]) | bf16(src[2u + 1]) << 16` (an odd tail is
-/// paired with 0), rounded to nearest even by `vcvtneps2bf16`: the same bits as `half`'s
-/// conversion except that subnormal inputs become zero. One instruction per 16 values, where
-/// the scalar conversion costs a branchy dozen per value.
+/// Per-row scaling applied while [`transpose_rows`] loads: `value · inv[r]`, then `· weight[c]`
+/// (the RMSNorm of a GEMM's left operand, in the order of the scalar packing).
+#[derive(Clone, Copy)]
+pub(crate) struct LoadNorm<'a> {
+    pub inv: &'a [f32; 16],
+    pub weight: *const f32,
+}
+
+/// Transposes up to 16 rows of `len` 32-bit lanes into lane-major order,
+/// `dst[c·ld + r] = src[r][c]` for `r < 16`, `c < len`, through 16 × 16 register blocks. A null
+/// `src[r]` reads as zeros; each output row stores only the lanes of `store`. Moves bits only
+/// (with `norm`, the same two products per value as the scalar packing), so the packed panels
+/// are bit-identical to those of the scalar loops, without their strided single-value stores.
 ///
 /// # Safety
-/// AVX-512F, AVX-512VL and AVX-512-BF16; `dst` holds at least `src.len().div_ceil(2)` lanes.
-#[target_feature(enable = "avx512f,avx512vl,avx512bf16")]
-pub(crate) unsafe fn to_bf16_units(src: &[f32], dst: &mut [u32]) {
-    let n = src.len();
-    assert!(dst.len() >= n.div_ceil(2));
-    let mut j = 0;
-    while j < n {
-        let left = n - j;
-        // SAFETY: the load is masked to `src`, the store to the `⌈left/2⌉` units `dst` has.
-        unsafe {
-            let x = _mm512_maskz_loadu_ps(lanes(left), src.as_ptr().add(j));
-            let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(x));
-            let units = left.min(16).div_ceil(2);
-            let m = ((1u32 << units) - 1) as __mmask8;
-            _mm256_mask_storeu_epi32(dst.as_mut_ptr().add(j / 2) as *mut i32, m, h);
+/// AVX-512F; every non-null `src[r]` holds `len` readable lanes (and `norm.weight` `len`
+/// floats); `dst` holds the lanes `c·ld + r` for `c < len` and each lane `r` of `store`.
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn transpose_rows(
+    src: &[*const f32; 16],
+    len: usize,
+    norm: Option<LoadNorm<'_>>,
+    dst: *mut f32,
+    ld: usize,
+    store: __mmask16,
+) {
+    let mut c0 = 0;
+    // SAFETY (whole loop): loads are masked to the `len` lanes of each row, stores to the
+    // lanes the caller guarantees.
+    unsafe {
+        while c0 < len {
+            let n = (len - c0).min(16);
+            let m = lanes(n);
+            let r: [__m512; 16] = std::array::from_fn(|i| {
+                if src[i].is_null() {
+                    return _mm512_setzero_ps();
+                }
+                let v = _mm512_maskz_loadu_ps(m, src[i].add(c0));
+                match norm {
+                    Some(nm) => _mm512_mul_ps(
+                        _mm512_mul_ps(v, _mm512_set1_ps(nm.inv[i])),
+                        _mm512_maskz_loadu_ps(m, nm.weight.add(c0)),
+                    ),
+                    None => v,
+                }
+            });
+            let out = transpose16(r);
+            for (c, v) in out.iter().enumerate().take(n) {
+                _mm512_mask_storeu_ps(dst.add((c0 + c) * ld), store, *v);
+            }
+            c0 += 16;
         }
-        j += 16;
     }
 }
 
+/// [`transpose_rows`] of bf16 pairs: row `r` holds `floats` f32 values, and lane `c` of the
+/// output is its unit `c`, `bf16(src[r][2c]) | bf16(src[r][2c + 1]) << 16` (an odd tail paired
+/// with 0), converted by `vcvtne2ps2bf16` after the optional `norm` (the same rounding and the
+/// same bits as `half`'s conversion of the normalised values except that subnormal inputs become
+/// zero), for `c < ⌈floats/2⌉`. One instruction converts 32 values, where the scalar conversion
+/// costs a branchy dozen per value.
+///
+/// # Safety
+/// AVX-512F and AVX-512-BF16; every non-null `src[r]` (and `norm.weight`) holds `floats`
+/// readable floats; `dst` holds the lanes `c·ld + r` for `c < ⌈floats/2⌉` and each lane `r` of
+/// `store`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(crate) unsafe fn transpose_rows_bf16(
+    src: &[*const f32; 16],
+    floats: usize,
+    norm: Option<LoadNorm<'_>>,
+    dst: *mut f32,
+    ld: usize,
+    store: __mmask16,
+) {
+    let units = floats.div_ceil(2);
+    let mut c0 = 0;
+    // SAFETY (whole loop): loads are masked to the `floats` values of each row, stores to the
+    // lanes the caller guarantees.
+    unsafe {
+        while c0 < units {
+            let f0 = 2 * c0;
+            let (m_lo, m_hi) = (lanes(floats - f0), lanes(floats.saturating_sub(f0 + 16)));
+            let r: [__m512; 16] = std::array::from_fn(|i| {
+                if src[i].is_null() {
+                    return _mm512_setzero_ps();
+                }
+                let load = |m: __mmask16, at: usize| {
+                    let v = _mm512_maskz_loadu_ps(m, src[i].add(at));
+                    match norm {
+                        Some(nm) => _mm512_mul_ps(
+                            _mm512_mul_ps(v, _mm512_set1_ps(nm.inv[i])),
+                            _mm512_maskz_loadu_ps(m, nm.weight.add(at)),
+                        ),
+                        None => v,
+                    }
+                };
+                let pairs = _mm512_cvtne2ps_pbh(load(m_hi, f0 + 16), load(m_lo, f0));
+                std::mem::transmute::<__m512bh, __m512>(pairs)
+            });
+            let out = transpose16(r);
+            for (c, v) in out.iter().enumerate().take((units - c0).min(16)) {
+                _mm512_mask_storeu_ps(dst.add((c0 + c) * ld), store, *v);
+            }
+            c0 += 16;
+        }
+    }
+}
+
+/// The 16 × 16 transpose: `out[c]` lane `r` = `r[r]` lane `c`. Pairs interleave within 128-bit
+/// lanes, quads gather one column's four rows per 128-bit lane, and `vshuff32x4` assembles the
+/// four quads of each column.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    // t[2a] lane L = (r2a[4L], r2a+1[4L], r2a[4L+1], r2a+1[4L+1]); t[2a+1] the same for 4L+2, 4L+3.
+    let t: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    // s[4b + j] lane L = column 4L + j of rows 4b..4b+4.
+    let s: [__m512; 16] = std::array::from_fn(|i| {
+        let (b, j) = (i / 4, i % 4);
+        let (x, y) = (t[4 * b + j / 2], t[4 * b + 2 + j / 2]);
+        if j % 2 == 0 {
+            _mm512_shuffle_ps::<0x44>(x, y)
+        } else {
+            _mm512_shuffle_ps::<0xEE>(x, y)
+        }
+    });
+    // Column 4L + j = (s[j] lane L, s[4 + j] lane L, s[8 + j] lane L, s[12 + j] lane L).
+    let mut out = [_mm512_setzero_ps(); 16];
+    for j in 0..4 {
+        let p0 = _mm512_shuffle_f32x4::<0x44>(s[j], s[4 + j]);
+        let p1 = _mm512_shuffle_f32x4::<0xEE>(s[j], s[4 + j]);
+        let q0 = _mm512_shuffle_f32x4::<0x44>(s[8 + j], s[12 + j]);
+        let q1 = _mm512_shuffle_f32x4::<0xEE>(s[8 + j], s[12 + j]);
+        out[j] = _mm512_shuffle_f32x4::<0x88>(p0, q0);
+        out[4 + j] = _mm512_shuffle_f32x4::<0xDD>(p0, q0);
+        out[8 + j] = _mm512_shuffle_f32x4::<0x88>(p1, q1);
+        out[12 + j] = _mm512_shuffle_f32x4::<0xDD>(p1, q1);
+    }
+    out
+}
+
 /// Two rows as bf16 pairs lane by lane: `dst[d] = bf16(lo[d]) | bf16(hi[d]) << 16` (`hi`
-/// absent: 0), rounded as [`to_bf16_units`]. Packs `P · V`'s values, paired along the keys.
+/// absent: 0), rounded as [`transpose_rows_bf16`]. Packs `P · V`'s values, paired along the keys.
 ///
 /// # Safety
 /// AVX-512F, AVX-512VL and AVX-512-BF16.
