@@ -149,7 +149,8 @@ impl Default for GptqConfig {
 impl GptqConfig {
     /// The `best` recipe at `bits` and `group_size` (see
     /// [`qwen3_quant_gptq::GptqConfig::recipe_best`]): act-order with static groups, the range
-    /// search of the group parameters, dampening 0.05, refinement of the codes and scales.
+    /// search of the group parameters, dampening 0.05, asymmetric calibration, refinement of the
+    /// codes and scales.
     ///
     /// ```
     /// use qwen3_quant::GptqConfig;

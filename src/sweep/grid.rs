@@ -34,8 +34,9 @@ pub enum SweepMethod {
     HadamardGptq,
     /// A randomized Hadamard rotation, then GPTQ with the range search.
     HadamardGptqMse,
-    /// The `best` recipe: GPTQ with act-order, static groups, the range search, dampening 0.05
-    /// and the refinement of codes and scales ([`crate::GptqConfig::best`]).
+    /// The `best` recipe: GPTQ with act-order, static groups, the range search, dampening 0.05,
+    /// asymmetric calibration and the refinement of codes and scales
+    /// ([`crate::GptqConfig::best`]).
     Best,
 }
 

@@ -1116,6 +1116,7 @@ impl LogMarks {
         run: &'a QuantizationRun,
         layer: &'a DecoderLayer,
         activations: Option<&'a ActivationStore>,
+        fp_activations: Option<&'a ActivationStore>,
     ) -> FinishedLayer<'a> {
         FinishedLayer {
             layer,
@@ -1128,6 +1129,7 @@ impl LogMarks {
                 .find(|(l, _)| *l == layer.index)
                 .map(|(_, c)| c.as_slice()),
             activations,
+            fp_activations,
         }
     }
 }
@@ -1264,13 +1266,13 @@ fn run_layers(
         Some(s) => s.load(&model.config, restore)?,
         None => None,
     };
-    let (first, restored_h) = match restored {
+    let (first, restored_h, restored_fp) = match restored {
         Some(r) => {
             let first = r.layers.len();
             install_restored(model, &mut run, r.layers, stream)?;
-            (first, r.activations)
+            (first, r.activations, r.fp_activations)
         }
-        None => (0, None),
+        None => (0, None, None),
     };
     if first > 0 && opts.progress {
         eprintln!("resuming after layer {} of {n_layers}", first - 1);
@@ -1325,7 +1327,7 @@ fn run_layers(
                 d.quantize_group(layer, &ids, &HashMap::new())?;
             }
             if let Some(s) = store.as_deref_mut() {
-                s.save(marks.finished(&d.run, &model.layers[slot(li)], None))?;
+                s.save(marks.finished(&d.run, &model.layers[slot(li)], None, None))?;
             }
             release(model, &mut d.run, &marks);
             d.pb.inc(1);
@@ -1386,15 +1388,25 @@ fn run_layers(
             ActivationStore::new(x, model.config.hidden_size, opts.activations)
         }
     };
-    // Asymmetric calibration: the full-precision model's own activations, run alongside.
-    let mut h_fp = (quantize && true_seq && method.full_precision_targets()).then(|| h.clone());
-    if h_fp.is_some() && first > 0 {
-        return Err(CalibError::Resume(
-            "a run with full-precision targets (GPTAQ) cannot be resumed: the full-precision \
-             activations are not saved"
-                .into(),
-        ));
-    }
+    // Asymmetric calibration: the full-precision model's own activations, run alongside (or
+    // those saved with the last finished layer).
+    let mut h_fp = match (
+        quantize && true_seq && method.full_precision_targets(),
+        first,
+    ) {
+        (false, _) => None,
+        (true, 0) => Some(h.clone()),
+        (true, _) => {
+            let fp = restored_fp.ok_or_else(|| {
+                CalibError::Resume(format!(
+                    "{first} finished layers but no saved full-precision inputs for layer \
+                     {first} (asymmetric calibration)"
+                ))
+            })?;
+            check_restored_activations(&fp, n_seq * seq, model.config.hidden_size, opts)?;
+            Some(fp)
+        }
+    };
     for li in first..n_layers {
         prepare(model, li)?;
         let marks = LogMarks::of(&d.run);
@@ -1430,7 +1442,7 @@ fn run_layers(
             d.forward_all(fp_layer, h_fp)?;
         }
         if let Some(s) = store.as_deref_mut() {
-            s.save(marks.finished(&d.run, &model.layers[slot(li)], Some(&h)))?;
+            s.save(marks.finished(&d.run, &model.layers[slot(li)], Some(&h), h_fp.as_ref()))?;
         }
         release(model, &mut d.run, &marks);
         d.pb.inc(1);

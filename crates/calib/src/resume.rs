@@ -4,7 +4,8 @@
 //! The driver knows neither files nor formats: a store decides how a layer is kept (the formats
 //! crate's `ResumeDir` keeps it as native safetensors plus JSON, written atomically and synced).
 //! What the driver needs to continue is exactly what it would hold in memory after layer `k`: the
-//! finished layers, their log entries and the next layer's calibration inputs. Given those, the
+//! finished layers, their log entries and the next layer's calibration inputs (with asymmetric
+//! calibration, the full-precision model's too). Given those, the
 //! rest of the run performs the same arithmetic as an uninterrupted one, so its results are
 //! bit-identical.
 
@@ -33,6 +34,9 @@ pub struct FinishedLayer<'a> {
     pub expert_tokens: Option<&'a [usize]>,
     /// The next layer's calibration inputs (`None` for runs without calibration data).
     pub activations: Option<&'a ActivationStore>,
+    /// The next layer's inputs in the full-precision model, for runs with full-precision
+    /// targets (asymmetric calibration); `None` otherwise.
+    pub fp_activations: Option<&'a ActivationStore>,
 }
 
 /// How [`LayerStore::load`] gives finished layers back.
@@ -72,6 +76,9 @@ pub struct RestoredRun {
     pub layers: Vec<RestoredLayer>,
     /// The calibration inputs of layer `layers.len()` (`None` for runs without calibration data).
     pub activations: Option<ActivationStore>,
+    /// Its inputs in the full-precision model, where the run saved them
+    /// ([`FinishedLayer::fp_activations`]).
+    pub fp_activations: Option<ActivationStore>,
 }
 
 /// Durable per-layer state of a run, so that a crashed or killed run continues after its last

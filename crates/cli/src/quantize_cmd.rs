@@ -35,10 +35,10 @@ fn parse_eval_spec(spec: &str) -> anyhow::Result<(String, Option<usize>)> {
 }
 
 /// Fills in the options of `--recipe`: `best` is GPTQ with act-order, static groups, the range
-/// search of the group parameters, dampening 0.05 and the refinement of the codes and scales
-/// (`GptqConfig::recipe_best`, the best 2- and 3-bit combination measured in
-/// docs/beyond-the-study.md); the recipe's settings replace `--damp`, `--static-groups`,
-/// `--mse`, `--refine` and `--refit-scales`.
+/// search of the group parameters, dampening 0.05, asymmetric calibration (`--gptaq 1`) and the
+/// refinement of the codes and scales (`GptqConfig::recipe_best`, the best 2- and 3-bit
+/// combination measured in docs/beyond-the-study.md); the recipe's settings replace `--damp`,
+/// `--static-groups`, `--mse`, `--gptaq`, `--refine` and `--refit-scales`.
 fn apply_recipe(a: &mut QuantizeArgs) -> anyhow::Result<()> {
     let Some(name) = a.recipe.as_deref() else {
         return Ok(());
@@ -58,6 +58,7 @@ fn apply_recipe(a: &mut QuantizeArgs) -> anyhow::Result<()> {
             a.mse_hessian = r.mse_hessian_weighted;
             a.refine = r.refine_passes;
             a.refit_scales = r.refit_scales;
+            a.gptaq = r.asymmetric;
             Ok(())
         }
         other => bail!("unknown --recipe {other:?}: expected best"),

@@ -10,6 +10,7 @@
 //!   (their schemes in the file's metadata), so that they come back bit for bit;
 //! * `layer-NNNN/log.json`: the layer's per-linear and transform log lines and expert counts;
 //! * `activations-NNNN.bin`: the calibration inputs of layer `NNNN + 1`;
+//! * `fp-activations-NNNN.bin`: its inputs in the full-precision model (asymmetric calibration);
 //! * `progress.json`: `{"layers_done": k}`, written last. It is the commit point: a run killed
 //!   at any moment resumes after the last layer it names, whatever else is half-written.
 //!
@@ -307,6 +308,10 @@ impl ResumeDir {
         self.dir.join(format!("activations-{i:04}.bin"))
     }
 
+    fn fp_activations_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("fp-activations-{i:04}.bin"))
+    }
+
     fn save_layer(&mut self, done: &FinishedLayer<'_>) -> Result<()> {
         let t0 = std::time::Instant::now();
         let layer = done.layer;
@@ -336,9 +341,14 @@ impl ResumeDir {
             "expert_tokens": done.expert_tokens,
         });
         write_json(&ldir.join("log.json"), &log)?;
-        if let Some(h) = done.activations {
-            write_activations(&self.activations_path(i), h)?;
-            self.bytes_saved += h.bytes() as u64;
+        for (h, path) in [
+            (done.activations, self.activations_path(i)),
+            (done.fp_activations, self.fp_activations_path(i)),
+        ] {
+            if let Some(h) = h {
+                write_activations(&path, h)?;
+                self.bytes_saved += h.bytes() as u64;
+            }
         }
         write_json(
             &self.dir.join(PROGRESS_FILE),
@@ -347,6 +357,7 @@ impl ResumeDir {
         self.layers_done = i + 1;
         if i > 0 {
             let _ = std::fs::remove_file(self.activations_path(i - 1));
+            let _ = std::fs::remove_file(self.fp_activations_path(i - 1));
         }
         self.save_seconds += t0.elapsed().as_secs_f64();
         Ok(())
@@ -366,15 +377,17 @@ impl ResumeDir {
         for i in 0..k {
             layers.push(restore_layer(&self.layer_dir(i), config, i, build)?);
         }
-        let act = self.activations_path(k - 1);
-        let activations = if act.is_file() {
-            Some(ActivationStore::read_file(&act)?)
-        } else {
-            None
+        let read = |path: PathBuf| -> Result<Option<ActivationStore>> {
+            Ok(if path.is_file() {
+                Some(ActivationStore::read_file(&path)?)
+            } else {
+                None
+            })
         };
         Ok(Some(RestoredRun {
             layers,
-            activations,
+            activations: read(self.activations_path(k - 1))?,
+            fp_activations: read(self.fp_activations_path(k - 1))?,
         }))
     }
 }

@@ -101,16 +101,17 @@ impl Default for GptqConfig {
 impl GptqConfig {
     /// The `best` recipe (`qwen3-quant quantize --recipe best`, docs/beyond-the-study.md): act-order
     /// with static groups, the range search of the group parameters, dampening 0.05, true
-    /// sequential, then 5 refinement passes over the codes with 2 rounds of scale refitting. At
-    /// 2 and 3 bits, group 128 it beat every method of the study on qwen3-micro; set `bits` and
-    /// `group_size` as usual.
+    /// sequential, asymmetric calibration at full strength (GPTAQ's objective, `asymmetric = 1`:
+    /// targets from the full-precision model's outputs), then 5 refinement passes over the codes
+    /// with 2 rounds of scale refitting. At 2, 3 and 4 bits, group 128 it beat every method of
+    /// the study on qwen3-micro; set `bits` and `group_size` as usual.
     ///
     /// ```
     /// use qwen3_quant_core::Bits;
     /// use qwen3_quant_gptq::GptqConfig;
     /// let c = GptqConfig::recipe_best().with_bits(Bits::new(3)?).with_group_size(Some(128));
     /// assert!(c.static_groups && c.act_order && c.mse.is_some());
-    /// assert_eq!((c.refine_passes, c.refit_scales), (5, 2));
+    /// assert_eq!((c.refine_passes, c.refit_scales, c.asymmetric), (5, 2, Some(1.0)));
     /// c.validate()?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -124,6 +125,7 @@ impl GptqConfig {
             mse_hessian_weighted: false,
             refine_passes: 5,
             refit_scales: 2,
+            asymmetric: Some(1.0),
             ..GptqConfig::default()
         }
     }
