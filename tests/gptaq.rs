@@ -17,7 +17,10 @@ fn full_precision_targets_change_the_linears_whose_inputs_differ() {
     let plain_cfg = GptqConfig::default()
         .with_bits(Bits::new(3).unwrap())
         .with_group_size(Some(128));
-    let asym_cfg = plain_cfg.with_asymmetric(Some(0.25));
+    // 4 × 256 calibration tokens are 2 per input feature: below the default minimum for the
+    // asymmetric target, which the first run keeps and the others lift.
+    let gated_cfg = plain_cfg.with_asymmetric(Some(0.25));
+    let asym_cfg = gated_cfg.with_asymmetric_min_tokens_per_input(0);
     assert!(!Gptq::new(plain_cfg).unwrap().full_precision_targets());
     assert!(Gptq::new(asym_cfg).unwrap().full_precision_targets());
     let run = |cfg| {
@@ -29,6 +32,8 @@ fn full_precision_targets_change_the_linears_whose_inputs_differ() {
     };
     let (plain, asym) = (run(plain_cfg), run(asym_cfg));
     assert_eq!(plain.len(), 56);
+    // Too few tokens per input everywhere: plain GPTQ, bit for bit.
+    assert!(plain == run(gated_cfg), "gated asymmetric calibration changed a linear");
     for ((id, p), (id_a, a)) in plain.iter().zip(&asym) {
         assert_eq!(id, id_a);
         // Layer 0's q/k/v read the embeddings in both models: `X = X̃`, no correction, the
@@ -60,7 +65,8 @@ fn moe_layers_get_full_precision_targets_too() {
     let calib = first_windows(&docs("calib"), n, seq).unwrap();
     let plain_cfg = GptqConfig::default()
         .with_bits(Bits::new(3).unwrap())
-        .with_group_size(Some(128));
+        .with_group_size(Some(128))
+        .with_asymmetric_min_tokens_per_input(0);
     let run = |cfg| {
         let mut m = load();
         let method = Gptq::new(cfg).unwrap();

@@ -46,6 +46,11 @@ pub struct GptqConfig {
     /// ([`qwen3_quant_core::Quantizer::full_precision_targets`]); a linear without the
     /// statistics (an expert no calibration token reached) gets plain GPTQ.
     pub asymmetric: Option<f32>,
+    /// Calibration tokens per input feature below which a linear gets plain GPTQ instead of
+    /// the asymmetric target (default [`crate::ASYMMETRIC_MIN_TOKENS_PER_INPUT`]): the target
+    /// solves a least-squares problem in the input dimension that a few tokens (a rarely routed
+    /// expert) do not determine.
+    pub asymmetric_min_tokens_per_input: usize,
     /// Coordinate-descent passes over the codes after the column loop (default 0, the
     /// reference): with the grid fixed, each code moves to the grid point that minimises the
     /// layer loss `(q − w)ᵀ H (q − w)` given all the others, so that early columns see the later
@@ -73,6 +78,7 @@ qwen3_quant_core::setters!(GptqConfig {
     mse: Option<MseSearch> => with_mse,
     mse_hessian_weighted: bool => with_mse_hessian_weighted,
     asymmetric: Option<f32> => with_asymmetric,
+    asymmetric_min_tokens_per_input: usize => with_asymmetric_min_tokens_per_input,
     refine_passes: usize => with_refine_passes,
     refit_scales: usize => with_refit_scales,
 });
@@ -92,6 +98,7 @@ impl Default for GptqConfig {
             mse: None,
             mse_hessian_weighted: false,
             asymmetric: None,
+            asymmetric_min_tokens_per_input: crate::ASYMMETRIC_MIN_TOKENS_PER_INPUT,
             refine_passes: 0,
             refit_scales: 0,
         }
