@@ -573,6 +573,9 @@ impl Quantizer for Reporting<'_> {
     fn true_sequential(&self) -> bool {
         self.inner.true_sequential()
     }
+    fn full_precision_targets(&self) -> bool {
+        self.inner.full_precision_targets()
+    }
     fn quantize_linear(
         &self,
         input: LinearInput<'_>,
@@ -742,5 +745,37 @@ impl ComputeMode {
 impl Drop for ComputeMode {
     fn drop(&mut self) {
         qwen3_quant_kernels::dense::set_compute(Compute::F32);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::NoProgress;
+
+    /// The progress wrapper is the quantizer the driver sees: it must answer every question the
+    /// driver asks as the method does (a forgotten `full_precision_targets` once ran the `best`
+    /// recipe's asymmetric calibration as plain GPTQ from the library and the sweep).
+    #[test]
+    fn the_progress_wrapper_answers_as_the_method() {
+        let plain = crate::GptqConfig::default().method().unwrap();
+        let best = crate::GptqConfig::best(3, Some(128)).method().unwrap();
+        let rtn = crate::RtnConfig::default().method().unwrap();
+        let methods: [&dyn Quantizer; 3] = [&plain, &best, &rtn];
+        for inner in methods {
+            let w = Reporting {
+                inner,
+                sink: &NoProgress,
+                label: "test",
+                done: AtomicU64::new(0),
+                total: 1,
+            };
+            assert_eq!(w.name(), inner.name());
+            assert_eq!(w.stats_required(), inner.stats_required());
+            assert_eq!(w.propagation(), inner.propagation());
+            assert_eq!(w.true_sequential(), inner.true_sequential());
+            assert_eq!(w.full_precision_targets(), inner.full_precision_targets());
+        }
+        assert!(best.full_precision_targets() && !plain.full_precision_targets());
     }
 }

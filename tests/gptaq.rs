@@ -33,7 +33,10 @@ fn full_precision_targets_change_the_linears_whose_inputs_differ() {
     let (plain, asym) = (run(plain_cfg), run(asym_cfg));
     assert_eq!(plain.len(), 56);
     // Too few tokens per input everywhere: plain GPTQ, bit for bit.
-    assert!(plain == run(gated_cfg), "gated asymmetric calibration changed a linear");
+    assert!(
+        plain == run(gated_cfg),
+        "gated asymmetric calibration changed a linear"
+    );
     for ((id, p), (id_a, a)) in plain.iter().zip(&asym) {
         assert_eq!(id, id_a);
         // Layer 0's q/k/v read the embeddings in both models: `X = X̃`, no correction, the
