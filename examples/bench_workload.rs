@@ -14,7 +14,10 @@
 //!   run the packed GEMM kernels with int8 activations (VNNI, [`kernels::set_prefill_int8`]; the
 //!   quantization is not timed); `w4-exact`: the same weights with f32 activations.
 //!
-//! One untimed warm-up batch comes first, as on the PyTorch side.
+//! One untimed warm-up batch comes first, as on the PyTorch side. The JSON carries the workload's
+//! `gflop_per_token` (the multiply-adds of every linear, the head and the causal attention, 2
+//! FLOPs each), so that tokens/s converts to GFLOP/s; `--peak` prints the machine's f32 FMA
+//! ceiling instead ([`kernels::bench::fma_peak_gflops`]).
 
 use std::time::Instant;
 
@@ -29,6 +32,7 @@ use qwen3_quant::rtn::{Rtn, RtnConfig};
 const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets");
 
 struct Args {
+    peak: bool,
     model: String,
     workload: String,
     mode: String,
@@ -39,6 +43,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, Box<dyn std::error::Error>> {
     let mut a = Args {
+        peak: false,
         model: format!("{ASSETS}/models/qwen3-micro"),
         workload: "docs32".into(),
         mode: "f32".into(),
@@ -50,6 +55,7 @@ fn parse_args() -> Result<Args, Box<dyn std::error::Error>> {
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
+            "--peak" => a.peak = true,
             "--model" => a.model = val()?,
             "--workload" => a.workload = val()?,
             "--mode" => a.mode = val()?,
@@ -111,8 +117,35 @@ fn prefill(
     Ok(())
 }
 
+/// FLOPs per token of the workload: every linear of every layer, the head (at every position for
+/// `docs32`, at each window's last for `prefill`), and `Q·Kᵀ` and `P·V` over the causal keys.
+fn gflop_per_token(c: &qwen3_quant::io::ModelConfig, workload: &str, n: usize) -> f64 {
+    let (h, q, kv) = (
+        c.hidden_size,
+        c.num_attention_heads * c.head_dim,
+        c.num_key_value_heads * c.head_dim,
+    );
+    // A routed MLP computes its chosen experts (every layer taken as sparse).
+    let mlp = match &c.moe {
+        Some(m) => 3 * h * m.moe_intermediate_size * m.num_experts_per_tok,
+        None => 3 * h * c.intermediate_size,
+    };
+    let linears = c.num_hidden_layers * (h * (q + 2 * kv) + q * h + mlp);
+    let attention = c.num_hidden_layers * 2 * q * (n + 1) / 2;
+    let head = h * c.vocab_size / if workload == "prefill" { n } else { 1 };
+    2.0 * (linears + attention + head) as f64 / 1e9
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = parse_args()?;
+    if a.peak {
+        let gflops = kernels::bench::fma_peak_gflops(2.0);
+        println!(
+            "{{\"impl\": \"peak\", \"threads\": {}, \"gflops\": {gflops:.1}}}",
+            rayon::current_num_threads()
+        );
+        return Ok(());
+    }
     let model = load(&a)?;
     let ids = eval::data::read_token_tensor(
         format!("{ASSETS}/data/docs/docs.tokens.safetensors").as_ref(),
@@ -144,12 +177,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let secs = start.elapsed().as_secs_f64();
     let ppl = ppl.map_or(String::new(), |p| format!(", \"ppl\": {p:.4}"));
     println!(
-        "{{\"impl\": \"qwen3-quant\", \"compute\": \"{}\", \"workload\": \"{}\", \"windows\": {}, \"seq_len\": {n}, \"batch\": {b}, \"threads\": {}, \"seconds\": {secs:.3}, \"tokens_per_s\": {:.1}{ppl}}}",
+        "{{\"impl\": \"qwen3-quant\", \"compute\": \"{}\", \"workload\": \"{}\", \"windows\": {}, \"seq_len\": {n}, \"batch\": {b}, \"threads\": {}, \"seconds\": {secs:.3}, \"tokens_per_s\": {:.1}, \"gflop_per_token\": {:.5}{ppl}}}",
         a.mode,
         a.workload,
         a.windows,
         rayon::current_num_threads(),
-        (a.windows * n) as f64 / secs
+        (a.windows * n) as f64 / secs,
+        gflop_per_token(&model.config, &a.workload, n)
     );
     Ok(())
 }

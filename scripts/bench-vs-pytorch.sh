@@ -19,7 +19,9 @@
 # never a project dependency): $QWEN3_QUANT_BENCH_VENV, default ~/.cache/qwen3-quant/bench-venv.
 #
 # The machines this runs on are small and shared: the load average is printed before and after,
-# and only the ratios within one run mean anything.
+# and only the ratios within one run mean anything. The machine's f32 FMA ceiling is measured
+# before the pairs (`bench_workload --peak`), and each side's GFLOP/s is printed as a share of it:
+# where a ratio cannot go higher because one side already runs near the ceiling, this says so.
 set -euo pipefail
 
 PAIRS=${1:-3}
@@ -52,6 +54,11 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo "flags: $(grep -o -w -E 'avx512f|avx512_bf16|avx512_vnni|amx_tile|amx_bf16' /proc/cpuinfo | sort -u | xargs)"
 echo "pytorch: $("$PY" -c 'import torch, transformers; print(torch.__version__, "threads", torch.get_num_threads(), "transformers", transformers.__version__)')"
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+PEAK_LINE=$("$RUST" --peak | tail -1)
+echo "$PEAK_LINE" >>"$LOG"
+PEAK_GFLOPS=$("$PY" -c 'import json,sys; print(json.loads(sys.argv[1])["gflops"])' "$PEAK_LINE")
+export PEAK_GFLOPS
+echo "f32 FMA peak (all threads): $PEAK_GFLOPS GFLOP/s"
 
 for wl in $WORKLOADS; do
     for pair in $(seq 1 "$PAIRS"); do

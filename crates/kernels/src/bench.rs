@@ -294,3 +294,84 @@ pub fn memory_read_bandwidth(bytes: usize, seconds: f64) -> f64 {
     }
     (buf.len() * 8 * passes) as f64 / start.elapsed().as_secs_f64() / 1e9
 }
+
+/// The machine's f32 multiply-add ceiling in GFLOP/s (10⁹ FLOP/s, an FMA lane counting 2): every
+/// rayon thread runs independent FMA chains (AVX-512, else AVX2/FMA, else plain multiply-adds)
+/// for about `seconds`, and the threads' rates are summed. What a dense f32 kernel's GFLOP/s is
+/// measured against: `scripts/bench-vs-pytorch.sh` prints each side's share of it.
+pub fn fma_peak_gflops(seconds: f64) -> f64 {
+    let rates = rayon::broadcast(|_| {
+        black_box(fma_burst(1 << 12));
+        let start = Instant::now();
+        let mut flops = 0.0;
+        while flops == 0.0 || start.elapsed().as_secs_f64() < seconds {
+            flops += fma_burst(1 << 16);
+        }
+        flops / start.elapsed().as_secs_f64()
+    });
+    rates.iter().sum::<f64>() / 1e9
+}
+
+/// `iters` rounds of independent multiply-adds on the widest units this CPU has; returns the
+/// FLOPs done.
+fn fma_burst(iters: usize) -> f64 {
+    #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+    if crate::dispatch::cpu().avx512 {
+        // SAFETY: AVX-512F checked.
+        return unsafe { fma_burst_avx512(iters) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::dispatch::cpu().avx2 {
+        // SAFETY: AVX2 and FMA checked (`avx2` implies both, see `dispatch::cpu`).
+        return unsafe { fma_burst_avx2(iters) };
+    }
+    // Portable: 8 independent lanes of 8, which the compiler vectorises for the baseline ISA.
+    let (b, c) = (black_box(0.999_999f32), black_box(1e-7f32));
+    let mut a = [[1.0f32; 8]; 8];
+    for _ in 0..iters {
+        for v in a.iter_mut().flatten() {
+            *v = *v * b + c;
+        }
+    }
+    black_box(a);
+    (iters * 64 * 2) as f64
+}
+
+/// 16 independent chains of 16-lane FMAs (enough to cover the FMA latency on two units).
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::incompatible_msrv)] // gated on the compiler version by build.rs
+unsafe fn fma_burst_avx512(iters: usize) -> f64 {
+    use std::arch::x86_64::*;
+    let (b, c) = (
+        _mm512_set1_ps(black_box(0.999_999)),
+        _mm512_set1_ps(black_box(1e-7)),
+    );
+    let mut a = [_mm512_set1_ps(1.0); 16];
+    for _ in 0..iters {
+        for v in a.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, b, c);
+        }
+    }
+    black_box(a);
+    (iters * 16 * 16 * 2) as f64
+}
+
+/// 12 independent chains of 8-lane FMAs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_burst_avx2(iters: usize) -> f64 {
+    use std::arch::x86_64::*;
+    let (b, c) = (
+        _mm256_set1_ps(black_box(0.999_999)),
+        _mm256_set1_ps(black_box(1e-7)),
+    );
+    let mut a = [_mm256_set1_ps(1.0); 12];
+    for _ in 0..iters {
+        for v in a.iter_mut() {
+            *v = _mm256_fmadd_ps(*v, b, c);
+        }
+    }
+    black_box(a);
+    (iters * 12 * 8 * 2) as f64
+}
