@@ -12,6 +12,8 @@
 //! cargo run --release --example decode_bench                 # qwen3-micro
 //! cargo run --release --example decode_bench -- --synthetic  # Qwen3-1.7B shapes (~6 GB for f32)
 //! cargo run --release --example decode_bench -- --synthetic --layers 8 --skip-f32
+//! cargo run --release --example decode_bench -- --synthetic --variants 4,binary   # a subset
+//! cargo run --release --example decode_bench -- --synthetic --variants 4 --prompt 1 # steps only
 //! ```
 
 use std::time::Instant;
@@ -120,10 +122,10 @@ fn bytes_per_token(m: &Qwen3Model) -> usize {
         + m.config.hidden_size * 4
 }
 
-/// Seconds per token: an 8-token prompt, then `n` one-token steps (greedy).
-fn per_token(m: &Qwen3Model, n: usize) -> f64 {
+/// Seconds per token: a `prompt`-token prompt (untimed), then `n` one-token steps (greedy).
+fn per_token(m: &Qwen3Model, prompt: usize, n: usize) -> f64 {
     let v = m.config.vocab_size as u32;
-    let prompt: Vec<u32> = (0..8).map(|i| (i * 7919 + 13) % v).collect();
+    let prompt: Vec<u32> = (0..prompt as u32).map(|i| (i * 7919 + 13) % v).collect();
     let mut cache = m.new_cache();
     let mut logits = m.forward_step(&prompt, &mut cache).unwrap();
     let start = Instant::now();
@@ -172,6 +174,8 @@ fn main() {
     let synth = flag("--synthetic");
     let layers: usize = value("--layers").map_or(28, |v| v.parse().unwrap());
     let reps: usize = value("--reps").map_or(3, |v| v.parse().unwrap());
+    // Prompt length before the timed steps (a profile of the steps alone wants 1).
+    let prompt: usize = value("--prompt").map_or(8, |v| v.parse().unwrap());
     let base = if synth {
         synthetic(layers)
     } else {
@@ -187,6 +191,27 @@ fn main() {
     ];
     if !flag("--skip-f32") {
         variants.insert(0, Variant::F32);
+    }
+    if let Some(list) = value("--variants") {
+        let wanted: Vec<&str> = list.split(',').map(str::trim).collect();
+        variants = [
+            Variant::F32,
+            Variant::Packed(8),
+            Variant::Packed(4),
+            Variant::Packed(3),
+            Variant::Packed(2),
+            Variant::Binary,
+        ]
+        .into_iter()
+        .filter(|v| {
+            let key = match v {
+                Variant::F32 => "f32".to_string(),
+                Variant::Packed(b) => b.to_string(),
+                Variant::Binary => "binary".to_string(),
+            };
+            wanted.contains(&key.as_str())
+        })
+        .collect();
     }
     println!(
         "{} ({} layers, hidden {}, intermediate {}, vocab {}), {} threads, medians of {reps} runs",
@@ -220,9 +245,9 @@ fn main() {
         } else {
             128
         };
-        let _ = per_token(&m, 2); // warm-up
+        let _ = per_token(&m, prompt, 2); // warm-up
         let bw = memory_read_bandwidth(1 << 30, 1.0);
-        let mut t: Vec<f64> = (0..reps).map(|_| per_token(&m, steps)).collect();
+        let mut t: Vec<f64> = (0..reps).map(|_| per_token(&m, prompt, steps)).collect();
         t.sort_by(f64::total_cmp);
         let tps = 1.0 / t[t.len() / 2];
         let ceiling = bw * 1e9 / bytes as f64;
