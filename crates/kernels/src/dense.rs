@@ -969,7 +969,7 @@ mod tests {
                         rows[r].as_ptr()
                     }
                 });
-                let norm = with_norm.then(|| avx512::LoadNorm {
+                let norm = with_norm.then_some(avx512::LoadNorm {
                     inv: &inv,
                     weight: weight.as_ptr(),
                 });

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use crate::dispatch::{active_kernel, KernelChoice};
 
+mod gemv_many;
 #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
 mod q8_gemm;
 use crate::{check_len, checked_mul, KernelError, Result};

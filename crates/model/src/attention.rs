@@ -114,10 +114,18 @@ impl Attention {
         rope: &Rope,
     ) -> Result<[Vec<f32>; 3]> {
         let hd = self.head_dim;
-        let [q_proj, k_proj, v_proj] = proj;
-        let mut q = q_proj.apply(x, n)?;
-        let mut k = k_proj.apply(x, n)?;
-        let mut v = v_proj.apply(x, n)?;
+        let [mut q, mut k, mut v] = if n == 1 {
+            // A decode step: the three GEMVs as one parallel region where the weights are packed.
+            let outs = crate::linear::apply_to_one_token(&proj, x)?;
+            <[Vec<f32>; 3]>::try_from(outs).expect("one output per projection")
+        } else {
+            let [q_proj, k_proj, v_proj] = proj;
+            [
+                q_proj.apply(x, n)?,
+                k_proj.apply(x, n)?,
+                v_proj.apply(x, n)?,
+            ]
+        };
         add_bias(&mut q, self.bias.q.as_deref());
         add_bias(&mut k, self.bias.k.as_deref());
         add_bias(&mut v, self.bias.v.as_deref());

@@ -157,3 +157,24 @@ impl LinearWeight {
         Ok(y)
     }
 }
+
+/// `x · Wᵀ` of every linear in `ws` for one token `x` that they all read (a decode step's
+/// q/k/v, or gate/up): packed weights run as one parallel region
+/// ([`PackedMatrix::gemv_many`], the same numbers as separate GEMVs), anything else one product
+/// at a time.
+pub(crate) fn apply_to_one_token(ws: &[&LinearWeight], x: &[f32]) -> Result<Vec<Vec<f32>>> {
+    let packed: Option<Vec<&PackedMatrix>> = ws
+        .iter()
+        .map(|w| match w {
+            LinearWeight::Packed(p) if p.cols() == x.len() => Some(p),
+            _ => None,
+        })
+        .collect();
+    let Some(mats) = packed else {
+        return ws.iter().map(|w| w.apply(x, 1)).collect();
+    };
+    let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0.0f32; m.rows()]).collect();
+    let mut refs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+    PackedMatrix::gemv_many(&mats, x, &mut refs)?;
+    Ok(outs)
+}

@@ -80,6 +80,16 @@ pub(crate) fn swiglu_lhs(gate: &LinearWeight, up: &LinearWeight, x: Lhs<'_>) -> 
         }
     }
     let x = x.materialise();
+    if m == 1 {
+        // A decode step: gate and up as one parallel region where the weights are packed.
+        let [mut g, u] =
+            <[Vec<f32>; 2]>::try_from(crate::linear::apply_to_one_token(&[gate, up], &x)?)
+                .expect("one output per projection");
+        for (a, b) in g.iter_mut().zip(&u) {
+            *a = silu(*a) * b;
+        }
+        return Ok(g);
+    }
     let mut g = gate.apply(&x, m)?;
     let u = up.apply(&x, m)?;
     g.par_chunks_mut(4096)
