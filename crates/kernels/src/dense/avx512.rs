@@ -266,23 +266,8 @@ pub(crate) unsafe fn transpose_rows(
         while c0 < len {
             let n = (len - c0).min(16);
             let m = lanes(n);
-            let r: [__m512; 16] = std::array::from_fn(|i| {
-                if src[i].is_null() {
-                    return _mm512_setzero_ps();
-                }
-                let v = _mm512_maskz_loadu_ps(m, src[i].add(c0));
-                match norm {
-                    Some(nm) => _mm512_mul_ps(
-                        _mm512_mul_ps(v, _mm512_set1_ps(nm.inv[i])),
-                        _mm512_maskz_loadu_ps(m, nm.weight.add(c0)),
-                    ),
-                    None => v,
-                }
-            });
-            let out = transpose16(r);
-            for (c, v) in out.iter().enumerate().take(n) {
-                _mm512_mask_storeu_ps(dst.add((c0 + c) * ld), store, *v);
-            }
+            let r: [__m512; 16] = std::array::from_fn(|i| load_row(src, i, c0, m, norm));
+            store_transposed(r, n, dst.add(c0 * ld), ld, store);
             c0 += 16;
         }
     }
@@ -317,28 +302,58 @@ pub(crate) unsafe fn transpose_rows_bf16(
             let f0 = 2 * c0;
             let (m_lo, m_hi) = (lanes(floats - f0), lanes(floats.saturating_sub(f0 + 16)));
             let r: [__m512; 16] = std::array::from_fn(|i| {
-                if src[i].is_null() {
-                    return _mm512_setzero_ps();
-                }
-                let load = |m: __mmask16, at: usize| {
-                    let v = _mm512_maskz_loadu_ps(m, src[i].add(at));
-                    match norm {
-                        Some(nm) => _mm512_mul_ps(
-                            _mm512_mul_ps(v, _mm512_set1_ps(nm.inv[i])),
-                            _mm512_maskz_loadu_ps(m, nm.weight.add(at)),
-                        ),
-                        None => v,
-                    }
-                };
-                let pairs = _mm512_cvtne2ps_pbh(load(m_hi, f0 + 16), load(m_lo, f0));
-                std::mem::transmute::<__m512bh, __m512>(pairs)
+                let (hi, lo) = (
+                    load_row(src, i, f0 + 16, m_hi, norm),
+                    load_row(src, i, f0, m_lo, norm),
+                );
+                std::mem::transmute::<__m512bh, __m512>(_mm512_cvtne2ps_pbh(hi, lo))
             });
-            let out = transpose16(r);
-            for (c, v) in out.iter().enumerate().take((units - c0).min(16)) {
-                _mm512_mask_storeu_ps(dst.add((c0 + c) * ld), store, *v);
-            }
+            store_transposed(r, (units - c0).min(16), dst.add(c0 * ld), ld, store);
             c0 += 16;
         }
+    }
+}
+
+/// Row `i` of `src` at `at`, the lanes of `m` (zeros for a null row), with `norm` applied.
+///
+/// # Safety
+/// AVX-512F; a non-null `src[i]` (and `norm.weight`) readable at the lanes of `m` from `at`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_row(
+    src: &[*const f32; 16],
+    i: usize,
+    at: usize,
+    m: __mmask16,
+    norm: Option<LoadNorm<'_>>,
+) -> __m512 {
+    if src[i].is_null() {
+        return _mm512_setzero_ps();
+    }
+    // SAFETY: the caller's contract.
+    unsafe {
+        let v = _mm512_maskz_loadu_ps(m, src[i].add(at));
+        match norm {
+            Some(nm) => _mm512_mul_ps(
+                _mm512_mul_ps(v, _mm512_set1_ps(nm.inv[i])),
+                _mm512_maskz_loadu_ps(m, nm.weight.add(at)),
+            ),
+            None => v,
+        }
+    }
+}
+
+/// Transposes 16 loaded rows and stores output rows `c < n` at `dst + c·ld` (lanes of `store`).
+///
+/// # Safety
+/// AVX-512F; `dst` writable at those lanes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_transposed(r: [__m512; 16], n: usize, dst: *mut f32, ld: usize, store: __mmask16) {
+    let out = transpose16(r);
+    for (c, v) in out.iter().enumerate().take(n) {
+        // SAFETY: the caller's contract.
+        unsafe { _mm512_mask_storeu_ps(dst.add(c * ld), store, *v) };
     }
 }
 
