@@ -210,7 +210,7 @@ pub struct QuantizeArgs {
     /// GPTQ: the --mse range search with each column's error weighted by the Hessian diagonal (implies --mse).
     #[arg(long)]
     pub mse_hessian: bool,
-    /// GPTQ: asymmetric calibration (GPTAQ's objective) with correction strength ALPHA in (0, 1]: each linear is fitted, on the quantized model's inputs, to the full-precision model's outputs. Runs the full-precision model alongside (twice the activation memory, about 3x the forward time); MoE experts are paired at the tokens the quantized model routes to them.
+    /// GPTQ: asymmetric calibration (GPTAQ's objective) with correction strength ALPHA in (0, 1]: each linear is fitted, on the quantized model's inputs, to the full-precision model's outputs. Runs the full-precision model alongside (twice the activation memory, about 3x the forward time); MoE experts are paired at the tokens the quantized model routes to them; a linear calibrated on fewer than 64 tokens per input feature (a rarely routed expert) keeps plain GPTQ.
     #[arg(long, value_name = "ALPHA")]
     pub gptaq: Option<f32>,
     /// GPTQ: after the column loop, up to N coordinate-descent passes over the codes on the same grid (each code moves to the grid point that minimises the layer loss given all the others; QuantEase's refinement). Stops early once a pass moves nothing.
