@@ -133,7 +133,7 @@ mod fused {
     use super::{CausalShape, KEY_CHUNK};
     use crate::dense::avx512::{
         exp16, interleave_bf16, lanes, tile, tile_bf16, tile_with, transpose_rows,
-        transpose_rows_bf16, TileStore, MR, NR,
+        transpose_rows_bf16, LoadNorm, TileStore, MR, NR,
     };
 
     /// Pointers to rows `t0..t0 + 16` (null from `end` on) of `x` (row stride `rs`) of
@@ -154,6 +154,47 @@ mod fused {
                 std::ptr::null()
             }
         })
+    }
+
+    /// One of the operand transposes of `dense::avx512` (f32 values or bf16 pairs).
+    type Transpose =
+        unsafe fn(&[*const f32; 16], usize, Option<LoadNorm<'_>>, *mut f32, usize, __mmask16);
+
+    /// The keys of one kv group (columns `col..col + head_dim` of `k`, sequence rows from
+    /// `row0`) as 32-key panels `[units][NR]`, zero past the last key, written by `transpose`
+    /// at `dst` (`units` lanes per key: `head_dim` floats or its bf16 pairs).
+    ///
+    /// # Safety
+    /// The CPU features `transpose` needs; `k` holds the rows; `dst` holds ⌈seq/NR⌉ panels of
+    /// `units·NR` lanes.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pack_keys(
+        transpose: Transpose,
+        k: &[f32],
+        kv_rs: usize,
+        row0: usize,
+        col: usize,
+        s: CausalShape,
+        units: usize,
+        dst: *mut f32,
+    ) {
+        for p in 0..s.seq.div_ceil(NR) {
+            for half in 0..NR / 16 {
+                let ptrs = rows_of(k, kv_rs, row0, col, p * NR + half * 16, s.seq);
+                // SAFETY: each non-null row holds `head_dim` floats; the writes
+                // `u·NR + half·16 + r` stay inside panel `p`'s `units·NR` lanes.
+                unsafe {
+                    transpose(
+                        &ptrs,
+                        s.head_dim,
+                        None,
+                        dst.add(p * units * NR + half * 16),
+                        NR,
+                        0xffff,
+                    )
+                };
+            }
+        }
     }
 
     /// All query heads of kv group `g` of sequence `b`.
@@ -178,23 +219,19 @@ mod fused {
         // Keys of this group packed as 32-key panels [hd][NR] (zero past the end).
         let panels = seq.div_ceil(NR);
         let mut kp = vec![0.0f32; panels * hd * NR];
-        for p in 0..panels {
-            for half in 0..NR / 16 {
-                let ptrs = rows_of(k, kv_rs, row0, g * hd, p * NR + half * 16, seq);
-                // SAFETY: AVX-512F (caller); each non-null row holds `hd` floats; the writes
-                // `d·NR + half·16 + r` stay inside panel `p`'s `hd·NR` floats.
-                unsafe {
-                    transpose_rows(
-                        &ptrs,
-                        hd,
-                        None,
-                        kp[p * hd * NR + half * 16..].as_mut_ptr(),
-                        NR,
-                        0xffff,
-                    )
-                };
-            }
-        }
+        // SAFETY: AVX-512F (caller); `kp` holds `panels` panels of `hd·NR` floats.
+        unsafe {
+            pack_keys(
+                transpose_rows,
+                k,
+                kv_rs,
+                row0,
+                g * hd,
+                s,
+                hd,
+                kp.as_mut_ptr(),
+            )
+        };
         let vbase = v[row0 * kv_rs + g * hd..].as_ptr();
         let mut qa = vec![0.0f32; hd * MR];
         let mut sc = vec![0.0f32; MR * KEY_CHUNK];
@@ -246,23 +283,20 @@ mod fused {
         let row0 = b * seq;
         let (hu, su) = (hd.div_ceil(2), seq.div_ceil(2));
         let mut kp = vec![0u32; seq.div_ceil(NR) * hu * NR];
-        for p in 0..seq.div_ceil(NR) {
-            for half in 0..NR / 16 {
-                let ptrs = rows_of(k, kv_rs, row0, g * hd, p * NR + half * 16, seq);
-                // SAFETY: the caller guarantees the features; each non-null row holds `hd`
-                // floats; the writes `u·NR + half·16 + r` stay inside panel `p`'s `hu·NR` lanes.
-                unsafe {
-                    transpose_rows_bf16(
-                        &ptrs,
-                        hd,
-                        None,
-                        kp[p * hu * NR + half * 16..].as_mut_ptr() as *mut f32,
-                        NR,
-                        0xffff,
-                    )
-                };
-            }
-        }
+        // SAFETY: the caller guarantees the features; `kp` holds ⌈seq/NR⌉ panels of `hu·NR`
+        // lanes.
+        unsafe {
+            pack_keys(
+                transpose_rows_bf16,
+                k,
+                kv_rs,
+                row0,
+                g * hd,
+                s,
+                hu,
+                kp.as_mut_ptr() as *mut f32,
+            )
+        };
         // Values: panel `d / NR`, unit `t / 2`, lane `d % NR`; key pairs (2u, 2u + 1).
         let dpanels = hd.div_ceil(NR);
         let mut vp = vec![0u32; dpanels * su * NR];

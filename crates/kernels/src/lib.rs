@@ -204,4 +204,28 @@ pub(crate) mod test_support {
     pub(crate) fn hold_globals() -> MutexGuard<'static, ()> {
         GLOBALS.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// A packed matrix of deterministic pseudo-random codes, scales and offsets (`seed` shifts
+    /// them), in act-order (columns reversed) when `perm` is set.
+    pub(crate) fn packed_matrix(
+        bits: u8,
+        rows: usize,
+        cols: usize,
+        gs: usize,
+        seed: usize,
+        perm: bool,
+    ) -> crate::PackedMatrix {
+        let codes: Vec<u8> = (0..rows * cols)
+            .map(|i| ((((i + seed) * 2654435761usize) >> 7) % (1 << bits)) as u8)
+            .collect();
+        let ng = cols.div_ceil(gs);
+        let scales: Vec<f32> = (0..rows * ng)
+            .map(|i| 0.01 + ((i + seed) % 7) as f32 * 0.003)
+            .collect();
+        let offsets: Vec<f32> = (0..rows * ng)
+            .map(|i| -0.05 + ((i + seed) % 5) as f32 * 0.01)
+            .collect();
+        let perm = perm.then(|| (0..cols as u32).rev().collect());
+        crate::PackedMatrix::new(bits, rows, cols, gs, &codes, &scales, &offsets, perm).unwrap()
+    }
 }

@@ -127,28 +127,7 @@ fn fused_q8(_: &[&PackedMatrix], _: &[f32], _: &mut [&mut [f32]]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn matrix(
-        bits: u8,
-        rows: usize,
-        cols: usize,
-        gs: usize,
-        seed: usize,
-        perm: bool,
-    ) -> PackedMatrix {
-        let codes: Vec<u8> = (0..rows * cols)
-            .map(|i| ((((i + seed) * 2654435761usize) >> 7) % (1 << bits)) as u8)
-            .collect();
-        let ng = cols.div_ceil(gs);
-        let scales: Vec<f32> = (0..rows * ng)
-            .map(|i| 0.01 + ((i + seed) % 7) as f32 * 0.003)
-            .collect();
-        let offsets: Vec<f32> = (0..rows * ng)
-            .map(|i| -0.05 + ((i + seed) % 5) as f32 * 0.01)
-            .collect();
-        let perm = perm.then(|| (0..cols as u32).rev().collect());
-        PackedMatrix::new(bits, rows, cols, gs, &codes, &scales, &offsets, perm).unwrap()
-    }
+    use crate::test_support::packed_matrix as matrix;
 
     /// One parallel region gives every matrix exactly what its own GEMV gives: q/k/v-like and
     /// gate/up-like groups, several widths, act-order permutations, sizes below and above the

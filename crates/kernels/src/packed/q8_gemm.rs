@@ -203,23 +203,6 @@ unsafe fn tile(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn matrix(bits: u8, rows: usize, cols: usize, gs: usize, perm: bool) -> PackedMatrix {
-        let codes: Vec<u8> = (0..rows * cols)
-            .map(|i| (((i * 2654435761usize) >> 7) % (1 << bits)) as u8)
-            .collect();
-        let ng = cols.div_ceil(gs);
-        let scales: Vec<f32> = (0..rows * ng)
-            .map(|i| 0.01 + (i % 7) as f32 * 0.003)
-            .collect();
-        let offsets: Vec<f32> = (0..rows * ng)
-            .map(|i| -0.05 + (i % 5) as f32 * 0.01)
-            .collect();
-        let perm = perm.then(|| (0..cols as u32).rev().collect());
-        PackedMatrix::new(bits, rows, cols, gs, &codes, &scales, &offsets, perm).unwrap()
-    }
-
     #[test]
     fn int8_gemm_equals_the_int8_gemv_row_by_row() {
         let _g = crate::test_support::hold_globals();
@@ -234,7 +217,7 @@ mod tests {
             (16, 384, 128, 5, true),
             (50, 200, 200, 13, false),
         ] {
-            let p = matrix(4, rows, cols, gs, perm);
+            let p = crate::test_support::packed_matrix(4, rows, cols, gs, 0, perm);
             assert!(p.q8_gemm_applies() && p.q8_gemv_applies());
             let x: Vec<f32> = (0..m * cols)
                 .map(|i| (((i * 7919) % 1013) as f32 - 506.0) / 200.0)
