@@ -1,6 +1,8 @@
-//! The dense f32 product of the model (`dense::matmul_wt`): our blocked AVX-512 kernel against
-//! the `gemm` crate (what runs when the kernel choice is AVX2), on the qwen3-micro forward
-//! shapes and one Qwen3-8B shape, as interleaved pairs in one process (GFLOP/s, medians).
+//! The dense f32 product of the model (`dense::matmul_wt`): our blocked kernels (AVX2 + FMA, and
+//! AVX-512 where the CPU has it) against the `gemm` crate (what runs when the kernel choice is
+//! scalar, with its own runtime-dispatched SIMD), on the qwen3-micro forward shapes and one
+//! Qwen3-8B shape, interleaved in one process (GFLOP/s, medians; ratios against the `gemm`
+//! crate's run of the same round).
 //!
 //! ```text
 //! cargo run --release -p qwen3-quant-kernels --example dense_gemm [-- PAIRS]
@@ -8,7 +10,7 @@
 
 use std::time::Instant;
 
-use qwen3_quant_kernels::{dense, set_kernel_choice, KernelChoice};
+use qwen3_quant_kernels::{available_kernels, dense, set_kernel_choice, KernelChoice};
 
 /// (m tokens, k in, n out).
 const SHAPES: [(usize, usize, usize); 6] = [
@@ -31,7 +33,14 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    println!("shape (m, k, n): gemm crate GFLOP/s, blocked GFLOP/s, ratio (medians of {pairs} interleaved pairs)");
+    let blocked: Vec<KernelChoice> = available_kernels()
+        .into_iter()
+        .filter(|c| matches!(c, KernelChoice::Avx2 | KernelChoice::Avx512))
+        .collect();
+    println!(
+        "shape (m, k, n): GFLOP/s of the gemm crate, then of each blocked kernel {blocked:?} with its \
+         ratio to the gemm crate (medians of {pairs} interleaved rounds)"
+    );
     for &(m, k, n) in &SHAPES {
         let (x, w) = (data(m * k, 1), data(n * k, 2));
         let mut y = vec![0.0f32; m * n];
@@ -46,24 +55,27 @@ fn main() {
             }
             flop * reps as f64 / t.elapsed().as_secs_f64() / 1e9
         };
-        let (mut a, mut b, mut r) = (Vec::new(), Vec::new(), Vec::new());
+        let mut base = Vec::new();
+        let mut rates = vec![Vec::new(); blocked.len()];
+        let mut ratios = vec![Vec::new(); blocked.len()];
         for _ in 0..pairs {
-            let ga = time(KernelChoice::Avx2);
-            let gb = time(KernelChoice::Avx512);
-            a.push(ga);
-            b.push(gb);
-            r.push(gb / ga);
+            let g = time(KernelChoice::Scalar);
+            base.push(g);
+            for (i, &c) in blocked.iter().enumerate() {
+                let r = time(c);
+                rates[i].push(r);
+                ratios[i].push(r / g);
+            }
         }
         let med = |v: &mut Vec<f64>| {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        println!(
-            "({m}, {k}, {n}): {:.1}, {:.1}, {:.2}x",
-            med(&mut a),
-            med(&mut b),
-            med(&mut r)
-        );
+        let mut line = format!("({m}, {k}, {n}): {:.1}", med(&mut base));
+        for (r, q) in rates.iter_mut().zip(ratios.iter_mut()) {
+            line += &format!(", {:.1} ({:.2}x)", med(r), med(q));
+        }
+        println!("{line}");
     }
     set_kernel_choice(None);
 }

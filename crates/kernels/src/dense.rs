@@ -24,6 +24,8 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+pub(crate) mod avx2;
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
 pub(crate) mod avx512;
 
 /// Columns of `k` one pass of the blocked kernel accumulates (longer products add up passes).
@@ -97,7 +99,7 @@ impl Flavor {
     fn current() -> Flavor {
         match compute() {
             Compute::F32 => Flavor::F32,
-            Compute::Bf16 if crate::dispatch::cpu().avx512bf16 => Flavor::Bf16,
+            Compute::Bf16 if wide() && crate::dispatch::cpu().avx512bf16 => Flavor::Bf16,
             Compute::Bf16 => Flavor::Bf16Emulated,
         }
     }
@@ -427,11 +429,41 @@ fn gemm_crate_wt(
     }
 }
 
-/// Whether the blocked AVX-512 kernel takes a product of `m` rows.
-fn blocked_available(m: usize) -> bool {
+/// Whether the blocked kernel (AVX-512, or AVX2 + FMA) takes a product of `m` rows.
+pub(crate) fn blocked_available(m: usize) -> bool {
     cfg!(all(target_arch = "x86_64", qwen3_avx512))
         && m >= MIN_BLOCKED_ROWS
-        && crate::dispatch::active_kernel() == crate::KernelChoice::Avx512
+        && matches!(
+            crate::dispatch::active_kernel(),
+            crate::KernelChoice::Avx512 | crate::KernelChoice::Avx2
+        )
+}
+
+/// Whether the blocked kernel runs its AVX-512 tiles (else the AVX2 ones, with activation
+/// panels of [`avx2::MR`] rows and the packing done by plain loops).
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+fn wide() -> bool {
+    crate::dispatch::active_kernel() == crate::KernelChoice::Avx512
+}
+
+/// Columns of a weight panel of the blocked kernel in use.
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+fn panel_cols() -> usize {
+    if wide() {
+        avx512::NR
+    } else {
+        avx2::NR
+    }
+}
+
+/// Rows of an activation panel of the blocked kernel in use.
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+fn panel_rows() -> usize {
+    if wide() {
+        avx512::MR
+    } else {
+        avx2::MR
+    }
 }
 
 thread_local! {
@@ -461,7 +493,7 @@ fn give_back(cell: &'static std::thread::LocalKey<RefCell<Vec<f32>>>, v: Vec<f32
     });
 }
 
-/// Packed weights: panel `p` (`NR` output columns) is `[k][NR]` at `p·k·NR`.
+/// Packed weights: panel `p` (`nr` output columns, [`panel_cols`]) is `[k][nr]` at `p·k·nr`.
 #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
 struct PackedB {
     data: Vec<f32>,
@@ -487,19 +519,20 @@ fn pack_b<'w>(
 ) -> PackedB {
     use avx512::NR;
     let ku = flavor.units(k);
-    let mut data = scratch(&B_PANELS, panels * ku * NR);
-    data[..panels * ku * NR]
-        .par_chunks_mut(ku * NR)
+    let (wide, nr) = (wide(), panel_cols());
+    let mut data = scratch(&B_PANELS, panels * ku * nr);
+    data[..panels * ku * nr]
+        .par_chunks_mut(ku * nr)
         .enumerate()
         .for_each(|(p, dst)| {
-            if flavor == Flavor::Bf16Emulated {
-                for l in 0..NR {
+            if flavor == Flavor::Bf16Emulated || !wide {
+                let round = flavor == Flavor::Bf16Emulated;
+                for l in 0..nr {
                     match src(p, l) {
-                        Some(row) => row[..k]
-                            .iter()
-                            .enumerate()
-                            .for_each(|(u, &v)| dst[u * NR + l] = round_bf16(v)),
-                        None => (0..ku).for_each(|u| dst[u * NR + l] = 0.0),
+                        Some(row) => row[..k].iter().enumerate().for_each(|(u, &v)| {
+                            dst[u * nr + l] = if round { round_bf16(v) } else { v }
+                        }),
+                        None => (0..ku).for_each(|u| dst[u * nr + l] = 0.0),
                     }
                 }
                 return;
@@ -558,10 +591,10 @@ unsafe fn transpose_into(
     }
 }
 
-/// Panels of the weights side by side (output column `j` = lane `j % NR` of panel `j / NR`).
+/// Panels of the weights side by side (output column `j` = lane `j % nr` of panel `j / nr`).
 #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
 fn pack_concat(weights: &[&[f32]], k: usize) -> PackedB {
-    use avx512::NR;
+    let nr = panel_cols();
     let n: usize = weights.iter().map(|w| w.len() / k).sum();
     let row = |j: usize| -> Option<&[f32]> {
         let mut j = j;
@@ -574,18 +607,20 @@ fn pack_concat(weights: &[&[f32]], k: usize) -> PackedB {
         }
         None
     };
-    pack_b(Flavor::current(), n.div_ceil(NR), k, |p, l| row(p * NR + l))
+    pack_b(Flavor::current(), n.div_ceil(nr), k, |p, l| row(p * nr + l))
 }
 
-/// Panels of 16 gate rows then the same 16 up rows (output columns `16p..16p + 16`).
+/// Panels of `h` gate rows then the same `h` up rows (output columns `hp..hp + h`), `h` half a
+/// panel's columns.
 #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
 fn pack_pairs(gate: &[f32], up: &[f32], k: usize) -> PackedB {
     let n = gate.len() / k;
-    pack_b(Flavor::current(), n.div_ceil(16), k, |p, l| {
-        let (w, j) = if l < 16 {
-            (gate, p * 16 + l)
+    let h = panel_cols() / 2;
+    pack_b(Flavor::current(), n.div_ceil(h), k, |p, l| {
+        let (w, j) = if l < h {
+            (gate, p * h + l)
         } else {
-            (up, p * 16 + l - 16)
+            (up, p * h + l - h)
         };
         (j < n).then(|| &w[j * k..(j + 1) * k])
     })
@@ -605,30 +640,32 @@ fn pack_a(
     dst: &mut [f32],
     row_buf: &mut [f32],
 ) {
-    use avx512::MR;
+    let (wide, mr) = (wide(), panel_rows());
     let ku = flavor.units(kc);
-    for (r, panel) in dst[..rows.div_ceil(MR) * MR * ku]
-        .chunks_mut(MR * ku)
+    for (r, panel) in dst[..rows.div_ceil(mr) * mr * ku]
+        .chunks_mut(mr * ku)
         .enumerate()
     {
-        let live = MR.min(rows - r * MR);
+        let live = mr.min(rows - r * mr);
         let src = |i: usize| {
-            let row = i0 + r * MR + i;
+            let row = i0 + r * mr + i;
             &lhs.x[row * lhs.rs + k0..row * lhs.rs + k0 + kc]
         };
-        if flavor == Flavor::Bf16Emulated {
-            for i in 0..MR {
+        if flavor == Flavor::Bf16Emulated || !wide {
+            let round = flavor == Flavor::Bf16Emulated;
+            for i in 0..mr {
                 if i >= live {
-                    (0..ku).for_each(|u| panel[u * MR + i] = 0.0);
+                    (0..ku).for_each(|u| panel[u * mr + i] = 0.0);
                     continue;
                 }
-                let vals = normalised(lhs, i0 + r * MR + i, k0, src(i), row_buf);
+                let vals = normalised(lhs, i0 + r * mr + i, k0, src(i), row_buf);
                 vals.iter()
                     .enumerate()
-                    .for_each(|(u, &v)| panel[u * MR + i] = round_bf16(v));
+                    .for_each(|(u, &v)| panel[u * mr + i] = if round { round_bf16(v) } else { v });
             }
             continue;
         }
+        const MR: usize = avx512::MR;
         let ptrs: [*const f32; 16] = std::array::from_fn(|i| {
             if i < live {
                 src(i).as_ptr()
@@ -686,20 +723,25 @@ fn blocked(
     y: &mut [f32],
     y_rs: usize,
 ) {
-    use avx512::{TileStore, MR, NR};
+    use avx512::TileStore;
     let flavor = Flavor::current();
+    let (wide, mr, nr) = (wide(), panel_rows(), panel_cols());
     let (m, k) = (lhs.m, lhs.k);
     let kc_max = if store == TileStore::SiluMul {
         k
     } else {
         KC.min(k)
     };
-    let mc = ((A_BLOCK_FLOATS / kc_max).max(MR) / MR * MR).min(m.div_ceil(MR) * MR);
+    let mc = ((A_BLOCK_FLOATS / kc_max).max(mr) / mr * mr).min(m.div_ceil(mr) * mr);
     let m_blocks = m.div_ceil(mc);
     let threads = rayon::current_num_threads().max(1);
     let groups = (4 * threads).div_ceil(m_blocks).clamp(1, b.panels);
     let per_group = b.panels.div_ceil(groups);
-    let out_per_panel = if store == TileStore::SiluMul { 16 } else { NR };
+    let out_per_panel = if store == TileStore::SiluMul {
+        nr / 2
+    } else {
+        nr
+    };
     let y_addr = y.as_mut_ptr() as usize;
     let task = |t: usize| {
         let (mb, g) = (t / groups, t % groups);
@@ -715,20 +757,23 @@ fn blocked(
             pack_a(flavor, lhs, i0, rows, k0, kc, a, row_buf);
             let st = if k0 > 0 { TileStore::Add } else { store };
             for p in p0..p1 {
-                let bp = &b.data[p * b.units * NR + flavor.units(k0) * NR..];
+                let bp = &b.data[p * b.units * nr + flavor.units(k0) * nr..];
                 let c0 = p * out_per_panel;
                 let cols = out_per_panel.min(n - c0);
-                for r in 0..rows.div_ceil(MR) {
-                    let c = (y_addr as *mut f32).wrapping_add((i0 + r * MR) * y_rs + c0);
-                    let ap = a[r * MR * ku..].as_ptr();
-                    let tile_rows = MR.min(rows - r * MR);
-                    // SAFETY: AVX-512F was checked by `blocked_available` (and AVX-512-BF16 by
-                    // `Flavor::current`); the packed panels hold ku·MR and ku·NR units; the
-                    // tile writes rows i0 + r·MR.. (< m) and columns c0..c0 + cols (≤ n ≤ y_rs)
+                for r in 0..rows.div_ceil(mr) {
+                    let c = (y_addr as *mut f32).wrapping_add((i0 + r * mr) * y_rs + c0);
+                    let ap = a[r * mr * ku..].as_ptr();
+                    let tile_rows = mr.min(rows - r * mr);
+                    // SAFETY: AVX-512F (`wide`) or AVX2 + FMA was checked by
+                    // `blocked_available` (and AVX-512-BF16 by `Flavor::current`); the packed
+                    // panels hold ku·mr and ku·nr units; the
+                    // tile writes rows i0 + r·mr.. (< m) and columns c0..c0 + cols (≤ n ≤ y_rs)
                     // of y, whose length was asserted; tasks write disjoint (row block, panel
                     // range) parts of y.
                     unsafe {
-                        if flavor == Flavor::Bf16 {
+                        if !wide {
+                            avx2::tile(ku, ap, bp.as_ptr(), c, y_rs, tile_rows, cols, st);
+                        } else if flavor == Flavor::Bf16 {
                             avx512::tile_bf16(
                                 ku,
                                 ap as *const u32,
@@ -740,7 +785,8 @@ fn blocked(
                                 st,
                             );
                         } else {
-                            avx512::tile(ku, ap, bp.as_ptr(), NR, c, y_rs, tile_rows, cols, st);
+                            let ldb = avx512::NR;
+                            avx512::tile(ku, ap, bp.as_ptr(), ldb, c, y_rs, tile_rows, cols, st);
                         }
                     }
                 }
@@ -1107,6 +1153,71 @@ mod tests {
                 matmul_wt(&x, m, k, &w, n, &mut y);
                 close(&y, &naive_wt(&xr, m, k, &r(&w), n), "bf16 matmul_wt");
             });
+        }
+    }
+
+    #[test]
+    fn blocked_kernels_are_fma_chains_in_k_order() {
+        // Both blocked kernels (AVX-512 and AVX2 + FMA) compute each output as one fused
+        // multiply-add chain over k per KC block, the blocks added in order: the same bits on
+        // every x86-64 CPU, whichever tile width it has. Edges of both tile shapes, k over KC.
+        let kernels: Vec<_> = crate::available_kernels()
+            .into_iter()
+            .filter(|c| matches!(c, crate::KernelChoice::Avx2 | crate::KernelChoice::Avx512))
+            .collect();
+        for &(m, k, n) in &[
+            (16, 5, 7),
+            (29, 700, 33),
+            (45, 1030, 40),
+            (13 * 12 + 5, 64, 70),
+        ] {
+            let (rs, y_rs) = (k + 3, n + 2);
+            let (x, w, gamma, base) = (
+                data(m * rs, 1),
+                data(n * k, 2),
+                data(k, 3),
+                data(m * y_rs, 4),
+            );
+            let inv: Vec<f32> = (0..m).map(|i| 0.5 + i as f32 * 0.01).collect();
+            for &c in &kernels {
+                let _g = crate::test_support::hold_globals();
+                crate::set_kernel_choice(Some(c));
+                for epi in [Epilogue::Store, Epilogue::Add] {
+                    let mut y = base.clone();
+                    let lhs = Lhs::new(&x, m, k).normed(RowNorm {
+                        inv_rms: &inv,
+                        weight: &gamma,
+                    });
+                    let lhs = Lhs { rs, ..lhs };
+                    gemm_wt(lhs, &[&w], epi, &mut y, y_rs);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mut want = if epi == Epilogue::Add {
+                                base[i * y_rs + j]
+                            } else {
+                                0.0
+                            };
+                            for k0 in (0..k).step_by(KC) {
+                                let acc = (k0..(k0 + KC).min(k)).fold(0f32, |acc, p| {
+                                    let a = gamma[p] * (x[i * rs + p] * inv[i]);
+                                    a.mul_add(w[j * k + p], acc)
+                                });
+                                want = if k0 == 0 && epi == Epilogue::Store {
+                                    acc
+                                } else {
+                                    want + acc
+                                };
+                            }
+                            assert_eq!(
+                                y[i * y_rs + j].to_bits(),
+                                want.to_bits(),
+                                "{c:?} {m}x{k}x{n} ({i}, {j})"
+                            );
+                        }
+                    }
+                }
+                crate::set_kernel_choice(None);
+            }
         }
     }
 

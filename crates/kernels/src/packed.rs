@@ -890,6 +890,10 @@ impl PackedMatrix {
         };
         let rows = self.rows;
         let cols = self.cols;
+        if choice != KernelChoice::Scalar && crate::dense::blocked_available(m) {
+            self.gemm_dense_blocks(choice, xs, m, y);
+            return Ok(());
+        }
         let n_blocks = rows.div_ceil(ROW_BLOCK);
         let yp = SendPtr(y.as_mut_ptr());
         let task = |b: usize| {
@@ -937,6 +941,28 @@ impl PackedMatrix {
             (0..n_blocks).for_each(task);
         }
         Ok(())
+    }
+
+    /// The f32-activation GEMM through the dense blocked kernel: [`DENSE_ROWS`] weight rows at
+    /// a time are dequantized (in parallel) into f32 rows and multiplied by
+    /// [`crate::dense::gemm_wt`], so the result is bit for bit the dense product with the
+    /// dequantized weight, the fake-quant model's arithmetic. `xs` is in storage order.
+    fn gemm_dense_blocks(&self, choice: KernelChoice, xs: &[f32], m: usize, y: &mut [f32]) {
+        let (rows, cols) = (self.rows, self.cols);
+        let mut w = vec![0f32; DENSE_ROWS.min(rows) * cols];
+        for r0 in (0..rows).step_by(DENSE_ROWS) {
+            let nr = DENSE_ROWS.min(rows - r0);
+            w[..nr * cols]
+                .par_chunks_mut(16 * cols)
+                .enumerate()
+                .for_each(|(c, dst)| {
+                    let n = dst.len() / cols;
+                    self.dequant_tile_with(choice, r0 + 16 * c, n, 0, cols, dst);
+                });
+            let lhs = crate::dense::Lhs::new(xs, m, cols);
+            let epilogue = crate::dense::Epilogue::Store;
+            crate::dense::gemm_wt(lhs, &[&w[..nr * cols]], epilogue, &mut y[r0..], rows);
+        }
     }
 
     fn dequant_tile_with(
@@ -1105,6 +1131,9 @@ fn gemv_exact_only() -> bool {
 const GEMV_MAX_TOKENS: usize = 4;
 /// Output rows per GEMM task.
 const ROW_BLOCK: usize = 256;
+/// Weight rows dequantized at a time for the dense blocked kernel (a block of `cols` f32 per row:
+/// 4 MB at 4096 columns), so the activations are re-packed once per 256 output columns.
+const DENSE_ROWS: usize = 256;
 /// Input columns per dequantized panel (multiple of 128).
 const K_PANEL: usize = 512;
 

@@ -77,6 +77,30 @@ pub(crate) fn add_bias(x: &mut [f32], bias: Option<&[f32]>) {
     });
 }
 
+/// Multiply-adds of a cached attention step (queries × heads × positions × head_dim) from which
+/// its heads run in parallel.
+const CACHED_PARALLEL_MACS: usize = 1 << 18;
+
+/// `a · b` in sixteen f32 lanes, so that the compiler vectorises it (a single running sum is one
+/// dependent chain of adds).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
 /// Per-head RMSNorm (when `norm` is given) then RoPE at `pos`, on one row of heads.
 #[inline]
 fn norm_rope(r: &mut [f32], norm: Option<&[f32]>, eps: f32, hd: usize, rope: &Rope, pos: usize) {
@@ -160,19 +184,13 @@ impl Attention {
         let scale = 1.0 / (hd as f32).sqrt();
         let (keys, values) = (&cache.k, &cache.v);
         let mut out = vec![0.0f32; m * qd];
-        out.par_chunks_mut(hd).enumerate().for_each(|(ih, o)| {
+        let head = |(ih, o): (usize, &mut [f32])| {
             let (i, h) = (ih / self.heads, ih % self.heads);
             let kv = (h / group) * hd;
             let qi = &q[i * qd + h * hd..][..hd];
             let visible = pos0 + i + 1;
             let mut scores: Vec<f32> = (0..visible)
-                .map(|j| {
-                    qi.iter()
-                        .zip(&keys[j * kd + kv..][..hd])
-                        .map(|(a, b)| a * b)
-                        .sum::<f32>()
-                        * scale
-                })
+                .map(|j| dot(qi, &keys[j * kd + kv..][..hd]) * scale)
                 .collect();
             softmax_in_place(&mut scores);
             for (j, &p) in scores.iter().enumerate() {
@@ -180,7 +198,15 @@ impl Attention {
                     .zip(&values[j * kd + kv..][..hd])
                     .for_each(|(d, &vv)| *d += p * vv);
             }
-        });
+        };
+        // A decode step over a short cache is a few microseconds of work: less than waking the
+        // other workers costs.
+        let macs = m * self.heads * (pos0 + m) * hd;
+        if macs >= CACHED_PARALLEL_MACS {
+            out.par_chunks_mut(hd).enumerate().for_each(head);
+        } else {
+            out.chunks_mut(hd).enumerate().for_each(head);
+        }
         Ok(out)
     }
 

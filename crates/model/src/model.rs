@@ -439,12 +439,17 @@ impl Qwen3Model {
             cache.rope = self.rope(end.next_power_of_two().max(64));
         }
         let mut h = self.embed(ids)?;
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            layer.forward_cached(&mut h, m, kv, &cache.rope)?;
-        }
-        cache.positions = end;
         let hs = self.config.hidden_size;
-        self.lm_head(&self.final_norm(&h[(m - 1) * hs..]))
+        let rope = &cache.rope;
+        let layers = &mut cache.layers;
+        let logits = on_pool(|| {
+            for (layer, kv) in self.layers.iter().zip(layers.iter_mut()) {
+                layer.forward_cached(&mut h, m, kv, rope)?;
+            }
+            self.lm_head(&self.final_norm(&h[(m - 1) * hs..]))
+        })?;
+        cache.positions = end;
+        Ok(logits)
     }
 
     /// Greedy decoding of up to `max_new` tokens after `prompt` (stops after a token in `stop`),
@@ -518,5 +523,18 @@ impl KvCache {
     /// Whether no position is held.
     pub fn is_empty(&self) -> bool {
         self.positions == 0
+    }
+}
+
+/// Runs `f` on a worker of rayon's pool (at once if this thread is one). A decode step is a
+/// chain of small parallel regions between short serial parts; called from outside the pool,
+/// each region is handed over to the workers and the caller sleeps until it is done, while
+/// between regions the workers spin beside the caller's serial work: one thread more than cores.
+/// Inside the pool the serial parts run on a worker and each region starts where it is.
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
     }
 }

@@ -1,0 +1,183 @@
+//! AVX2 + FMA f32 micro-kernel of [`crate::dense`], for x86-64 CPUs without AVX-512 (Zen 2 and
+//! 3, Haswell to Alder Lake). Weights are packed in 16-column panels (`NR`), activations in
+//! 12-row panels (`MR`), and a tile is two 6 × 16 register blocks (12 accumulators, two weight
+//! registers and one broadcast: 15 of the 16 `ymm` registers), the classic shape for two FMA
+//! units of 4–5 cycles' latency. A 16-column panel row is one cache line, so each block streams
+//! its weights contiguously.
+//!
+//! Each output is one FMA chain over `k` in the same order as the AVX-512 kernel's, so the two
+//! give the same bits.
+//!
+//! Everything here is `unsafe`: callers (the safe front ends in `dense.rs`) check the CPU
+//! features and that every pointer covers the extents documented on each function.
+
+use std::arch::x86_64::*;
+
+use super::avx512::TileStore;
+
+/// Rows of an activation panel: two 6-row register blocks.
+pub(crate) const MR: usize = 12;
+/// Columns of a weight panel: two 8-lane registers.
+pub(crate) const NR: usize = 16;
+/// Rows of one register block.
+const RB: usize = 6;
+
+/// `exp(x)` of 8 lanes: the polynomial and range reduction of the AVX-512 `exp16` (and of the
+/// model's scalar softmax), with `2ⁿ` built in the exponent bits; inputs are clamped to
+/// [-87, 88], where the result is a normal float.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn exp8(x: __m256) -> __m256 {
+    let x = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
+        _mm256_set1_ps(88.0),
+    );
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.398_199_9e-3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.333_452e-3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166_579_6e-2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666_666_5e-1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
+    let r2 = _mm256_mul_ps(r, r);
+    let y = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0));
+    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
+    _mm256_mul_ps(y, _mm256_castsi256_ps(bits))
+}
+
+/// `silu(g) = g / (1 + exp(-g))` of 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn silu8(g: __m256) -> __m256 {
+    let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0), e))
+}
+
+/// The `k` loop of one 6 × 16 block: rows `a[p·MR + i]` (i < 6) against the 8 weight lanes at
+/// `b[p·NR + off0..]` and the 8 at `b[p·NR + off1..]`. Named locals, as in the AVX-512 kernel,
+/// keep the accumulators in registers.
+///
+/// # Safety
+/// AVX2 and FMA; `a` holds `k·MR` floats from the block's first row, `b` `k·NR`, and
+/// `off0, off1 ≤ NR - 8`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block(
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    off0: usize,
+    off1: usize,
+) -> [[__m256; 2]; RB] {
+    macro_rules! rows {
+        ($( $r:ident $i:literal ),*) => {{
+            $( let mut $r = [_mm256_setzero_ps(); 2]; )*
+            for p in 0..k {
+                // SAFETY: p < k, offsets as documented.
+                let (b0, b1, ap) = unsafe {
+                    let bp = b.add(p * NR);
+                    (_mm256_loadu_ps(bp.add(off0)), _mm256_loadu_ps(bp.add(off1)), a.add(p * MR))
+                };
+                $(
+                    // SAFETY: i < RB ≤ MR.
+                    let av = _mm256_set1_ps(unsafe { *ap.add($i) });
+                    $r[0] = _mm256_fmadd_ps(av, b0, $r[0]);
+                    $r[1] = _mm256_fmadd_ps(av, b1, $r[1]);
+                )*
+            }
+            [$($r),*]
+        }};
+    }
+    rows!(r0 0, r1 1, r2 2, r3 3, r4 4, r5 5)
+}
+
+/// One `MR × NR` tile over `A` packed as `[k][MR]` and `B` as `[k][NR]`: the outputs
+/// `Σ_p a[p·MR + i] · b[p·NR + j]` written to `c[i·ldc + j]` for `i < rows`, `j < cols` as
+/// `store` says (for `SiluMul`, lanes 0..8 of `B` are the gate and 8..16 the up weights of
+/// `cols ≤ 8` output columns).
+///
+/// # Safety
+/// AVX2 and FMA; `a` holds `k·MR` floats, `b` `k·NR`; `c` holds `rows ≤ MR` rows of stride
+/// `ldc` with the written columns.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile(
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    store: TileStore,
+) {
+    for g in 0..rows.div_ceil(RB) {
+        let live = RB.min(rows - g * RB);
+        // SAFETY: the block's rows start inside the panel; extents as documented.
+        let (ag, cg) = unsafe { (a.add(g * RB), c.add(g * RB * ldc)) };
+        // SAFETY: offsets 0 and 8 are ≤ NR - 8.
+        let acc = unsafe { block(k, ag, b, 0, 8) };
+        if store == TileStore::SiluMul {
+            let out = acc.map(|r| _mm256_mul_ps(silu8(r[0]), r[1]));
+            // SAFETY: rows < live, columns < cols ≤ 8.
+            unsafe { write(&out, cg, ldc, live, cols.min(8), false) };
+            continue;
+        }
+        let add = store == TileStore::Add;
+        for (half, lanes) in [(0, cols.min(8)), (1, cols.saturating_sub(8))] {
+            if lanes == 0 {
+                continue;
+            }
+            let regs = acc.map(|r| r[half]);
+            // SAFETY: rows < live, columns half·8 + j < cols.
+            unsafe { write(&regs, cg.add(half * 8), ldc, live, lanes, add) };
+        }
+    }
+}
+
+/// Stores (or adds) the first `lanes` lanes of the first `rows` registers to rows of `c`.
+///
+/// # Safety
+/// AVX2; `c` holds `rows` rows of stride `ldc` with `lanes` writable floats each.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn write(
+    regs: &[__m256; RB],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    lanes: usize,
+    add: bool,
+) {
+    for (i, &v) in regs.iter().enumerate().take(rows) {
+        // SAFETY: row i < rows, as documented.
+        let cp = unsafe { c.add(i * ldc) };
+        if lanes == 8 {
+            // SAFETY: eight floats of row i.
+            unsafe {
+                let v = if add {
+                    _mm256_add_ps(_mm256_loadu_ps(cp), v)
+                } else {
+                    v
+                };
+                _mm256_storeu_ps(cp, v);
+            }
+        } else {
+            let mut tmp = [0f32; 8];
+            // SAFETY: `tmp` holds eight floats.
+            unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), v) };
+            for (j, &t) in tmp.iter().enumerate().take(lanes) {
+                // SAFETY: j < lanes.
+                unsafe { *cp.add(j) = if add { *cp.add(j) + t } else { t } };
+            }
+        }
+    }
+}
