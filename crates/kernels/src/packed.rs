@@ -633,9 +633,10 @@ impl PackedMatrix {
         Ok(())
     }
 
-    /// Whether [`PackedMatrix::gemv_q8`] runs its int8-activation VNNI kernel for this matrix
-    /// (AVX-512 chosen, AVX-512-VNNI present, 1/2/3/4-bit codes, groups of a multiple of 128
-    /// columns or per-channel). Otherwise `gemv_q8` is the exact [`PackedMatrix::gemv`].
+    /// Whether [`PackedMatrix::gemv_q8`] runs an int8-activation kernel for this matrix: AVX-512
+    /// chosen with AVX-512-VNNI present and 1/2/3/4-bit codes, or AVX2 chosen and 1/2/4-bit
+    /// codes; groups of a multiple of 128 columns or per-channel. Otherwise `gemv_q8` is the
+    /// exact [`PackedMatrix::gemv`].
     pub fn q8_gemv_applies(&self) -> bool {
         self.q8_applies(active_kernel().clamp_to_supported())
     }
@@ -644,11 +645,11 @@ impl PackedMatrix {
         let _ = choice;
         #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
         {
-            choice == KernelChoice::Avx512
+            let vnni = choice == KernelChoice::Avx512
                 && crate::dispatch::cpu().avx512vnni
-                && matches!(self.bits, 1..=4)
-                && self.cols > 0
-                && (self.n_groups <= 1 || self.group_size % SUPER == 0)
+                && matches!(self.bits, 1..=4);
+            let avx2 = choice == KernelChoice::Avx2 && matches!(self.bits, 1 | 2 | 4);
+            (vnni || avx2) && self.cols > 0 && (self.n_groups <= 1 || self.group_size % SUPER == 0)
         }
         #[cfg(not(all(target_arch = "x86_64", qwen3_avx512)))]
         {
@@ -714,25 +715,45 @@ impl PackedMatrix {
                 gfni,
             };
             let block = |r0: usize, ys: &mut [f32]| {
-                // SAFETY: `q8_applies` checked AVX-512 (clamped choice) and VNNI; rows
-                // r0..r0+ys.len() < rows; `data`, `scales`, `offsets` hold every row; the view
-                // was built by `q8_prep` for this matrix.
-                unsafe {
-                    crate::arch::x86_avx512::gemv_q8_rows(
-                        &view,
-                        self.data.as_ptr(),
-                        self.scales.as_ptr(),
-                        self.offsets.as_ptr(),
-                        r0,
-                        ys,
-                    )
-                }
+                // SAFETY: `q8_applies` checked AVX-512 (clamped choice) and VNNI, or AVX2 and
+                // 1/2/4-bit codes; rows r0..r0+ys.len() < rows; `data`, `scales`, `offsets` hold
+                // every row; the view was built by `q8_prep` for this matrix.
+                unsafe { self.q8_rows(choice, &view, r0, ys) }
             };
             // A few large row blocks per thread (multiples of 4 rows): task overhead stays
             // far below the per-block work, and late tasks still balance the load.
             for_row_blocks(y, self.rows * self.cols, 4, 64, 8, block);
         }
         Ok(())
+    }
+
+    /// The int8-activation rows `r0..r0 + ys.len()` with the kernel of `choice`.
+    ///
+    /// # Safety
+    /// [`PackedMatrix::q8_applies`] holds for `choice`; the rows exist; `view` was built by
+    /// `q8_prep` for this matrix.
+    #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+    pub(crate) unsafe fn q8_rows(
+        &self,
+        choice: KernelChoice,
+        view: &crate::arch::x86_avx512::Q8View<'_>,
+        r0: usize,
+        ys: &mut [f32],
+    ) {
+        let (d, s, o) = (
+            self.data.as_ptr(),
+            self.scales.as_ptr(),
+            self.offsets.as_ptr(),
+        );
+        // SAFETY: forwarded caller contract (the CPU features of `choice` were checked by
+        // `q8_applies`).
+        unsafe {
+            if choice == KernelChoice::Avx512 {
+                crate::arch::x86_avx512::gemv_q8_rows(view, d, s, o, r0, ys)
+            } else {
+                crate::arch::x86_avx2_q8::gemv_q8_rows(view, d, s, o, r0, ys)
+            }
+        }
     }
 
     /// Columns per activation scale in the int8-activation GEMV: the columns one i32 lane of the
@@ -1312,60 +1333,73 @@ mod tests {
                     let x: Vec<f32> = (0..cols)
                         .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0 * (1.0 + (i % 13) as f32))
                         .collect();
-                    let mut y = vec![f32::NAN; rows];
-                    p.gemv_q8(&x, &mut y).unwrap();
-                    // The shift-and-mask extraction gives the same integer sums as GFNI's.
-                    let mut y2 = vec![f32::NAN; rows];
-                    p.gemv_q8_impl(active_kernel(), &x, &mut y2, false).unwrap();
-                    assert_eq!(
-                        y, y2,
-                        "bits {bits} gs {gs} {rows}x{cols}: GFNI vs shift/mask"
-                    );
-                    let (mut xs, mut xsum) = (Vec::new(), Vec::new());
-                    p.prepare_x(&x, &mut xs, &mut xsum);
-                    let block = p.q8_block();
-                    let (q, dx) = quantize_x_q8(&xs, block);
-                    let applies = p.q8_gemv_applies();
-                    assert_eq!(applies && crate::dispatch::cpu().avx512vnni, applies);
-                    for r in 0..rows {
-                        let (mut def, mut exact, mut bound_sum, mut xn, mut wn) =
-                            (0f64, 0f64, 0f64, 0f64, 0f64);
-                        for j in 0..cols {
-                            let g = j / gs;
-                            let (s, o) = (
-                                f64::from(scales[r * ng + g]),
-                                f64::from(offsets[r * ng + g]),
-                            );
-                            let c = f64::from(codes[r * cols + j]);
-                            let b = j / block;
-                            def +=
-                                s * c * f64::from(dx[b]) * f64::from(q[j]) + o * f64::from(xs[j]);
-                            exact += (s * c + o) * f64::from(xs[j]);
-                            bound_sum += (s * c).abs() * f64::from(dx[b]);
-                            xn += f64::from(xs[j]).powi(2);
-                            wn += (s * c + o).powi(2);
-                        }
-                        let (xn, wn) = (xn.sqrt() as f32, wn.sqrt() as f32);
-                        let got = f64::from(y[r]);
-                        let tol = f64::from(
-                            crate::tolerance::rel_tol(bits) * xn * wn + crate::tolerance::ABS_FLOOR,
+                    for choice in crate::available_kernels() {
+                        let mut y = vec![f32::NAN; rows];
+                        p.gemv_q8_with(choice, &x, &mut y).unwrap();
+                        // The shift-and-mask extraction gives the same integer sums as GFNI's.
+                        let mut y2 = vec![f32::NAN; rows];
+                        p.gemv_q8_impl(choice, &x, &mut y2, false).unwrap();
+                        assert_eq!(
+                            y, y2,
+                            "{choice:?} bits {bits} gs {gs} {rows}x{cols}: GFNI vs shift/mask"
                         );
-                        if applies {
-                            assert!((got - def).abs() <= tol, "bits {bits} gs {gs} {rows}x{cols} row {r}: {got} vs definition {def}");
-                            let b = f64::from(crate::tolerance::q8_gemv_bound(
-                                bound_sum as f32,
-                                xn,
-                                wn,
-                            ));
-                            assert!(
+                        let (mut xs, mut xsum) = (Vec::new(), Vec::new());
+                        p.prepare_x(&x, &mut xs, &mut xsum);
+                        let block = p.q8_block();
+                        let (q, dx) = quantize_x_q8(&xs, block);
+                        // Every kernel with an int8 path takes it: AVX-512-VNNI, and AVX2 for
+                        // 1/2/4-bit codes.
+                        let applies = p.q8_applies(choice);
+                        let vnni =
+                            choice == KernelChoice::Avx512 && crate::dispatch::cpu().avx512vnni;
+                        let avx2 = choice == KernelChoice::Avx2 && matches!(bits, 1 | 2 | 4);
+                        assert_eq!(
+                            applies,
+                            cfg!(all(target_arch = "x86_64", qwen3_avx512))
+                                && (vnni || avx2)
+                                && (ng <= 1 || gs % SUPER == 0)
+                        );
+                        for r in 0..rows {
+                            let (mut def, mut exact, mut bound_sum, mut xn, mut wn) =
+                                (0f64, 0f64, 0f64, 0f64, 0f64);
+                            for j in 0..cols {
+                                let g = j / gs;
+                                let (s, o) = (
+                                    f64::from(scales[r * ng + g]),
+                                    f64::from(offsets[r * ng + g]),
+                                );
+                                let c = f64::from(codes[r * cols + j]);
+                                let b = j / block;
+                                def += s * c * f64::from(dx[b]) * f64::from(q[j])
+                                    + o * f64::from(xs[j]);
+                                exact += (s * c + o) * f64::from(xs[j]);
+                                bound_sum += (s * c).abs() * f64::from(dx[b]);
+                                xn += f64::from(xs[j]).powi(2);
+                                wn += (s * c + o).powi(2);
+                            }
+                            let (xn, wn) = (xn.sqrt() as f32, wn.sqrt() as f32);
+                            let got = f64::from(y[r]);
+                            let tol = f64::from(
+                                crate::tolerance::rel_tol(bits) * xn * wn
+                                    + crate::tolerance::ABS_FLOOR,
+                            );
+                            if applies {
+                                assert!((got - def).abs() <= tol, "{choice:?} bits {bits} gs {gs} {rows}x{cols} row {r}: {got} vs definition {def}");
+                                let b = f64::from(crate::tolerance::q8_gemv_bound(
+                                    bound_sum as f32,
+                                    xn,
+                                    wn,
+                                ));
+                                assert!(
                                 (got - exact).abs() <= b,
-                                "bits {bits} gs {gs} row {r}: {got} vs exact {exact} (bound {b})"
+                                "{choice:?} bits {bits} gs {gs} row {r}: {got} vs exact {exact} (bound {b})"
                             );
-                        } else {
-                            assert!(
+                            } else {
+                                assert!(
                                 (got - exact).abs() <= tol,
-                                "fallback bits {bits} gs {gs} row {r}: {got} vs {exact}"
+                                "{choice:?} fallback bits {bits} gs {gs} row {r}: {got} vs {exact}"
                             );
+                            }
                         }
                     }
                 }

@@ -181,3 +181,102 @@ unsafe fn write(
         }
     }
 }
+
+/// `dst[u·ld + r] = x_r[u]` for `r < 4`, `u < len`: four rows transposed into columns, 4 × 4
+/// blocks at a time (the operand packing of this kernel). A null row reads as zeros. With
+/// `norm = Some((weight, inv))`, `x_r[u] = weight[u] · (src_r[u] · inv[r])`, the two products
+/// in the order of the scalar RMSNorm.
+///
+/// # Safety
+/// AVX2; each non-null `src[r]` (and `weight`) holds `len` floats; `dst` holds the written
+/// lanes.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn transpose4(
+    src: [*const f32; 4],
+    len: usize,
+    norm: Option<(*const f32, [f32; 4])>,
+    dst: *mut f32,
+    ld: usize,
+) {
+    let load = |r: usize, u: usize| -> __m128 {
+        if src[r].is_null() {
+            return _mm_setzero_ps();
+        }
+        // SAFETY: u + 4 ≤ len floats of a non-null row (caller).
+        let x = unsafe { _mm_loadu_ps(src[r].add(u)) };
+        match norm {
+            // SAFETY: as above for the weight.
+            Some((w, inv)) => _mm_mul_ps(
+                unsafe { _mm_loadu_ps(w.add(u)) },
+                _mm_mul_ps(x, _mm_set1_ps(inv[r])),
+            ),
+            None => x,
+        }
+    };
+    let full = len / 4 * 4;
+    for u in (0..full).step_by(4) {
+        let (v0, v1, v2, v3) = (load(0, u), load(1, u), load(2, u), load(3, u));
+        let (t0, t1) = (_mm_unpacklo_ps(v0, v1), _mm_unpacklo_ps(v2, v3));
+        let (t2, t3) = (_mm_unpackhi_ps(v0, v1), _mm_unpackhi_ps(v2, v3));
+        let cols = [
+            _mm_movelh_ps(t0, t1),
+            _mm_movehl_ps(t1, t0),
+            _mm_movelh_ps(t2, t3),
+            _mm_movehl_ps(t3, t2),
+        ];
+        for (c, &col) in cols.iter().enumerate() {
+            // SAFETY: column u + c < len of `dst`'s extent (caller).
+            unsafe { _mm_storeu_ps(dst.add((u + c) * ld), col) };
+        }
+    }
+    for u in full..len {
+        for r in 0..4 {
+            let v = if src[r].is_null() {
+                0.0
+            } else {
+                // SAFETY: u < len.
+                let x = unsafe { *src[r].add(u) };
+                match norm {
+                    // SAFETY: u < len.
+                    Some((w, inv)) => (unsafe { *w.add(u) }) * (x * inv[r]),
+                    None => x,
+                }
+            };
+            // SAFETY: as documented.
+            unsafe { *dst.add(u * ld + r) = v };
+        }
+    }
+}
+
+/// `Σ exp(x − max)` over `row`: exponentials in f32 lanes (0 below −87, where `exp8` clamps),
+/// sums in f64 lanes.
+///
+/// # Safety
+/// AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn sum_exp_minus(row: &[f32], max: f32) -> f64 {
+    let (vm, floor) = (_mm256_set1_ps(max), _mm256_set1_ps(-87.0));
+    let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    let mut add = |x: __m256| {
+        let x = _mm256_sub_ps(x, vm);
+        let e = _mm256_and_ps(exp8(x), _mm256_cmp_ps::<_CMP_GE_OQ>(x, floor));
+        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(e)));
+    };
+    let chunks = row.chunks_exact(8);
+    let rem = chunks.remainder();
+    for c in chunks {
+        // SAFETY: eight floats.
+        add(unsafe { _mm256_loadu_ps(c.as_ptr()) });
+    }
+    if !rem.is_empty() {
+        let mut tail = [f32::NEG_INFINITY; 8];
+        tail[..rem.len()].copy_from_slice(rem);
+        // SAFETY: eight floats.
+        add(unsafe { _mm256_loadu_ps(tail.as_ptr()) });
+    }
+    let mut s = [0f64; 4];
+    // SAFETY: four doubles.
+    unsafe { _mm256_storeu_pd(s.as_mut_ptr(), _mm256_add_pd(lo, hi)) };
+    (s[0] + s[1]) + (s[2] + s[3])
+}

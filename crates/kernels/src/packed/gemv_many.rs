@@ -52,14 +52,14 @@ impl PackedMatrix {
             }
             return Ok(());
         }
-        fused_q8(mats, x, ys);
+        fused_q8(choice, mats, x, ys);
         Ok(())
     }
 }
 
 /// The fused int8-activation GEMVs; the caller checked shapes and that the kernel applies.
 #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
-fn fused_q8(mats: &[&PackedMatrix], x: &[f32], ys: &mut [&mut [f32]]) {
+fn fused_q8(choice: crate::KernelChoice, mats: &[&PackedMatrix], x: &[f32], ys: &mut [&mut [f32]]) {
     let gfni = crate::dispatch::cpu().gfni;
     // Each matrix's activations in its storage order, quantized and arranged for its kernel.
     let preps: Vec<_> = mats
@@ -102,25 +102,14 @@ fn fused_q8(mats: &[&PackedMatrix], x: &[f32], ys: &mut [&mut [f32]]) {
         })
         .collect();
     tasks.into_par_iter().for_each(|(i, r0, ys)| {
-        let m = mats[i];
-        // SAFETY: `q8_applies` checked AVX-512 and VNNI for every matrix; rows
-        // r0..r0 + ys.len() < rows of matrix i; its data, scales and offsets hold every row;
-        // the view was built by `q8_prep` for that matrix.
-        unsafe {
-            crate::arch::x86_avx512::gemv_q8_rows(
-                &views[i],
-                m.data.as_ptr(),
-                m.scales.as_ptr(),
-                m.offsets.as_ptr(),
-                r0,
-                ys,
-            )
-        }
+        // SAFETY: `q8_applies` checked the CPU features of `choice` for every matrix; rows
+        // r0..r0 + ys.len() < rows of matrix i; the view was built by `q8_prep` for it.
+        unsafe { mats[i].q8_rows(choice, &views[i], r0, ys) }
     });
 }
 
 #[cfg(not(all(target_arch = "x86_64", qwen3_avx512)))]
-fn fused_q8(_: &[&PackedMatrix], _: &[f32], _: &mut [&mut [f32]]) {
+fn fused_q8(_: crate::KernelChoice, _: &[&PackedMatrix], _: &[f32], _: &mut [&mut [f32]]) {
     unreachable!("the int8-activation GEMV exists only with AVX-512")
 }
 

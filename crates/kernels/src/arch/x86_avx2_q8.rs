@@ -1,0 +1,192 @@
+//! The int8-activation GEMV of `arch::x86_avx512` (`gemv_q8_rows`) for CPUs with AVX2 but no
+//! AVX-512-VNNI (Zen 2 and 3, Haswell to Alder Lake): the same activation arrangement
+//! ([`Q8View`], built by `PackedMatrix::q8_prep`), each 64-byte block of a code plane taken as two
+//! 32-byte halves, and `vpdpbusd` replaced by `vpmaddubsw` (codes × int8 activations, pairs
+//! summed into i16: at most 2 · 15 · 127, no saturation) then `vpmaddwd` by ones (i32 sums of the
+//! same four bytes a VNNI lane sums). Each i32 lane is therefore the same exact integer as on
+//! AVX-512, and the per-lane `scale · dx` accumulation the same; only the final horizontal sum
+//! runs in another order. 1-, 2- and 4-bit codes (3-bit codes keep the f32-activation kernel).
+//!
+//! Everything here is `unsafe`: callers guarantee AVX2 + FMA and the extents documented on
+//! [`gemv_q8_rows`].
+
+use std::arch::x86_64::*;
+
+use super::x86_avx512::Q8View;
+
+/// Per-half `scale` vectors of the 64-byte block holding superblocks `sb0..sb0 + NSB` (lane `i`
+/// of the 16 belongs to superblock `sb0 + i / (16 / NSB)`; half 0 holds lanes 0..8).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scale_halves<const NSB: usize>(
+    sc: *const f32,
+    gidx: *const u32,
+    sb0: usize,
+) -> [__m256; 2] {
+    // SAFETY: the caller guarantees gidx readable at sb0..sb0 + NSB and sc at those groups.
+    let s = |i: usize| unsafe { *sc.add(*gidx.add(sb0 + i) as usize) };
+    match NSB {
+        1 => [_mm256_set1_ps(s(0)); 2],
+        2 => [_mm256_set1_ps(s(0)), _mm256_set1_ps(s(1))],
+        _ => [
+            _mm256_set_m128(_mm_set1_ps(s(1)), _mm_set1_ps(s(0))),
+            _mm256_set_m128(_mm_set1_ps(s(3)), _mm_set1_ps(s(2))),
+        ],
+    }
+}
+
+/// Accumulates the `P`-bit code plane of `R` rows (`plane_bytes` bytes each) into `acc` (8 f32
+/// lanes per half, two halves per row).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn plane<const P: usize, const NSB: usize, const R: usize>(
+    planes: [*const u8; R],
+    plane_bytes: usize,
+    xq: *const i8,
+    dxv: *const f32,
+    sc: [*const f32; R],
+    gidx: *const u32,
+    acc: &mut [[__m256; 2]; R],
+    prefetch: (*const u8, usize),
+) {
+    let k = 8 / P;
+    let nfull = plane_bytes / 64;
+    let nblk = plane_bytes.div_ceil(64);
+    let mask = _mm256_set1_epi8(((1u16 << P) - 1) as i8);
+    let ones = _mm256_set1_epi16(1);
+    // SAFETY (whole body): see `gemv_q8_rows`.
+    unsafe {
+        for blk in 0..nblk {
+            let xb = xq.add(blk * 64 * k);
+            let d = [
+                _mm256_loadu_ps(dxv.add(blk * 16)),
+                _mm256_loadu_ps(dxv.add(blk * 16 + 8)),
+            ];
+            // The next rows' span, one step per block (prefetch never faults).
+            let (next, step) = prefetch;
+            let mut off = blk * step;
+            while off < (blk + 1) * step {
+                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(off) as *const i8);
+                off += 64;
+            }
+            let mut v = [[_mm256_setzero_si256(); 2]; R];
+            for r in 0..R {
+                let src = if blk < nfull {
+                    planes[r].add(blk * 64)
+                } else {
+                    std::ptr::null()
+                };
+                let mut tmp = [0u8; 64];
+                let src = if src.is_null() {
+                    let rem = plane_bytes - blk * 64;
+                    std::ptr::copy_nonoverlapping(planes[r].add(blk * 64), tmp.as_mut_ptr(), rem);
+                    tmp.as_ptr()
+                } else {
+                    src
+                };
+                v[r] = [
+                    _mm256_loadu_si256(src as *const __m256i),
+                    _mm256_loadu_si256(src.add(32) as *const __m256i),
+                ];
+            }
+            let mut isum = [[_mm256_setzero_si256(); 2]; R];
+            for f in 0..k {
+                let sh = _mm_cvtsi32_si128((f * P) as i32);
+                for h in 0..2 {
+                    let xv = _mm256_loadu_si256(xb.add(f * 64 + h * 32) as *const __m256i);
+                    for r in 0..R {
+                        let c = _mm256_and_si256(_mm256_srl_epi16(v[r][h], sh), mask);
+                        let pairs = _mm256_maddubs_epi16(c, xv);
+                        isum[r][h] = _mm256_add_epi32(isum[r][h], _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+            }
+            for r in 0..R {
+                let s = scale_halves::<NSB>(sc[r], gidx, blk * NSB);
+                for h in 0..2 {
+                    acc[r][h] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(isum[r][h]),
+                        _mm256_mul_ps(s[h], d[h]),
+                        acc[r][h],
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `R` rows from `r0`: `y[i] = Σ lanes + Σ_g offset_g·xsum_g`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_impl<const R: usize>(
+    v: &Q8View<'_>,
+    data: *const u8,
+    scales: *const f32,
+    offsets: *const f32,
+    r0: usize,
+    y: *mut f32,
+) {
+    let ng = v.n_groups;
+    // SAFETY (whole body): see `gemv_q8_rows`.
+    unsafe {
+        let rows: [*const u8; R] = std::array::from_fn(|i| data.add((r0 + i) * v.row_bytes));
+        let sc: [*const f32; R] = std::array::from_fn(|i| scales.add((r0 + i) * ng));
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let bits = v.bits as usize;
+        let nblk = (v.pad * bits / 8).div_ceil(64).max(1);
+        let prefetch = (
+            data.wrapping_add((r0 + R) * v.row_bytes),
+            (R * v.row_bytes).div_ceil(nblk).next_multiple_of(64),
+        );
+        let (xq, dx, gidx) = (v.xq_a.as_ptr(), v.dx_a.as_ptr(), v.gidx.as_ptr());
+        match bits {
+            4 => plane::<4, 1, R>(rows, v.pad / 2, xq, dx, sc, gidx, &mut acc, prefetch),
+            2 => plane::<2, 2, R>(rows, v.pad / 4, xq, dx, sc, gidx, &mut acc, prefetch),
+            _ => plane::<1, 4, R>(rows, v.pad / 8, xq, dx, sc, gidx, &mut acc, prefetch),
+        }
+        for (i, a) in acc.iter().enumerate() {
+            let of = std::slice::from_raw_parts(offsets.add((r0 + i) * ng), ng);
+            let o: f32 = of.iter().zip(v.xsum).map(|(o, s)| o * s).sum();
+            *y.add(i) = super::x86::hsum256(_mm256_add_ps(a[0], a[1])) + o;
+        }
+    }
+}
+
+/// `y[i] = Σ_sb scale·dx·Σ code·q + Σ_g offset_g·xsum_g` for rows `r0 .. r0 + y.len()`, as
+/// `x86_avx512::gemv_q8_rows`.
+///
+/// # Safety
+/// AVX2 and FMA available; codes of 1, 2 or 4 bits; `data` holds every row `< r0 + y.len()` of
+/// `row_bytes = pad·bits/8` bytes each; `scales`/`offsets` hold `n_groups` floats per such row;
+/// the view was built by `PackedMatrix::q8_prep` for this matrix.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn gemv_q8_rows(
+    v: &Q8View<'_>,
+    data: *const u8,
+    scales: *const f32,
+    offsets: *const f32,
+    r0: usize,
+    y: &mut [f32],
+) {
+    // 4-bit: one row at a time, a single sequential weight stream (memory-bound); narrower
+    // codes: 4 rows share each activation load (16 ymm: 8 accumulators, 8 code halves).
+    let step = if v.bits == 4 { 1 } else { 4 };
+    let n = y.len();
+    let mut i = 0;
+    // SAFETY: forwarded caller contract; rows r0 + i .. r0 + i + step all < r0 + n.
+    unsafe {
+        while i + step <= n {
+            let yp = y.as_mut_ptr().add(i);
+            if step == 1 {
+                rows_impl::<1>(v, data, scales, offsets, r0 + i, yp);
+            } else {
+                rows_impl::<4>(v, data, scales, offsets, r0 + i, yp);
+            }
+            i += step;
+        }
+        while i < n {
+            rows_impl::<1>(v, data, scales, offsets, r0 + i, y.as_mut_ptr().add(i));
+            i += 1;
+        }
+    }
+}
