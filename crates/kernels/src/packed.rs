@@ -634,8 +634,7 @@ impl PackedMatrix {
     }
 
     /// Whether [`PackedMatrix::gemv_q8`] runs an int8-activation kernel for this matrix: AVX-512
-    /// chosen with AVX-512-VNNI present and 1/2/3/4-bit codes, or AVX2 chosen and 1/2/4-bit
-    /// codes; groups of a multiple of 128 columns or per-channel. Otherwise `gemv_q8` is the
+    /// chosen with AVX-512-VNNI present, or AVX2 chosen; 1/2/3/4-bit codes; groups of a multiple of 128 columns or per-channel. Otherwise `gemv_q8` is the
     /// exact [`PackedMatrix::gemv`].
     pub fn q8_gemv_applies(&self) -> bool {
         self.q8_applies(active_kernel().clamp_to_supported())
@@ -648,7 +647,7 @@ impl PackedMatrix {
             let vnni = choice == KernelChoice::Avx512
                 && crate::dispatch::cpu().avx512vnni
                 && matches!(self.bits, 1..=4);
-            let avx2 = choice == KernelChoice::Avx2 && matches!(self.bits, 1 | 2 | 4);
+            let avx2 = choice == KernelChoice::Avx2 && matches!(self.bits, 1..=4);
             (vnni || avx2) && self.cols > 0 && (self.n_groups <= 1 || self.group_size % SUPER == 0)
         }
         #[cfg(not(all(target_arch = "x86_64", qwen3_avx512)))]
@@ -715,8 +714,8 @@ impl PackedMatrix {
                 gfni,
             };
             let block = |r0: usize, ys: &mut [f32]| {
-                // SAFETY: `q8_applies` checked AVX-512 (clamped choice) and VNNI, or AVX2 and
-                // 1/2/4-bit codes; rows r0..r0+ys.len() < rows; `data`, `scales`, `offsets` hold
+                // SAFETY: `q8_applies` checked AVX-512 (clamped choice) and VNNI, or AVX2;
+                // rows r0..r0+ys.len() < rows; `data`, `scales`, `offsets` hold
                 // every row; the view was built by `q8_prep` for this matrix.
                 unsafe { self.q8_rows(choice, &view, r0, ys) }
             };
@@ -1093,6 +1092,16 @@ pub(crate) fn quantize_x_q8(xs: &[f32], block: usize) -> (Vec<i8>, Vec<f32>) {
         }
         return (q, dx);
     }
+    #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+    if crate::dispatch::cpu().avx2 {
+        for (xb, qb) in xs.chunks_exact(block).zip(q.chunks_exact_mut(block)) {
+            // SAFETY: AVX2 checked above; both blocks hold exactly `block` (a multiple of 8) elements.
+            dx.push(unsafe {
+                crate::arch::x86_avx2_q8::quantize_block_q8(xb.as_ptr(), qb.as_mut_ptr(), block / 8)
+            });
+        }
+        return (q, dx);
+    }
     quantize_x_q8_scalar(xs, block, &mut q, &mut dx);
     (q, dx)
 }
@@ -1249,6 +1258,27 @@ mod tests {
             assert_eq!(q, q2, "block {block}");
             assert_eq!(dx, dx2, "block {block}");
             assert_eq!(dx.len(), xs.len() / block);
+            // The AVX2 quantizer too, where the dispatch above took the AVX-512 one.
+            #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+            if crate::dispatch::cpu().avx2 {
+                let mut q3 = vec![0i8; xs.len()];
+                for (b, (xb, qb)) in xs
+                    .chunks_exact(block)
+                    .zip(q3.chunks_exact_mut(block))
+                    .enumerate()
+                {
+                    // SAFETY: AVX2 checked; both blocks hold `block` (a multiple of 8) elements.
+                    let d = unsafe {
+                        crate::arch::x86_avx2_q8::quantize_block_q8(
+                            xb.as_ptr(),
+                            qb.as_mut_ptr(),
+                            block / 8,
+                        )
+                    };
+                    assert_eq!(d, dx2[b], "AVX2 block {block}");
+                }
+                assert_eq!(q3, q2, "AVX2 block {block}");
+            }
         }
         assert_eq!(quantize_x_q8(&xs, 128).0[1], -62); // -62.5 rounds to even
     }
@@ -1352,7 +1382,7 @@ mod tests {
                         let applies = p.q8_applies(choice);
                         let vnni =
                             choice == KernelChoice::Avx512 && crate::dispatch::cpu().avx512vnni;
-                        let avx2 = choice == KernelChoice::Avx2 && matches!(bits, 1 | 2 | 4);
+                        let avx2 = choice == KernelChoice::Avx2 && matches!(bits, 1..=4);
                         assert_eq!(
                             applies,
                             cfg!(all(target_arch = "x86_64", qwen3_avx512))

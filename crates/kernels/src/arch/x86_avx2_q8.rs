@@ -116,6 +116,81 @@ unsafe fn plane<const P: usize, const NSB: usize, const R: usize>(
     }
 }
 
+/// 3-bit codes, as the AVX-512 `q8_plane3` without GFNI: each 32-byte half of a block is one
+/// superblock's 2-bit plane, its 16-byte 1-bit plane broadcast to both 128-bit lanes and
+/// pre-shifted by 4 in the upper one (which holds chunks 4..8); per shift `f`,
+/// `code = (lo >> 2f) & 3 | (hi' >> f) & 4`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn plane3<const R: usize>(
+    rows: [*const u8; R],
+    pad: usize,
+    xq: *const i8,
+    dxv: *const f32,
+    sc: [*const f32; R],
+    gidx: *const u32,
+    acc: &mut [[__m256; 2]; R],
+    prefetch: (*const u8, usize),
+) {
+    let lo_bytes = pad / 4;
+    let n_sb = pad / 128;
+    let nblk = n_sb.div_ceil(2);
+    let (m3, m4) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
+    let ones = _mm256_set1_epi16(1);
+    let cnt = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+    // SAFETY (whole body): see `gemv_q8_rows`; the lo plane is `pad/4` bytes, the hi plane
+    // `pad/8` bytes right after it, 16 per superblock; a missing second superblock is skipped.
+    unsafe {
+        for blk in 0..nblk {
+            let xb = xq.add(blk * 256);
+            let halves = if 2 * blk + 1 < n_sb { 2 } else { 1 };
+            let (next, step) = prefetch;
+            let mut off = blk * step;
+            while off < (blk + 1) * step {
+                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(off) as *const i8);
+                off += 64;
+            }
+            let s: [[__m256; 2]; R] =
+                std::array::from_fn(|r| scale_halves::<2>(sc[r], gidx, blk * 2));
+            for h in 0..halves {
+                let d = _mm256_loadu_ps(dxv.add(blk * 16 + h * 8));
+                let mut lo = [_mm256_setzero_si256(); R];
+                let mut hi = [_mm256_setzero_si256(); R];
+                for r in 0..R {
+                    lo[r] = _mm256_loadu_si256(rows[r].add(blk * 64 + h * 32) as *const __m256i);
+                    let hp = rows[r].add(lo_bytes + blk * 32 + h * 16);
+                    let b = _mm256_broadcastsi128_si256(_mm_loadu_si128(hp as *const __m128i));
+                    hi[r] = _mm256_slli_epi32::<2>(_mm256_srlv_epi32(b, cnt));
+                }
+                let mut isum = [_mm256_setzero_si256(); R];
+                for f in 0..4 {
+                    let xv = _mm256_loadu_si256(xb.add(f * 64 + h * 32) as *const __m256i);
+                    let (sl, sh) = (
+                        _mm_cvtsi32_si128((2 * f) as i32),
+                        _mm_cvtsi32_si128(f as i32),
+                    );
+                    for r in 0..R {
+                        let c = _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srl_epi16(lo[r], sl), m3),
+                            _mm256_and_si256(_mm256_srl_epi16(hi[r], sh), m4),
+                        );
+                        let pairs = _mm256_maddubs_epi16(c, xv);
+                        isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+                for r in 0..R {
+                    acc[r][h] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(isum[r]),
+                        _mm256_mul_ps(s[r][h], d),
+                        acc[r][h],
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// `R` rows from `r0`: `y[i] = Σ lanes + Σ_g offset_g·xsum_g`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rows_impl<const R: usize>(
@@ -133,7 +208,11 @@ unsafe fn rows_impl<const R: usize>(
         let sc: [*const f32; R] = std::array::from_fn(|i| scales.add((r0 + i) * ng));
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let bits = v.bits as usize;
-        let nblk = (v.pad * bits / 8).div_ceil(64).max(1);
+        let nblk = match bits {
+            3 => (v.pad / 128).div_ceil(2),
+            b => (v.pad * b / 8).div_ceil(64),
+        }
+        .max(1);
         let prefetch = (
             data.wrapping_add((r0 + R) * v.row_bytes),
             (R * v.row_bytes).div_ceil(nblk).next_multiple_of(64),
@@ -142,7 +221,8 @@ unsafe fn rows_impl<const R: usize>(
         match bits {
             4 => plane::<4, 1, R>(rows, v.pad / 2, xq, dx, sc, gidx, &mut acc, prefetch),
             2 => plane::<2, 2, R>(rows, v.pad / 4, xq, dx, sc, gidx, &mut acc, prefetch),
-            _ => plane::<1, 4, R>(rows, v.pad / 8, xq, dx, sc, gidx, &mut acc, prefetch),
+            1 => plane::<1, 4, R>(rows, v.pad / 8, xq, dx, sc, gidx, &mut acc, prefetch),
+            _ => plane3::<R>(rows, v.pad, xq, dx, sc, gidx, &mut acc, prefetch),
         }
         for (i, a) in acc.iter().enumerate() {
             let of = std::slice::from_raw_parts(offsets.add((r0 + i) * ng), ng);
@@ -156,7 +236,7 @@ unsafe fn rows_impl<const R: usize>(
 /// `x86_avx512::gemv_q8_rows`.
 ///
 /// # Safety
-/// AVX2 and FMA available; codes of 1, 2 or 4 bits; `data` holds every row `< r0 + y.len()` of
+/// AVX2 and FMA available; codes of 1 to 4 bits; `data` holds every row `< r0 + y.len()` of
 /// `row_bytes = pad·bits/8` bytes each; `scales`/`offsets` hold `n_groups` floats per such row;
 /// the view was built by `PackedMatrix::q8_prep` for this matrix.
 #[target_feature(enable = "avx2,fma")]
@@ -188,5 +268,44 @@ pub(crate) unsafe fn gemv_q8_rows(
             rows_impl::<1>(v, data, scales, offsets, r0 + i, y.as_mut_ptr().add(i));
             i += 1;
         }
+    }
+}
+
+/// [`crate::packed::quantize_x_q8`] for one block of `8·vecs` columns, as the AVX-512
+/// `quantize_block_q8`: `q = round_half_even(x / d)` clamped to ±127 with `d = max|x| / 127`,
+/// bit-identical to the scalar version for finite inputs. Returns `d`.
+///
+/// # Safety
+/// AVX2 available; `x` has `8·vecs` readable floats and `q` as many writable bytes.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn quantize_block_q8(x: *const f32, q: *mut i8, vecs: usize) -> f32 {
+    // SAFETY: the caller guarantees the `8·vecs`-element ranges.
+    unsafe {
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let mut m = _mm256_setzero_ps();
+        for i in 0..vecs {
+            m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x.add(8 * i)), abs));
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+        let amax = lanes.iter().fold(0f32, |a, &v| a.max(v));
+        let d = amax / 127.0;
+        if !(d > 0.0 && d.is_finite()) {
+            std::ptr::write_bytes(q, 0, 8 * vecs);
+            return d;
+        }
+        let inv = _mm256_set1_ps(1.0 / d);
+        let (lo, hi) = (_mm256_set1_epi32(-127), _mm256_set1_epi32(127));
+        for i in 0..vecs {
+            // The default rounding mode (nearest, ties to even) converts.
+            let r = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x.add(8 * i)), inv));
+            let r = _mm256_min_epi32(_mm256_max_epi32(r, lo), hi);
+            // i32 → i16 → i8 within each 128-bit lane: bytes 0..4 of each lane are its values.
+            let b = _mm256_packs_epi16(_mm256_packs_epi32(r, r), _mm256_setzero_si256());
+            let dst = q.add(8 * i) as *mut i32;
+            dst.write_unaligned(_mm256_cvtsi256_si32(b));
+            dst.add(1).write_unaligned(_mm256_extract_epi32::<4>(b));
+        }
+        d
     }
 }
