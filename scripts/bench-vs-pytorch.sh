@@ -51,7 +51,7 @@ cp "$TARGET/release/examples/bench_workload" "$RUST"
 LOG=$WORK/runs.jsonl
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "flags: $(grep -o -w -E 'avx512f|avx512_bf16|avx512_vnni|amx_tile|amx_bf16' /proc/cpuinfo | sort -u | xargs)"
+echo "flags: $(grep -o -w -E 'avx2|fma|avx512f|avx512_bf16|avx512_vnni|amx_tile|amx_bf16' /proc/cpuinfo | sort -u | xargs)"
 echo "pytorch: $("$PY" -c 'import torch, transformers; print(torch.__version__, "threads", torch.get_num_threads(), "transformers", transformers.__version__)')"
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 PEAK_LINE=$("$RUST" --peak | tail -1)

@@ -1,5 +1,6 @@
 //! Which dense f32 GEMM the model uses: ndarray's `dot` (matrixmultiply), faer's `matmul`, and our
-//! `dense::matmul_wt` (the `gemm` crate, x86-v4 micro-kernels), on the Qwen3-micro forward shapes
+//! `dense::matmul_wt` (the blocked AVX-512 or AVX2 kernel where the CPU has one, else the `gemm`
+//! crate; `examples/dense_gemm.rs` compares those two directly), on the Qwen3-micro forward shapes
 //! (`Y[4096, n] = X[4096, k] · Wᵀ`, W `[n, k]` row-major as in `nn.Linear`) and one large product
 //! (512 × 4096 × 4096).
 //!

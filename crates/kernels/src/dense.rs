@@ -2,15 +2,18 @@
 //!
 //! Weights follow `nn.Linear`: `W` is `[out, in]` row-major, and `Y = X · Wᵀ` with `X` `[m, in]`.
 //!
-//! On CPUs with AVX-512 the products of [`gemm_wt`], [`gemm_swiglu`] and [`matmul_wt`] run our
-//! own blocked kernel (`dense/avx512.rs`): `W` is packed into 32-column panels, `X` into 14-row
-//! panels (applying an RMSNorm on the fly when asked, [`RowNorm`]), and a 14 × 32 register tile
-//! accumulates over up to [`KC`] columns of `k`. Its epilogues fuse what the model does next
-//! while the tile is in registers: the residual add ([`Epilogue::Add`]) and SwiGLU's
-//! `silu(gate)·up` ([`gemm_swiglu`], gate and up panels interleaved). Several weights can share
-//! one product (q, k and v: one pass over `X`). Elsewhere, and for fewer than [`MIN_BLOCKED_ROWS`]
-//! rows, the `gemm` crate (runtime-dispatched AVX2/AVX-512/NEON micro-kernels) does the product
-//! and the epilogues run as separate passes; `benches/gemm_choice.rs` compares the two.
+//! On x86-64 CPUs with AVX-512 or with AVX2 + FMA the products of [`gemm_wt`], [`gemm_swiglu`]
+//! and [`matmul_wt`] run our own blocked kernel. With AVX-512 (`dense/avx512.rs`) `W` is packed
+//! into 32-column panels, `X` into 14-row panels (applying an RMSNorm on the fly when asked,
+//! [`RowNorm`]), and a 14 × 32 register tile accumulates over up to [`KC`] columns of `k`; with
+//! AVX2 (`dense/avx2.rs`) the panels are 16 columns and 12 rows and the tile two 6 × 16 register
+//! blocks. Both compute each output as one FMA chain over each `KC` block, in the same order, so
+//! they give the same bits. Their epilogues fuse what the model does next while the tile is in
+//! registers: the residual add ([`Epilogue::Add`]) and SwiGLU's `silu(gate)·up`
+//! ([`gemm_swiglu`], gate and up panels interleaved). Several weights can share one product (q,
+//! k and v: one pass over `X`). Elsewhere (NEON, scalar), and for fewer than
+//! [`MIN_BLOCKED_ROWS`] rows, the `gemm` crate does the product and the epilogues run as
+//! separate passes; `benches/gemm_choice.rs` and `examples/dense_gemm.rs` compare them.
 //!
 //! Blocking: an `X` block of `MC ≈ 64K / kc` rows × `kc` columns (≤ 256 KB) stays in L2 while
 //! the 32-column `W` micro-panels (`kc × 32`, 64 KB at `kc = 512`) stream past it, each reused by
