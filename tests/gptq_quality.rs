@@ -66,7 +66,9 @@ fn w3() -> GptqConfig {
 }
 
 /// Holding the calibration activations in bf16 halves their memory and changes the result only
-/// within calibration noise (1.5%).
+/// within calibration noise: GPTQ's layer losses agree linear by linear, and the perplexities
+/// closely. At 4 bits: at 3 bits with 8 windows GPTQ overfits them (it ends up behind RTN) and
+/// the two runs' perplexities scattered by 2.2% on an AVX2 machine.
 #[test]
 fn bf16_activation_buffer_matches_f32_closely() {
     let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else {
@@ -75,20 +77,39 @@ fn bf16_activation_buffer_matches_f32_closely() {
     use qwen3_quant::calib::ActivationDtype;
     let valid = docs("valid");
     let calib = first_windows(&docs("calib"), 8, 1024).unwrap();
-    let method = Gptq::new(w3()).unwrap();
+    let method = Gptq::new(GptqConfig::default().with_bits(Bits::new(4).unwrap())).unwrap();
     let mut a = micro();
-    quantize_model(&mut a, Some(&calib), &method, &DriverOptions::default()).unwrap();
+    let ra = quantize_model(&mut a, Some(&calib), &method, &DriverOptions::default()).unwrap();
     let mut b = micro();
     let opts = DriverOptions::default().with_activations(ActivationDtype::Bf16);
-    quantize_model(&mut b, Some(&calib), &method, &opts).unwrap();
-    let (pa, pb, pr) = (
+    let rb = quantize_model(&mut b, Some(&calib), &method, &opts).unwrap();
+    // Linear by linear, the layer losses GPTQ reports agree closely: layer 0 sees the same
+    // embeddings rounded to bf16, later layers also inherit the other run's small differences.
+    assert_eq!(ra.records.len(), rb.records.len());
+    let worst = |layer0: bool| {
+        ra.records
+            .iter()
+            .zip(&rb.records)
+            .filter(|(x, _)| (x.layer == 0) == layer0)
+            .map(|(x, y)| rel(y.loss, x.loss).abs())
+            .fold(0f64, f64::max)
+    };
+    let (w0, w_rest) = (worst(true), worst(false));
+    eprintln!(
+        "layer losses, bf16 against f32 buffers: layer 0 within {w0:.2e}, others {w_rest:.2e}"
+    );
+    // Measured 8.6e-4 and 1.0e-2; wrong rows or garbage in the buffer change losses wholesale.
+    assert!(w0 < 5e-3 && w_rest < 5e-2, "{w0} {w_rest}");
+    let (pa, pb, pf) = (
         ppl(&a, &valid, 4),
         ppl(&b, &valid, 4),
-        ppl(&rtn_w3(), &valid, 4),
+        ppl(&micro(), &valid, 4),
     );
-    eprintln!("w3 g128: f32 activations {pa:.4}  bf16 activations {pb:.4}  rtn {pr:.4}");
+    eprintln!("w4 g128: f32 activations {pa:.4}  bf16 activations {pb:.4}  full precision {pf:.4}");
+    // End to end (measured 0.44% apart, 2.9% above full precision on these 4 windows).
     assert!(rel(pa, pb).abs() < 0.015, "{pa} vs {pb}");
-    // With 8 windows GPTQ itself is only about as good as RTN on these 4 windows; a broken
-    // buffer (garbage, wrong rows) would be far off.
-    assert!(rel(pb, pr).abs() < 0.05, "bf16 run {pb} far from RTN {pr}");
+    assert!(
+        rel(pb, pf).abs() < 0.06,
+        "bf16 run {pb} far from full precision {pf}"
+    );
 }
