@@ -116,6 +116,26 @@ impl Flavor {
     }
 }
 
+/// The `exp` every vectorised exponential of this crate evaluates (and the model's softmax, in
+/// scalar form): Cody–Waite reduction `r = x − n·LN2_HI − n·LN2_LO` with `n = round(x·log2 e)`,
+/// then `exp(r) ≈ 1 + r + r²·p(r)`, `p` the Cephes `expf` minimax polynomial (coefficients
+/// highest degree first, Horner order), and `exp(x) = 2ⁿ·exp(r)`: about 2 ulp.
+pub mod exp_poly {
+    /// The high part of ln 2 (exact in few bits, so `n·LN2_HI` is exact).
+    pub const LN2_HI: f32 = 0.693_359_4;
+    /// ln 2 − `LN2_HI`.
+    pub const LN2_LO: f32 = -2.121_944_4e-4;
+    /// `p(r)`'s coefficients, highest degree first.
+    pub const P: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ];
+}
+
 /// How many threads a dense product may use.
 fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     // Tiny products are faster on one thread than paying rayon's fork/join.

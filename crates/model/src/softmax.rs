@@ -6,20 +6,14 @@ const LANES: usize = 16;
 /// exp(x) for x ≤ 0 (what a max-subtracted softmax feeds it); inputs below -87 give 0.
 #[inline(always)]
 pub fn exp_nonpositive(x: f32) -> f32 {
+    use qwen3_quant_kernels::dense::exp_poly::{LN2_HI, LN2_LO, P};
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding and subtracting rounds to an integer
     let x = x.max(-87.0);
     let n = (x * LOG2E + ROUND) - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
-    // Cephes expf minimax polynomial.
-    let p = 1.987_569_1e-4_f32;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5;
+    // Cephes expf minimax polynomial (separate multiply and add, not fused).
+    let p = P[1..].iter().fold(P[0], |p, &c| p * r + c);
     let y = p * r * r + r + 1.0;
     let bits = ((n as i32 + 127) as u32) << 23;
     y * f32::from_bits(bits)

@@ -12,7 +12,7 @@
 
 use std::arch::x86_64::*;
 
-use super::x86_avx512::Q8View;
+use super::x86_avx512::{Prefetch, Q8View};
 
 /// Per-half `scale` vectors of the 64-byte block holding superblocks `sb0..sb0 + NSB` (lane `i`
 /// of the 16 belongs to superblock `sb0 + i / (16 / NSB)`; half 0 holds lanes 0..8).
@@ -48,7 +48,7 @@ unsafe fn plane<const P: usize, const NSB: usize, const R: usize>(
     sc: [*const f32; R],
     gidx: *const u32,
     acc: &mut [[__m256; 2]; R],
-    prefetch: (*const u8, usize),
+    pf: Prefetch,
 ) {
     let k = 8 / P;
     let nfull = plane_bytes / 64;
@@ -63,13 +63,7 @@ unsafe fn plane<const P: usize, const NSB: usize, const R: usize>(
                 _mm256_loadu_ps(dxv.add(blk * 16)),
                 _mm256_loadu_ps(dxv.add(blk * 16 + 8)),
             ];
-            // The next rows' span, one step per block (prefetch never faults).
-            let (next, step) = prefetch;
-            let mut off = blk * step;
-            while off < (blk + 1) * step {
-                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(off) as *const i8);
-                off += 64;
-            }
+            pf.issue(blk);
             let mut v = [[_mm256_setzero_si256(); 2]; R];
             for r in 0..R {
                 let src = if blk < nfull {
@@ -131,7 +125,7 @@ unsafe fn plane3<const R: usize>(
     sc: [*const f32; R],
     gidx: *const u32,
     acc: &mut [[__m256; 2]; R],
-    prefetch: (*const u8, usize),
+    pf: Prefetch,
 ) {
     let lo_bytes = pad / 4;
     let n_sb = pad / 128;
@@ -145,12 +139,7 @@ unsafe fn plane3<const R: usize>(
         for blk in 0..nblk {
             let xb = xq.add(blk * 256);
             let halves = if 2 * blk + 1 < n_sb { 2 } else { 1 };
-            let (next, step) = prefetch;
-            let mut off = blk * step;
-            while off < (blk + 1) * step {
-                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(off) as *const i8);
-                off += 64;
-            }
+            pf.issue(blk);
             let s: [[__m256; 2]; R] =
                 std::array::from_fn(|r| scale_halves::<2>(sc[r], gidx, blk * 2));
             for h in 0..halves {
@@ -213,16 +202,16 @@ unsafe fn rows_impl<const R: usize>(
             b => (v.pad * b / 8).div_ceil(64),
         }
         .max(1);
-        let prefetch = (
-            data.wrapping_add((r0 + R) * v.row_bytes),
-            (R * v.row_bytes).div_ceil(nblk).next_multiple_of(64),
-        );
+        let pf = Prefetch {
+            next: data.wrapping_add((r0 + R) * v.row_bytes),
+            step: (R * v.row_bytes).div_ceil(nblk).next_multiple_of(64),
+        };
         let (xq, dx, gidx) = (v.xq_a.as_ptr(), v.dx_a.as_ptr(), v.gidx.as_ptr());
         match bits {
-            4 => plane::<4, 1, R>(rows, v.pad / 2, xq, dx, sc, gidx, &mut acc, prefetch),
-            2 => plane::<2, 2, R>(rows, v.pad / 4, xq, dx, sc, gidx, &mut acc, prefetch),
-            1 => plane::<1, 4, R>(rows, v.pad / 8, xq, dx, sc, gidx, &mut acc, prefetch),
-            _ => plane3::<R>(rows, v.pad, xq, dx, sc, gidx, &mut acc, prefetch),
+            4 => plane::<4, 1, R>(rows, v.pad / 2, xq, dx, sc, gidx, &mut acc, pf),
+            2 => plane::<2, 2, R>(rows, v.pad / 4, xq, dx, sc, gidx, &mut acc, pf),
+            1 => plane::<1, 4, R>(rows, v.pad / 8, xq, dx, sc, gidx, &mut acc, pf),
+            _ => plane3::<R>(rows, v.pad, xq, dx, sc, gidx, &mut acc, pf),
         }
         for (i, a) in acc.iter().enumerate() {
             let of = std::slice::from_raw_parts(offsets.add((r0 + i) * ng), ng);

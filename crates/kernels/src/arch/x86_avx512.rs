@@ -503,14 +503,16 @@ pub(crate) unsafe fn row2_dot_bf16(
 /// `step` bytes of it per block turns `R` short row streams (which the hardware prefetcher ramps
 /// up on one by one) into a single sequential stream running one group ahead.
 #[derive(Clone, Copy)]
-struct Prefetch {
-    next: *const u8,
-    step: usize,
+pub(crate) struct Prefetch {
+    /// The first byte of the next group of rows.
+    pub(crate) next: *const u8,
+    /// Bytes of it to prefetch per block of the current group.
+    pub(crate) step: usize,
 }
 
 impl Prefetch {
     #[inline(always)]
-    fn issue(self, blk: usize) {
+    pub(crate) fn issue(self, blk: usize) {
         let mut off = blk * self.step;
         let end = off + self.step;
         while off < end {
