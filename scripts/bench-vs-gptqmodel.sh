@@ -62,8 +62,9 @@ echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for pair in $(seq 1 "$PAIRS"); do
     rm -rf "$WORK/gptqmodel" "$WORK/ours"
     t0=$(now)
-    "$PY" "$HERE/gptqmodel_quantize.py" --model "$MODEL" --tokens "$TOKENS" \
-        --out "$WORK/gptqmodel" >"$WORK/gptqmodel.out" 2>"$WORK/gptqmodel.err" || {
+    # From the scratch folder: GPTQModel writes a logs/ folder into its working directory.
+    (cd "$WORK" && "$PY" "$HERE/gptqmodel_quantize.py" --model "$MODEL" --tokens "$TOKENS" \
+        --out "$WORK/gptqmodel" >"$WORK/gptqmodel.out" 2>"$WORK/gptqmodel.err") || {
         tail -20 "$WORK/gptqmodel.err" >&2
         exit 1
     }
