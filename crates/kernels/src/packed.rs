@@ -574,7 +574,7 @@ impl PackedMatrix {
     /// `y[rows] = W · x` with `x[cols]` in original column order: the decode (one-token) path.
     ///
     /// Like llama.cpp's CPU kernels, it runs the int8-activation kernel [`PackedMatrix::gemv_q8`]
-    /// where that applies (AVX-512-VNNI, codes of at most 4 bits, 128-aligned groups), which is
+    /// where that applies (AVX-512-VNNI or AVX2, codes of at most 4 bits, 128-aligned groups), which is
     /// 2–3× faster than the exact kernel and within its documented activation-rounding bound;
     /// otherwise, or with `QWEN3_QUANT_GEMV=exact` (read once), the exact
     /// [`PackedMatrix::gemv_exact`]. Prefill and evaluation ([`PackedMatrix::gemm`]) are exact.
@@ -634,8 +634,9 @@ impl PackedMatrix {
     }
 
     /// Whether [`PackedMatrix::gemv_q8`] runs an int8-activation kernel for this matrix: AVX-512
-    /// chosen with AVX-512-VNNI present, or AVX2 chosen; 1/2/3/4-bit codes; groups of a multiple of 128 columns or per-channel. Otherwise `gemv_q8` is the
-    /// exact [`PackedMatrix::gemv`].
+    /// chosen with AVX-512-VNNI present, or AVX2 chosen; 1/2/3/4-bit codes; groups of a
+    /// multiple of 128 columns or per-channel. Otherwise `gemv_q8` is the exact
+    /// [`PackedMatrix::gemv`].
     pub fn q8_gemv_applies(&self) -> bool {
         self.q8_applies(active_kernel().clamp_to_supported())
     }
@@ -659,7 +660,8 @@ impl PackedMatrix {
     /// `y = W · x` with **int8 activations** (like llama.cpp's Q8 activation blocks): `x` is
     /// quantized once per call to `q = round(x / dx)`, `dx = max|x| / 127` per block of 32
     /// (4-bit codes), 64 (2-, 3-bit) or 128 (1-bit) columns in storage order, and each block's
-    /// `Σ code·q` is an exact i32 sum (AVX-512-VNNI `vpdpbusd`, codes as the unsigned operand),
+    /// `Σ code·q` is an exact i32 sum (AVX-512-VNNI `vpdpbusd`, or AVX2 `vpmaddubsw` + `vpmaddwd`;
+    /// codes as the unsigned operand),
     /// scaled once by `scale·dx`. The offset term `Σ_g offset_g·Σ_{j∈g} x_j` uses the exact f32
     /// activations.
     ///
@@ -1377,8 +1379,7 @@ mod tests {
                         p.prepare_x(&x, &mut xs, &mut xsum);
                         let block = p.q8_block();
                         let (q, dx) = quantize_x_q8(&xs, block);
-                        // Every kernel with an int8 path takes it: AVX-512-VNNI, and AVX2 for
-                        // 1/2/4-bit codes.
+                        // Every kernel with an int8 path takes it: AVX-512-VNNI and AVX2.
                         let applies = p.q8_applies(choice);
                         let vnni =
                             choice == KernelChoice::Avx512 && crate::dispatch::cpu().avx512vnni;
