@@ -477,23 +477,13 @@ fn wide() -> bool {
     crate::dispatch::active_kernel() == crate::KernelChoice::Avx512
 }
 
-/// Columns of a weight panel of the blocked kernel in use.
+/// Rows of an activation panel and columns of a weight panel of the blocked kernel in use.
 #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
-fn panel_cols() -> usize {
+fn panel_shape() -> (usize, usize) {
     if wide() {
-        avx512::NR
+        (avx512::MR, avx512::NR)
     } else {
-        avx2::NR
-    }
-}
-
-/// Rows of an activation panel of the blocked kernel in use.
-#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
-fn panel_rows() -> usize {
-    if wide() {
-        avx512::MR
-    } else {
-        avx2::MR
+        (avx2::MR, avx2::NR)
     }
 }
 
@@ -524,7 +514,7 @@ fn give_back(cell: &'static std::thread::LocalKey<RefCell<Vec<f32>>>, v: Vec<f32
     });
 }
 
-/// Packed weights: panel `p` (`nr` output columns, [`panel_cols`]) is `[k][nr]` at `p·k·nr`.
+/// Packed weights: panel `p` (`nr` output columns, [`panel_shape`]) is `[k][nr]` at `p·k·nr`.
 #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
 struct PackedB {
     data: Vec<f32>,
@@ -550,7 +540,7 @@ fn pack_b<'w>(
 ) -> PackedB {
     use avx512::NR;
     let ku = flavor.units(k);
-    let (wide, nr) = (wide(), panel_cols());
+    let (wide, nr) = (wide(), panel_shape().1);
     let mut data = scratch(&B_PANELS, panels * ku * nr);
     data[..panels * ku * nr]
         .par_chunks_mut(ku * nr)
@@ -636,7 +626,7 @@ unsafe fn transpose_into(
 /// Panels of the weights side by side (output column `j` = lane `j % nr` of panel `j / nr`).
 #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
 fn pack_concat(weights: &[&[f32]], k: usize) -> PackedB {
-    let nr = panel_cols();
+    let nr = panel_shape().1;
     let n: usize = weights.iter().map(|w| w.len() / k).sum();
     let row = |j: usize| -> Option<&[f32]> {
         let mut j = j;
@@ -657,7 +647,7 @@ fn pack_concat(weights: &[&[f32]], k: usize) -> PackedB {
 #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
 fn pack_pairs(gate: &[f32], up: &[f32], k: usize) -> PackedB {
     let n = gate.len() / k;
-    let h = panel_cols() / 2;
+    let h = panel_shape().1 / 2;
     pack_b(Flavor::current(), n.div_ceil(h), k, |p, l| {
         let (w, j) = if l < h {
             (gate, p * h + l)
@@ -682,7 +672,7 @@ fn pack_a(
     dst: &mut [f32],
     row_buf: &mut [f32],
 ) {
-    let (wide, mr) = (wide(), panel_rows());
+    let (wide, mr) = (wide(), panel_shape().0);
     let ku = flavor.units(kc);
     for (r, panel) in dst[..rows.div_ceil(mr) * mr * ku]
         .chunks_mut(mr * ku)
@@ -793,7 +783,7 @@ fn blocked(
 ) {
     use avx512::TileStore;
     let flavor = Flavor::current();
-    let (wide, mr, nr) = (wide(), panel_rows(), panel_cols());
+    let (wide, (mr, nr)) = (wide(), panel_shape());
     let (m, k) = (lhs.m, lhs.k);
     let kc_max = if store == TileStore::SiluMul {
         k

@@ -1085,24 +1085,25 @@ pub(crate) fn quantize_x_q8(xs: &[f32], block: usize) -> (Vec<i8>, Vec<f32>) {
     let mut q = vec![0i8; xs.len()];
     let mut dx = Vec::with_capacity(xs.len() / block);
     #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
-    if crate::dispatch::cpu().avx512 {
-        for (xb, qb) in xs.chunks_exact(block).zip(q.chunks_exact_mut(block)) {
-            // SAFETY: AVX-512 checked above; both blocks hold exactly `block` (a multiple of 16) elements.
-            dx.push(unsafe {
-                crate::arch::x86_avx512::quantize_block_q8(xb.as_ptr(), qb.as_mut_ptr(), block / 16)
-            });
+    {
+        // The vector quantizer of the CPU and its lanes per vector.
+        type Block = unsafe fn(*const f32, *mut i8, usize) -> f32;
+        let cpu = crate::dispatch::cpu();
+        let vector: Option<(Block, usize)> = if cpu.avx512 {
+            Some((crate::arch::x86_avx512::quantize_block_q8, 16))
+        } else if cpu.avx2 {
+            Some((crate::arch::x86_avx2_q8::quantize_block_q8, 8))
+        } else {
+            None
+        };
+        if let Some((quantize, lanes)) = vector {
+            for (xb, qb) in xs.chunks_exact(block).zip(q.chunks_exact_mut(block)) {
+                // SAFETY: the CPU has the quantizer's features (checked above); both blocks hold
+                // exactly `block` elements, a multiple of `lanes`.
+                dx.push(unsafe { quantize(xb.as_ptr(), qb.as_mut_ptr(), block / lanes) });
+            }
+            return (q, dx);
         }
-        return (q, dx);
-    }
-    #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
-    if crate::dispatch::cpu().avx2 {
-        for (xb, qb) in xs.chunks_exact(block).zip(q.chunks_exact_mut(block)) {
-            // SAFETY: AVX2 checked above; both blocks hold exactly `block` (a multiple of 8) elements.
-            dx.push(unsafe {
-                crate::arch::x86_avx2_q8::quantize_block_q8(xb.as_ptr(), qb.as_mut_ptr(), block / 8)
-            });
-        }
-        return (q, dx);
     }
     quantize_x_q8_scalar(xs, block, &mut q, &mut dx);
     (q, dx)
