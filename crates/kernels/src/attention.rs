@@ -3,8 +3,10 @@
 //! `P · V` accumulated into a 14 × head_dim tile, so the `[seq, seq]` score matrix is never
 //! materialised and nothing but the output is written to memory.
 //!
-//! Available with AVX-512 ([`fused_available`]); the model keeps its straightforward path
-//! (the `gemm` crate and a row softmax) elsewhere, and tests compare the two. Under
+//! Available with AVX-512, and with AVX2 + FMA for head widths that are multiples of 16 (the
+//! `avx2` submodule: 12 queries × 16 keys per tile); [`fused_available`] says. The model keeps
+//! its straightforward path (the `gemm` crate and a row softmax) elsewhere, and tests compare
+//! them. Under
 //! [`Compute::Bf16`](crate::dense::Compute) on a CPU with AVX-512-BF16, `Q·Kᵀ` and `P·V` take
 //! bf16 operands (`vdpbf16ps`, f32 accumulation) like the dense products; the softmax stays f32.
 
@@ -30,10 +32,18 @@ pub struct CausalShape {
     pub scale: f32,
 }
 
-/// Whether [`causal_attention`] runs here (AVX-512 selected).
-pub fn fused_available() -> bool {
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+mod avx2;
+
+/// Whether [`causal_attention`] runs here for heads of `head_dim` floats: with AVX-512 selected,
+/// or AVX2 and `head_dim` a multiple of 16 (its tiles read values 16 lanes at a time, in place).
+pub fn fused_available(head_dim: usize) -> bool {
     cfg!(all(target_arch = "x86_64", qwen3_avx512))
-        && crate::dispatch::active_kernel() == crate::KernelChoice::Avx512
+        && match crate::dispatch::active_kernel() {
+            crate::KernelChoice::Avx512 => true,
+            crate::KernelChoice::Avx2 => head_dim % 16 == 0,
+            _ => false,
+        }
 }
 
 /// `out[t, h·hd..] = softmax(q_h(t) · K_g(..=t)ᵀ · scale) · V_g(..=t)` for every token `t` of
@@ -57,7 +67,10 @@ pub fn causal_attention(
     out: &mut [f32],
     out_rs: usize,
 ) {
-    assert!(fused_available(), "fused attention needs AVX-512");
+    assert!(
+        fused_available(shape.head_dim),
+        "fused attention needs AVX-512, or AVX2 and heads of a multiple of 16"
+    );
     let CausalShape {
         batch,
         seq,
@@ -94,17 +107,19 @@ pub fn causal_attention(
     #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
     {
         let out_addr = out.as_mut_ptr() as usize;
+        let wide = crate::dispatch::active_kernel() == crate::KernelChoice::Avx512;
         let bf16 = crate::dense::compute() == crate::dense::Compute::Bf16
             && crate::dispatch::cpu().avx512bf16;
         (0..batch * kv_heads).into_par_iter().for_each(|bg| {
             let (b, g) = (bg / kv_heads, bg % kv_heads);
-            // SAFETY: AVX-512 checked above; bounds asserted above; each task writes the
-            // columns of the query heads of its kv group in the rows of its sequence only.
+            // SAFETY: the kernel's features checked above; bounds asserted above; each task
+            // writes the columns of the query heads of its kv group in the rows of its
+            // sequence only.
             unsafe {
-                let group = if bf16 {
-                    fused::group_bf16
-                } else {
-                    fused::group
+                let group = match (wide, bf16) {
+                    (true, true) => fused::group_bf16,
+                    (true, false) => fused::group,
+                    (false, _) => avx2::group,
                 };
                 group(
                     shape,
@@ -708,10 +723,18 @@ mod tests {
 
     #[test]
     fn fused_attention_matches_the_naive_one_in_f32_and_bf16() {
-        if !fused_available() {
-            return;
-        }
         let _g = crate::test_support::hold_globals();
+        for c in crate::available_kernels() {
+            crate::set_kernel_choice(Some(c));
+            if fused_available(64) {
+                println!("{c:?}");
+                check_fused_against_naive();
+            }
+        }
+        crate::set_kernel_choice(None);
+    }
+
+    fn check_fused_against_naive() {
         // 301 tokens: 14-row panels, 32-key tiles and 256-key chunks, and an odd tail.
         let s = CausalShape {
             batch: 2,
@@ -741,7 +764,8 @@ mod tests {
         assert!(f32_err < 1e-5, "f32 attention off by {f32_err}");
         let bf16_err = max_rel(&run(Compute::Bf16), &want);
         println!("attention error: f32 {f32_err:.2e}, bf16 {bf16_err:.2e}");
-        if crate::dispatch::cpu().avx512bf16 {
+        let wide = crate::dispatch::active_kernel() == crate::KernelChoice::Avx512;
+        if wide && crate::dispatch::cpu().avx512bf16 {
             // bf16 operands: visibly not the f32 path, and within bf16's 2⁻⁸ relative rounding.
             assert!(bf16_err > 1e-4, "the bf16 path was not taken ({bf16_err})");
             assert!(bf16_err < 1e-2, "bf16 attention off by {bf16_err}");

@@ -29,7 +29,7 @@ const RB: usize = 6;
 /// [-87, 88], where the result is a normal float.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn exp8(x: __m256) -> __m256 {
+pub(crate) fn exp8(x: __m256) -> __m256 {
     let x = _mm256_min_ps(
         _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
         _mm256_set1_ps(88.0),
@@ -61,19 +61,20 @@ fn silu8(g: __m256) -> __m256 {
     _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0), e))
 }
 
-/// The `k` loop of one 6 × 16 block: rows `a[p·MR + i]` (i < 6) against the 8 weight lanes at
-/// `b[p·NR + off0..]` and the 8 at `b[p·NR + off1..]`. Named locals, as in the AVX-512 kernel,
-/// keep the accumulators in registers.
+/// The `k` loop of one 6 × 16 block: rows `a[p·AP + i·AI]` (i < 6) against the 8 weight lanes
+/// at `b[p·ldb + off0..]` and the 8 at `b[p·ldb + off1..]`. Named locals, as in the AVX-512
+/// kernel, keep the accumulators in registers.
 ///
 /// # Safety
-/// AVX2 and FMA; `a` holds `k·MR` floats from the block's first row, `b` `k·NR`, and
-/// `off0, off1 ≤ NR - 8`.
+/// AVX2 and FMA; `a` holds the addressed floats from the block's first row, `b` `k` rows of
+/// `ldb` with `off0 + 8, off1 + 8` lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn block(
+unsafe fn block<const AP: usize, const AI: usize>(
     k: usize,
     a: *const f32,
     b: *const f32,
+    ldb: usize,
     off0: usize,
     off1: usize,
 ) -> [[__m256; 2]; RB] {
@@ -83,12 +84,12 @@ unsafe fn block(
             for p in 0..k {
                 // SAFETY: p < k, offsets as documented.
                 let (b0, b1, ap) = unsafe {
-                    let bp = b.add(p * NR);
-                    (_mm256_loadu_ps(bp.add(off0)), _mm256_loadu_ps(bp.add(off1)), a.add(p * MR))
+                    let bp = b.add(p * ldb);
+                    (_mm256_loadu_ps(bp.add(off0)), _mm256_loadu_ps(bp.add(off1)), a.add(p * AP))
                 };
                 $(
-                    // SAFETY: i < RB ≤ MR.
-                    let av = _mm256_set1_ps(unsafe { *ap.add($i) });
+                    // SAFETY: i < RB rows of the block.
+                    let av = _mm256_set1_ps(unsafe { *ap.add($i * AI) });
                     $r[0] = _mm256_fmadd_ps(av, b0, $r[0]);
                     $r[1] = _mm256_fmadd_ps(av, b1, $r[1]);
                 )*
@@ -119,12 +120,37 @@ pub(crate) unsafe fn tile(
     cols: usize,
     store: TileStore,
 ) {
+    // SAFETY: the packed layouts are the strides below; extents as documented.
+    unsafe { tile_with::<MR, 1>(k, a, b, NR, c, ldc, rows, cols, store) }
+}
+
+/// [`tile`] over any operand layout: `A[i][p] = a[p·AP + i·AI]` (`AP = MR, AI = 1` is a
+/// packed panel, `AP = 1, AI = lda` a row-major matrix) and `B[p][j] = b[p·ldb + j]`, 16 lanes
+/// read per row whatever `cols` is.
+///
+/// # Safety
+/// AVX2 and FMA; `a` holds the addressed floats of `rows.div_ceil(6)·6` rows, `b` `k` rows of
+/// `ldb` with 16 readable lanes each; `c` as for [`tile`].
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) unsafe fn tile_with<const AP: usize, const AI: usize>(
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    store: TileStore,
+) {
     for g in 0..rows.div_ceil(RB) {
         let live = RB.min(rows - g * RB);
-        // SAFETY: the block's rows start inside the panel; extents as documented.
-        let (ag, cg) = unsafe { (a.add(g * RB), c.add(g * RB * ldc)) };
-        // SAFETY: offsets 0 and 8 are ≤ NR - 8.
-        let acc = unsafe { block(k, ag, b, 0, 8) };
+        // SAFETY: the block's rows start inside the operand; extents as documented.
+        let (ag, cg) = unsafe { (a.add(g * RB * AI), c.add(g * RB * ldc)) };
+        // SAFETY: offsets 0 and 8 with 16 readable lanes per row of `b`.
+        let acc = unsafe { block::<AP, AI>(k, ag, b, ldb, 0, 8) };
         if store == TileStore::SiluMul {
             let out = acc.map(|r| _mm256_mul_ps(silu8(r[0]), r[1]));
             // SAFETY: rows < live, columns < cols ≤ 8.
