@@ -28,13 +28,15 @@
 //! folded into 8 values), which in f16 would cost 1 bit per weight and in f32 2 bits.
 //!
 //! # Kernels
-//! * [`BinaryMatrix::gemv`] (decode): with AVX-512-VNNI, the activations are quantized to int8
-//!   once per call, one scale per block (`dx = max|x| / 127`, round half to even, like the
-//!   packed 4-bit decode path); per row and 64-column chunk, the codes are shifted into place,
-//!   OR'ed with the salient bits (one `vpternlogd`), looked up in the (row, block) table with one
-//!   `vpshufb` (the table sits in every 128-bit lane) and multiplied with the int8 activations by
-//!   one `vpdpbusd`; each block's exact i32 sum gets one FMA with `scale · dx`. Four rows share
-//!   each activation load. Elsewhere, or with `QWEN3_QUANT_GEMV=exact`, it is the exact kernel.
+//! * [`BinaryMatrix::gemv`] (decode): with AVX-512-VNNI or AVX2, the activations are quantized
+//!   to int8 once per call, one scale per block (`dx = max|x| / 127`, round half to even, like
+//!   the packed 4-bit decode path); per row and 64-column chunk, the codes are shifted into
+//!   place, OR'ed with the salient bits (one `vpternlogd`), looked up in the (row, block) table
+//!   with one `vpshufb` (the table sits in every 128-bit lane) and multiplied with the int8
+//!   activations by one `vpdpbusd` (AVX2: signed codes, `vpsignb` and `vpmaddubsw`, see
+//!   `arch::x86_avx2_binary`); each block's exact i32 sum gets one FMA with `scale · dx`. Four
+//!   rows share each activation load. Elsewhere, or with `QWEN3_QUANT_GEMV=exact`, it is the
+//!   exact kernel.
 //! * [`BinaryMatrix::gemv_exact`]: f32 activations, one `vpermps` lookup per 16 columns
 //!   (AVX-512) or 8 columns (AVX2), a `tbl` gather (NEON) or scalar code.
 //! * [`BinaryMatrix::gemm`] (prefill, evaluation): blocks of 64 rows are dequantized into a
@@ -553,11 +555,14 @@ impl BinaryMatrix {
         Ok(())
     }
 
-    /// Whether [`BinaryMatrix::gemv_q8_with`] runs the int8 kernel for `choice` (AVX-512 with
-    /// VNNI); otherwise it is the exact kernel.
+    /// Whether [`BinaryMatrix::gemv_q8_with`] runs an int8 kernel for `choice` (AVX-512 with
+    /// VNNI, or AVX2); otherwise it is the exact kernel.
     pub fn q8_applies(&self, choice: KernelChoice) -> bool {
-        let choice = choice.clamp_to_supported();
-        choice == KernelChoice::Avx512 && crate::dispatch::cpu().avx512vnni && cfg!(qwen3_avx512)
+        cfg!(all(target_arch = "x86_64", qwen3_avx512))
+            && matches!(
+                choice.clamp_to_supported(),
+                KernelChoice::Avx512 | KernelChoice::Avx2
+            )
     }
 
     /// `y[rows] = W · x` with the activations rounded to int8, one scale per block
@@ -600,13 +605,21 @@ impl BinaryMatrix {
             };
             let rows_per_group = crate::arch::x86_avx512_binary::Q8_ROWS;
             let scratch = rows_per_group * self.scale_stride;
+            let vnni = choice.clamp_to_supported() == KernelChoice::Avx512
+                && crate::dispatch::cpu().avx512vnni;
             split_rows(y, self.rows * self.cols, rows_per_group, |r0, ys| {
-                let mut coef = vec![0f32; scratch];
-                // SAFETY: AVX-512 + VNNI checked by `q8_applies`; the view was built for this
-                // matrix (activations cover every block, `dx`/`corr` hold `scale_stride`
-                // values, `salient` one byte per chunk column); rows `r0 .. r0 + ys.len()`
-                // exist; `coef` holds `Q8_ROWS · scale_stride` floats.
-                unsafe { crate::arch::x86_avx512_binary::gemv_q8_rows(&view, r0, ys, &mut coef) }
+                // SAFETY: `q8_applies` checked AVX-512 (+ VNNI here) or AVX2 + FMA; the view was
+                // built for this matrix (activations cover every block, `dx`/`corr` hold
+                // `scale_stride` values, `salient` one byte per chunk column); rows
+                // `r0 .. r0 + ys.len()` exist; `coef` holds `Q8_ROWS · scale_stride` floats.
+                unsafe {
+                    if vnni {
+                        let mut coef = vec![0f32; scratch];
+                        crate::arch::x86_avx512_binary::gemv_q8_rows(&view, r0, ys, &mut coef)
+                    } else {
+                        crate::arch::x86_avx2_binary::gemv_q8_rows(&view, r0, ys)
+                    }
+                }
             });
             return Ok(());
         }

@@ -5,6 +5,9 @@
 pub(crate) mod x86;
 
 #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+pub(crate) mod x86_avx2_binary;
+
+#[cfg(all(target_arch = "x86_64", qwen3_avx512))]
 pub(crate) mod x86_avx2_q8;
 
 #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
