@@ -258,7 +258,7 @@ impl Attention {
         let (qd, kd) = (self.heads * hd, self.kv_heads * hd);
         let (qkv, w) = self.qkv_fused(proj, x, seq, rope)?;
         let scale = 1.0 / (hd as f32).sqrt();
-        if attention::fused_available(hd) {
+        if attention::fused_available() {
             let mut out = vec![0.0f32; n * qd];
             let shape = CausalShape {
                 batch,

@@ -1,7 +1,6 @@
 //! The AVX2 + FMA fused causal attention: the AVX-512 module's algorithm on the AVX2 tiles of
-//! [`crate::dense::avx2`] (12 queries × 16 keys per tile, 8-lane `exp`). `P · V` reads the
-//! values in place (row stride of the q/k/v buffer), so only the keys are packed, once per kv
-//! group.
+//! [`crate::dense::avx2`] (12 queries × 16 keys per tile, 8-lane `exp`). Keys are packed in
+//! 16-key panels and values copied to a contiguous `[seq][head_dim]` block, once per kv group.
 
 use std::arch::x86_64::*;
 
@@ -25,8 +24,8 @@ fn rows4(x: &[f32], rs: usize, row0: usize, col: usize, t0: usize, end: usize) -
 /// All query heads of kv group `g` of sequence `b` (see `super::causal_attention`).
 ///
 /// # Safety
-/// AVX2 and FMA; the extents asserted by `causal_attention`; `head_dim` a multiple of [`NR`];
-/// `out` valid for the rows and columns of this group.
+/// AVX2 and FMA; the extents asserted by `causal_attention`; `out` valid for the rows and
+/// columns of this group.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn group(
@@ -53,7 +52,14 @@ pub(super) unsafe fn group(
             unsafe { transpose4(src, hd, None, kp[p * hd * NR + r..].as_mut_ptr(), NR) };
         }
     }
-    let vbase = v[row0 * kv_rs + g * hd..].as_ptr();
+    // Values of this group, contiguous `[seq][hd]`: in place, rows `kv_rs` floats apart (4 KB
+    // for Qwen3 shapes) would all fall in one L1 set and one page each.
+    // Rows are padded to a multiple of 16 floats, the lanes a tile reads.
+    let ldv = hd.next_multiple_of(NR);
+    let mut vp = vec![0.0f32; seq * ldv];
+    for (t, dst) in vp.chunks_exact_mut(ldv).enumerate() {
+        dst[..hd].copy_from_slice(&v[(row0 + t) * kv_rs + g * hd..][..hd]);
+    }
     let mut qa = vec![0.0f32; hd * MR];
     let mut sc = vec![0.0f32; MR * KEY_CHUNK];
     let mut acc = vec![0.0f32; MR * hd];
@@ -70,7 +76,16 @@ pub(super) unsafe fn group(
             // SAFETY: as documented for this function.
             unsafe {
                 panel(
-                    s.scale, hd, i0, rows, &qa, &kp, vbase, kv_rs, &mut sc, &mut acc,
+                    s.scale,
+                    hd,
+                    i0,
+                    rows,
+                    &qa,
+                    &kp,
+                    vp.as_ptr(),
+                    ldv,
+                    &mut sc,
+                    &mut acc,
                 )
             };
             for i in 0..rows {
@@ -90,7 +105,7 @@ pub(super) unsafe fn group(
 ///
 /// # Safety
 /// AVX2 and FMA; `kp` packs keys `0..` at least `i0 + rows`; `v` has those rows at stride `ldv`
-/// with `hd` (a multiple of [`NR`]) readable floats each.
+/// with `hd` rounded up to a multiple of [`NR`] readable floats each.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn panel(
@@ -133,6 +148,7 @@ unsafe fn panel(
         unsafe { online_softmax(scale, i0, rows, c0, kc, sc, &mut m, &mut l, acc, hd) };
         for d0 in (0..hd).step_by(NR) {
             // SAFETY: keys c0..c0 + kc are rows of v with NR readable floats from d0 < hd;
+            // the tile writes columns d0..hd of acc;
             // P rows (sc) of KEY_CHUNK floats, all MR of them initialised.
             unsafe {
                 tile_with::<1, KEY_CHUNK>(
@@ -143,7 +159,7 @@ unsafe fn panel(
                     acc[d0..].as_mut_ptr(),
                     hd,
                     rows,
-                    NR,
+                    (hd - d0).min(NR),
                     TileStore::Add,
                 )
             };
