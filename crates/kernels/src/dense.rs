@@ -417,6 +417,83 @@ pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f3
     gemm_crate_wt(x, m, k, w, n, y, n, false);
 }
 
+/// A `[n, k]` weight matrix packed once for the blocked kernel, for one operand multiplied
+/// with many blocks of rows ([`matmul_wt_packed`]): the perplexity head runs `lm_head` over
+/// blocks of 128 rows whose logits stay in cache, and would otherwise repack the whole
+/// embedding table for each block. Products are bit for bit those of [`matmul_wt`].
+///
+/// ```
+/// use qwen3_quant_kernels::dense::{matmul_wt, matmul_wt_packed, PackedWeight};
+/// let w: Vec<f32> = (0..3 * 4).map(|i| i as f32 * 0.5).collect();
+/// let x: Vec<f32> = (0..20 * 4).map(|i| (i % 7) as f32 - 3.0).collect();
+/// let packed = PackedWeight::new(&w, 3, 4);
+/// let (mut a, mut b) = (vec![0.0f32; 20 * 3], vec![0.0f32; 20 * 3]);
+/// matmul_wt_packed(&x, 20, &packed, &mut a);
+/// matmul_wt(&x, 20, 4, &w, 3, &mut b);
+/// assert_eq!(a, b);
+/// ```
+pub struct PackedWeight<'w> {
+    w: &'w [f32],
+    n: usize,
+    k: usize,
+    /// The panels, with the arithmetic and panel shape they were packed for (a product under
+    /// another falls back to [`matmul_wt`]).
+    #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+    packed: Option<(PackedB, Flavor, (usize, usize))>,
+}
+
+/// The largest weight [`PackedWeight::new`] packs (a copy of it is kept): 1 GiB.
+pub const MAX_PACKED_WEIGHT_BYTES: usize = 1 << 30;
+
+impl<'w> PackedWeight<'w> {
+    /// Packs `w` (`[n, k]`, row-major) when the blocked kernel runs here and the packed copy
+    /// stays within [`MAX_PACKED_WEIGHT_BYTES`]; otherwise keeps the reference only.
+    ///
+    /// # Panics
+    /// If `w` is shorter than `n·k`.
+    pub fn new(w: &'w [f32], n: usize, k: usize) -> Self {
+        assert!(w.len() >= n * k, "PackedWeight: w too short");
+        let w = &w[..n * k];
+        #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+        {
+            let fits = n * k * 4 <= MAX_PACKED_WEIGHT_BYTES;
+            let packed = (fits && k > 0 && n > 0 && blocked_available(MIN_BLOCKED_ROWS))
+                .then(|| (pack_concat(&[w], k), Flavor::current(), panel_shape()));
+            PackedWeight { w, n, k, packed }
+        }
+        #[cfg(not(all(target_arch = "x86_64", qwen3_avx512)))]
+        PackedWeight { w, n, k }
+    }
+}
+
+/// `y[m, n] = x[m, k] · wᵀ` for a [`PackedWeight`]: [`matmul_wt`] without packing `w` again.
+///
+/// # Panics
+/// If `x` or `y` is shorter than its shape.
+pub fn matmul_wt_packed(x: &[f32], m: usize, w: &PackedWeight<'_>, y: &mut [f32]) {
+    let (n, k) = (w.n, w.k);
+    assert!(
+        x.len() >= m * k && y.len() >= m * n,
+        "matmul_wt_packed: shape mismatch"
+    );
+    #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+    if let Some((packed, flavor, shape)) = &w.packed {
+        if m > 0 && blocked_available(m) && *flavor == Flavor::current() && *shape == panel_shape()
+        {
+            blocked(
+                &Lhs::new(&x[..m * k], m, k),
+                packed,
+                n,
+                avx512::TileStore::Overwrite,
+                y,
+                n,
+            );
+            return;
+        }
+    }
+    matmul_wt(x, m, k, w.w, n, y);
+}
+
 /// The `gemm` crate's `y (+)= x · wᵀ` with `y` rows of stride `y_rs`.
 #[allow(clippy::too_many_arguments)]
 fn gemm_crate_wt(

@@ -311,6 +311,15 @@ impl Qwen3Model {
         let block = ((4 << 20) / (4 * v.max(1))).clamp(dense::MIN_BLOCKED_ROWS, 128);
         let mut out = vec![0.0f32; targets.len()];
         let mut logits = Vec::new();
+        // A dense head is packed once for all the blocks, not once per block.
+        let dense_head = match &self.lm_head {
+            None => Some(&self.embed_tokens[..]),
+            Some(LinearWeight::Dense { weight, .. }) => Some(&weight[..]),
+            Some(_) => None,
+        };
+        let packed = dense_head
+            .filter(|_| targets.len() > block)
+            .map(|w| dense::PackedWeight::new(w, v, h));
         for ((hb, tb), ob) in normed
             .chunks(block * h)
             .zip(targets.chunks(block))
@@ -318,9 +327,10 @@ impl Qwen3Model {
         {
             let rows = tb.len();
             logits.resize(rows * v, 0.0);
-            match &self.lm_head {
-                Some(w) => w.forward(hb, rows, &mut logits[..rows * v])?,
-                None => dense::matmul_wt(hb, rows, h, &self.embed_tokens, v, &mut logits),
+            match (&packed, &self.lm_head) {
+                (Some(p), _) => dense::matmul_wt_packed(hb, rows, p, &mut logits),
+                (None, Some(w)) => w.forward(hb, rows, &mut logits[..rows * v])?,
+                (None, None) => dense::matmul_wt(hb, rows, h, &self.embed_tokens, v, &mut logits),
             }
             ob.par_iter_mut().enumerate().for_each(|(r, lp)| {
                 let row = &logits[r * v..(r + 1) * v];

@@ -224,52 +224,70 @@ pub(crate) unsafe fn transpose4(
     dst: *mut f32,
     ld: usize,
 ) {
-    let load = |r: usize, u: usize| -> __m128 {
+    // A null row reads the same four zeros at every column (step 0): no per-load branch.
+    let zeros = [0f32; 4];
+    let rows: [(*const f32, usize); 4] = std::array::from_fn(|r| {
         if src[r].is_null() {
-            return _mm_setzero_ps();
+            (zeros.as_ptr(), 0)
+        } else {
+            (src[r], 1)
         }
-        // SAFETY: u + 4 ≤ len floats of a non-null row (caller).
-        let x = unsafe { _mm_loadu_ps(src[r].add(u)) };
+    });
+    // SAFETY: forwarded contract; the null rows read `zeros` only.
+    unsafe {
         match norm {
-            // SAFETY: as above for the weight.
-            Some((w, inv)) => _mm_mul_ps(
-                unsafe { _mm_loadu_ps(w.add(u)) },
-                _mm_mul_ps(x, _mm_set1_ps(inv[r])),
-            ),
-            None => x,
-        }
-    };
-    let full = len / 4 * 4;
-    for u in (0..full).step_by(4) {
-        let (v0, v1, v2, v3) = (load(0, u), load(1, u), load(2, u), load(3, u));
-        let (t0, t1) = (_mm_unpacklo_ps(v0, v1), _mm_unpacklo_ps(v2, v3));
-        let (t2, t3) = (_mm_unpackhi_ps(v0, v1), _mm_unpackhi_ps(v2, v3));
-        let cols = [
-            _mm_movelh_ps(t0, t1),
-            _mm_movehl_ps(t1, t0),
-            _mm_movelh_ps(t2, t3),
-            _mm_movehl_ps(t3, t2),
-        ];
-        for (c, &col) in cols.iter().enumerate() {
-            // SAFETY: column u + c < len of `dst`'s extent (caller).
-            unsafe { _mm_storeu_ps(dst.add((u + c) * ld), col) };
+            None => transpose4_rows::<false>(rows, len, std::ptr::null(), [1.0; 4], dst, ld),
+            Some((w, inv)) => transpose4_rows::<true>(rows, len, w, inv, dst, ld),
         }
     }
-    for u in full..len {
-        for r in 0..4 {
-            let v = if src[r].is_null() {
-                0.0
+}
+
+/// [`transpose4`] over `(start, step)` rows (`step` 1, or 0 for a row of zeros), normalised
+/// when `NORM`.
+///
+/// # Safety
+/// As [`transpose4`]; a row of step 0 holds 4 floats.
+#[inline(always)]
+unsafe fn transpose4_rows<const NORM: bool>(
+    rows: [(*const f32, usize); 4],
+    len: usize,
+    weight: *const f32,
+    inv: [f32; 4],
+    dst: *mut f32,
+    ld: usize,
+) {
+    // SAFETY (whole body): columns u < len of each row and of `weight` (step-0 rows: their 4
+    // floats), and the documented extent of `dst`. Called from `transpose4`, which enables AVX2.
+    unsafe {
+        let vinv = inv.map(|v| _mm_set1_ps(v));
+        let load = |r: usize, u: usize| -> __m128 {
+            let (p, step) = rows[r];
+            let x = _mm_loadu_ps(p.add(u * step));
+            if NORM {
+                _mm_mul_ps(_mm_loadu_ps(weight.add(u)), _mm_mul_ps(x, vinv[r]))
             } else {
-                // SAFETY: u < len.
-                let x = unsafe { *src[r].add(u) };
-                match norm {
-                    // SAFETY: u < len.
-                    Some((w, inv)) => (unsafe { *w.add(u) }) * (x * inv[r]),
-                    None => x,
-                }
-            };
-            // SAFETY: as documented.
-            unsafe { *dst.add(u * ld + r) = v };
+                x
+            }
+        };
+        let full = len / 4 * 4;
+        for u in (0..full).step_by(4) {
+            let (v0, v1, v2, v3) = (load(0, u), load(1, u), load(2, u), load(3, u));
+            let (t0, t1) = (_mm_unpacklo_ps(v0, v1), _mm_unpacklo_ps(v2, v3));
+            let (t2, t3) = (_mm_unpackhi_ps(v0, v1), _mm_unpackhi_ps(v2, v3));
+            _mm_storeu_ps(dst.add(u * ld), _mm_movelh_ps(t0, t1));
+            _mm_storeu_ps(dst.add((u + 1) * ld), _mm_movehl_ps(t1, t0));
+            _mm_storeu_ps(dst.add((u + 2) * ld), _mm_movelh_ps(t2, t3));
+            _mm_storeu_ps(dst.add((u + 3) * ld), _mm_movehl_ps(t3, t2));
+        }
+        for u in full..len {
+            for (r, &(p, step)) in rows.iter().enumerate() {
+                let x = *p.add(u * step);
+                *dst.add(u * ld + r) = if NORM {
+                    *weight.add(u) * (x * inv[r])
+                } else {
+                    x
+                };
+            }
         }
     }
 }
