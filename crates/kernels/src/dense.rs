@@ -548,7 +548,7 @@ pub(crate) fn blocked_available(m: usize) -> bool {
 }
 
 /// Whether the blocked kernel runs its AVX-512 tiles (else the AVX2 ones, with activation
-/// panels of [`avx2::MR`] rows and the packing done by plain loops).
+/// panels of [`avx2::MR`] rows, packed by [`avx2::transpose4`]).
 #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
 fn wide() -> bool {
     crate::dispatch::active_kernel() == crate::KernelChoice::Avx512
@@ -623,19 +623,21 @@ fn pack_b<'w>(
         .par_chunks_mut(ku * nr)
         .enumerate()
         .for_each(|(p, dst)| {
-            if flavor == Flavor::F32 && !wide {
+            if !wide {
+                // F32 or Bf16Emulated (Bf16 needs the wide kernel).
+                let round = flavor == Flavor::Bf16Emulated;
                 for l4 in (0..nr).step_by(4) {
                     let ptrs: [*const f32; 4] = std::array::from_fn(|r| {
                         src(p, l4 + r).map_or(std::ptr::null(), |row| row[..k].as_ptr())
                     });
                     // SAFETY: `blocked_available` checked AVX2 + FMA; each source row holds `k`
                     // floats; the writes `u·nr + l4 + r` (u < k, r < 4) stay in this panel.
-                    unsafe { avx2::transpose4(ptrs, k, None, dst[l4..].as_mut_ptr(), nr) };
+                    unsafe { avx2::transpose4(ptrs, k, None, round, dst[l4..].as_mut_ptr(), nr) };
                 }
                 return;
             }
-            if flavor == Flavor::Bf16Emulated || !wide {
-                let round = flavor == Flavor::Bf16Emulated;
+            if flavor == Flavor::Bf16Emulated {
+                let round = true;
                 for l in 0..nr {
                     match src(p, l) {
                         Some(row) => row[..k].iter().enumerate().for_each(|(u, &v)| {
@@ -760,7 +762,9 @@ fn pack_a(
             let row = i0 + r * mr + i;
             &lhs.x[row * lhs.rs + k0..row * lhs.rs + k0 + kc]
         };
-        if flavor == Flavor::F32 && !wide {
+        if !wide {
+            // F32 or Bf16Emulated (Bf16 needs the wide kernel).
+            let round = flavor == Flavor::Bf16Emulated;
             for i4 in (0..mr).step_by(4) {
                 let ptrs: [*const f32; 4] = std::array::from_fn(|j| {
                     if i4 + j < live {
@@ -782,12 +786,12 @@ fn pack_a(
                 // SAFETY: `blocked_available` checked AVX2 + FMA; every non-null source is an
                 // `lhs` row slice of `kc` floats, the norm weights `kc` floats; the writes
                 // `u·mr + i4 + r` (u < kc, r < 4) stay inside this panel.
-                unsafe { avx2::transpose4(ptrs, kc, norm, panel[i4..].as_mut_ptr(), mr) };
+                unsafe { avx2::transpose4(ptrs, kc, norm, round, panel[i4..].as_mut_ptr(), mr) };
             }
             continue;
         }
-        if flavor == Flavor::Bf16Emulated || !wide {
-            let round = flavor == Flavor::Bf16Emulated;
+        if flavor == Flavor::Bf16Emulated {
+            let round = true;
             for i in 0..mr {
                 if i >= live {
                     (0..ku).for_each(|u| panel[u * mr + i] = 0.0);

@@ -49,7 +49,7 @@ pub(super) unsafe fn group(
         for r in (0..NR).step_by(4) {
             let src = rows4(k, kv_rs, row0, g * hd, p * NR + r, seq);
             // SAFETY: non-null rows hold `hd` floats; lanes `u·NR + r..+4` of panel p.
-            unsafe { transpose4(src, hd, None, kp[p * hd * NR + r..].as_mut_ptr(), NR) };
+            unsafe { transpose4(src, hd, None, false, kp[p * hd * NR + r..].as_mut_ptr(), NR) };
         }
     }
     // Values of this group, contiguous `[seq][hd]`: in place, rows `kv_rs` floats apart (4 KB
@@ -71,7 +71,7 @@ pub(super) unsafe fn group(
             for r in (0..MR).step_by(4) {
                 let src = rows4(q, q_rs, row0, h * hd, i0 + r, i0 + rows);
                 // SAFETY: non-null rows hold `hd` floats; `qa` holds `hd·MR`.
-                unsafe { transpose4(src, hd, None, qa[r..].as_mut_ptr(), MR) };
+                unsafe { transpose4(src, hd, None, false, qa[r..].as_mut_ptr(), MR) };
             }
             // SAFETY: as documented for this function.
             unsafe {

@@ -211,7 +211,8 @@ unsafe fn write(
 /// `dst[u·ld + r] = x_r[u]` for `r < 4`, `u < len`: four rows transposed into columns, 4 × 4
 /// blocks at a time (the operand packing of this kernel). A null row reads as zeros. With
 /// `norm = Some((weight, inv))`, `x_r[u] = weight[u] · (src_r[u] · inv[r])`, the two products
-/// in the order of the scalar RMSNorm.
+/// in the order of the scalar RMSNorm; with `round`, each value is then rounded to bf16
+/// ([`super::round_bf16`], bit for bit).
 ///
 /// # Safety
 /// AVX2; each non-null `src[r]` (and `weight`) holds `len` floats; `dst` holds the written
@@ -221,6 +222,7 @@ pub(crate) unsafe fn transpose4(
     src: [*const f32; 4],
     len: usize,
     norm: Option<(*const f32, [f32; 4])>,
+    round: bool,
     dst: *mut f32,
     ld: usize,
 ) {
@@ -235,20 +237,23 @@ pub(crate) unsafe fn transpose4(
     });
     // SAFETY: forwarded contract; the null rows read `zeros` only.
     unsafe {
-        match norm {
-            None => transpose4_rows::<false>(rows, len, std::ptr::null(), [1.0; 4], dst, ld),
-            Some((w, inv)) => transpose4_rows::<true>(rows, len, w, inv, dst, ld),
+        let (w, inv) = norm.unwrap_or((std::ptr::null(), [1.0; 4]));
+        match (norm.is_some(), round) {
+            (false, false) => transpose4_rows::<false, false>(rows, len, w, inv, dst, ld),
+            (true, false) => transpose4_rows::<true, false>(rows, len, w, inv, dst, ld),
+            (false, true) => transpose4_rows::<false, true>(rows, len, w, inv, dst, ld),
+            (true, true) => transpose4_rows::<true, true>(rows, len, w, inv, dst, ld),
         }
     }
 }
 
 /// [`transpose4`] over `(start, step)` rows (`step` 1, or 0 for a row of zeros), normalised
-/// when `NORM`.
+/// when `NORM`, rounded to bf16 when `ROUND`.
 ///
 /// # Safety
 /// As [`transpose4`]; a row of step 0 holds 4 floats.
 #[inline(always)]
-unsafe fn transpose4_rows<const NORM: bool>(
+unsafe fn transpose4_rows<const NORM: bool, const ROUND: bool>(
     rows: [(*const f32, usize); 4],
     len: usize,
     weight: *const f32,
@@ -263,8 +268,13 @@ unsafe fn transpose4_rows<const NORM: bool>(
         let load = |r: usize, u: usize| -> __m128 {
             let (p, step) = rows[r];
             let x = _mm_loadu_ps(p.add(u * step));
-            if NORM {
+            let x = if NORM {
                 _mm_mul_ps(_mm_loadu_ps(weight.add(u)), _mm_mul_ps(x, vinv[r]))
+            } else {
+                x
+            };
+            if ROUND {
+                round_bf16_4(x)
             } else {
                 x
             }
@@ -282,13 +292,36 @@ unsafe fn transpose4_rows<const NORM: bool>(
         for u in full..len {
             for (r, &(p, step)) in rows.iter().enumerate() {
                 let x = *p.add(u * step);
-                *dst.add(u * ld + r) = if NORM {
+                let x = if NORM {
                     *weight.add(u) * (x * inv[r])
                 } else {
                     x
                 };
+                *dst.add(u * ld + r) = if ROUND { super::round_bf16(x) } else { x };
             }
         }
+    }
+}
+
+/// [`super::round_bf16`] of 4 lanes, bit for bit (`half`'s rule): round to nearest even at bit
+/// 16, and a NaN keeps its top half with the quiet bit set.
+#[inline(always)]
+fn round_bf16_4(x: __m128) -> __m128 {
+    // SAFETY: SSE2 and SSE4.1 (blendv) only, enabled with AVX2 by every caller.
+    unsafe {
+        let b = _mm_castps_si128(x);
+        let hi = _mm_set1_epi32(0xffff_0000u32 as i32);
+        let lsb = _mm_and_si128(_mm_srli_epi32::<16>(b), _mm_set1_epi32(1));
+        let rounded = _mm_and_si128(
+            _mm_add_epi32(_mm_add_epi32(b, _mm_set1_epi32(0x7fff)), lsb),
+            hi,
+        );
+        let quiet = _mm_or_si128(_mm_and_si128(b, hi), _mm_set1_epi32(0x0040_0000));
+        _mm_blendv_ps(
+            _mm_castsi128_ps(rounded),
+            _mm_castsi128_ps(quiet),
+            _mm_cmpunord_ps(x, x),
+        )
     }
 }
 
@@ -323,4 +356,53 @@ pub(crate) unsafe fn sum_exp_minus(row: &[f32], max: f32) -> f64 {
     // SAFETY: four doubles.
     unsafe { _mm256_storeu_pd(s.as_mut_ptr(), _mm256_add_pd(lo, hi)) };
     (s[0] + s[1]) + (s[2] + s[3])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::arch::x86_64::*;
+
+    #[test]
+    fn vector_bf16_rounding_is_the_scalar_one() {
+        if !crate::KernelChoice::Avx2.is_supported() {
+            return;
+        }
+        let mut xs = vec![
+            0.0f32,
+            -0.0,
+            1.0,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::from_bits(0x7f80_0001), // a signalling NaN with low payload only
+            f32::from_bits(0xffc0_1234),
+            f32::from_bits(0x3f80_8000), // a tie, even below: stays
+            f32::from_bits(0x3f81_8000), // a tie, odd below: rounds up
+            f32::from_bits(0x3f80_8001),
+            f32::from_bits(0x0000_8000), // subnormal tie
+            f32::MIN_POSITIVE,
+        ];
+        xs.extend((0..4096u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761))));
+        xs.resize(xs.len().next_multiple_of(4), 0.0);
+        for c in xs.chunks_exact(4) {
+            let mut got = [0f32; 4];
+            // SAFETY: AVX2 checked above; four floats each way.
+            unsafe {
+                _mm_storeu_ps(
+                    got.as_mut_ptr(),
+                    super::round_bf16_4(_mm_loadu_ps(c.as_ptr())),
+                )
+            };
+            for (x, g) in c.iter().zip(got) {
+                assert_eq!(
+                    g.to_bits(),
+                    super::super::round_bf16(*x).to_bits(),
+                    "{:#010x}",
+                    x.to_bits()
+                );
+            }
+        }
+    }
 }
