@@ -243,7 +243,8 @@ unsafe fn online_softmax(
             unsafe { _mm256_storeu_ps(row[j..].as_mut_ptr(), e) };
             j += 8;
         }
-        l[i] = l[i] * alpha + hsum(vsum);
+        // SAFETY: AVX2 and FMA are enabled for this function.
+        l[i] = l[i] * alpha + unsafe { crate::arch::x86::hsum256(vsum) };
         if alpha != 1.0 {
             acc[i * hd..(i + 1) * hd]
                 .iter_mut()
@@ -259,13 +260,4 @@ fn hmax(v: __m256) -> f32 {
     let h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
     _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)))
-}
-
-/// The sum of 8 lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn hsum(v: __m256) -> f32 {
-    let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)))
 }
