@@ -637,12 +637,13 @@ fn pack_b<'w>(
                 return;
             }
             if flavor == Flavor::Bf16Emulated {
-                let round = true;
+                // AVX-512 without BF16: scalar rounding (the AVX2 path rounds in its transposes).
                 for l in 0..nr {
                     match src(p, l) {
-                        Some(row) => row[..k].iter().enumerate().for_each(|(u, &v)| {
-                            dst[u * nr + l] = if round { round_bf16(v) } else { v }
-                        }),
+                        Some(row) => row[..k]
+                            .iter()
+                            .enumerate()
+                            .for_each(|(u, &v)| dst[u * nr + l] = round_bf16(v)),
                         None => (0..ku).for_each(|u| dst[u * nr + l] = 0.0),
                     }
                 }
@@ -791,7 +792,7 @@ fn pack_a(
             continue;
         }
         if flavor == Flavor::Bf16Emulated {
-            let round = true;
+            // AVX-512 without BF16: scalar rounding (the AVX2 path rounds in its transposes).
             for i in 0..mr {
                 if i >= live {
                     (0..ku).for_each(|u| panel[u * mr + i] = 0.0);
@@ -800,7 +801,7 @@ fn pack_a(
                 let vals = normalised(lhs, i0 + r * mr + i, k0, src(i), row_buf);
                 vals.iter()
                     .enumerate()
-                    .for_each(|(u, &v)| panel[u * mr + i] = if round { round_bf16(v) } else { v });
+                    .for_each(|(u, &v)| panel[u * mr + i] = round_bf16(v));
             }
             continue;
         }
