@@ -11,8 +11,8 @@
 //! * `--mode f32`: the f32 forward; `bf16`: the dense products in bf16 × bf16 with f32
 //!   accumulation ([`dense::set_compute`], what `qwen3-quant eval --compute bf16` selects);
 //!   `w4`: the model quantized with RTN 4-bit g128 (asymmetric) and kept packed, so the linears
-//!   run the packed GEMM kernels with int8 activations (VNNI, [`kernels::set_prefill_int8`]; the
-//!   quantization is not timed); `w4-exact`: the same weights with f32 activations.
+//!   run the packed GEMM kernels with int8 activations (VNNI, or AVX2 `vpmaddubsw`;
+//!   [`kernels::set_prefill_int8`]; the quantization is not timed); `w4-exact`: the same weights with f32 activations.
 //!
 //! One untimed warm-up batch comes first, as on the PyTorch side. The JSON carries the workload's
 //! `gflop_per_token` (the multiply-adds of every linear, the head and the causal attention, 2

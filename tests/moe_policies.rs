@@ -86,3 +86,42 @@ fn expert_policies_choose_the_statistics_they_document() {
         "all-token statistics changed nothing"
     );
 }
+
+#[test]
+fn routing_weighted_statistics_change_the_experts_only() {
+    let Some(_) = qwen3_quant::io::assets::require("models/qwen3-moe-micro") else {
+        return;
+    };
+    let quantize = |weighted: bool| {
+        let dir = format!("{ASSETS}/models/qwen3-moe-micro");
+        let mut m = Qwen3Model::load(&dir).unwrap();
+        let calib = first_windows(&docs("calib"), 4, 256).unwrap();
+        let opts = DriverOptions::default().with_routing_weighted(weighted);
+        let gptq = Gptq::new(GptqConfig::default()).unwrap();
+        quantize_model(&mut m, Some(&calib), &gptq, &opts).unwrap()
+    };
+    let (plain, weighted) = (quantize(false), quantize(true));
+    let mut changed = 0;
+    for ((rec, (id, p)), (id_w, w)) in plain
+        .records
+        .iter()
+        .zip(&plain.quantized)
+        .zip(&weighted.quantized)
+    {
+        assert_eq!(id, id_w);
+        // Layer 0's inputs are the same in both runs; its dense linears see no routing.
+        if rec.layer != 0 {
+            continue;
+        }
+        let (p, w) = (p.dequantize(), w.dequantize());
+        if rec.module.contains("experts.") {
+            changed += usize::from(p != w);
+        } else {
+            assert_eq!(p, w, "{id}: a dense linear changed");
+        }
+    }
+    // Token counts are counts, not weights (layer 0: later layers route quantized inputs).
+    assert_eq!(plain.expert_tokens[0], weighted.expert_tokens[0]);
+    assert_eq!(plain.expert_tokens[0].0, 0);
+    assert!(changed > 0, "routing weights changed no expert");
+}

@@ -219,6 +219,11 @@ pub struct DriverOptions {
     pub activations: ActivationDtype,
     /// Which statistics quantize MoE experts that few calibration tokens reach.
     pub expert_policy: ExpertPolicy,
+    /// Weights each token of an MoE expert's statistics by its routing weight, so that the
+    /// expert's layer loss is the one its error adds to the block's output (affinity-weighted
+    /// statistics, as in MoEQuant's AGQ; [`StatsCollector::with_routing_weights`]). Dense
+    /// layers are unchanged.
+    pub routing_weighted: bool,
     /// Bytes the calibration activation buffers may take; `None`: what the system reports
     /// available (`MemAvailable`, and the cgroup limit when there is one), no check elsewhere.
     pub memory_budget: Option<u64>,
@@ -235,6 +240,7 @@ qwen3_quant_core::setters!(DriverOptions {
     weight_mode: WeightMode => with_weight_mode,
     activations: ActivationDtype => with_activations,
     expert_policy: ExpertPolicy => with_expert_policy,
+    routing_weighted: bool => with_routing_weighted,
     memory_budget: Option<u64> => with_memory_budget,
     keep_finished_layers: bool => with_keep_finished_layers,
 });
@@ -247,6 +253,7 @@ impl Default for DriverOptions {
             weight_mode: WeightMode::FakeQuant,
             activations: ActivationDtype::F32,
             expert_policy: ExpertPolicy::default(),
+            routing_weighted: false,
             memory_budget: None,
             keep_finished_layers: true,
         }
@@ -567,6 +574,13 @@ impl Driver<'_> {
         (0..n.div_ceil(cs)).map(move |c| (c * cs, ((c + 1) * cs).min(n)))
     }
 
+    /// A statistics collector for `layer` with this run's request and expert options.
+    fn collector(&self, layer: usize) -> StatsCollector {
+        StatsCollector::new(layer, self.method.stats_required())
+            .with_all_experts(self.opts.expert_policy.needs_all_tokens())
+            .with_routing_weights(self.opts.routing_weighted)
+    }
+
     /// Stats of one site over all chunks, computing each chunk's input with `input`.
     fn collect(
         &self,
@@ -575,8 +589,7 @@ impl Driver<'_> {
         fp: Option<FpStream<'_>>,
         mut input: impl FnMut(usize, usize) -> Result<(Vec<f32>, usize)>,
     ) -> Result<HashMap<Site, LinearStats>> {
-        let mut c = StatsCollector::new(layer, self.method.stats_required())
-            .with_all_experts(self.opts.expert_policy.needs_all_tokens());
+        let mut c = self.collector(layer);
         for (s0, s1) in self.chunks() {
             let (x, cols) = input(s0, s1)?;
             self.add_site(&mut c, site, fp, &x, s0, s1, cols)?;
@@ -668,8 +681,7 @@ impl Driver<'_> {
         let qd = layer.attn.q_proj.out_features();
         let mut core = vec![0.0f32; self.n_seq * seq * qd];
         {
-            let mut coll = StatsCollector::new(li, self.method.stats_required())
-                .with_all_experts(self.opts.expert_policy.needs_all_tokens());
+            let mut coll = self.collector(li);
             for (s0, s1) in self.chunks() {
                 let (r0, r1) = rows(s0, s1);
                 let x = layer.attn_input(&h.rows(r0, r1));
@@ -703,8 +715,7 @@ impl Driver<'_> {
         let inter = mlp.gate.out_features();
         let mut act = vec![0.0f32; self.n_seq * seq * inter];
         {
-            let mut coll = StatsCollector::new(li, self.method.stats_required())
-                .with_all_experts(self.opts.expert_policy.needs_all_tokens());
+            let mut coll = self.collector(li);
             for (s0, s1) in self.chunks() {
                 let (r0, r1) = rows(s0, s1);
                 let x = layer.mlp_input(&h.rows(r0, r1));
@@ -860,8 +871,7 @@ impl Driver<'_> {
         let li = layer.index;
         let keep_input = self.propagation == Propagation::Quantized;
         let input = if keep_input { Some(h.clone()) } else { None };
-        let mut coll = StatsCollector::new(li, self.method.stats_required())
-            .with_all_experts(self.opts.expert_policy.needs_all_tokens());
+        let mut coll = self.collector(li);
         let chunks: Vec<(usize, usize)> = self.chunks().collect();
         for &(s0, s1) in &chunks {
             let (r0, r1) = (s0 * seq, s1 * seq);

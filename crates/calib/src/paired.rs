@@ -122,4 +122,8 @@ impl Observer for PairedCollector<'_> {
             self.error = Some(e);
         }
     }
+
+    fn observe_routing(&mut self, layer: usize, routing: &Routing) {
+        self.stats.observe_routing(layer, routing);
+    }
 }

@@ -251,6 +251,11 @@ pub struct QuantizeArgs {
     /// statistics from N tokens, all-token statistics below).
     #[arg(long, default_value = "threshold:1", value_parser = parse_expert_policy)]
     pub expert_policy: qwen3_quant_calib::ExpertPolicy,
+    /// MoE: weight each token of an expert's calibration statistics by its routing weight
+    /// (the expert's error reaches the layer's output scaled by it); with `all-tokens`, every
+    /// token by the weight the router would have given it.
+    #[arg(long)]
+    pub routing_weighted: bool,
     /// Megabytes the calibration activations may take (default: what the system reports
     /// available). Checked before anything is allocated; the error says how many samples fit.
     #[arg(long)]

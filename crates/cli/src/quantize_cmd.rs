@@ -200,6 +200,7 @@ pub fn run(mut a: QuantizeArgs) -> anyhow::Result<()> {
             ActivationDtype::F32
         })
         .with_expert_policy(a.expert_policy)
+        .with_routing_weighted(a.routing_weighted)
         .with_memory_budget(a.memory_budget_mb.map(|mb| mb * 1_000_000));
     let refs = plan.transform_refs();
     let pipeline = plan.pipeline(&refs);
@@ -331,6 +332,7 @@ pub fn run(mut a: QuantizeArgs) -> anyhow::Result<()> {
         "calibration": calib.as_ref().map(|c| json!({"description": c.description, "samples": c.len(), "seq_len": c.seq_len, "tokens": c.tokens()})),
         "expert_tokens": expert_tokens,
         "expert_policy": format!("{:?}", a.expert_policy),
+        "routing_weighted": a.routing_weighted,
         "projection": {"total_flops": projection.total_flops, "forward_flops": projection.forward_flops,
                        "stats_flops": projection.stats_flops, "solve_flops": projection.solve_flops, "search_flops": projection.search_flops,
                        "activation_bytes": projection.activation_bytes, "gemm_gflops": gflops, "eta_seconds": eta},

@@ -392,6 +392,29 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
+/// `g[i] = silu(g[i]) · u[i]`: SwiGLU's combination of separately computed gate and up
+/// products (packed weights), with the vector `exp` of the fused dense epilogue where the CPU
+/// has AVX2, so both paths round alike.
+///
+/// # Panics
+/// If `u` is shorter than `g`.
+pub fn silu_mul_in_place(g: &mut [f32], u: &[f32]) {
+    assert!(u.len() >= g.len(), "silu_mul_in_place: u shorter than g");
+    #[cfg(target_arch = "x86_64")]
+    if matches!(
+        crate::active_kernel(),
+        crate::KernelChoice::Avx2 | crate::KernelChoice::Avx512
+    ) {
+        // SAFETY: either choice implies AVX2 and FMA (the dispatcher clamps to the CPU); u
+        // covers g.
+        unsafe { avx2::silu_mul_in_place(g, u) };
+        return;
+    }
+    for (a, &b) in g.iter_mut().zip(u) {
+        *a = silu(*a) * b;
+    }
+}
+
 /// `y[m, n] = x[m, k] · w[n, k]ᵀ` (overwrites `y`).
 ///
 /// # Panics
@@ -1080,6 +1103,22 @@ mod tests {
             }
         }
         y
+    }
+
+    #[test]
+    fn silu_mul_matches_the_scalar_definition() {
+        // 21 elements: two vectors and a tail; large magnitudes saturate the exp clamp.
+        let g: Vec<f32> = (0..21).map(|i| (i as f32 - 10.0) * 9.7).collect();
+        let u: Vec<f32> = (0..21).map(|i| 0.5 - i as f32 * 0.125).collect();
+        let mut y = g.clone();
+        silu_mul_in_place(&mut y, &u);
+        for ((&a, &gv), &uv) in y.iter().zip(&g).zip(&u) {
+            let want = f64::from(gv) / (1.0 + (-f64::from(gv)).exp()) * f64::from(uv);
+            assert!(
+                (f64::from(a) - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "silu({gv})·{uv}: {a} vs {want}"
+            );
+        }
     }
 
     #[test]

@@ -837,7 +837,7 @@ impl PackedMatrix {
         check_len("y", checked_mul("y", m, self.rows)?, y.len())?;
         #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
         if m > GEMV_MAX_TOKENS && self.rows > 0 && self.q8_gemm_applies() {
-            self.gemm_q8_vnni(x, m, y);
+            self.gemm_q8_int8(x, m, y);
             return Ok(());
         }
         self.gemm_with(active_kernel(), x, m, y)
@@ -1081,9 +1081,18 @@ struct Q8Prep {
 /// the step of more than its own block.
 #[cfg_attr(not(all(target_arch = "x86_64", qwen3_avx512)), allow(dead_code))]
 pub(crate) fn quantize_x_q8(xs: &[f32], block: usize) -> (Vec<i8>, Vec<f32>) {
-    debug_assert!(xs.len() % SUPER == 0 && matches!(block, 32 | 64 | 128));
     let mut q = vec![0i8; xs.len()];
-    let mut dx = Vec::with_capacity(xs.len() / block);
+    let mut dx = vec![0f32; xs.len() / block];
+    quantize_x_q8_into(xs, block, &mut q, &mut dx);
+    (q, dx)
+}
+
+/// [`quantize_x_q8`] into caller-owned buffers: `q` of `xs.len()` codes and `dx` of one step
+/// per block (every element written).
+#[cfg_attr(not(all(target_arch = "x86_64", qwen3_avx512)), allow(dead_code))]
+pub(crate) fn quantize_x_q8_into(xs: &[f32], block: usize, q: &mut [i8], dx: &mut [f32]) {
+    debug_assert!(xs.len() % SUPER == 0 && matches!(block, 32 | 64 | 128));
+    debug_assert!(q.len() == xs.len() && dx.len() == xs.len() / block);
     #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
     {
         // The vector quantizer of the CPU and its lanes per vector.
@@ -1097,30 +1106,33 @@ pub(crate) fn quantize_x_q8(xs: &[f32], block: usize) -> (Vec<i8>, Vec<f32>) {
             None
         };
         if let Some((quantize, lanes)) = vector {
-            for (xb, qb) in xs.chunks_exact(block).zip(q.chunks_exact_mut(block)) {
+            let blocks = xs.chunks_exact(block).zip(q.chunks_exact_mut(block));
+            for ((xb, qb), d) in blocks.zip(dx.iter_mut()) {
                 // SAFETY: the CPU has the quantizer's features (checked above); both blocks hold
                 // exactly `block` elements, a multiple of `lanes`.
-                dx.push(unsafe { quantize(xb.as_ptr(), qb.as_mut_ptr(), block / lanes) });
+                *d = unsafe { quantize(xb.as_ptr(), qb.as_mut_ptr(), block / lanes) };
             }
-            return (q, dx);
+            return;
         }
     }
-    quantize_x_q8_scalar(xs, block, &mut q, &mut dx);
-    (q, dx)
+    quantize_x_q8_scalar(xs, block, q, dx);
 }
 
-/// Portable [`quantize_x_q8`] into `q` (zeroed, `xs.len()` bytes) and `dx` (pushed per block).
+/// Portable [`quantize_x_q8_into`].
 #[cfg_attr(not(all(target_arch = "x86_64", qwen3_avx512)), allow(dead_code))]
-pub(crate) fn quantize_x_q8_scalar(xs: &[f32], block: usize, q: &mut [i8], dx: &mut Vec<f32>) {
-    for (xb, qb) in xs.chunks_exact(block).zip(q.chunks_exact_mut(block)) {
+pub(crate) fn quantize_x_q8_scalar(xs: &[f32], block: usize, q: &mut [i8], dx: &mut [f32]) {
+    let blocks = xs.chunks_exact(block).zip(q.chunks_exact_mut(block));
+    for ((xb, qb), dx) in blocks.zip(dx.iter_mut()) {
         let amax = xb.iter().fold(0f32, |a, &v| a.max(v.abs()));
         let d = amax / 127.0;
-        dx.push(d);
+        *dx = d;
         if d > 0.0 && d.is_finite() {
             let inv = 1.0 / d;
             for (qv, &v) in qb.iter_mut().zip(xb) {
                 *qv = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
             }
+        } else {
+            qb.fill(0);
         }
     }
 }
@@ -1256,7 +1268,7 @@ mod tests {
         xs[256..384].fill(0.0);
         for block in [32, 64, 128] {
             let (q, dx) = quantize_x_q8(&xs, block);
-            let (mut q2, mut dx2) = (vec![0i8; xs.len()], Vec::new());
+            let (mut q2, mut dx2) = (vec![1i8; xs.len()], vec![f32::NAN; xs.len() / block]);
             quantize_x_q8_scalar(&xs, block, &mut q2, &mut dx2);
             assert_eq!(q, q2, "block {block}");
             assert_eq!(dx, dx2, "block {block}");

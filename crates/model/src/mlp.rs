@@ -85,9 +85,7 @@ pub(crate) fn swiglu_lhs(gate: &LinearWeight, up: &LinearWeight, x: Lhs<'_>) -> 
         let [mut g, u] =
             <[Vec<f32>; 2]>::try_from(crate::linear::apply_to_one_token(&[gate, up], &x)?)
                 .expect("one output per projection");
-        for (a, b) in g.iter_mut().zip(&u) {
-            *a = silu(*a) * b;
-        }
+        dense::silu_mul_in_place(&mut g, &u);
         return Ok(g);
     }
     let mut g = gate.apply(&x, m)?;
@@ -95,16 +93,9 @@ pub(crate) fn swiglu_lhs(gate: &LinearWeight, up: &LinearWeight, x: Lhs<'_>) -> 
     g.par_chunks_mut(4096)
         .zip(u.par_chunks(4096))
         .for_each(|(g, u)| {
-            for (a, b) in g.iter_mut().zip(u) {
-                *a = silu(*a) * b;
-            }
+            dense::silu_mul_in_place(g, u);
         });
     Ok(g)
-}
-
-#[inline]
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
 }
 
 /// The sparse MoE block: softmax router over all experts, top-k, optional renormalisation,
@@ -128,6 +119,10 @@ pub struct Routing {
     pub rows: Vec<Vec<usize>>,
     /// For each expert, the routing weight of each served row.
     pub weights: Vec<Vec<f32>>,
+    /// `[tokens, experts]`: every expert's weight for every token as if the router had chosen
+    /// it (its probability, divided by the chosen experts' sum where the block renormalises);
+    /// the chosen experts' entries equal [`Routing::weights`]. Soft statistics use it.
+    pub all_weights: Vec<f32>,
 }
 
 impl Routing {
@@ -145,6 +140,7 @@ impl MoeBlock {
         let mut routing = Routing {
             rows: vec![Vec::new(); e],
             weights: vec![Vec::new(); e],
+            all_weights: Vec::with_capacity(m * e),
         };
         let mut probs = vec![0.0f32; e];
         let mut order: Vec<usize> = (0..e).collect();
@@ -169,6 +165,7 @@ impl MoeBlock {
                 routing.rows[i].push(t);
                 routing.weights[i].push(probs[i] / norm);
             }
+            routing.all_weights.extend(probs.iter().map(|p| p / norm));
         }
         Ok(routing)
     }
@@ -196,6 +193,7 @@ impl MoeBlock {
     ) -> Result<Vec<f32>> {
         let hidden = self.router.in_features();
         let routing = self.route(x, m)?;
+        obs.observe_routing(layer, &routing);
         let mut out = vec![0.0f32; m * hidden];
         for (ei, expert) in self.experts.iter().enumerate() {
             let [g, u, d] = overrides(ei);

@@ -41,6 +41,10 @@ pub trait Observer {
     }
     /// `x` is `[rows, cols]` row-major.
     fn observe(&mut self, layer: usize, site: Site, x: &[f32], rows: usize, cols: usize);
+    /// The router's decisions of an MoE block of `layer`, reported before its expert sites:
+    /// the rows of [`Site::ExpertInput`]`(e)` and [`Site::ExpertDownInput`]`(e)` are the
+    /// tokens `routing.rows[e]`, in that order, and those of the all-token sites every token.
+    fn observe_routing(&mut self, _layer: usize, _routing: &crate::mlp::Routing) {}
     /// Whether the whole blocks' outputs of `layer` are of interest (see
     /// [`Observer::observe_block_output`]); off by default, since the fused forward adds them
     /// into the residual stream without materialising them.

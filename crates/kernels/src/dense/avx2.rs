@@ -61,6 +61,40 @@ fn silu8(g: __m256) -> __m256 {
     _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0), e))
 }
 
+/// `g[i] = silu(g[i]) · u[i]` (see [`crate::dense::silu_mul_in_place`]).
+///
+/// # Safety
+/// AVX2 and FMA; `u.len() ≥ g.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn silu_mul_in_place(g: &mut [f32], u: &[f32]) {
+    let n8 = g.len() / 8 * 8;
+    for i in (0..n8).step_by(8) {
+        // SAFETY: i + 8 ≤ n8 ≤ g.len() ≤ u.len().
+        unsafe {
+            let gp = g.as_mut_ptr().add(i);
+            let y = _mm256_mul_ps(
+                silu8(_mm256_loadu_ps(gp)),
+                _mm256_loadu_ps(u.as_ptr().add(i)),
+            );
+            _mm256_storeu_ps(gp, y);
+        }
+    }
+    let mut tail = [0f32; 8];
+    let mut tail_u = [0f32; 8];
+    let r = g.len() - n8;
+    tail[..r].copy_from_slice(&g[n8..]);
+    tail_u[..r].copy_from_slice(&u[n8..g.len()]);
+    // SAFETY: 8 floats of `tail` and of `tail_u`.
+    unsafe {
+        let y = _mm256_mul_ps(
+            silu8(_mm256_loadu_ps(tail.as_ptr())),
+            _mm256_loadu_ps(tail_u.as_ptr()),
+        );
+        _mm256_storeu_ps(tail.as_mut_ptr(), y);
+    }
+    g[n8..].copy_from_slice(&tail[..r]);
+}
+
 /// The `k` loop of one 6 × 16 block: rows `a[p·AP + i·AI]` (i < 6) against the 8 weight lanes
 /// at `b[p·ldb + off0..]` and the 8 at `b[p·ldb + off1..]`. Named locals, as in the AVX-512
 /// kernel, keep the accumulators in registers.
