@@ -82,6 +82,32 @@ fn quantize_writes_checkpoints_that_eval_inspect_and_generate_read() {
             (loaded / fake - 1.0).abs() < 1e-3,
             "{format}: {loaded} vs {fake}"
         );
+        assert_eq!(e["int8_activations"], false);
+        // int8 prefill activations: a different perplexity (the rounding shows), close to it.
+        let (ok, e8) = run(&[
+            "eval",
+            "--model",
+            out_s,
+            "--dataset",
+            "docs",
+            "--windows",
+            "1",
+            "--seq-len",
+            "256",
+            "--int8-activations",
+            "--json",
+        ]);
+        assert!(ok, "{e8}");
+        assert_eq!(e8["int8_activations"], true);
+        let int8 = e8["ppl"]["docs"]["ppl"].as_f64().unwrap();
+        assert!(
+            (int8 / loaded - 1.0).abs() < 1e-2,
+            "{format}: {int8} vs {loaded}"
+        );
+        let applies = qwen3_quant_kernels::bench::random_packed(4, 16, 256, 128, 0)
+            .unwrap()
+            .q8_gemm_applies();
+        assert_eq!(int8 != loaded, applies, "{format}: {int8} vs {loaded}");
     }
     // A format that cannot hold the request fails before quantizing, with a JSON error.
     let (ok, e) = run(&[
