@@ -61,18 +61,24 @@ fn quantize_writes_checkpoints_that_eval_inspect_and_generate_read() {
         assert_eq!(i["quantized"]["quantized_linears"], 56);
         let bpw = i["quantized"]["bits_per_weight"].as_f64().unwrap();
         assert!(bpw > 4.1 && bpw < 4.3, "{format}: {bpw}");
-        let (ok, e) = run(&[
-            "eval",
-            "--model",
-            out_s,
-            "--dataset",
-            "docs",
-            "--windows",
-            "1",
-            "--seq-len",
-            "256",
-            "--json",
-        ]);
+        // One docs window of the checkpoint, with `extra` options.
+        let eval = |extra: &[&str]| {
+            let mut args = vec![
+                "eval",
+                "--model",
+                out_s,
+                "--dataset",
+                "docs",
+                "--windows",
+                "1",
+                "--seq-len",
+                "256",
+                "--json",
+            ];
+            args.extend_from_slice(extra);
+            run(&args)
+        };
+        let (ok, e) = eval(&[]);
         assert!(ok, "{e}");
         let (loaded, fake) = (
             e["ppl"]["docs"]["ppl"].as_f64().unwrap(),
@@ -84,19 +90,7 @@ fn quantize_writes_checkpoints_that_eval_inspect_and_generate_read() {
         );
         assert_eq!(e["int8_activations"], false);
         // int8 prefill activations: a different perplexity (the rounding shows), close to it.
-        let (ok, e8) = run(&[
-            "eval",
-            "--model",
-            out_s,
-            "--dataset",
-            "docs",
-            "--windows",
-            "1",
-            "--seq-len",
-            "256",
-            "--int8-activations",
-            "--json",
-        ]);
+        let (ok, e8) = eval(&["--int8-activations"]);
         assert!(ok, "{e8}");
         assert_eq!(e8["int8_activations"], true);
         let int8 = e8["ppl"]["docs"]["ppl"].as_f64().unwrap();
