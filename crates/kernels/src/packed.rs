@@ -328,10 +328,7 @@ impl PackedMatrix {
             (Some(p), Some(sc)) => xs.extend(p.iter().map(|&j| x[j as usize] * sc[j as usize])),
         }
         xsum.clear();
-        xsum.extend(
-            xs.chunks(self.group_size)
-                .map(|c| c.iter().map(|&v| f64::from(v)).sum::<f64>() as f32),
-        );
+        xsum.extend(xs.chunks(self.group_size).map(group_sum));
         xs.resize(self.pad_cols, 0.0);
     }
 
@@ -1135,6 +1132,11 @@ pub(crate) fn quantize_x_q8_scalar(xs: &[f32], block: usize, q: &mut [i8], dx: &
             qb.fill(0);
         }
     }
+}
+
+/// The exact activation sum of one group (accumulated in f64), which the offset term multiplies.
+pub(crate) fn group_sum(xs: &[f32]) -> f32 {
+    xs.iter().map(|&v| f64::from(v)).sum::<f64>() as f32
 }
 
 /// 0: not set (read `QWEN3_QUANT_GEMM`), 1: exact, 2: int8.

@@ -107,7 +107,7 @@ impl PackedMatrix {
                         // Storage order, nothing to pad: quantize the row where it is.
                         super::quantize_x_q8_into(xi, QB, qi, di);
                         for (s, c) in si.iter_mut().zip(xi.chunks(self.group_size.max(1))) {
-                            *s = c.iter().map(|&v| f64::from(v)).sum::<f64>() as f32;
+                            *s = super::group_sum(c);
                         }
                         return;
                     }
