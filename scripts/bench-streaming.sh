@@ -4,6 +4,7 @@
 #
 #   scripts/bench-streaming.sh [--shape qwen3-8b] [--layers 16] [--dir DIR] [--samples 16]
 #                              [--seq-len 512] [--methods rtn,gptq] [--keep]
+#                              [--args "MORE QUANTIZE OPTIONS"]
 #
 # Generates (once) a synthetic checkpoint of random bf16 weights with the shape's dimensions and
 # `--layers` decoder layers (qwen3-8b × 16 = 8.66 GB), then runs `qwen3-quant quantize` on it for
@@ -14,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-shape=qwen3-8b layers=16 dir="" samples=16 seq_len=512 methods=rtn,gptq keep=0
+shape=qwen3-8b layers=16 dir="" samples=16 seq_len=512 methods=rtn,gptq keep=0 more=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --shape) shape=$2; shift 2 ;;
@@ -24,6 +25,7 @@ while [ $# -gt 0 ]; do
     --seq-len) seq_len=$2; shift 2 ;;
     --methods) methods=$2; shift 2 ;;
     --keep) keep=1; shift ;;
+    --args) more=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -48,7 +50,7 @@ for m in "${ms[@]}"; do
   out="$work/out-$m"
   echo "== $m w4 g128 (calibration $samples x $seq_len)"
   /usr/bin/time -v "$bin" quantize --model "$dir" --method "$m" --bits 4 --group-size 128 \
-      --calib docs --samples "$samples" --seq-len "$seq_len" --out "$out" --format gptq --json \
+      --calib docs --samples "$samples" --seq-len "$seq_len" --out "$out" --format gptq --json $more \
       > "$work/$m.json" 2> "$work/$m.time"
   grep -E "Maximum resident|Elapsed" "$work/$m.time" | sed 's/^\s*/  /'
   python3 - "$work/$m.json" <<'EOF'

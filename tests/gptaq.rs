@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use qwen3_quant::calib::{first_windows, quantize_model, DriverOptions};
+use qwen3_quant::calib::{first_windows, quantize_model, DriverOptions, SubBlockInputs};
 use qwen3_quant::core::{Bits, LinearKind, Quantizer};
 use qwen3_quant::gptq::{Gptq, GptqConfig};
 
@@ -51,6 +51,58 @@ fn full_precision_targets_change_the_linears_whose_inputs_differ() {
             Gptq::new(plain_cfg.with_asymmetric(Some(bad))).is_err(),
             "{bad}"
         );
+    }
+}
+
+/// True-sequential calibration may recompute the attention outputs and `down_proj` inputs
+/// chunk by chunk instead of keeping them for all windows (what the driver does when they do
+/// not fit in memory): the quantized model must be the same bit for bit, with and without the
+/// full-precision targets' second stream, and with bf16 activation buffers.
+#[test]
+fn recomputing_sub_block_inputs_quantizes_the_same_bits_as_keeping_them() {
+    let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else {
+        return;
+    };
+    use qwen3_quant::calib::ActivationDtype;
+    let calib = first_windows(&docs("calib"), 3, 128).unwrap();
+    let w3 = GptqConfig::default()
+        .with_bits(Bits::new(3).unwrap())
+        .with_group_size(Some(128))
+        .with_act_order(true);
+    let asym = w3
+        .with_asymmetric(Some(0.25))
+        .with_asymmetric_min_tokens_per_input(0);
+    for (cfg, activations) in [(asym, ActivationDtype::F32), (w3, ActivationDtype::Bf16)] {
+        let run = |inputs| {
+            let mut m = micro();
+            // 2 windows per chunk: 2 chunks, the last one short.
+            let opts = DriverOptions::default()
+                .with_chunk_sequences(2)
+                .with_activations(activations)
+                .with_sub_block_inputs(inputs);
+            let run = quantize_model(&mut m, Some(&calib), &Gptq::new(cfg).unwrap(), &opts);
+            (run.unwrap().quantized, m.layers[7].clone())
+        };
+        let (kept, kept_layer) = run(SubBlockInputs::Keep);
+        let (recomputed, recomputed_layer) = run(SubBlockInputs::Recompute);
+        assert_eq!(kept.len(), 56);
+        assert!(
+            kept == recomputed,
+            "{cfg:?} {activations:?}: quantized linears differ"
+        );
+        // The last layer's weights come from inputs that every earlier layer's output fed.
+        for kind in [LinearKind::Q, LinearKind::O, LinearKind::Down] {
+            let (a, b) = (
+                kept_layer.linear(kind, None).unwrap().dense_view(),
+                recomputed_layer.linear(kind, None).unwrap().dense_view(),
+            );
+            assert!(
+                a.iter()
+                    .zip(b.iter())
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{kind:?}"
+            );
+        }
     }
 }
 

@@ -232,6 +232,26 @@ pub struct DriverOptions {
     /// that one layer is resident at a time. The returned model then holds no decoder layers and
     /// the run's `quantized` list stays empty; the store has them.
     pub keep_finished_layers: bool,
+    /// Whether true-sequential calibration keeps each layer's attention outputs and
+    /// `down_proj` inputs for all windows or recomputes them chunk by chunk (same values).
+    pub sub_block_inputs: SubBlockInputs,
+}
+
+/// What true-sequential calibration does with a sub-block's inputs (the attention output that
+/// feeds `o_proj`, the activation that feeds `down_proj`) between collecting their statistics
+/// and computing the layer's output. At the reference protocol's 128 × 2048 tokens, Qwen3-8B's
+/// `down_proj` inputs are 12.9 GB in f32; recomputing them costs one more pass of the layer's
+/// attention or gate/up products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubBlockInputs {
+    /// Keep them when they fit in half of the memory budget or of the memory available.
+    #[default]
+    Auto,
+    /// Always keep them.
+    Keep,
+    /// Always recompute them.
+    Recompute,
 }
 
 qwen3_quant_core::setters!(DriverOptions {
@@ -243,6 +263,7 @@ qwen3_quant_core::setters!(DriverOptions {
     routing_weighted: bool => with_routing_weighted,
     memory_budget: Option<u64> => with_memory_budget,
     keep_finished_layers: bool => with_keep_finished_layers,
+    sub_block_inputs: SubBlockInputs => with_sub_block_inputs,
 });
 
 impl Default for DriverOptions {
@@ -256,6 +277,7 @@ impl Default for DriverOptions {
             routing_weighted: false,
             memory_budget: None,
             keep_finished_layers: true,
+            sub_block_inputs: SubBlockInputs::Auto,
         }
     }
 }
@@ -432,9 +454,24 @@ struct Driver<'a> {
     opts: &'a DriverOptions,
     n_seq: usize,
     seq: usize,
+    /// Windows per chunk: the option, capped by [`chunk_sequences`].
+    chunk_sequences: usize,
     rope: Rope,
     run: QuantizationRun,
     pb: ProgressBar,
+}
+
+/// Bytes the widest per-chunk activation of a calibration forward may take. At the reference
+/// protocol's 8 windows per chunk this caps nothing up to 1024-token windows of a 12288-wide
+/// MLP (Qwen3-8B); at 2048 tokens it halves the chunk, whose gate, up and product buffers
+/// would otherwise take 2.4 GB.
+const CHUNK_BUFFER_BYTES: usize = 512 << 20;
+
+/// Windows per chunk: at most `requested`, and few enough that the widest per-token
+/// activation (`widest` f32: the MLP's intermediate or q) stays within [`CHUNK_BUFFER_BYTES`].
+fn chunk_sequences(requested: usize, seq: usize, widest: usize) -> usize {
+    let per_window = (seq * widest * 4).max(1);
+    (CHUNK_BUFFER_BYTES / per_window).clamp(1, requested.max(1))
 }
 
 impl Driver<'_> {
@@ -570,7 +607,7 @@ impl Driver<'_> {
 
     /// Rows of one chunk of whole sequences.
     fn chunks(&self) -> impl Iterator<Item = (usize, usize)> {
-        let (n, cs) = (self.n_seq, self.opts.chunk_sequences.max(1));
+        let (n, cs) = (self.n_seq, self.chunk_sequences);
         (0..n.div_ceil(cs)).map(move |c| (c * cs, ((c + 1) * cs).min(n)))
     }
 
@@ -677,9 +714,11 @@ impl Driver<'_> {
             &stats,
         )?;
 
-        // [o] on the attention output of the quantized q/k/v; keep it for the residual update.
+        // [o] on the attention output of the quantized q/k/v, kept for the residual update when
+        // it fits and recomputed from `h` (not yet updated) when it does not.
         let qd = layer.attn.q_proj.out_features();
-        let mut core = vec![0.0f32; self.n_seq * seq * qd];
+        let keep_core = self.keep_sub_block_inputs(qd);
+        let mut core = Vec::new();
         {
             let mut coll = self.collector(li);
             for (s0, s1) in self.chunks() {
@@ -687,7 +726,9 @@ impl Driver<'_> {
                 let x = layer.attn_input(&h.rows(r0, r1));
                 let c = layer.attn.core(&x, s1 - s0, seq, &self.rope)?;
                 self.add_site(&mut coll, Site::OInput, fp, &c, s0, s1, qd)?;
-                core[r0 * qd..r1 * qd].copy_from_slice(&c);
+                if keep_core {
+                    core.extend_from_slice(&c);
+                }
             }
             let stats = coll.finish(self.n_seq)?;
             self.quantize_group(layer, &[id(LinearKind::O)], &stats)?;
@@ -696,8 +737,15 @@ impl Driver<'_> {
         // Residual update with the quantized o, then [up, gate] on post_attention_layernorm.
         for (s0, s1) in self.chunks() {
             let (r0, r1) = rows(s0, s1);
-            let o = layer.attn.output(&core[r0 * qd..r1 * qd], r1 - r0)?;
             let mut x = h.rows(r0, r1);
+            let o = if keep_core {
+                layer.attn.output(&core[r0 * qd..r1 * qd], r1 - r0)?
+            } else {
+                let c = layer
+                    .attn
+                    .core(&layer.attn_input(&x), s1 - s0, seq, &self.rope)?;
+                layer.attn.output(&c, r1 - r0)?
+            };
             add_in_place(&mut x, &o);
             h.set_rows(r0, &x);
         }
@@ -708,12 +756,14 @@ impl Driver<'_> {
         })?;
         self.quantize_group(layer, &[id(LinearKind::Up), id(LinearKind::Gate)], &stats)?;
 
-        // [down] on the activation of the quantized gate/up, kept for the output.
+        // [down] on the activation of the quantized gate/up, kept for the output when it fits
+        // and recomputed when it does not.
         let FeedForward::Dense(mlp) = &layer.ffn else {
             unreachable!("dense layer")
         };
         let inter = mlp.gate.out_features();
-        let mut act = vec![0.0f32; self.n_seq * seq * inter];
+        let keep_act = self.keep_sub_block_inputs(inter);
+        let mut act = Vec::new();
         {
             let mut coll = self.collector(li);
             for (s0, s1) in self.chunks() {
@@ -721,7 +771,9 @@ impl Driver<'_> {
                 let x = layer.mlp_input(&h.rows(r0, r1));
                 let a = mlp.activation(&x, r1 - r0)?;
                 self.add_site(&mut coll, Site::DownInput, fp, &a, s0, s1, inter)?;
-                act[r0 * inter..r1 * inter].copy_from_slice(&a);
+                if keep_act {
+                    act.extend_from_slice(&a);
+                }
             }
             let stats = coll.finish(self.n_seq)?;
             self.quantize_group(layer, &[id(LinearKind::Down)], &stats)?;
@@ -731,12 +783,36 @@ impl Driver<'_> {
         };
         for (s0, s1) in self.chunks() {
             let (r0, r1) = rows(s0, s1);
-            let y = mlp.down.apply(&act[r0 * inter..r1 * inter], r1 - r0)?;
             let mut x = h.rows(r0, r1);
+            let y = if keep_act {
+                mlp.down.apply(&act[r0 * inter..r1 * inter], r1 - r0)?
+            } else {
+                let a = mlp.activation(&layer.mlp_input(&x), r1 - r0)?;
+                mlp.down.apply(&a, r1 - r0)?
+            };
             add_in_place(&mut x, &y);
             h.set_rows(r0, &x);
         }
         Ok(())
+    }
+
+    /// Whether true-sequential calibration keeps a sub-block's inputs (the attention output or
+    /// `down_proj`'s inputs, `width` f32 per token) between collecting their statistics and
+    /// computing the layer's output. Kept when they fit in half of the memory budget or of the
+    /// memory available now (saving one forward of that sub-block); otherwise each chunk's are
+    /// recomputed from the same inputs by the same kernels, which gives the same values.
+    fn keep_sub_block_inputs(&self, width: usize) -> bool {
+        match self.opts.sub_block_inputs {
+            SubBlockInputs::Keep => true,
+            SubBlockInputs::Recompute => false,
+            SubBlockInputs::Auto => {
+                let bytes = (self.n_seq * self.seq * width * 4) as u64;
+                self.opts
+                    .memory_budget
+                    .or_else(available_memory_bytes)
+                    .is_none_or(|avail| bytes <= avail / 2)
+            }
+        }
     }
 
     /// Runs the pipeline's transforms on `layer` (whose inputs are `h`) and records what they
@@ -766,7 +842,7 @@ impl Driver<'_> {
             &rope,
             self.n_seq,
             self.seq,
-            self.opts.chunk_sequences,
+            self.chunk_sequences,
             pipeline.transform_needs(),
             self.opts.expert_policy,
             keep,
@@ -1324,6 +1400,7 @@ fn run_layers(
             opts,
             n_seq: 0,
             seq: 0,
+            chunk_sequences: 1,
             rope: Rope::new(2, 1.0, 0),
             run,
             pb,
@@ -1358,6 +1435,11 @@ fn run_layers(
         opts,
         n_seq,
         seq,
+        chunk_sequences: chunk_sequences(
+            opts.chunk_sequences,
+            seq,
+            model.config.intermediate_size.max(model.config.q_dim()),
+        ),
         rope: model.rope(seq),
         run,
         pb,
@@ -1374,6 +1456,7 @@ fn run_layers(
             method.stats_required(),
             true_seq,
             method.full_precision_targets(),
+            opts.sub_block_inputs == SubBlockInputs::Keep,
         ),
         opts.memory_budget.or_else(available_memory_bytes),
     )?;
@@ -1515,6 +1598,7 @@ impl LayerWorkingSet {
         stats: qwen3_quant_core::StatsRequest,
         true_seq: bool,
         full_precision_targets: bool,
+        keeps_sub_block_inputs: bool,
     ) -> Self {
         let (h, qd, kvd) = (
             config.hidden_size as f64,
@@ -1544,7 +1628,8 @@ impl LayerWorkingSet {
         };
         if stats.hessian {
             ws.fixed += 16.0 * widest * widest + 3.0 * 4.0 * h * widest;
-            if true_seq {
+            // `down_proj`'s inputs, unless the driver may recompute them when they do not fit.
+            if true_seq && keeps_sub_block_inputs {
                 ws.per_token = 4.0 * inter;
             }
         }
@@ -1655,7 +1740,7 @@ mod memory_tests {
             hessian: true,
             channel_stats: false,
         };
-        let gptq = LayerWorkingSet::of(&c, hess, true, false);
+        let gptq = LayerWorkingSet::of(&c, hess, true, false, true);
         // Layer: 4096·(4096 + 2·1024 + 4096) + 3·4096·12288 weights = 0.78 GB in f32;
         // 16·12288² = 2.42 GB of factors; 3 × 201 MB copies of down_proj.
         assert!(
@@ -1663,10 +1748,22 @@ mod memory_tests {
             "{gptq:?}"
         );
         assert_eq!(gptq.per_token, 4.0 * 12288.0);
-        let awq = LayerWorkingSet::of(&c, qwen3_quant_core::StatsRequest::default(), false, false);
+        // A driver that may recompute `down_proj`'s inputs does not reserve them.
+        let recomputing = LayerWorkingSet::of(&c, hess, true, false, false);
+        assert_eq!(
+            (recomputing.fixed, recomputing.per_token),
+            (gptq.fixed, 0.0)
+        );
+        let awq = LayerWorkingSet::of(
+            &c,
+            qwen3_quant_core::StatsRequest::default(),
+            false,
+            false,
+            true,
+        );
         assert!((awq.fixed / 1e9 - 0.7734).abs() < 0.01 && awq.per_token == 0.0);
         // GPTAQ: a second f32 layer and a second activation stream.
-        let gptaq = LayerWorkingSet::of(&c, hess, true, true);
+        let gptaq = LayerWorkingSet::of(&c, hess, true, true, true);
         assert!((gptaq.fixed - gptq.fixed - 4.0 * 192_937_984.0).abs() < 1.0);
         assert_eq!(gptaq.extra_streams, 1.0);
         // Per 512-token sample: 512·(4096·12 + 4·12288) B = 50.3 MB in f32 (41.9 MB with bf16
@@ -1681,6 +1778,18 @@ mod memory_tests {
         let e = check(3 << 30).unwrap_err().to_string();
         assert!(e.contains("one layer alone needs about 3792 MB"), "{e}");
         assert!(!e.contains("bf16"), "{e}");
+    }
+
+    #[test]
+    fn chunks_are_capped_by_their_widest_buffer() {
+        // qwen3-micro (intermediate 1536) and Qwen3-8B (12288) at 1024 tokens: as requested.
+        assert_eq!(chunk_sequences(8, 1024, 1536), 8);
+        assert_eq!(chunk_sequences(8, 1024, 12288), 8);
+        // Qwen3-8B at 2048 tokens: 100 MB per window and buffer, 5 windows in 512 MiB.
+        assert_eq!(chunk_sequences(8, 2048, 12288), 5);
+        // Never fewer than one window, never more than requested.
+        assert_eq!(chunk_sequences(8, 1 << 20, 1 << 16), 1);
+        assert_eq!(chunk_sequences(0, 16, 16), 1);
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub use data::{awq_blocks, first_windows, gptq_windows, random_windows, Calibrat
 pub use driver::{
     peak_rss_mb, quantize_checkpoint, quantize_checkpoint_resumable, quantize_checkpoint_streamed,
     quantize_checkpoint_with, quantize_model, quantize_model_with, DriverOptions, ExpertPolicy,
-    LinearRecord, Pipeline, QuantizationRun, TransformLog, WeightMode,
+    LinearRecord, Pipeline, QuantizationRun, SubBlockInputs, TransformLog, WeightMode,
 };
 pub use error::{CalibError, Result};
 pub use projection::{measure_gemm_gflops, project, Projection, SearchCost};

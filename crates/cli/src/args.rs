@@ -98,6 +98,14 @@ pub enum ComputeArg {
     Bf16,
 }
 
+/// `--sub-block-inputs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SubBlockInputsArg {
+    Auto,
+    Keep,
+    Recompute,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum MethodArg {
     Rtn,
@@ -266,6 +274,13 @@ pub struct QuantizeArgs {
     /// available). Checked before anything is allocated; the error says how many samples fit.
     #[arg(long)]
     pub memory_budget_mb: Option<u64>,
+    /// True-sequential calibration (GPTQ): keep every window's attention outputs and down_proj
+    /// inputs between their statistics and the layer's output (keep), recompute them chunk by
+    /// chunk (recompute: same results, one more pass of those sub-blocks, no buffer of
+    /// samples × seq × intermediate floats), or keep them when they fit in half of the memory
+    /// (auto).
+    #[arg(long, value_enum, default_value_t = SubBlockInputsArg::Auto)]
+    pub sub_block_inputs: SubBlockInputsArg,
     /// BiLLM: columns per block (structural search, means/scales and error-feedback span; a multiple of 64).
     #[arg(long, default_value_t = 128)]
     pub blocksize: usize,

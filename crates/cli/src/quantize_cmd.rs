@@ -6,14 +6,14 @@ use anyhow::{bail, Context};
 use qwen3_quant_calib::{
     measure_gemm_gflops, peak_rss_mb, project, quantize_checkpoint_resumable,
     quantize_checkpoint_streamed, quantize_checkpoint_with, ActivationDtype, CalibrationSet,
-    DriverOptions, QuantizationRun, WeightMode,
+    DriverOptions, QuantizationRun, SubBlockInputs, WeightMode,
 };
 use qwen3_quant_formats::{Fingerprint, ResumeDir};
 use qwen3_quant_io::Checkpoint;
 use qwen3_quant_model::{ActExecution, Qwen3Model, Tokenizer};
 use serde_json::{json, Value};
 
-use crate::args::{ActExecArg, ComputeArg, FormatArg, MethodArg, QuantizeArgs};
+use crate::args::{ActExecArg, ComputeArg, FormatArg, MethodArg, QuantizeArgs, SubBlockInputsArg};
 use crate::calib_source::calibration_set;
 use crate::eval_cmd::{data_dir, ppl_of};
 use crate::output::print_json;
@@ -79,6 +79,9 @@ fn fingerprint(a: &QuantizeArgs, calib: Option<&CalibrationSet>) -> anyhow::Resu
     m.resume = false;
     m.json = false;
     m.act_exec = ActExecArg::Auto;
+    // Memory options choose between keeping and recomputing buffers, not the arithmetic.
+    m.memory_budget_mb = None;
+    m.sub_block_inputs = SubBlockInputsArg::Auto;
     let method = format!("{m:?}");
     Ok(Fingerprint::new()
         .with("model", Fingerprint::model_digest(&a.model)?)
@@ -201,7 +204,12 @@ pub fn run(mut a: QuantizeArgs) -> anyhow::Result<()> {
         })
         .with_expert_policy(a.expert_policy)
         .with_routing_weighted(a.routing_weighted)
-        .with_memory_budget(a.memory_budget_mb.map(|mb| mb * 1_000_000));
+        .with_memory_budget(a.memory_budget_mb.map(|mb| mb * 1_000_000))
+        .with_sub_block_inputs(match a.sub_block_inputs {
+            SubBlockInputsArg::Auto => SubBlockInputs::Auto,
+            SubBlockInputsArg::Keep => SubBlockInputs::Keep,
+            SubBlockInputsArg::Recompute => SubBlockInputs::Recompute,
+        });
     let refs = plan.transform_refs();
     let pipeline = plan.pipeline(&refs);
     qwen3_quant_kernels::dense::set_compute(match a.compute {
