@@ -304,6 +304,73 @@ impl PackedMatrix {
         out
     }
 
+    /// The dense f32 weight for an `m`-token product, when [`PackedMatrix::gemm`] would run it
+    /// through the dense blocked kernel on f32 activations anyway (enough tokens for the blocked
+    /// kernel, no int8 prefill activations that apply to this matrix) and the weight takes at
+    /// most `max_bytes` in f32. A caller that has several such weights reading the same input
+    /// (q/k/v, gate/up) multiplies them in one fused dense product, with the dense model's
+    /// epilogues, instead of one product each; the values are those of
+    /// [`PackedMatrix::dequantize`] (original column order, input scale applied), dequantized
+    /// in parallel by the SIMD kernels.
+    ///
+    /// ```
+    /// use qwen3_quant_kernels::PackedMatrix;
+    /// let codes: Vec<u8> = (0..64 * 128).map(|i| (i % 16) as u8).collect();
+    /// let params = vec![0.5f32; 64];
+    /// let p = PackedMatrix::new(4, 64, 128, 128, &codes, &params, &params, None).unwrap();
+    /// if let Some(w) = p.dequantized_for_prefill(256, 1 << 20) {
+    ///     // The SIMD dequantization fuses `scale·code + offset` into one rounding.
+    ///     let exact = p.dequantize();
+    ///     assert!(w.iter().zip(&exact).all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs().max(1.0)));
+    /// }
+    /// assert!(p.dequantized_for_prefill(1, 1 << 20).is_none()); // one token: the GEMV kernels
+    /// assert!(p.dequantized_for_prefill(256, 1024).is_none()); // over the size limit
+    /// ```
+    pub fn dequantized_for_prefill(&self, m: usize, max_bytes: usize) -> Option<Vec<f32>> {
+        let choice = active_kernel().clamp_to_supported();
+        let int8 = prefill_int8() && cfg!(all(target_arch = "x86_64", qwen3_avx512)) && {
+            #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+            let applies = self.q8_gemm_applies();
+            #[cfg(not(all(target_arch = "x86_64", qwen3_avx512)))]
+            let applies = false;
+            applies
+        };
+        let bytes = self.rows.checked_mul(self.cols)?.checked_mul(4)?;
+        if m <= GEMV_MAX_TOKENS
+            || int8
+            || choice == KernelChoice::Scalar
+            || !crate::dense::blocked_available(m)
+            || bytes > max_bytes
+            || self.rows == 0
+            || self.cols == 0
+        {
+            return None;
+        }
+        let cols = self.cols;
+        let mut out = vec![0f32; self.rows * cols];
+        out.par_chunks_mut(16 * cols)
+            .enumerate()
+            .for_each(|(c, dst)| {
+                let n = dst.len() / cols;
+                self.dequant_tile_with(choice, 16 * c, n, 0, cols, dst);
+                if let Some(p) = &self.perm {
+                    let mut row = vec![0f32; cols];
+                    for r in dst.chunks_exact_mut(cols) {
+                        row.copy_from_slice(r);
+                        for (j, &pj) in p.iter().enumerate() {
+                            r[pj as usize] = row[j];
+                        }
+                    }
+                }
+                if let Some(sc) = &self.input_scale {
+                    for r in dst.chunks_exact_mut(cols) {
+                        r.iter_mut().zip(sc).for_each(|(w, s)| *w *= s);
+                    }
+                }
+            });
+        Some(out)
+    }
+
     /// Whether the SIMD row kernels apply (group boundaries on 16-column chunk boundaries).
     fn chunk_aligned_groups(&self) -> bool {
         self.group_size % CHUNK == 0 || self.n_groups <= 1
@@ -962,15 +1029,16 @@ impl PackedMatrix {
         Ok(())
     }
 
-    /// The f32-activation GEMM through the dense blocked kernel: [`DENSE_ROWS`] weight rows at
+    /// The f32-activation GEMM through the dense blocked kernel: [`dense_rows`] weight rows at
     /// a time are dequantized (in parallel) into f32 rows and multiplied by
     /// [`crate::dense::gemm_wt`], so the result is bit for bit the dense product with the
     /// dequantized weight, the fake-quant model's arithmetic. `xs` is in storage order.
     fn gemm_dense_blocks(&self, choice: KernelChoice, xs: &[f32], m: usize, y: &mut [f32]) {
         let (rows, cols) = (self.rows, self.cols);
-        let mut w = vec![0f32; DENSE_ROWS.min(rows) * cols];
-        for r0 in (0..rows).step_by(DENSE_ROWS) {
-            let nr = DENSE_ROWS.min(rows - r0);
+        let block = dense_rows(rows, cols);
+        let mut w = vec![0f32; block * cols];
+        for r0 in (0..rows).step_by(block) {
+            let nr = block.min(rows - r0);
             w[..nr * cols]
                 .par_chunks_mut(16 * cols)
                 .enumerate()
@@ -1178,9 +1246,18 @@ fn gemv_exact_only() -> bool {
 const GEMV_MAX_TOKENS: usize = 4;
 /// Output rows per GEMM task.
 const ROW_BLOCK: usize = 256;
-/// Weight rows dequantized at a time for the dense blocked kernel (a block of `cols` f32 per row:
-/// 4 MB at 4096 columns), so the activations are re-packed once per 256 output columns.
-const DENSE_ROWS: usize = 256;
+/// Bytes of dequantized f32 weight rows the dense blocked path holds at a time. Each block is
+/// one product that packs the activations again, so a whole matrix up to this size (every
+/// linear of Qwen3-1.7B) is one block.
+const DENSE_BLOCK_BYTES: usize = 32 << 20;
+
+/// Weight rows per block of the dense blocked path: [`DENSE_BLOCK_BYTES`] of f32 rows, in
+/// multiples of 16 and at least 256 (4 MB at 4096 columns).
+fn dense_rows(rows: usize, cols: usize) -> usize {
+    (DENSE_BLOCK_BYTES / (4 * cols.max(1)) / 16 * 16)
+        .max(256)
+        .min(rows)
+}
 /// Input columns per dequantized panel (multiple of 128).
 const K_PANEL: usize = 512;
 

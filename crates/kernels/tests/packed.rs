@@ -453,6 +453,20 @@ fn input_scale_applies_on_every_path() {
                 "dequantize {a} vs {b}"
             );
         }
+        // The prefill's whole-matrix dequantization: the same values (in original column
+        // order, scaled) where the dense blocked kernel runs, nothing for a decode step or
+        // over the size limit.
+        if let Some(d) = p.dequantized_for_prefill(64, usize::MAX) {
+            assert_eq!(d.len(), rows * cols);
+            for (a, b) in d.iter().zip(&w) {
+                assert!(
+                    (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                    "prefill {a} vs {b}"
+                );
+            }
+        }
+        assert!(p.dequantized_for_prefill(1, usize::MAX).is_none());
+        assert!(p.dequantized_for_prefill(64, 4 * rows * cols - 1).is_none());
         for m in [1usize, 3, 9] {
             let x: Vec<f32> = (0..m * cols).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
             let mut y = vec![f32::NAN; m * rows];

@@ -319,11 +319,16 @@ impl Attention {
             }
         }
         let mut qkv = vec![0.0f32; n * w];
-        match proj {
-            [LinearWeight::Dense { weight: wq, .. }, LinearWeight::Dense { weight: wk, .. }, LinearWeight::Dense { weight: wv, .. }] => {
-                dense::gemm_wt(x, &[wq, wk, wv], Epilogue::Store, &mut qkv, w)
+        let prefill = crate::linear::prefill_dense(&proj, n);
+        match (proj, prefill) {
+            (
+                [LinearWeight::Dense { weight: wq, .. }, LinearWeight::Dense { weight: wk, .. }, LinearWeight::Dense { weight: wv, .. }],
+                _,
+            ) => dense::gemm_wt(x, &[wq, wk, wv], Epilogue::Store, &mut qkv, w),
+            (_, Some(ws)) => {
+                dense::gemm_wt(x, &[&ws[0], &ws[1], &ws[2]], Epilogue::Store, &mut qkv, w)
             }
-            _ => {
+            (_, None) => {
                 let xm = x.materialise();
                 let mut c0 = 0;
                 for p in proj {

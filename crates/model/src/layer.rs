@@ -51,6 +51,14 @@ fn add_product(w: &LinearWeight, x: &[f32], m: usize, h: &mut [f32]) -> Result<(
             dense::gemm_wt(Lhs::new(x, m, k), &[weight], Epilogue::Add, h, n);
         }
         _ => {
+            let shapes_fit = x.len() == m * k && h.len() == m * n;
+            if let Some(ws) = shapes_fit
+                .then(|| crate::linear::prefill_dense(&[w], m))
+                .flatten()
+            {
+                dense::gemm_wt(Lhs::new(x, m, k), &[&ws[0]], Epilogue::Add, h, n);
+                return Ok(());
+            }
             let y = w.apply(x, m)?;
             if y.len() != h.len() {
                 return Err(ModelError::Shape {

@@ -158,6 +158,37 @@ impl LinearWeight {
     }
 }
 
+/// Largest packed weight (in f32 bytes) that a prefill dequantizes whole for the dense kernels
+/// (every linear of Qwen3-8B but its gate/up/down); larger ones keep the packed GEMM, which
+/// dequantizes a block of rows at a time.
+const PREFILL_DEQUANT_BYTES: usize = 64 << 20;
+
+/// The f32 weights of `ws` for an `m`-token product through the dense kernels, when each is
+/// dense or a packed weight whose f32-activation GEMM would dequantize it for those kernels
+/// anyway ([`PackedMatrix::dequantized_for_prefill`]); `None` otherwise (a decode step, int8
+/// prefill activations, binary weights, a weight over [`PREFILL_DEQUANT_BYTES`]). With them,
+/// a packed model's prefill runs the dense model's fused products (q/k/v as one product,
+/// gate/up with the SwiGLU epilogue, o/down adding into the residual) on the dequantized
+/// values, one dequantization per weight and forward.
+pub(crate) fn prefill_dense<'a>(
+    ws: &[&'a LinearWeight],
+    m: usize,
+) -> Option<Vec<std::borrow::Cow<'a, [f32]>>> {
+    use std::borrow::Cow;
+    if !ws.iter().any(|w| matches!(w, LinearWeight::Packed(_))) {
+        return None;
+    }
+    ws.iter()
+        .map(|w| match w {
+            LinearWeight::Dense { weight, .. } => Some(Cow::Borrowed(weight.as_slice())),
+            LinearWeight::Packed(p) => p
+                .dequantized_for_prefill(m, PREFILL_DEQUANT_BYTES)
+                .map(Cow::Owned),
+            _ => None,
+        })
+        .collect()
+}
+
 /// `x · Wᵀ` of every linear in `ws` for one token `x` that they all read (a decode step's
 /// q/k/v, or gate/up): packed weights run as one parallel region
 /// ([`PackedMatrix::gemv_many`], the same numbers as separate GEMVs), anything else one product

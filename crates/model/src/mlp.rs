@@ -79,6 +79,13 @@ pub(crate) fn swiglu_lhs(gate: &LinearWeight, up: &LinearWeight, x: Lhs<'_>) -> 
             return Ok(y);
         }
     }
+    if let Some(ws) = crate::linear::prefill_dense(&[gate, up], m) {
+        if ws[0].len() == ws[1].len() && gate.in_features() == x.k {
+            let mut y = vec![0.0f32; m * gate.out_features()];
+            dense::gemm_swiglu(x, &ws[0], &ws[1], &mut y, gate.out_features());
+            return Ok(y);
+        }
+    }
     let x = x.materialise();
     if m == 1 {
         // A decode step: gate and up as one parallel region where the weights are packed.
