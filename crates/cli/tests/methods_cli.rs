@@ -205,14 +205,17 @@ fn calibration_that_does_not_fit_in_memory_is_a_typed_error_before_allocating() 
     let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
         return;
     };
-    // 64 × 1024 tokens of a 512-wide model: 64 · 1024 · (512 · 12 + 4 · 1536) B = 805 MB in
-    // f32 (activations and down_proj's inputs), plus one layer's GPTQ working set: the f32
-    // layer (12.6 MB), 16 · 1536² B of Hessian and factors and 3 copies of down_proj: 59.8 MB.
-    let out = Command::new(env!("CARGO_BIN_EXE_qwen3-quant"))
-        .args([
-            "quantize",
-            "--model",
-            &format!("{ASSETS}/models/qwen3-micro"),
+    // 64 × 1024 tokens of a 512-wide model: 64 · 1024 · 512 · 12 B = 403 MB of f32 activations
+    // (inputs, outputs, the embedding they start from), plus one layer's GPTQ working set: the
+    // f32 layer (12.6 MB), 16 · 1536² B of Hessian and factors and 3 copies of down_proj:
+    // 59.8 MB. With `--sub-block-inputs keep`, down_proj's inputs too: 4 · 1536 B per token.
+    let run = |keep: bool| {
+        let mut args = vec![
+            "quantize".to_string(),
+            "--model".into(),
+            format!("{ASSETS}/models/qwen3-micro"),
+        ];
+        for a in [
             "--method",
             "gptq",
             "--calib",
@@ -224,14 +227,30 @@ fn calibration_that_does_not_fit_in_memory_is_a_typed_error_before_allocating() 
             "--memory-budget-mb",
             "300",
             "--json",
-        ])
-        .env("QWEN3_QUANT_QUIET", "1")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let e = v["error"].as_str().unwrap();
-    // (0.9 × 300 MB − 59.8 MB) / 12.58 MB = 16.7 samples; bf16 (10.49 MB per sample): 20.0.
+        ] {
+            args.push(a.into());
+        }
+        if keep {
+            args.extend(["--sub-block-inputs".into(), "keep".into()]);
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_qwen3-quant"))
+            .args(&args)
+            .env("QWEN3_QUANT_QUIET", "1")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["error"].as_str().unwrap().to_string()
+    };
+    // (0.9 × 300 MB − 59.8 MB) / 6.29 MB = 33.4 samples; bf16 (4.19 MB per sample): 50.1.
+    let e = run(false);
+    assert!(e.contains("at most 33 calibration samples"), "{e}");
+    assert!(
+        e.contains("--bf16-activations") && e.contains("50 samples fit"),
+        "{e}"
+    );
+    // Kept down_proj inputs: 12.58 MB per sample, 16.7 samples; bf16 (10.49 MB): 20.0.
+    let e = run(true);
     assert!(e.contains("at most 16 calibration samples"), "{e}");
     assert!(
         e.contains("--bf16-activations") && e.contains("20 samples fit"),

@@ -371,6 +371,96 @@ impl PackedMatrix {
         Some(out)
     }
 
+    /// The prefill products of matrices that read the same `x` (`[m, cols]`: q/k/v, or
+    /// gate/up) with **shared int8 activations**: where int8 prefill activations are selected
+    /// ([`prefill_int8`]) and apply to every matrix in the same input layout (same columns,
+    /// groups, act-order permutation and input scale), `x` is quantized once and the outputs go
+    /// side by side into `y`, `m` rows of stride `y_rs`, matrix `i` from column
+    /// `Σ_{j<i} rows_j`. Each matrix's columns are the same numbers as its own
+    /// [`PackedMatrix::gemm`]. Returns `Ok(false)` with `y` untouched where this does not apply
+    /// (a decode step, f32 activations, different layouts, no int8 kernel); the caller then
+    /// runs the products its own way.
+    ///
+    /// ```
+    /// use qwen3_quant_kernels::{set_prefill_int8, PackedMatrix};
+    /// let (cols, m) = (256, 8);
+    /// let make = |rows: usize| {
+    ///     let codes: Vec<u8> = (0..rows * cols).map(|i| (i % 16) as u8).collect();
+    ///     let params = vec![0.01f32; rows * 2];
+    ///     PackedMatrix::new(4, rows, cols, 128, &codes, &params, &params, None).unwrap()
+    /// };
+    /// let (q, k) = (make(32), make(16));
+    /// let x: Vec<f32> = (0..m * cols).map(|i| ((i % 37) as f32 - 18.0) / 9.0).collect();
+    /// set_prefill_int8(Some(true));
+    /// let mut y = vec![0f32; m * 48];
+    /// if PackedMatrix::gemm_int8_side_by_side(&[&q, &k], &x, m, &mut y, 48)? {
+    ///     let mut alone = vec![0f32; m * 16];
+    ///     k.gemm(&x, m, &mut alone)?;
+    ///     assert!((0..m).all(|i| y[i * 48 + 32..(i + 1) * 48] == alone[i * 16..(i + 1) * 16]));
+    /// }
+    /// set_prefill_int8(None);
+    /// # Ok::<(), qwen3_quant_kernels::KernelError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`KernelError::ShapeMismatch`] if a matrix's columns times `m` differ from `x.len()`,
+    /// the matrices' rows exceed `y_rs`, or `y` is shorter than `m` rows of stride `y_rs`.
+    pub fn gemm_int8_side_by_side(
+        mats: &[&PackedMatrix],
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+        y_rs: usize,
+    ) -> Result<bool> {
+        let Some(first) = mats.first() else {
+            return Ok(false);
+        };
+        for p in mats {
+            check_len("x", checked_mul("x", m, p.cols)?, x.len())?;
+        }
+        let width: usize = mats.iter().map(|p| p.rows).sum();
+        if width > y_rs {
+            return Err(KernelError::ShapeMismatch {
+                what: "y row stride",
+                expected: width,
+                got: y_rs,
+            });
+        }
+        if m > 0 && y.len() < checked_mul("y", m - 1, y_rs)? + width {
+            return Err(KernelError::ShapeMismatch {
+                what: "y",
+                expected: (m - 1) * y_rs + width,
+                got: y.len(),
+            });
+        }
+        if m <= GEMV_MAX_TOKENS || !prefill_int8() || first.cols == 0 {
+            return Ok(false);
+        }
+        Ok(Self::shared_int8_products(mats, x, m, y, y_rs))
+    }
+
+    /// [`PackedMatrix::gemm_int8_side_by_side`] after its checks of the shapes and of the
+    /// prefill mode: runs the products if an int8 kernel applies to every matrix in one
+    /// layout.
+    fn shared_int8_products(
+        mats: &[&PackedMatrix],
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+        y_rs: usize,
+    ) -> bool {
+        #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+        if mats
+            .iter()
+            .all(|p| p.rows > 0 && p.q8_gemm_applies() && mats[0].shares_q8_input(p))
+        {
+            PackedMatrix::gemm_q8_side_by_side(mats, x, m, y, y_rs);
+            return true;
+        }
+        let _ = (mats, x, m, y, y_rs);
+        false
+    }
+
     /// Whether the SIMD row kernels apply (group boundaries on 16-column chunk boundaries).
     fn chunk_aligned_groups(&self) -> bool {
         self.group_size % CHUNK == 0 || self.n_groups <= 1

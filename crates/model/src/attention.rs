@@ -330,14 +330,16 @@ impl Attention {
             }
             (_, None) => {
                 let xm = x.materialise();
-                let mut c0 = 0;
-                for p in proj {
-                    let y = p.apply(&xm, n)?;
-                    let width = p.out_features();
-                    qkv.par_chunks_mut(w)
-                        .zip(y.par_chunks(width))
-                        .for_each(|(d, s)| d[c0..c0 + width].copy_from_slice(s));
-                    c0 += width;
+                if !crate::linear::int8_side_by_side(&proj, &xm, n, &mut qkv, w)? {
+                    let mut c0 = 0;
+                    for p in proj {
+                        let y = p.apply(&xm, n)?;
+                        let width = p.out_features();
+                        qkv.par_chunks_mut(w)
+                            .zip(y.par_chunks(width))
+                            .for_each(|(d, s)| d[c0..c0 + width].copy_from_slice(s));
+                        c0 += width;
+                    }
                 }
             }
         }

@@ -189,6 +189,30 @@ pub(crate) fn prefill_dense<'a>(
         .collect()
 }
 
+/// `x · W_iᵀ` of every linear in `ws` side by side into `y` (`m` rows of stride `y_rs`) when
+/// all are packed and their int8 prefill activations can be shared
+/// ([`PackedMatrix::gemm_int8_side_by_side`]: one quantization of `x` for q/k/v or gate/up);
+/// `false`, `y` untouched, otherwise.
+pub(crate) fn int8_side_by_side(
+    ws: &[&LinearWeight],
+    x: &[f32],
+    m: usize,
+    y: &mut [f32],
+    y_rs: usize,
+) -> Result<bool> {
+    let packed: Option<Vec<&PackedMatrix>> = ws
+        .iter()
+        .map(|w| match w {
+            LinearWeight::Packed(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    match packed {
+        Some(mats) => Ok(PackedMatrix::gemm_int8_side_by_side(&mats, x, m, y, y_rs)?),
+        None => Ok(false),
+    }
+}
+
 /// `x · Wᵀ` of every linear in `ws` for one token `x` that they all read (a decode step's
 /// q/k/v, or gate/up): packed weights run as one parallel region
 /// ([`PackedMatrix::gemv_many`], the same numbers as separate GEMVs), anything else one product

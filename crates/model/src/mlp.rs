@@ -95,6 +95,25 @@ pub(crate) fn swiglu_lhs(gate: &LinearWeight, up: &LinearWeight, x: Lhs<'_>) -> 
         dense::silu_mul_in_place(&mut g, &u);
         return Ok(g);
     }
+    let n = gate.out_features();
+    let both_packed = matches!(
+        (gate, up),
+        (LinearWeight::Packed(_), LinearWeight::Packed(_))
+    );
+    if both_packed && n > 0 && up.out_features() == n && qwen3_quant_kernels::prefill_int8() {
+        // Packed gate and up on int8 activations quantized once, side by side.
+        let mut gu = vec![0.0f32; m * 2 * n];
+        if crate::linear::int8_side_by_side(&[gate, up], &x, m, &mut gu, 2 * n)? {
+            let mut y = vec![0.0f32; m * n];
+            y.par_chunks_mut(n)
+                .zip(gu.par_chunks(2 * n))
+                .for_each(|(y, gu)| {
+                    y.copy_from_slice(&gu[..n]);
+                    dense::silu_mul_in_place(y, &gu[n..]);
+                });
+            return Ok(y);
+        }
+    }
     let mut g = gate.apply(&x, m)?;
     let u = up.apply(&x, m)?;
     g.par_chunks_mut(4096)

@@ -84,13 +84,54 @@ impl PackedMatrix {
         let Some(kind) = self.q8_gemm_tile() else {
             unreachable!("callers check q8_gemm_applies")
         };
-        let tm_tile = kind.tokens();
-        let (rows, kp) = (self.rows, self.pad_cols);
+        let acts = self.q8_activations(kind, x, m);
+        // SAFETY: `y` holds `m` rows of `rows` floats.
+        unsafe { self.gemm_q8_prepared(kind, &acts, m, y.as_mut_ptr(), self.rows) };
+    }
+
+    /// Whether `other` reads its input in the same int8 layout on the same tile (same
+    /// columns, padding, groups, act-order permutation and input scale), so that one
+    /// [`Q8Activations`] serves both.
+    pub(super) fn shares_q8_input(&self, other: &PackedMatrix) -> bool {
+        self.q8_gemm_tile() == other.q8_gemm_tile()
+            && (self.cols, self.pad_cols, self.group_size, self.n_groups)
+                == (other.cols, other.pad_cols, other.group_size, other.n_groups)
+            && self.perm == other.perm
+            && self.input_scale == other.input_scale
+    }
+
+    /// `y[:, c_i .. c_i + rows_i] = x · W_iᵀ` for matrices that read the same `x` in the same
+    /// int8 layout, side by side in rows of stride `y_rs` (`c_i` the rows of the matrices before
+    /// `i`): the activations are quantized once for all of them. Each matrix's columns are the
+    /// same numbers as its own [`PackedMatrix::gemm_q8`]. Callers check shapes, `m > 4` and
+    /// [`PackedMatrix::q8_gemm_applies`] and [`PackedMatrix::shares_q8_input`] for all.
+    pub(super) fn gemm_q8_side_by_side(
+        mats: &[&PackedMatrix],
+        x: &[f32],
+        m: usize,
+        y: &mut [f32],
+        y_rs: usize,
+    ) {
+        let Some(kind) = mats[0].q8_gemm_tile() else {
+            unreachable!("callers check q8_gemm_applies")
+        };
+        let acts = mats[0].q8_activations(kind, x, m);
+        let mut c0 = 0;
+        for p in mats {
+            // SAFETY: `y` holds `m` rows of stride `y_rs ≥ c0 + rows` (checked by the caller).
+            unsafe { p.gemm_q8_prepared(kind, &acts, m, y.as_mut_ptr().add(c0), y_rs) };
+            c0 += p.rows;
+        }
+    }
+
+    /// The int8 activations of `m` tokens of `x` (`[m, cols]`, original column order) in this
+    /// matrix's storage layout, padded with zero tokens to whole tiles of `kind` (a tile always
+    /// computes all its tokens).
+    fn q8_activations(&self, kind: Q8Tile, x: &[f32], m: usize) -> Q8Activations {
+        let kp = self.pad_cols;
         let nb = kp / QB;
         let ng = self.n_groups.max(1);
-        // Activations: int8 codes [m][kp], dx [m][nb], group sums [m][ng], padded with zero
-        // tokens to whole tiles (a tile always computes all its tokens).
-        let mp = m.div_ceil(tm_tile) * tm_tile;
+        let mp = m.div_ceil(kind.tokens()) * kind.tokens();
         let mut q = vec![0i8; mp * kp];
         let mut dx = vec![0f32; mp * nb];
         let mut xsum = vec![0f32; mp * ng];
@@ -116,6 +157,29 @@ impl PackedMatrix {
                     si[..sums.len()].copy_from_slice(sums);
                 },
             );
+        Q8Activations { q, dx, xsum }
+    }
+
+    /// The product of this matrix with prepared activations into `y`: `m` rows of stride
+    /// `y_rs`, this matrix's `rows` columns from `y`.
+    ///
+    /// # Safety
+    /// `acts` comes from [`PackedMatrix::q8_activations`] of `m` tokens with `kind` on a matrix
+    /// that [`PackedMatrix::shares_q8_input`] with this one; `y` is valid for `m` rows of stride
+    /// `y_rs` with `rows` columns each, and no other thread writes them during the call.
+    unsafe fn gemm_q8_prepared(
+        &self,
+        kind: Q8Tile,
+        acts: &Q8Activations,
+        m: usize,
+        y: *mut f32,
+        y_rs: usize,
+    ) {
+        let tm_tile = kind.tokens();
+        let (rows, kp) = (self.rows, self.pad_cols);
+        let nb = kp / QB;
+        let ng = self.n_groups.max(1);
+        let Q8Activations { q, dx, xsum } = acts;
         // Weights: panels of 16 rows, [kp/4][16][4] code bytes; scales/offsets [ng][16].
         let panels = rows.div_ceil(TN);
         let mut w8 = vec![0u8; panels * kp * TN];
@@ -154,9 +218,9 @@ impl PackedMatrix {
             nb,
             ng: self.n_groups,
             blocks_per_group,
-            rows,
+            y_rs,
         };
-        let y_addr = y.as_mut_ptr() as usize;
+        let y_addr = y as usize;
         let per_task = TOKENS_PER_TASK / tm_tile * tm_tile;
         let token_blocks = m.div_ceil(per_task);
         let groups = (4 * rayon::current_num_threads())
@@ -179,7 +243,7 @@ impl PackedMatrix {
                         dx: &dx[i * nb..],
                         xsum: &xsum[i * ng..],
                         tm,
-                        y: (y_addr as *mut f32).wrapping_add(i * rows + p * TN),
+                        y: (y_addr as *mut f32).wrapping_add(i * y_rs + p * TN),
                         cols: TN.min(rows - p * TN),
                     };
                     // SAFETY: the CPU has the tile's features (q8_gemm_tile); the panel and
@@ -199,12 +263,21 @@ impl PackedMatrix {
     }
 }
 
+/// Int8 activations of a product (see [`PackedMatrix::q8_activations`]): codes `[mp][kp]`, a
+/// scale per 32-column block `[mp][nb]` and the exact sums per group `[mp][ng]`.
+struct Q8Activations {
+    q: Vec<i8>,
+    dx: Vec<f32>,
+    xsum: Vec<f32>,
+}
+
 struct Shape {
     kp: usize,
     nb: usize,
     ng: usize,
     blocks_per_group: usize,
-    rows: usize,
+    /// Row stride of the output.
+    y_rs: usize,
 }
 
 /// One tile's operands: a 16-row weight panel (`[kp/4][16][4]` code bytes, scales and offsets
@@ -227,7 +300,7 @@ struct TileArgs<'a> {
 ///
 /// # Safety
 /// AVX-512F/BW and AVX-512-VNNI; `q`, `dx`, `xsum` hold 12 tokens' rows; `y` is valid for
-/// `tm` rows of stride `s.rows` with `cols` columns.
+/// `tm` rows of stride `s.y_rs` with `cols` columns.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile(s: &Shape, a: &TileArgs<'_>) {
     let TileArgs {
@@ -276,7 +349,7 @@ unsafe fn tile(s: &Shape, a: &TileArgs<'_>) {
             *fi = _mm512_fmadd_ps(ov, _mm512_set1_ps(xsum[i * s.ng.max(1) + g]), *fi);
         }
         // SAFETY: row i of the tile, `cols` lanes.
-        unsafe { _mm512_mask_storeu_ps(y.add(i * s.rows), mask, *fi) };
+        unsafe { _mm512_mask_storeu_ps(y.add(i * s.y_rs), mask, *fi) };
     }
 }
 
@@ -285,7 +358,7 @@ unsafe fn tile(s: &Shape, a: &TileArgs<'_>) {
 ///
 /// # Safety
 /// AVX2 and FMA; codes of at most [`AVX2_MAX_BITS`] bits; `q`, `dx`, `xsum` hold 6 tokens'
-/// rows; `y` is valid for `tm` rows of stride `s.rows` with `cols` columns.
+/// rows; `y` is valid for `tm` rows of stride `s.y_rs` with `cols` columns.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2(s: &Shape, a: &TileArgs<'_>) {
     const T: usize = TM_AVX2;
@@ -347,7 +420,7 @@ unsafe fn tile_avx2(s: &Shape, a: &TileArgs<'_>) {
         }
         // SAFETY: row i of the tile has `cols` writable lanes; 16 floats of `row`.
         unsafe {
-            let dst = a.y.add(i * s.rows);
+            let dst = a.y.add(i * s.y_rs);
             if a.cols == TN {
                 _mm256_storeu_ps(dst, fi[0]);
                 _mm256_storeu_ps(dst.add(8), fi[1]);
@@ -477,6 +550,66 @@ mod tests {
             // Widths 1 to 4 everywhere with AVX2, 8 too with VNNI.
             assert!(checked >= 16, "only {checked} cases ran");
         }
+    }
+
+    #[test]
+    fn side_by_side_products_quantize_once_and_equal_each_product() {
+        let _g = crate::test_support::hold_globals();
+        let (cols, m) = (256, 13);
+        let x: Vec<f32> = (0..m * cols)
+            .map(|i| (((i * 7919) % 1013) as f32 - 506.0) / 200.0)
+            .collect();
+        for perm in [false, true] {
+            // q/k/v-like: three heights, one layout; 5 spare columns per output row.
+            let mats: Vec<PackedMatrix> = [(48, 1), (16, 2), (37, 3)]
+                .iter()
+                .map(|&(rows, seed)| {
+                    crate::test_support::packed_matrix(4, rows, cols, 128, seed, perm)
+                })
+                .collect();
+            if !mats[0].q8_gemm_applies() {
+                return; // no int8 kernel on this CPU
+            }
+            let refs: Vec<&PackedMatrix> = mats.iter().collect();
+            let y_rs = 48 + 16 + 37 + 5;
+            let mut y = vec![f32::NAN; m * y_rs];
+            assert!(PackedMatrix::shared_int8_products(
+                &refs, &x, m, &mut y, y_rs
+            ));
+            let mut c0 = 0;
+            for p in &mats {
+                let mut alone = vec![0.0f32; m * p.rows];
+                p.gemm_q8(&x, m, &mut alone).unwrap();
+                for i in 0..m {
+                    let got = &y[i * y_rs + c0..i * y_rs + c0 + p.rows];
+                    let want = &alone[i * p.rows..(i + 1) * p.rows];
+                    assert!(
+                        got.iter()
+                            .zip(want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "perm {perm} token {i} from column {c0}"
+                    );
+                }
+                c0 += p.rows;
+            }
+            assert!((0..m).all(|i| y[i * y_rs + c0..(i + 1) * y_rs].iter().all(|v| v.is_nan())));
+        }
+        // Different act-order permutations read different int8 rows: not shared, y untouched.
+        let a = crate::test_support::packed_matrix(4, 16, cols, 128, 1, false);
+        let b = crate::test_support::packed_matrix(4, 16, cols, 128, 1, true);
+        let mut y = vec![f32::NAN; m * 32];
+        assert!(!PackedMatrix::shared_int8_products(
+            &[&a, &b],
+            &x,
+            m,
+            &mut y,
+            32
+        ));
+        assert!(y.iter().all(|v| v.is_nan()));
+        // Shapes are checked before anything else.
+        assert!(PackedMatrix::gemm_int8_side_by_side(&[&a, &b], &x, m, &mut y, 31).is_err());
+        assert!(PackedMatrix::gemm_int8_side_by_side(&[&a], &x[1..], m, &mut y, 32).is_err());
+        assert!(PackedMatrix::gemm_int8_side_by_side(&[&a], &x, m, &mut y[..40], 32).is_err());
     }
 
     #[test]
