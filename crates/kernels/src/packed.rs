@@ -328,13 +328,7 @@ impl PackedMatrix {
     /// ```
     pub fn dequantized_for_prefill(&self, m: usize, max_bytes: usize) -> Option<Vec<f32>> {
         let choice = active_kernel().clamp_to_supported();
-        let int8 = prefill_int8() && cfg!(all(target_arch = "x86_64", qwen3_avx512)) && {
-            #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
-            let applies = self.q8_gemm_applies();
-            #[cfg(not(all(target_arch = "x86_64", qwen3_avx512)))]
-            let applies = false;
-            applies
-        };
+        let int8 = prefill_int8() && self.int8_gemm_runs();
         let bytes = self.rows.checked_mul(self.cols)?.checked_mul(4)?;
         if m <= GEMV_MAX_TOKENS
             || int8
@@ -452,12 +446,21 @@ impl PackedMatrix {
         #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
         if mats
             .iter()
-            .all(|p| p.rows > 0 && p.q8_gemm_applies() && mats[0].shares_q8_input(p))
+            .all(|p| p.rows > 0 && p.int8_gemm_runs() && mats[0].shares_q8_input(p))
         {
             PackedMatrix::gemm_q8_side_by_side(mats, x, m, y, y_rs);
             return true;
         }
         let _ = (mats, x, m, y, y_rs);
+        false
+    }
+
+    /// Whether this build has the int8 prefill GEMM and it applies to this matrix here
+    /// ([`PackedMatrix::gemm_q8`] runs it for more than 4 tokens).
+    fn int8_gemm_runs(&self) -> bool {
+        #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
+        return self.q8_gemm_applies();
+        #[cfg(not(all(target_arch = "x86_64", qwen3_avx512)))]
         false
     }
 
@@ -990,7 +993,7 @@ impl PackedMatrix {
         check_len("x", checked_mul("x", m, self.cols)?, x.len())?;
         check_len("y", checked_mul("y", m, self.rows)?, y.len())?;
         #[cfg(all(target_arch = "x86_64", qwen3_avx512))]
-        if m > GEMV_MAX_TOKENS && self.rows > 0 && self.q8_gemm_applies() {
+        if m > GEMV_MAX_TOKENS && self.rows > 0 && self.int8_gemm_runs() {
             self.gemm_q8_int8(x, m, y);
             return Ok(());
         }

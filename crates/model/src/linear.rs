@@ -200,17 +200,20 @@ pub(crate) fn int8_side_by_side(
     y: &mut [f32],
     y_rs: usize,
 ) -> Result<bool> {
-    let packed: Option<Vec<&PackedMatrix>> = ws
-        .iter()
-        .map(|w| match w {
-            LinearWeight::Packed(p) => Some(p),
-            _ => None,
-        })
-        .collect();
-    match packed {
+    match all_packed(ws, x.len() / m.max(1)) {
         Some(mats) => Ok(PackedMatrix::gemm_int8_side_by_side(&mats, x, m, y, y_rs)?),
         None => Ok(false),
     }
+}
+
+/// The packed matrices of `ws` if every one is packed with `cols` columns.
+fn all_packed<'a>(ws: &[&'a LinearWeight], cols: usize) -> Option<Vec<&'a PackedMatrix>> {
+    ws.iter()
+        .map(|w| match w {
+            LinearWeight::Packed(p) if p.cols() == cols => Some(p),
+            _ => None,
+        })
+        .collect()
 }
 
 /// `x · Wᵀ` of every linear in `ws` for one token `x` that they all read (a decode step's
@@ -218,14 +221,7 @@ pub(crate) fn int8_side_by_side(
 /// ([`PackedMatrix::gemv_many`], the same numbers as separate GEMVs), anything else one product
 /// at a time.
 pub(crate) fn apply_to_one_token(ws: &[&LinearWeight], x: &[f32]) -> Result<Vec<Vec<f32>>> {
-    let packed: Option<Vec<&PackedMatrix>> = ws
-        .iter()
-        .map(|w| match w {
-            LinearWeight::Packed(p) if p.cols() == x.len() => Some(p),
-            _ => None,
-        })
-        .collect();
-    let Some(mats) = packed else {
+    let Some(mats) = all_packed(ws, x.len()) else {
         return ws.iter().map(|w| w.apply(x, 1)).collect();
     };
     let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0.0f32; m.rows()]).collect();
