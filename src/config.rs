@@ -125,6 +125,9 @@ pub struct GptqConfig {
     /// Rounds of scale refitting with the refinement (see
     /// [`qwen3_quant_gptq::GptqConfig::refit_scales`]).
     pub refit_scales: usize,
+    /// First-order error compensation (FOEM) with this `beta` in `(0, 1)` (see
+    /// [`qwen3_quant_gptq::GptqConfig::first_order`]); `None` = plain GPTQ.
+    pub first_order: Option<f32>,
 }
 
 impl Default for GptqConfig {
@@ -142,6 +145,7 @@ impl Default for GptqConfig {
             asymmetric: None,
             refine_passes: 0,
             refit_scales: 0,
+            first_order: None,
         }
     }
 }
@@ -173,6 +177,7 @@ impl GptqConfig {
             asymmetric: m.asymmetric,
             refine_passes: m.refine_passes,
             refit_scales: m.refit_scales,
+            first_order: m.first_order,
         }
     }
 
@@ -195,7 +200,8 @@ impl GptqConfig {
             .with_mse_hessian_weighted(self.mse_hessian_weighted)
             .with_asymmetric(self.asymmetric)
             .with_refine_passes(self.refine_passes)
-            .with_refit_scales(self.refit_scales))
+            .with_refit_scales(self.refit_scales)
+            .with_first_order(self.first_order))
     }
 
     /// The validated method.
@@ -382,6 +388,7 @@ qwen3_quant_core::setters!(GptqConfig {
     asymmetric: Option<f32> => with_asymmetric,
     refine_passes: usize => with_refine_passes,
     refit_scales: usize => with_refit_scales,
+    first_order: Option<f32> => with_first_order,
 });
 
 qwen3_quant_core::setters!(AwqConfig {

@@ -51,7 +51,7 @@ use crate::model_handle::Model;
 use crate::progress::{ProgressEvent, ProgressSink, Stage};
 use crate::EvalReport;
 
-pub use grid::{Cell, Grid, Shard, SweepMethod};
+pub use grid::{Cell, Grid, Shard, SweepMethod, FOEM_BETA};
 pub use output::{markdown_table, write_outputs};
 
 /// What a sweep runs and where it writes.

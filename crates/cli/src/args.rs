@@ -227,6 +227,9 @@ pub struct QuantizeArgs {
     /// GPTQ: asymmetric calibration (GPTAQ's objective) with correction strength ALPHA in (0, 1]: each linear is fitted, on the quantized model's inputs, to the full-precision model's outputs. Runs the full-precision model alongside (twice the activation memory, about 3x the forward time); MoE experts are paired at the tokens the quantized model routes to them; a linear calibrated on fewer than 64 tokens per input feature (a rarely routed expert) keeps plain GPTQ.
     #[arg(long, value_name = "ALPHA")]
     pub gptaq: Option<f32>,
+    /// GPTQ: first-order error compensation (FOEM) with strength BETA in (0, 1): each latent column's drift from its target, accumulated by the earlier columns' updates, is treated as the loss gradient's first-order term and partly given back (the FOEM authors recommend 0.1-0.25).
+    #[arg(long, value_name = "BETA")]
+    pub foem: Option<f32>,
     /// GPTQ: after the column loop, up to N coordinate-descent passes over the codes on the same grid (each code moves to the grid point that minimises the layer loss given all the others; QuantEase's refinement). Stops early once a pass moves nothing.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub refine: usize,
@@ -404,7 +407,7 @@ pub struct SweepArgs {
     /// Grid: paper (the study's: RTN, GPTQ, AWQ at w8/w4/w3/w2 x g128/per-channel; SmoothQuant W8A8/W4A8/W4A4; BiLLM), extended (adds AWQ then GPTQ) or beyond (RTN/GPTQ/AWQ at w4/w3/w2 g128 next to the combinations of docs/beyond-the-study.md).
     #[arg(long, default_value = "paper")]
     pub grid: String,
-    /// Only these methods: rtn, gptq, awq, awqgptq, smoothquant, billm, gptqmse, awqgptqmse, hadgptq, hadgptqmse (comma-separated).
+    /// Only these methods: rtn, gptq, awq, awqgptq, smoothquant, billm, gptqmse, awqgptqmse, hadgptq, hadgptqmse, gptqfoem, best (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub methods: Vec<String>,
     /// Only these weight bit widths (comma-separated).

@@ -70,6 +70,7 @@ fn gptq_config(a: &QuantizeArgs, bits: Bits) -> GptqConfig {
         .with_asymmetric(a.gptaq)
         .with_refine_passes(a.refine)
         .with_refit_scales(a.refit_scales)
+        .with_first_order(a.foem)
 }
 
 /// Builds the plan for `--method`, with `--rotate`'s rotation in front.
@@ -77,6 +78,9 @@ pub fn build_plan(a: &QuantizeArgs) -> anyhow::Result<Plan> {
     let mut plan = method_plan(a)?;
     if a.gptaq.is_some() && !plan.quantizer.full_precision_targets() {
         bail!("--gptaq applies to GPTQ: --method gptq, --recipe best or --awq-then gptq");
+    }
+    if a.foem.is_some() && plan.quantizer.name() != "gptq" {
+        bail!("--foem applies to GPTQ: --method gptq, --recipe best or --awq-then gptq");
     }
     if a.refine > 0 && plan.quantizer.name() != "gptq" {
         bail!("--refine applies to GPTQ: --method gptq, --recipe best or --awq-then gptq");

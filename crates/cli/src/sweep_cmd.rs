@@ -20,7 +20,7 @@ fn grid_of(a: &SweepArgs) -> anyhow::Result<Grid> {
         .map(|m| {
             SweepMethod::parse(m).with_context(|| {
                 format!(
-                    "unknown method {m:?}: expected rtn, gptq, awq, awqgptq, smoothquant, billm, gptqmse, awqgptqmse, hadgptq or hadgptqmse"
+                    "unknown method {m:?}: expected rtn, gptq, awq, awqgptq, smoothquant, billm, gptqmse, awqgptqmse, hadgptq, hadgptqmse, gptqfoem or best"
                 )
             })
         })

@@ -139,6 +139,8 @@ fn bad_settings_are_json_errors() {
         &["--method", "awq", "--refine", "3"][..],
         &["--method", "gptq", "--refine", "101"][..],
         &["--method", "gptq", "--refit-scales", "2"][..],
+        &["--method", "rtn", "--foem", "0.2"][..],
+        &["--method", "gptq", "--foem", "1"][..],
     ] {
         let (ok, v, _) = quantize(extra);
         assert!(!ok, "{extra:?} should fail");
@@ -242,16 +244,16 @@ fn calibration_that_does_not_fit_in_memory_is_a_typed_error_before_allocating() 
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["error"].as_str().unwrap().to_string()
     };
-    // (0.9 × 300 MB − 59.8 MB) / 6.29 MB = 33.4 samples; bf16 (4.19 MB per sample): 50.1.
+    // (0.9 × 300 MB − 50.4 MB) / 6.29 MB = 34.9 samples; bf16 (4.19 MB per sample): 52.4.
     let e = run(false);
-    assert!(e.contains("at most 33 calibration samples"), "{e}");
+    assert!(e.contains("at most 34 calibration samples"), "{e}");
     assert!(
-        e.contains("--bf16-activations") && e.contains("50 samples fit"),
+        e.contains("--bf16-activations") && e.contains("52 samples fit"),
         "{e}"
     );
-    // Kept down_proj inputs: 12.58 MB per sample, 16.7 samples; bf16 (10.49 MB): 20.0.
+    // Kept down_proj inputs: 12.58 MB per sample, 17.5 samples; bf16 (10.49 MB): 20.9.
     let e = run(true);
-    assert!(e.contains("at most 16 calibration samples"), "{e}");
+    assert!(e.contains("at most 17 calibration samples"), "{e}");
     assert!(
         e.contains("--bf16-activations") && e.contains("20 samples fit"),
         "{e}"

@@ -63,6 +63,13 @@ pub struct GptqConfig {
     /// (zeros kept, so the layout is unchanged), then runs the code passes again. [`crate::Gptq`]
     /// skips it below [`crate::REFIT_MIN_TOKENS_PER_INPUT`] tokens per input feature.
     pub refit_scales: usize,
+    /// First-order error compensation (FOEM, arXiv 2507.11017; default `None`): with
+    /// `Some(beta)` the column loop treats the drift of each latent column from its target
+    /// (`w − w_target`, which GPTQ's earlier updates accumulated) as the loss gradient's
+    /// first-order term. The error it propagates is `((w − q) − beta·(w − w_target)) / d`
+    /// instead of `(w − q) / d`, and after each column the next column's drift is shrunk by
+    /// `beta`. `beta` in `(0, 1)`; the FOEM authors recommend 0.1–0.25.
+    pub first_order: Option<f32>,
 }
 
 qwen3_quant_core::setters!(GptqConfig {
@@ -81,6 +88,7 @@ qwen3_quant_core::setters!(GptqConfig {
     asymmetric_min_tokens_per_input: usize => with_asymmetric_min_tokens_per_input,
     refine_passes: usize => with_refine_passes,
     refit_scales: usize => with_refit_scales,
+    first_order: Option<f32> => with_first_order,
 });
 
 impl Default for GptqConfig {
@@ -101,6 +109,7 @@ impl Default for GptqConfig {
             asymmetric_min_tokens_per_input: crate::ASYMMETRIC_MIN_TOKENS_PER_INPUT,
             refine_passes: 0,
             refit_scales: 0,
+            first_order: None,
         }
     }
 }
@@ -181,6 +190,11 @@ impl GptqConfig {
         }
         if self.refit_scales > 0 && self.refine_passes == 0 {
             return bad("refit_scales", "needs refine_passes > 0");
+        }
+        if let Some(b) = self.first_order {
+            if !(b.is_finite() && b > 0.0 && b < 1.0) {
+                return bad("first_order", "beta must be in (0, 1)");
+            }
         }
         if let Some(a) = self.asymmetric {
             if !(a.is_finite() && a > 0.0 && a <= 1.0) {

@@ -57,6 +57,8 @@ struct Shared<'a> {
     n_groups_out: usize,
     /// The range search of dynamic groups, with its error weights in processing order.
     search: Option<(MseSearch, Option<&'a [f32]>)>,
+    /// First-order compensation: `beta` and the target weight in processing order `[out, n]`.
+    first_order: Option<(f32, &'a [f32])>,
 }
 
 /// A group's parameters: min/max, or the range search with `weights` (the Hessian diagonal of
@@ -237,7 +239,13 @@ pub fn quantize_weight_scaled(
         ParamSource::Dynamic(config.group_size.unwrap_or(n))
     };
     let diag_p: Vec<f32> = (0..n).map(|j| raw_diag[orig_col(j)]).collect();
+    // FOEM measures each latent column's drift from the weight the loss is centred on.
+    let target_p: Vec<f32> = match config.first_order {
+        Some(_) => wp.clone(),
+        None => Vec::new(),
+    };
     let sh = Shared {
+        first_order: config.first_order.map(|b| (b, target_p.as_slice())),
         search: search.map(|m| (*m, weighted.then_some(diag_p.as_slice()))),
         n,
         u: &factor.u,
@@ -409,6 +417,15 @@ fn run_chunk_impl(
     let mut errt = vec![0f32; bmax * rows];
     let mut qt = vec![0f32; bmax * rows];
     let mut ct = vec![0u8; bmax * rows];
+    // The block's target columns (transposed like W1), for the first-order compensation.
+    let mut targett = vec![
+        0f32;
+        if sh.first_order.is_some() {
+            bmax * rows
+        } else {
+            0
+        }
+    ];
     let mut scale = vec![0f32; rows];
     let mut zero = vec![0f32; rows];
     let mut loss = 0f64;
@@ -435,6 +452,18 @@ fn run_chunk_impl(
         let i2 = (i1 + bmax).min(n);
         let bsz = i2 - i1;
         // W1ᵀ[i, r] = W[r, i1 + i]
+        let beta = sh.first_order.map(|(beta, target)| {
+            let chunk = &target[row0 * n..(row0 + rows) * n];
+            if i1 > 0 {
+                // The drift shrink of the column after the previous block's last one, in W so
+                // that a group starting here sees it.
+                for r in 0..rows {
+                    shrink_drift(&mut w[r * n + i1..=r * n + i1], &chunk[r * n + i1..], beta);
+                }
+            }
+            transpose(&chunk[i1..], n, &mut targett, rows, rows, bsz);
+            beta
+        });
         transpose(&w[i1..], n, &mut w1t, rows, rows, bsz);
         if let ParamSource::Dynamic(gs) = sh.src {
             // Params of the group containing the block's first column (recomputed below if the
@@ -503,6 +532,14 @@ fn run_chunk_impl(
                 sq += (diff as f64) * (diff as f64);
                 e[r] = diff / d;
             }
+            if let Some(beta) = beta {
+                // FOEM: the drift from the target is the gradient's first-order term; the
+                // propagated error gives back that share of it.
+                let t = &targett[i * rows..(i + 1) * rows];
+                for ((er, &xr), &tr) in e.iter_mut().zip(x).zip(t) {
+                    *er -= beta * (xr - tr) / d;
+                }
+            }
             loss += sq / (d as f64 * d as f64) / 2.0;
             // W1[:, k] -= err · U[col, k] for the rest of the block.
             for (k, wk) in tail[..(bsz - i - 1) * rows]
@@ -513,6 +550,10 @@ fn run_chunk_impl(
                 for (a, &b) in wk.iter_mut().zip(e.iter()) {
                     *a -= b * uk;
                 }
+            }
+            if let (Some(beta), true) = (beta, i + 1 < bsz) {
+                let t = &targett[(i + 1) * rows..(i + 2) * rows];
+                shrink_drift(&mut tail[..rows], t, beta);
             }
         }
         transpose(&qt, rows, &mut q[i1..], n, bsz, rows);
@@ -548,6 +589,14 @@ fn run_chunk_impl(
         i1 = i2;
     }
     loss
+}
+
+/// `w -= beta · (w − target)`: FOEM's pull of the next latent column towards its target.
+#[inline(always)]
+fn shrink_drift(w: &mut [f32], target: &[f32], beta: f32) {
+    for (a, &t) in w.iter_mut().zip(target) {
+        *a -= beta * (*a - t);
+    }
 }
 
 /// `dst[j * dst_rs + i] = src[i * src_rs + j]` for `i < n_rows`, `j < n_cols` (tiled so both the

@@ -144,6 +144,9 @@ fn beats_rtn_on_correlated_inputs() {
 /// Straightforward GPTQ: f64, no blocking, explicit Cholesky / inverse, same quantizer.
 /// `block` only matters for group params: like the reference they are read from W as it was at
 /// the start of the enclosing block (equal to the fully updated W when groups align with blocks).
+/// `foem = Some(beta)` adds FOEM's first-order term as the paper states it, on every column:
+/// the propagated error gives back `beta` of the column's drift from the original weight, and
+/// the next column's drift shrinks by `beta`.
 #[allow(clippy::too_many_arguments)]
 fn slow_gptq(
     w: &[f32],
@@ -154,6 +157,7 @@ fn slow_gptq(
     gs: Option<usize>,
     act: bool,
     block: usize,
+    foem: Option<f64>,
 ) -> Vec<u8> {
     let s = QuantScheme::new(
         Bits::new(bits).unwrap(),
@@ -232,6 +236,7 @@ fn slow_gptq(
     }
     let l2 = chol(&hinv);
     let u = |i: usize, j: usize| l2[j * n + i]; // upper factor
+    let raw = wp.clone();
     let mut codes = vec![0u8; out * n];
     for r in 0..out {
         let mut p = chan[r];
@@ -250,9 +255,14 @@ fn slow_gptq(
             let code = qwen3_quant_core::quantize_code(x as f32, p, maxq);
             let qv = qwen3_quant_core::dequantize_code(code, p) as f64;
             codes[r * n + perm[c]] = code;
-            let e = (x - qv) / u(c, c);
+            let beta = foem.unwrap_or(0.0);
+            let e = ((x - qv) - beta * (x - raw[r * n + c])) / u(c, c);
             for k in c + 1..n {
                 wp[r * n + k] -= e * u(c, k);
+            }
+            if c + 1 < n {
+                let k = r * n + c + 1;
+                wp[k] -= beta * (wp[k] - raw[k]);
             }
         }
     }
@@ -283,7 +293,7 @@ fn matches_slow_reference() {
             ..cfg(bits, gs, false, act)
         };
         let o = quantize_weight(&w, out, n, &h, &c).unwrap();
-        let slow = slow_gptq(&w, out, n, &h, bits, gs, act, block);
+        let slow = slow_gptq(&w, out, n, &h, bits, gs, act, block, None);
         let same = o
             .linear
             .codes()
@@ -301,6 +311,46 @@ fn matches_slow_reference() {
             out * n
         );
     }
+}
+
+/// FOEM's first-order term, blocked and in parallel row chunks, against the unblocked
+/// definition; and it changes codes, so that a no-op would fail.
+#[test]
+fn first_order_compensation_matches_slow_reference() {
+    let (out, n, tokens) = (24, 48, 128);
+    let w = rand_vec(out * n, 14);
+    let x = correlated_x(tokens, n, 15);
+    let h = hessian_of(&x, tokens, n);
+    for (bits, gs, act, block, beta) in [
+        (3, None, true, 16, 0.2),
+        (4, Some(16), true, 16, 0.1),
+        (2, Some(16), false, 48, 0.25),
+        (3, Some(8), true, 20, 0.2),
+    ] {
+        let c = GptqConfig {
+            block_size: block,
+            first_order: Some(beta),
+            ..cfg(bits, gs, false, act)
+        };
+        let o = quantize_weight(&w, out, n, &h, &c).unwrap();
+        let slow = slow_gptq(&w, out, n, &h, bits, gs, act, block, Some(beta as f64));
+        let plain = slow_gptq(&w, out, n, &h, bits, gs, act, block, None);
+        let count = |a: &[u8], b: &[u8]| a.iter().zip(b).filter(|(x, y)| x == y).count();
+        let same = count(o.linear.codes(), &slow);
+        let unchanged = count(&plain, &slow);
+        eprintln!(
+            "foem {bits} {gs:?} {act} {block} {beta}: {same}/{} match, {unchanged} as GPTQ",
+            out * n
+        );
+        assert!(same as f64 >= 0.99 * (out * n) as f64, "{same}/{}", out * n);
+        assert!(
+            unchanged as f64 <= 0.97 * (out * n) as f64,
+            "{unchanged}/{}",
+            out * n
+        );
+    }
+    let bad = GptqConfig::default().with_first_order(Some(1.0));
+    assert!(matches!(bad.validate(), Err(MethodError::InvalidConfig(_))));
 }
 
 #[test]
