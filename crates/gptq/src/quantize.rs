@@ -461,19 +461,19 @@ fn run_chunk_impl(
     while i1 < n {
         let i2 = (i1 + bmax).min(n);
         let bsz = i2 - i1;
-        // W1ᵀ[i, r] = W[r, i1 + i]
         let beta = sh.first_order.map(|(beta, target)| {
             let chunk = &target[row0 * n..(row0 + rows) * n];
             if i1 > 0 {
                 // The drift shrink of the column after the previous block's last one, in W so
                 // that a group starting here sees it.
-                for r in 0..rows {
-                    shrink_drift(&mut w[r * n + i1..=r * n + i1], &chunk[r * n + i1..], beta);
+                for k in (0..rows).map(|r| r * n + i1) {
+                    w[k] -= beta * (w[k] - chunk[k]);
                 }
             }
             transpose(&chunk[i1..], n, &mut targett, rows, rows, bsz);
             beta
         });
+        // W1ᵀ[i, r] = W[r, i1 + i]
         transpose(&w[i1..], n, &mut w1t, rows, rows, bsz);
         if let ParamSource::Dynamic(gs) = sh.src {
             // Params of the group containing the block's first column (recomputed below if the
