@@ -2,8 +2,8 @@
 //! AVX-512-VNNI (Zen 2 and 3, Haswell to Alder Lake): the same activation arrangement
 //! ([`Q8View`], built by `PackedMatrix::q8_prep`), each 64-byte block of a code plane taken as two
 //! 32-byte halves, and `vpdpbusd` replaced by `vpmaddubsw` (codes × int8 activations, pairs
-//! summed into i16: at most 2 · 15 · 127, no saturation) then `vpmaddwd` by ones (i32 sums of the
-//! same four bytes a VNNI lane sums). Each i32 lane is therefore the same exact integer as on
+//! summed into i16: at most 2 · 15 · 127, no saturation; those i16 pairs added over the shifts of a
+//! byte, at most 7620) then `vpmaddwd` by ones (i32 sums of the same bytes a VNNI lane sums). Each i32 lane is therefore the same exact integer as on
 //! AVX-512, and the per-lane `scale · dx` accumulation the same; only the final horizontal sum
 //! runs in another order. 1-, 2- and 4-bit codes (3-bit codes keep the f32-activation kernel).
 //!
@@ -57,6 +57,14 @@ unsafe fn plane<const P: usize, const NSB: usize, const R: usize>(
     let ones = _mm256_set1_epi16(1);
     // SAFETY (whole body): see `gemv_q8_rows`.
     unsafe {
+        // The last, partial block of each row, copied out once (zero-padded).
+        let mut tail = [[0u8; 64]; R];
+        if nblk > nfull {
+            for r in 0..R {
+                let rem = plane_bytes - nfull * 64;
+                std::ptr::copy_nonoverlapping(planes[r].add(nfull * 64), tail[r].as_mut_ptr(), rem);
+            }
+        }
         for blk in 0..nblk {
             let xb = xq.add(blk * 64 * k);
             let d = [
@@ -69,31 +77,34 @@ unsafe fn plane<const P: usize, const NSB: usize, const R: usize>(
                 let src = if blk < nfull {
                     planes[r].add(blk * 64)
                 } else {
-                    std::ptr::null()
-                };
-                let mut tmp = [0u8; 64];
-                let src = if src.is_null() {
-                    let rem = plane_bytes - blk * 64;
-                    std::ptr::copy_nonoverlapping(planes[r].add(blk * 64), tmp.as_mut_ptr(), rem);
-                    tmp.as_ptr()
-                } else {
-                    src
+                    tail[r].as_ptr()
                 };
                 v[r] = [
                     _mm256_loadu_si256(src as *const __m256i),
                     _mm256_loadu_si256(src.add(32) as *const __m256i),
                 ];
             }
+            // Code·activation pairs summed in i16 over the `k` shifts, then widened to i32 once:
+            // the same integers as widening each shift, since |sum| ≤ k·2·(2ᴾ − 1)·127 ≤ 7620.
             let mut isum = [[_mm256_setzero_si256(); 2]; R];
             for f in 0..k {
                 let sh = _mm_cvtsi32_si128((f * P) as i32);
                 for h in 0..2 {
                     let xv = _mm256_loadu_si256(xb.add(f * 64 + h * 32) as *const __m256i);
                     for r in 0..R {
-                        let c = _mm256_and_si256(_mm256_srl_epi16(v[r][h], sh), mask);
+                        let c = if f == 0 {
+                            _mm256_and_si256(v[r][h], mask)
+                        } else {
+                            _mm256_and_si256(_mm256_srl_epi16(v[r][h], sh), mask)
+                        };
                         let pairs = _mm256_maddubs_epi16(c, xv);
-                        isum[r][h] = _mm256_add_epi32(isum[r][h], _mm256_madd_epi16(pairs, ones));
+                        isum[r][h] = _mm256_add_epi16(isum[r][h], pairs);
                     }
+                }
+            }
+            for halves in isum.iter_mut() {
+                for s16 in halves.iter_mut() {
+                    *s16 = _mm256_madd_epi16(*s16, ones);
                 }
             }
             for r in 0..R {
@@ -152,6 +163,7 @@ unsafe fn plane3<const R: usize>(
                     let b = _mm256_broadcastsi128_si256(_mm_loadu_si128(hp as *const __m128i));
                     hi[r] = _mm256_slli_epi32::<2>(_mm256_srlv_epi32(b, cnt));
                 }
+                // i16 sums over the 4 shifts: |sum| ≤ 4·2·7·127 = 7112, no overflow.
                 let mut isum = [_mm256_setzero_si256(); R];
                 for f in 0..4 {
                     let xv = _mm256_loadu_si256(xb.add(f * 64 + h * 32) as *const __m256i);
@@ -164,9 +176,11 @@ unsafe fn plane3<const R: usize>(
                             _mm256_and_si256(_mm256_srl_epi16(lo[r], sl), m3),
                             _mm256_and_si256(_mm256_srl_epi16(hi[r], sh), m4),
                         );
-                        let pairs = _mm256_maddubs_epi16(c, xv);
-                        isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(pairs, ones));
+                        isum[r] = _mm256_add_epi16(isum[r], _mm256_maddubs_epi16(c, xv));
                     }
+                }
+                for s16 in isum.iter_mut() {
+                    *s16 = _mm256_madd_epi16(*s16, ones);
                 }
                 for r in 0..R {
                     acc[r][h] = _mm256_fmadd_ps(
@@ -179,6 +193,11 @@ unsafe fn plane3<const R: usize>(
         }
     }
 }
+
+/// How far past the next group of rows the software prefetch reads. One group ahead (1 KB for
+/// a 4-bit row of 2048 columns) is about one core's bandwidth-delay product and left the
+/// GEMV at 73% of the read probe on Zen 3; 4 KB further gave 78% (`gemv_bandwidth`, 2 threads).
+const PREFETCH_AHEAD: usize = 4096;
 
 /// `R` rows from `r0`: `y[i] = Σ lanes + Σ_g offset_g·xsum_g`.
 #[target_feature(enable = "avx2,fma")]
@@ -203,7 +222,7 @@ unsafe fn rows_impl<const R: usize>(
         }
         .max(1);
         let pf = Prefetch {
-            next: data.wrapping_add((r0 + R) * v.row_bytes),
+            next: data.wrapping_add((r0 + R) * v.row_bytes + PREFETCH_AHEAD),
             step: (R * v.row_bytes).div_ceil(nblk).next_multiple_of(64),
         };
         let (xq, dx, gidx) = (v.xq_a.as_ptr(), v.dx_a.as_ptr(), v.gidx.as_ptr());

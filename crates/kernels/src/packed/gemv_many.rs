@@ -86,10 +86,10 @@ fn fused_q8(choice: crate::KernelChoice, mats: &[&PackedMatrix], x: &[f32], ys: 
             gfni,
         })
         .collect();
-    // Row blocks as `gemv_q8` sizes them (multiples of 4 rows, about 8 per thread over all the
+    // Row blocks as `gemv_q8` sizes them (multiples of 4 rows, about 16 per thread over all the
     // matrices together).
     let total: usize = mats.iter().map(|m| m.rows).sum();
-    let chunk = (total / (rayon::current_num_threads() * 8))
+    let chunk = (total / (rayon::current_num_threads() * 16))
         .max(64)
         .next_multiple_of(4);
     let tasks: Vec<(usize, usize, &mut [f32])> = ys
