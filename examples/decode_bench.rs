@@ -7,8 +7,8 @@
 //! variant runs `--reps` pairs (default 5) of the bandwidth probe
 //! (`kernels::bench::memory_read_bandwidth`, 1 GiB, all threads, 0.5 s) and one decode run; the
 //! ratio is taken within each pair and the median printed, so each ratio is measured side by
-//! side. Packed and binary weights are
-//! random (decode speed does not depend on the values); the f32 micro model is the real one.
+//! side. Packed and binary weights are random (decode speed does not depend on the values); the
+//! f32 micro model is the real one.
 //!
 //! ```text
 //! cargo run --release --example decode_bench                 # qwen3-micro
@@ -254,8 +254,9 @@ fn main() {
             128
         };
         let _ = per_token(&m, prompt, 2); // warm-up
-                                          // Interleaved pairs: a read probe, then one decode run; each ratio is taken within its
-                                          // pair, so load from other tenants moves both sides of it together.
+
+        // Interleaved pairs: a read probe, then one decode run; each ratio is taken within its
+        // pair, so load from other tenants moves both sides of it together.
         let (mut bws, mut tpss, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..reps {
             let bw = memory_read_bandwidth(1 << 30, 0.5);
