@@ -713,6 +713,9 @@ impl Driver<'_> {
             &[id(LinearKind::K), id(LinearKind::V), id(LinearKind::Q)],
             &stats,
         )?;
+        // Each group's statistics (Hessians of n² f32) go as soon as it is quantized: shadowing
+        // would keep them to the end of the layer.
+        drop(stats);
 
         // [o] on the attention output of the quantized q/k/v, kept for the residual update when
         // it fits and recomputed from `h` (not yet updated) when it does not.
@@ -750,11 +753,16 @@ impl Driver<'_> {
             h.set_rows(r0, &x);
         }
         drop(core);
+        self.release_finished(
+            layer,
+            &[LinearKind::Q, LinearKind::K, LinearKind::V, LinearKind::O].map(id),
+        )?;
         let stats = self.collect(li, Site::MlpInput, fp, |s0, s1| {
             let (r0, r1) = rows(s0, s1);
             Ok((layer.mlp_input(&h.rows(r0, r1)), hid))
         })?;
         self.quantize_group(layer, &[id(LinearKind::Up), id(LinearKind::Gate)], &stats)?;
+        drop(stats);
 
         // [down] on the activation of the quantized gate/up, kept for the output when it fits
         // and recomputed when it does not.
@@ -776,6 +784,10 @@ impl Driver<'_> {
                 }
             }
             let stats = coll.finish(self.n_seq)?;
+            if keep_act {
+                // `down_proj`'s inputs are kept: gate/up are not run again.
+                self.release_finished(layer, &[id(LinearKind::Gate), id(LinearKind::Up)])?;
+            }
             self.quantize_group(layer, &[id(LinearKind::Down)], &stats)?;
         }
         let FeedForward::Dense(mlp) = &layer.ffn else {
@@ -792,6 +804,18 @@ impl Driver<'_> {
             };
             add_in_place(&mut x, &y);
             h.set_rows(r0, &x);
+        }
+        Ok(())
+    }
+
+    /// In a streamed run, frees the f32 weights of finished linears that the rest of the layer
+    /// does not run again: the store keeps them as codes, so they need not stay resident until
+    /// the layer is saved (the peak is then one layer, not one layer and its codes).
+    fn release_finished(&self, layer: &mut DecoderLayer, ids: &[LinearId]) -> Result<()> {
+        if !self.opts.keep_finished_layers {
+            for id in ids {
+                layer.release_linear(id)?;
+            }
         }
         Ok(())
     }
@@ -1409,9 +1433,12 @@ fn run_layers(
             prepare(model, li)?;
             let marks = LogMarks::of(&d.run);
             let layer = &mut model.layers[slot(li)];
-            let ids = layer.linear_ids();
             if quantize {
-                d.quantize_group(layer, &ids, &HashMap::new())?;
+                // One linear at a time, each freed once quantized: nothing runs it again.
+                for id in layer.linear_ids() {
+                    d.quantize_group(layer, &[id], &HashMap::new())?;
+                    d.release_finished(layer, &[id])?;
+                }
             }
             if let Some(s) = store.as_deref_mut() {
                 s.save(marks.finished(&d.run, &model.layers[slot(li)], None, None))?;

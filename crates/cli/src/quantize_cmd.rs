@@ -150,7 +150,6 @@ pub fn run(mut a: QuantizeArgs) -> anyhow::Result<()> {
     let ckpt =
         Checkpoint::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
     let config = ckpt.config()?;
-    let tok = Tokenizer::from_dir(&a.model)?;
     let evals = a
         .eval
         .iter()
@@ -158,8 +157,15 @@ pub fn run(mut a: QuantizeArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     let req = method.stats_required();
-    let calib = if req.hessian || req.channel_stats || !plan.transforms.is_empty() {
-        let set = calibration_set(&a.calib, &data, &tok, a.samples, a.seq_len, a.seed)?;
+    let needs_calib = req.hessian || req.channel_stats || !plan.transforms.is_empty();
+    // Only calibration and evaluation tokenize: a data-free run does not hold the tokenizer
+    // (tens of MB) through its whole run.
+    let tok = (needs_calib || !evals.is_empty())
+        .then(|| Tokenizer::from_dir(&a.model))
+        .transpose()?;
+    let calib = if needs_calib {
+        let tok = tok.as_ref().context("tokenizer not loaded")?;
+        let set = calibration_set(&a.calib, &data, tok, a.samples, a.seq_len, a.seed)?;
         if !a.json {
             eprintln!("calibration: {} ({} tokens)", set.description, set.tokens());
         }
@@ -288,7 +294,8 @@ pub fn run(mut a: QuantizeArgs) -> anyhow::Result<()> {
 
     let mut eval = serde_json::Map::new();
     for (name, windows) in &evals {
-        let r = ppl_of(&model, &tok, name, &data, a.seq_len, *windows, 4)?;
+        let tok = tok.as_ref().context("tokenizer not loaded")?;
+        let r = ppl_of(&model, tok, name, &data, a.seq_len, *windows, 4)?;
         if !a.json {
             println!(
                 "{name}: ppl {:.4} ({} windows x {})",

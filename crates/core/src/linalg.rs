@@ -90,7 +90,8 @@ const SOLVE_BLOCK: usize = 256;
 ///
 /// Memory: the f64 factor and the f32 result only. `L⁻¹` is solved a block of columns at a time
 /// (`L[j.., j..] · X = I[j.., j..j+b]`, since column `j` of `L⁻¹` is zero above row `j`: the same
-/// `n³/3` flops as a full triangular inverse) and each block goes straight into `U`.
+/// `n³/3` flops as a full triangular inverse), each block goes straight into `U`, and the
+/// factor's columns that no later block reads are released as it goes.
 fn try_factor(
     entry: &impl Fn(usize, usize) -> f32,
     n: usize,
@@ -127,9 +128,14 @@ fn try_factor(
     for j0 in (0..n).step_by(SOLVE_BLOCK) {
         let b = SOLVE_BLOCK.min(n - j0);
         let m = n - j0;
+        let a = MatMut::from_column_major_slice_mut(&mut buf, n, n);
         // x = L⁻¹[j0.., j0..j0+b].
         let mut x = Mat::<f64>::from_fn(m, b, |i, j| if i == j { 1.0 } else { 0.0 });
         solve_lower_triangular_in_place(a.as_ref().submatrix(j0, j0, m, m), x.as_mut(), par);
+        // Columns j0..j0+b of L are read by no later block: their pages go back to the OS as
+        // `U` fills, so the two are never both whole (a peak of 4·n² bytes instead of 6·n²:
+        // 300 MB less at n = 12288).
+        release_pages(&mut buf[j0 * n..(j0 + b) * n]);
         // U[i, j] = Linv[n-1-i, n-1-j], nonzero for j >= i; copied in tiles (one side is strided).
         const T: usize = 32;
         for jt in (0..b).step_by(T) {
@@ -153,4 +159,82 @@ fn try_factor(
         }
     }
     Ok(u)
+}
+
+/// Gives the whole pages inside `v` back to the OS (`MADV_DONTNEED`); they read as zeros if
+/// touched again. For a working buffer whose finished part nothing reads any more: the memory
+/// leaves the resident set before the buffer is dropped. A no-op where unsupported.
+fn release_pages(v: &mut [f64]) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = v.as_mut_ptr() as usize;
+        let end = start + std::mem::size_of_val(v);
+        let (first, last) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
+        if last > first {
+            // SAFETY: [first, last) lies inside `v`, which this call borrows mutably, and is
+            // page-aligned. On private anonymous memory MADV_DONTNEED only replaces the contents
+            // with zeros (a write through our exclusive borrow); the allocation stays mapped.
+            unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    last - first,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = v;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Uᵀ·U·(H + damp·I) = I` at a size with several solve blocks, whose factor columns are
+    /// released block by block: a released column read again would read zeros and break it.
+    #[test]
+    fn factor_inverts_the_damped_hessian_across_solve_blocks() {
+        let (n, m) = (2 * SOLVE_BLOCK + 77, 800);
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut x = vec![0f64; n * m];
+        for v in &mut x {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            *v = (seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+        }
+        let mut h = vec![0f32; n * n];
+        for i in 0..n {
+            for j in 0..=i {
+                let d: f64 = (0..m).map(|k| x[i * m + k] * x[j * m + k]).sum::<f64>() / m as f64;
+                h[i * n + j] = d as f32;
+                h[j * n + i] = d as f32;
+            }
+        }
+        let f = inverse_cholesky_upper(&h, n, 0.01, 0).unwrap();
+        let u = &f.u;
+        for i in 0..n {
+            assert!(u[i * n + i] > 0.0);
+            assert!((0..i).all(|j| u[i * n + j] == 0.0), "row {i} not upper");
+        }
+        // A = H + damp·I; check (Uᵀ U A)[i, j] = Σ_k U[k, i] (U A)[k, j].
+        let a = |i: usize, j: usize| h[i * n + j] as f64 + if i == j { f.damp } else { 0.0 };
+        let ua: Vec<f64> = (0..n * n)
+            .map(|idx| {
+                let (k, j) = (idx / n, idx % n);
+                (k..n).map(|l| u[k * n + l] as f64 * a(l, j)).sum()
+            })
+            .collect();
+        let mut worst = 0f64;
+        for i in 0..n {
+            for j in 0..n {
+                let v: f64 = (0..=i).map(|k| u[k * n + i] as f64 * ua[k * n + j]).sum();
+                let e = (v - if i == j { 1.0 } else { 0.0 }).abs();
+                worst = worst.max(e);
+            }
+        }
+        assert!(worst < 1e-3, "max |UᵀUA − I| = {worst}");
+    }
 }

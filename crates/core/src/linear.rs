@@ -290,15 +290,53 @@ impl QuantizedLinear {
         if n == 0 {
             return;
         }
-        w.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
-            let codes = &self.codes[r * n..(r + 1) * n];
-            for c in 0..n {
-                let g = self.g_idx[c] as usize;
-                let s = self.scales[g * o + r];
-                let z = self.zeros[g * o + r] as f32;
-                row[c] = s * (codes[c] as f32 - z);
-            }
-        });
+        w.par_chunks_mut(n)
+            .enumerate()
+            .for_each(|(r, row)| self.stored_row(r, o, row));
+    }
+
+    /// Row `r` of [`Self::dequantize_stored`] (`o` = out_features).
+    fn stored_row(&self, r: usize, o: usize, row: &mut [f32]) {
+        let n = row.len();
+        let codes = &self.codes[r * n..(r + 1) * n];
+        for c in 0..n {
+            let g = self.g_idx[c] as usize;
+            let s = self.scales[g * o + r];
+            let z = self.zeros[g * o + r] as f32;
+            row[c] = s * (codes[c] as f32 - z);
+        }
+    }
+
+    /// `Σ (w − dequantize())²` in f64 over the original weight `w` (`[out, in]`), one row at a
+    /// time: the layer loss of a method without statistics, with no `[out, in]` copy.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when `w` does not hold `out_features · in_features` values.
+    pub fn squared_error(&self, w: &[f32]) -> Result<f64> {
+        let (o, n) = (self.out_features, self.in_features);
+        check_output_len(o * n, w.len())?;
+        if n == 0 {
+            return Ok(0.0);
+        }
+        // Per-row sums, added in row order: the same total whatever the thread count.
+        let rows: Vec<f64> = w
+            .par_chunks(n)
+            .enumerate()
+            .map_init(
+                || vec![0f32; n],
+                |q, (r, wr)| {
+                    self.stored_row(r, o, q);
+                    if let Some(s) = &self.smoothing {
+                        q.iter_mut().zip(s).for_each(|(v, f)| *v /= f);
+                    }
+                    wr.iter()
+                        .zip(q.iter())
+                        .map(|(w, q)| ((w - q) as f64).powi(2))
+                        .sum::<f64>()
+                },
+            )
+            .collect();
+        Ok(rows.iter().sum())
     }
 
     /// Storage cost in bits per weight, counting honestly what a packed checkpoint holds:
@@ -343,6 +381,41 @@ pub(crate) fn check_output_len(expected: usize, actual: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The row-at-a-time loss equals the sum over the full dequantized copy, with act-order
+    /// groups and smoothing factors, and rejects a weight of the wrong length.
+    #[test]
+    fn squared_error_equals_the_dequantized_sum() {
+        let (o, n) = (3, 4);
+        let perm = vec![2u32, 0, 3, 1];
+        let g_idx = canonical_g_idx(n, Some(2), Some(&perm));
+        let q = QuantizedLinear::new(
+            o,
+            n,
+            Bits::new(3).unwrap(),
+            Some(2),
+            false,
+            (0..(o * n) as u8).map(|c| c % 8).collect(),
+            vec![0.5, 0.25, 1.5, 2.0, 0.75, 1.0],
+            vec![3, 4, 2, 1, 5, 0],
+            g_idx,
+            Some(perm),
+        )
+        .unwrap()
+        .with_smoothing(vec![1.0, 2.0, 0.5, 4.0])
+        .unwrap();
+        let w: Vec<f32> = (0..o * n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let want: f64 = q
+            .dequantize()
+            .iter()
+            .zip(&w)
+            .map(|(q, w)| ((w - q) as f64).powi(2))
+            .sum();
+        let got = q.squared_error(&w).unwrap();
+        assert!((got - want).abs() <= 1e-12 * want, "{got} vs {want}");
+        assert!(got > 0.0);
+        assert!(q.squared_error(&w[1..]).is_err());
+    }
 
     #[test]
     fn validate_and_dequantize() {

@@ -260,8 +260,7 @@ pub fn quantize_weight_scaled(
         n_groups_out: n_groups,
     };
 
-    // Column loop, rows in parallel chunks.
-    let mut qp = vec![0f32; out_features * n];
+    // Column loop, rows in parallel chunks; `wp` becomes the fake-quantized weight.
     let mut codes_p = vec![0u8; out_features * n];
     let mut params = vec![
         QuantParams {
@@ -275,17 +274,16 @@ pub fn quantize_weight_scaled(
     let chunk_rows = out_features.div_ceil(threads * 2).clamp(16, 128);
     let loss: f64 = wp
         .par_chunks_mut(chunk_rows * n)
-        .zip(qp.par_chunks_mut(chunk_rows * n))
         .zip(codes_p.par_chunks_mut(chunk_rows * n))
         .zip(params.par_chunks_mut(chunk_rows * n_groups))
         .enumerate()
-        .map(|(ci, (((wc, qc), cc), pc))| run_chunk(&sh, ci * chunk_rows, wc, qc, cc, pc))
+        .map(|(ci, ((wc, cc), pc))| run_chunk(&sh, ci * chunk_rows, wc, cc, pc))
         .sum();
+    let mut qp = wp;
 
-    // Back to the original column order. The working copies go first, and the fake-quantized
+    // Back to the original column order. The FOEM targets go first, and the fake-quantized
     // rows are permuted in place through a row buffer: one f32 copy of the weight fewer at the
     // peak (200 MB for Qwen3-8B's `down_proj`).
-    drop(wp);
     drop(target_p);
     let (mut codes, mut fake_quant) = match &perm {
         Some(p) => {
@@ -383,16 +381,15 @@ fn run_chunk(
     sh: &Shared<'_>,
     row0: usize,
     w: &mut [f32],
-    q: &mut [f32],
     codes: &mut [u8],
     params: &mut [QuantParams],
 ) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 was detected at runtime.
-        return unsafe { run_chunk_avx2(sh, row0, w, q, codes, params) };
+        return unsafe { run_chunk_avx2(sh, row0, w, codes, params) };
     }
-    run_chunk_impl(sh, row0, w, q, codes, params)
+    run_chunk_impl(sh, row0, w, codes, params)
 }
 
 /// [`run_chunk_impl`] compiled with AVX2 (wider vectors for the rank-1 updates and a vectorised
@@ -403,11 +400,10 @@ unsafe fn run_chunk_avx2(
     sh: &Shared<'_>,
     row0: usize,
     w: &mut [f32],
-    q: &mut [f32],
     codes: &mut [u8],
     params: &mut [QuantParams],
 ) -> f64 {
-    run_chunk_impl(sh, row0, w, q, codes, params)
+    run_chunk_impl(sh, row0, w, codes, params)
 }
 
 #[inline(always)]
@@ -415,7 +411,6 @@ fn run_chunk_impl(
     sh: &Shared<'_>,
     row0: usize,
     w: &mut [f32],
-    q: &mut [f32],
     codes: &mut [u8],
     params: &mut [QuantParams],
 ) -> f64 {
@@ -566,7 +561,10 @@ fn run_chunk_impl(
                 shrink_drift(&mut tail[..rows], t, beta);
             }
         }
-        transpose(&qt, rows, &mut q[i1..], n, bsz, rows);
+        // The block's quantized values replace its columns of W, which nothing reads again
+        // (group parameters read only columns at or after the current one): W ends as the
+        // fake-quantized weight, with no second `[out, in]` array.
+        transpose(&qt, rows, &mut w[i1..], n, bsz, rows);
         transpose(&ct, rows, &mut codes[i1..], n, bsz, rows);
         if i2 < n {
             // W[:, i2:] -= Err1[rows, bsz] · U[i1:i2, i2:]   (Err1 stored transposed)

@@ -154,6 +154,43 @@ impl Checkpoint {
         }
     }
 
+    /// [`Self::load_f32`] that releases the tensor's mapped pages as it widens them, 8 MB at a
+    /// time, for a loader that keeps only the f32 copy: the file pages and the f32 copy of a
+    /// large tensor are never resident together (the pages stay in the page cache).
+    pub fn load_f32_releasing(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let t = self.tensor(name)?;
+        if t.shape != shape {
+            return Err(IoError::WrongShape {
+                tensor: name.into(),
+                got: t.shape.to_vec(),
+                expected: shape.to_vec(),
+            });
+        }
+        let elem = t.dtype.size();
+        if !t.dtype.is_float() || elem == 0 {
+            return Err(IoError::WrongDtype {
+                tensor: name.into(),
+                got: t.dtype,
+                wanted: "a float type",
+            });
+        }
+        let step = (8 << 20) / elem * elem;
+        let mut out = Vec::with_capacity(t.numel());
+        let mut part = Vec::new();
+        for (k, bytes) in t.data.chunks(step).enumerate() {
+            crate::dtype::floats_to_f32(t.dtype, bytes, &mut part);
+            out.extend_from_slice(&part);
+            self.release_range(name, k * step, bytes.len());
+        }
+        if let Some(index) = out.iter().position(|x| !x.is_finite()) {
+            return Err(IoError::NonFinite {
+                tensor: name.into(),
+                index,
+            });
+        }
+        Ok(out)
+    }
+
     /// A float tensor widened to f32, checked against an expected shape and for non-finite values.
     pub fn load_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let t = self.tensor(name)?;

@@ -312,3 +312,51 @@ fn opening_never_modifies_the_input() {
         before
     );
 }
+
+/// The releasing load widens in 8 MB pieces: across a piece boundary it gives the same values
+/// as the plain load, the same error at the same index for a NaN past the first piece, and the
+/// same typed errors for a wrong shape or dtype; the file is left as it was.
+#[test]
+fn releasing_load_matches_the_plain_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // bf16 [2500, 2000]: 10 MB of file data, two pieces.
+    let (r, c) = (2500, 2000);
+    let vals: Vec<f32> = (0..r * c)
+        .map(|i| ((i % 977) as f32 - 488.0) / 61.0)
+        .collect();
+    let mut bad = vals.clone();
+    let nan_at = 4_500_000;
+    bad[nan_at] = f32::NAN;
+    let path = d.join("model.safetensors");
+    write_safetensors(
+        &path,
+        &[
+            TensorData::bf16("w", vec![r, c], &vals),
+            TensorData::bf16("bad", vec![r, c], &bad),
+            TensorData::i32("ints", vec![2], &[1, 2]),
+        ],
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let ck = Checkpoint::open(d).unwrap();
+    let plain = ck.load_f32("w", &[r, c]).unwrap();
+    assert_eq!(ck.load_f32_releasing("w", &[r, c]).unwrap(), plain);
+    // Read again after its pages were released: the same values come back from the file.
+    assert_eq!(ck.load_f32_releasing("w", &[r, c]).unwrap(), plain);
+    assert!(matches!(
+        ck.load_f32_releasing("bad", &[r, c]),
+        Err(IoError::NonFinite { index, .. }) if index == nan_at
+    ));
+    assert!(matches!(
+        ck.load_f32_releasing("w", &[c, r]),
+        Err(IoError::WrongShape { .. })
+    ));
+    assert!(matches!(
+        ck.load_f32_releasing("ints", &[2]),
+        Err(IoError::WrongDtype { .. })
+    ));
+    drop(ck);
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}

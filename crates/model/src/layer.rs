@@ -320,6 +320,26 @@ impl DecoderLayer {
         ids
     }
 
+    /// Frees one linear's weight and returns it, leaving an empty 0 × 0 slot: for a driver that
+    /// streams a model and keeps a finished linear only as its quantized codes. The layer cannot
+    /// run that linear afterwards (a forward through it returns a shape error).
+    pub fn release_linear(&mut self, id: &LinearId) -> Result<LinearWeight> {
+        let slot =
+            self.linear_mut(id.kind, id.expert)
+                .ok_or_else(|| ModelError::BadReplacement {
+                    id: id.to_string(),
+                    reason: "no such linear in this layer".into(),
+                })?;
+        Ok(std::mem::replace(
+            slot,
+            LinearWeight::Dense {
+                out_features: 0,
+                in_features: 0,
+                weight: Vec::new(),
+            },
+        ))
+    }
+
     /// Replaces one linear's weight (dense, fake-quantized or packed) in place; shapes must agree.
     pub fn replace_linear(&mut self, id: &LinearId, weight: LinearWeight) -> Result<LinearWeight> {
         let slot =
@@ -434,5 +454,35 @@ mod tests {
             .unwrap();
         let d = rel_diff(&got, &want);
         assert!(d < 2e-6, "fused layer differs by {d} (relative to max |h|)");
+    }
+
+    /// A released linear gives its weights back and leaves an empty slot: running the layer
+    /// through it is a typed error, not a panic; a shape-checked replacement is refused.
+    #[test]
+    fn released_linear_is_an_error_to_run() {
+        let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
+            return;
+        };
+        let model = Qwen3Model::load(format!("{ASSETS}/models/qwen3-micro")).unwrap();
+        let mut l = model.layers[0].clone();
+        let id = LinearId {
+            layer: 0,
+            kind: LinearKind::Up,
+            expert: None,
+        };
+        let before = l.linear(id.kind, None).unwrap().to_dense();
+        let taken = l.release_linear(&id).unwrap();
+        assert_eq!(taken.to_dense(), before);
+        let slot = l.linear(id.kind, None).unwrap();
+        assert_eq!((slot.out_features(), slot.in_features()), (0, 0));
+        let rope = model.rope(4);
+        let mut h = model.embed(&[1, 2, 3, 4]).unwrap();
+        assert!(l.forward(&mut h, 1, 4, &rope, &mut NoObserver).is_err());
+        assert!(l.replace_linear(&id, taken).is_err());
+        let missing = LinearId {
+            expert: Some(3),
+            ..id
+        };
+        assert!(l.release_linear(&missing).is_err());
     }
 }

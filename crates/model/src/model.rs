@@ -31,9 +31,9 @@ pub struct Qwen3Model {
 }
 
 fn dense(ckpt: &Checkpoint, name: &str, out: usize, inp: usize) -> Result<LinearWeight> {
-    let w = ckpt.load_f32(name, &[out, inp])?;
-    // The f32 copy exists: the tensor's mapped file pages need not stay in the resident set
-    // (they stay in the page cache).
+    // Only the f32 copy is kept: the tensor's mapped file pages are released as they are
+    // widened (they stay in the page cache), the pages at the chunks' edges at the end.
+    let w = ckpt.load_f32_releasing(name, &[out, inp])?;
     ckpt.release_range(name, 0, usize::MAX);
     LinearWeight::dense(out, inp, w)
 }

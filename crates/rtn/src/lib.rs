@@ -225,12 +225,7 @@ impl Quantizer for Rtn {
             &self.config,
         )
         .map_err(|e| e.with_id(input.id))?;
-        let loss = linear
-            .dequantize()
-            .iter()
-            .zip(input.weight)
-            .map(|(q, w)| ((w - q) as f64).powi(2))
-            .sum();
+        let loss = linear.squared_error(input.weight)?;
         Ok(QuantOutcome {
             linear: linear.into(),
             loss,
