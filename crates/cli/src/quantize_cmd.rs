@@ -158,8 +158,8 @@ pub fn run(mut a: QuantizeArgs) -> anyhow::Result<()> {
 
     let req = method.stats_required();
     let needs_calib = req.hessian || req.channel_stats || !plan.transforms.is_empty();
-    // Only calibration and evaluation tokenize: a data-free run does not hold the tokenizer
-    // (tens of MB) through its whole run.
+    // Only calibration and evaluation tokenize: the tokenizer (about 90 MB for Qwen3's) is
+    // loaded for them and not held through a run that no longer needs it.
     let tok = (needs_calib || !evals.is_empty())
         .then(|| Tokenizer::from_dir(&a.model))
         .transpose()?;
@@ -173,6 +173,7 @@ pub fn run(mut a: QuantizeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let tok = if evals.is_empty() { None } else { tok };
     // Cost up front: FLOPs, memory and an ETA at this machine's measured GEMM rate.
     let true_seq = method.true_sequential();
     let n_samples = calib.as_ref().map_or(0, |c| c.len());
