@@ -158,14 +158,7 @@ impl Checkpoint {
     /// time, for a loader that keeps only the f32 copy: the file pages and the f32 copy of a
     /// large tensor are never resident together (the pages stay in the page cache).
     pub fn load_f32_releasing(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let t = self.tensor(name)?;
-        if t.shape != shape {
-            return Err(IoError::WrongShape {
-                tensor: name.into(),
-                got: t.shape.to_vec(),
-                expected: shape.to_vec(),
-            });
-        }
+        let t = self.tensor_of_shape(name, shape)?;
         let elem = t.dtype.size();
         if !t.dtype.is_float() || elem == 0 {
             return Err(IoError::WrongDtype {
@@ -193,6 +186,11 @@ impl Checkpoint {
 
     /// A float tensor widened to f32, checked against an expected shape and for non-finite values.
     pub fn load_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.tensor_of_shape(name, shape)?.to_f32_finite()
+    }
+
+    /// Tensor `name`, checked against an expected shape.
+    fn tensor_of_shape(&self, name: &str, shape: &[usize]) -> Result<TensorView<'_>> {
         let t = self.tensor(name)?;
         if t.shape != shape {
             return Err(IoError::WrongShape {
@@ -201,6 +199,6 @@ impl Checkpoint {
                 expected: shape.to_vec(),
             });
         }
-        t.to_f32_finite()
+        Ok(t)
     }
 }

@@ -324,12 +324,7 @@ impl DecoderLayer {
     /// streams a model and keeps a finished linear only as its quantized codes. The layer cannot
     /// run that linear afterwards (a forward through it returns a shape error).
     pub fn release_linear(&mut self, id: &LinearId) -> Result<LinearWeight> {
-        let slot =
-            self.linear_mut(id.kind, id.expert)
-                .ok_or_else(|| ModelError::BadReplacement {
-                    id: id.to_string(),
-                    reason: "no such linear in this layer".into(),
-                })?;
+        let slot = self.linear_slot(id)?;
         Ok(std::mem::replace(
             slot,
             LinearWeight::Dense {
@@ -342,12 +337,7 @@ impl DecoderLayer {
 
     /// Replaces one linear's weight (dense, fake-quantized or packed) in place; shapes must agree.
     pub fn replace_linear(&mut self, id: &LinearId, weight: LinearWeight) -> Result<LinearWeight> {
-        let slot =
-            self.linear_mut(id.kind, id.expert)
-                .ok_or_else(|| ModelError::BadReplacement {
-                    id: id.to_string(),
-                    reason: "no such linear in this layer".into(),
-                })?;
+        let slot = self.linear_slot(id)?;
         if slot.out_features() != weight.out_features()
             || slot.in_features() != weight.in_features()
         {
@@ -363,6 +353,15 @@ impl DecoderLayer {
             });
         }
         Ok(std::mem::replace(slot, weight))
+    }
+
+    /// The weight slot of linear `id`, or an error naming it.
+    fn linear_slot(&mut self, id: &LinearId) -> Result<&mut LinearWeight> {
+        self.linear_mut(id.kind, id.expert)
+            .ok_or_else(|| ModelError::BadReplacement {
+                id: id.to_string(),
+                reason: "no such linear in this layer".into(),
+            })
     }
 }
 
