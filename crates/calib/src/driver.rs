@@ -16,6 +16,8 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use qwen3_quant_core::norm_refit::{fit_norm_scale, RefitTerm};
+use qwen3_quant_core::transform::ScaleProducer;
 use qwen3_quant_core::{
     Hessian, LayerTransform, LinearId, LinearInput, LinearKind, LinearStats, PackedWeight,
     Propagation, QuantizedWeight, Quantizer, ResidualRotation, TransformNeeds, TransformRecord,
@@ -172,13 +174,14 @@ impl<'a> Pipeline<'a> {
 pub struct TransformLog {
     /// Decoder layer.
     pub layer: usize,
-    /// Transform name (`awq`, `smoothquant`).
+    /// Transform name (`awq`, `smoothquant`, `norm-refit`).
     pub transform: String,
     /// `scale`, `clip` or `smooth`.
     pub kind: String,
     /// The pair or linear it applies to.
     pub target: String,
-    /// Chosen grid ratio (AWQ) or migration strength (SmoothQuant).
+    /// Chosen grid ratio (AWQ), migration strength (SmoothQuant) or mean `|s − 1|` of the
+    /// norm's factors (`norm-refit`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio: Option<f64>,
     /// Mean clipping ratio.
@@ -235,6 +238,10 @@ pub struct DriverOptions {
     /// Whether true-sequential calibration keeps each layer's attention outputs and
     /// `down_proj` inputs for all windows or recomputes them chunk by chunk (same values).
     pub sub_block_inputs: SubBlockInputs,
+    /// After the linears that read a norm are quantized, refit the norm's weight to them in
+    /// closed form ([`qwen3_quant_core::norm_refit`]) with this ridge (`None`: off). Needs the
+    /// inputs' Hessians, so it applies to Hessian methods (GPTQ, BiLLM) only.
+    pub norm_refit: Option<f64>,
 }
 
 /// What true-sequential calibration does with a sub-block's inputs (the attention output that
@@ -264,6 +271,7 @@ qwen3_quant_core::setters!(DriverOptions {
     memory_budget: Option<u64> => with_memory_budget,
     keep_finished_layers: bool => with_keep_finished_layers,
     sub_block_inputs: SubBlockInputs => with_sub_block_inputs,
+    norm_refit: Option<f64> => with_norm_refit,
 });
 
 impl Default for DriverOptions {
@@ -278,6 +286,7 @@ impl Default for DriverOptions {
             memory_budget: None,
             keep_finished_layers: true,
             sub_block_inputs: SubBlockInputs::Auto,
+            norm_refit: None,
         }
     }
 }
@@ -708,11 +717,10 @@ impl Driver<'_> {
             let (r0, r1) = rows(s0, s1);
             Ok((layer.attn_input(&h.rows(r0, r1)), hid))
         })?;
-        self.quantize_group(
-            layer,
-            &[id(LinearKind::K), id(LinearKind::V), id(LinearKind::Q)],
-            &stats,
-        )?;
+        let qkv = [id(LinearKind::K), id(LinearKind::V), id(LinearKind::Q)];
+        let snapshot = self.norm_refit_snapshot(layer, &qkv);
+        self.quantize_group(layer, &qkv, &stats)?;
+        self.refit_norm(layer, ScaleProducer::InputNorm, snapshot, &stats)?;
         // Each group's statistics (Hessians of n² f32) go as soon as it is quantized: shadowing
         // would keep them to the end of the layer.
         drop(stats);
@@ -761,7 +769,10 @@ impl Driver<'_> {
             let (r0, r1) = rows(s0, s1);
             Ok((layer.mlp_input(&h.rows(r0, r1)), hid))
         })?;
-        self.quantize_group(layer, &[id(LinearKind::Up), id(LinearKind::Gate)], &stats)?;
+        let gate_up = [id(LinearKind::Up), id(LinearKind::Gate)];
+        let snapshot = self.norm_refit_snapshot(layer, &gate_up);
+        self.quantize_group(layer, &gate_up, &stats)?;
+        self.refit_norm(layer, ScaleProducer::PostAttentionNorm, snapshot, &stats)?;
         drop(stats);
 
         // [down] on the activation of the quantized gate/up, kept for the output when it fits
@@ -805,6 +816,109 @@ impl Driver<'_> {
             add_in_place(&mut x, &y);
             h.set_rows(r0, &x);
         }
+        Ok(())
+    }
+
+    /// The full-precision weights of `ids`, kept for [`Self::refit_norm`] when the run refits
+    /// norms and the method collects Hessians; empty otherwise.
+    fn norm_refit_snapshot(
+        &self,
+        layer: &DecoderLayer,
+        ids: &[LinearId],
+    ) -> Vec<(LinearId, Vec<f32>)> {
+        if self.opts.norm_refit.is_none() || !self.method.stats_required().hessian {
+            return Vec::new();
+        }
+        ids.iter()
+            .filter_map(|id| {
+                let w = layer.linear(id.kind, id.expert)?;
+                Some((*id, w.dense_view().into_owned()))
+            })
+            .collect()
+    }
+
+    /// Refits `producer`'s weight to the quantized linears in `snapshot` (their full-precision
+    /// weights), each weighed by the Hessian of its own inputs (an MoE expert's routed tokens);
+    /// linears without statistics are left out. Logged as a `norm-refit` transform.
+    fn refit_norm(
+        &mut self,
+        layer: &mut DecoderLayer,
+        producer: ScaleProducer,
+        snapshot: Vec<(LinearId, Vec<f32>)>,
+        stats: &HashMap<Site, LinearStats>,
+    ) -> Result<()> {
+        let Some(ridge) = self.opts.norm_refit else {
+            return Ok(());
+        };
+        if snapshot.is_empty() {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        let mut quantized = Vec::new();
+        for (id, _) in &snapshot {
+            let w = layer
+                .linear(id.kind, id.expert)
+                .ok_or_else(|| CalibError::InvalidOptions(format!("{id} missing")))?;
+            quantized.push((w.out_features(), w.dense_view().into_owned()));
+        }
+        let n = layer.input_layernorm.len();
+        let terms: Vec<RefitTerm<'_>> = snapshot
+            .iter()
+            .zip(&quantized)
+            .filter_map(|((id, w), (out, q))| {
+                let st = stats.get(&site_of(id)).filter(|s| s.tokens > 0)?;
+                let h = st.hessian.as_ref().filter(|h| h.dim == n)?;
+                Some(RefitTerm {
+                    weight: w,
+                    quantized: q,
+                    out_features: *out,
+                    gram: &h.data,
+                    cross: st
+                        .cross
+                        .as_ref()
+                        .filter(|c| c.dim == n)
+                        .map(|c| &c.data[..]),
+                })
+            })
+            .collect();
+        let fit = fit_norm_scale(&terms, n, ridge);
+        drop(terms);
+        let target = match producer {
+            ScaleProducer::InputNorm => "input_layernorm",
+            _ => "post_attention_layernorm",
+        };
+        let (loss, baseline_loss, fallback) = match &fit {
+            Some(f) => {
+                layer.rescale_norm(producer, &f.scale)?;
+                (f.error, f.baseline_error, None)
+            }
+            None => (0.0, 0.0, Some("no fit: the norm is unchanged".to_string())),
+        };
+        let mean_change = fit
+            .as_ref()
+            .map(|f| f.scale.iter().map(|v| (v - 1.0).abs() as f64).sum::<f64>() / n.max(1) as f64);
+        if self.opts.progress {
+            self.log(format!(
+                "layer {:>3}  norm refit {:<20} output error {:.5} -> {:.5}  mean |s-1| {:.4}",
+                layer.index,
+                target,
+                baseline_loss,
+                loss,
+                mean_change.unwrap_or(0.0)
+            ));
+        }
+        self.run.transforms.push(TransformLog {
+            layer: layer.index,
+            transform: "norm-refit".into(),
+            kind: "scale".into(),
+            target: target.into(),
+            ratio: mean_change,
+            clip: None,
+            loss,
+            baseline_loss,
+            fallback,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
         Ok(())
     }
 
@@ -999,7 +1113,25 @@ impl Driver<'_> {
             self.run.expert_tokens.push((li, counts));
         }
         let ids = layer.linear_ids();
+        let reads = |k: LinearKind| ids.iter().filter(move |i| i.kind == k).copied();
+        let attn: Vec<LinearId> = [LinearKind::Q, LinearKind::K, LinearKind::V]
+            .into_iter()
+            .flat_map(reads)
+            .collect();
+        let ffn: Vec<LinearId> = [LinearKind::Gate, LinearKind::Up]
+            .into_iter()
+            .flat_map(reads)
+            .collect();
+        let attn_snapshot = self.norm_refit_snapshot(layer, &attn);
+        let ffn_snapshot = self.norm_refit_snapshot(layer, &ffn);
         self.quantize_group(layer, &ids, &stats)?;
+        self.refit_norm(layer, ScaleProducer::InputNorm, attn_snapshot, &stats)?;
+        self.refit_norm(
+            layer,
+            ScaleProducer::PostAttentionNorm,
+            ffn_snapshot,
+            &stats,
+        )?;
         if let Some(input) = input {
             *h = input;
             for &(s0, s1) in &chunks {

@@ -268,6 +268,12 @@ pub struct QuantizeArgs {
     /// statistics from N tokens, all-token statistics below).
     #[arg(long, default_value = "threshold:1", value_parser = parse_expert_policy)]
     pub expert_policy: qwen3_quant_calib::ExpertPolicy,
+    /// After the linears that read a norm are quantized, refit the norm's weight to them in
+    /// closed form (least squares on their outputs over the calibration inputs, the ridge
+    /// RIDGE pulling the factors towards 1; default 0.01). Hessian methods (GPTQ, BiLLM) only.
+    /// No run-time cost: the new norm weights are stored in any format.
+    #[arg(long, value_name = "RIDGE", num_args = 0..=1, default_missing_value = "0.01")]
+    pub norm_refit: Option<f64>,
     /// MoE: weight each token of an expert's calibration statistics by its routing weight
     /// (the expert's error reaches the layer's output scaled by it); with `all-tokens`, every
     /// token by the weight the router would have given it.

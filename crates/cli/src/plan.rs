@@ -85,6 +85,9 @@ pub fn build_plan(a: &QuantizeArgs) -> anyhow::Result<Plan> {
     if a.refine > 0 && plan.quantizer.name() != "gptq" {
         bail!("--refine applies to GPTQ: --method gptq, --recipe best or --awq-then gptq");
     }
+    if a.norm_refit.is_some() && !plan.quantizer.stats_required().hessian {
+        bail!("--norm-refit needs the inputs' Hessians: --method gptq, billm or --recipe best");
+    }
     plan.rotation = a.rotate.then(|| Hadamard::new(a.rotate_seed));
     Ok(plan)
 }

@@ -141,6 +141,8 @@ fn bad_settings_are_json_errors() {
         &["--method", "gptq", "--refit-scales", "2"][..],
         &["--method", "rtn", "--foem", "0.2"][..],
         &["--method", "gptq", "--foem", "1"][..],
+        &["--method", "gptq", "--norm-refit", "-1"][..],
+        &["--method", "rtn", "--norm-refit"][..],
     ] {
         let (ok, v, _) = quantize(extra);
         assert!(!ok, "{extra:?} should fail");
@@ -336,4 +338,32 @@ fn expert_policy_is_parsed_and_reported() {
     assert!(!bad.status.success());
     let v: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
     assert!(v["error"].as_str().unwrap().contains("threshold:N"), "{v}");
+}
+
+/// `--norm-refit` refits both norms of every layer after GPTQ and reports each fit as a
+/// `norm-refit` transform whose error is below the norm's own; the ridge is recorded.
+#[test]
+fn norm_refit_is_reported_per_norm() {
+    let Some(_) = qwen3_quant_io::assets::require("models/qwen3-micro") else {
+        return;
+    };
+    let (ok, v, err) = quantize(&["--method", "gptq", "--bits", "3", "--norm-refit"]);
+    assert!(ok, "{v} {err}");
+    assert_eq!(v["norm_refit"].as_f64(), Some(0.01));
+    let fits: Vec<&Value> = v["transforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["transform"] == "norm-refit")
+        .collect();
+    assert_eq!(fits.len(), 16, "{v}");
+    let applied: Vec<&&Value> = fits.iter().filter(|t| t["fallback"].is_null()).collect();
+    assert!(!applied.is_empty());
+    for t in applied {
+        assert!(
+            t["loss"].as_f64().unwrap() < t["baseline_loss"].as_f64().unwrap(),
+            "{t}"
+        );
+    }
+    assert!(v["eval"]["docs"]["ppl"].as_f64().unwrap().is_finite());
 }

@@ -24,6 +24,7 @@ pub mod id;
 pub mod linalg;
 pub mod linear;
 pub mod method;
+pub mod norm_refit;
 mod pack;
 pub mod scheme;
 mod setters;

@@ -353,6 +353,42 @@ impl DecoderLayer {
             .ok_or_else(|| bad(format!("{name} does not exist")))
     }
 
+    /// Multiplies the weight of a norm (`InputNorm` or `PostAttentionNorm`) by `s` and leaves
+    /// the linears that read it as they are, so that they now compute `W·diag(s)·x`: the
+    /// post-quantization refit of the norm (`qwen3_quant_core::norm_refit`). The MoE router
+    /// stays in full precision and keeps its logits: its input columns are divided by `s`.
+    ///
+    /// # Errors
+    /// [`ModelError::Shape`] for a wrong length, [`ModelError::BadReplacement`] for a
+    /// non-positive or non-finite factor, a producer that is not a norm, or a router that is not
+    /// dense.
+    pub fn rescale_norm(&mut self, producer: ScaleProducer, s: &[f32]) -> Result<()> {
+        if let Some(i) = s.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
+            return Err(bad(format!(
+                "factor {i} is {} (must be positive and finite)",
+                s[i]
+            )));
+        }
+        let norm = match producer {
+            ScaleProducer::InputNorm => &mut self.input_layernorm,
+            ScaleProducer::PostAttentionNorm => &mut self.post_attention_layernorm,
+            other => return Err(bad(format!("{other:?} is not a norm"))),
+        };
+        if s.len() != norm.len() {
+            return Err(ModelError::Shape {
+                what: "scale (norm)",
+                expected: norm.len(),
+                got: s.len(),
+            });
+        }
+        norm.iter_mut().zip(s).for_each(|(w, f)| *w *= f);
+        if let (ScaleProducer::PostAttentionNorm, FeedForward::Moe(m)) = (producer, &mut self.ffn) {
+            let inv: Vec<f32> = s.iter().map(|f| 1.0 / f).collect();
+            scale_columns(&mut m.router, &inv, "router")?;
+        }
+        Ok(())
+    }
+
     /// Folds `s` into `producer` exactly: the producer is divided by `s` (a producer linear's
     /// bias rows too, e.g. `v_proj.bias`) and every consumer of its output (including the MoE
     /// router, which stays in full precision) has its input columns multiplied by `s`, so the

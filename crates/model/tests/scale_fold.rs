@@ -298,3 +298,63 @@ fn scored_blocks_with_unchanged_candidates_equal_the_forward() {
         .collect();
     assert!(rel_max_diff(&full, &recon) < 1e-6);
 }
+
+/// `rescale_norm` (the post-quantization norm refit) multiplies only the norm: the linears that
+/// read it keep their weights, and the MoE router, which stays in full precision, keeps its
+/// logits (its columns take `1/s`).
+#[test]
+fn rescaling_a_norm_keeps_the_router_logits_and_the_experts() {
+    let Some(_) = qwen3_quant_io::assets::require("models/qwen3-moe-micro") else {
+        return;
+    };
+    let mut model = Qwen3Model::load(format!("{ASSETS}/models/qwen3-moe-micro")).unwrap();
+    let layer = &mut model.layers[1];
+    let n = layer.post_attention_layernorm.len();
+    let mut rng = Rng(7);
+    let x: Vec<f32> = (0..16 * n).map(|_| rng.normal_ish()).collect();
+    let FeedForward::Moe(m) = &layer.ffn else {
+        panic!("MoE layer")
+    };
+    let logits = |l: &DecoderLayer| {
+        let FeedForward::Moe(m) = &l.ffn else {
+            unreachable!()
+        };
+        m.router.apply(&l.mlp_input(&x), 16).unwrap()
+    };
+    let before = logits(layer);
+    let gate0 = m.experts[0].gate.to_dense();
+    let (norm0, qnorm0) = (
+        layer.post_attention_layernorm.clone(),
+        layer.input_layernorm.clone(),
+    );
+    let s: Vec<f32> = (0..n).map(|_| rng.scale()).collect();
+    layer
+        .rescale_norm(ScaleProducer::PostAttentionNorm, &s)
+        .unwrap();
+    assert!(rel_max_diff(&before, &logits(layer)) < 1e-5);
+    let FeedForward::Moe(m) = &layer.ffn else {
+        unreachable!()
+    };
+    assert_eq!(m.experts[0].gate.to_dense(), gate0);
+    for j in 0..n {
+        assert_eq!(layer.post_attention_layernorm[j], norm0[j] * s[j]);
+    }
+    assert_eq!(layer.input_layernorm, qnorm0);
+    // Not a norm, a wrong length, a non-positive factor: refused, nothing changed.
+    let v = LinearId {
+        layer: 1,
+        kind: LinearKind::V,
+        expert: None,
+    };
+    let snapshot = layer.post_attention_layernorm.clone();
+    assert!(layer.rescale_norm(ScaleProducer::Rows(v), &s).is_err());
+    assert!(layer
+        .rescale_norm(ScaleProducer::InputNorm, &s[..n - 1])
+        .is_err());
+    let mut bad = s.clone();
+    bad[3] = -1.0;
+    assert!(layer
+        .rescale_norm(ScaleProducer::PostAttentionNorm, &bad)
+        .is_err());
+    assert_eq!(layer.post_attention_layernorm, snapshot);
+}
