@@ -207,28 +207,23 @@ mod tests {
 
     #[test]
     fn nothing_to_fit_leaves_the_norm_alone() {
+        let fit = |quantized: &[f32], gram: &[f32]| {
+            let w = [1.0f32, 0.0, 0.0, 1.0];
+            let t = RefitTerm {
+                weight: &w,
+                quantized,
+                out_features: 2,
+                gram,
+                cross: None,
+            };
+            fit_norm_scale(&[t], 2, 0.0)
+        };
         assert_eq!(fit_norm_scale(&[], 3, 0.0), None);
         // Exact weights: no error to lower.
-        let w = [1.0f32, 0.0, 0.0, 1.0];
-        let h = [1.0f32, 0.0, 0.0, 1.0];
-        let t = RefitTerm {
-            weight: &w,
-            quantized: &w,
-            out_features: 2,
-            gram: &h,
-            cross: None,
-        };
-        assert_eq!(fit_norm_scale(&[t], 2, 0.0), None);
+        assert_eq!(fit(&[1.0, 0.0, 0.0, 1.0], &[1.0, 0.0, 0.0, 1.0]), None);
         // A channel the inputs never excite: singular, refused.
-        let wq = [0.5f32, 0.0, 0.0, 1.0];
-        let h0 = [1.0f32, 0.0, 0.0, 0.0];
-        let t = RefitTerm {
-            weight: &w,
-            quantized: &wq,
-            out_features: 2,
-            gram: &h0,
-            cross: None,
-        };
-        assert_eq!(fit_norm_scale(&[t], 2, 0.0), None);
+        assert_eq!(fit(&[0.5, 0.0, 0.0, 1.0], &[1.0, 0.0, 0.0, 0.0]), None);
+        // The same with both channels excited: fitted.
+        assert!(fit(&[0.5, 0.0, 0.0, 1.0], &[1.0, 0.0, 0.0, 1.0]).is_some());
     }
 }
