@@ -501,6 +501,19 @@ impl Driver<'_> {
         ids: &[LinearId],
         stats: &HashMap<Site, LinearStats>,
     ) -> Result<()> {
+        self.quantize_group_then(layer, ids, stats, false)
+    }
+
+    /// [`Self::quantize_group`], then [`Self::release_finished`] when `release` is set: a
+    /// streamed run then never writes the quantized values into a weight it frees right away.
+    fn quantize_group_then(
+        &mut self,
+        layer: &mut DecoderLayer,
+        ids: &[LinearId],
+        stats: &HashMap<Site, LinearStats>,
+        release: bool,
+    ) -> Result<()> {
+        let freed_at_once = release && !self.opts.keep_finished_layers;
         for id in ids {
             let weight = layer
                 .linear(id.kind, id.expert)
@@ -552,6 +565,8 @@ impl Driver<'_> {
             let seconds = t0.elapsed().as_secs_f64();
             drop(w);
             let new_weight = match self.opts.weight_mode {
+                // Released below: the store keeps the codes, nothing reads these values.
+                _ if freed_at_once => None,
                 // Overwrite the full-precision values in place: never two f32 copies at once.
                 WeightMode::FakeQuant => match layer.dense_weight_mut(id.kind, id.expert) {
                     Some(dense) => {
@@ -610,6 +625,9 @@ impl Driver<'_> {
             }
             self.run.records.push(rec);
             self.run.quantized.push((*id, outcome.linear));
+        }
+        if release {
+            self.release_finished(layer, ids)?;
         }
         Ok(())
     }
@@ -1568,8 +1586,7 @@ fn run_layers(
             if quantize {
                 // One linear at a time, each freed once quantized: nothing runs it again.
                 for id in layer.linear_ids() {
-                    d.quantize_group(layer, &[id], &HashMap::new())?;
-                    d.release_finished(layer, &[id])?;
+                    d.quantize_group_then(layer, &[id], &HashMap::new(), true)?;
                 }
             }
             if let Some(s) = store.as_deref_mut() {
