@@ -41,6 +41,18 @@ fn dense_mut<'a>(w: &'a mut LinearWeight, what: &str) -> Result<&'a mut Vec<f32>
     }
 }
 
+/// Per-channel factors must be positive and finite: a fold or a rescale by anything else would
+/// not be an equivalence.
+fn check_factors(s: &[f32]) -> Result<()> {
+    match s.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
+        Some(i) => Err(bad(format!(
+            "factor {i} is {} (must be positive and finite)",
+            s[i]
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// `W[:, c] *= f[c]` for a dense `[out, in]` weight.
 fn scale_columns(w: &mut LinearWeight, f: &[f32], what: &str) -> Result<()> {
     let cols = w.in_features();
@@ -363,12 +375,7 @@ impl DecoderLayer {
     /// non-positive or non-finite factor, a producer that is not a norm, or a router that is not
     /// dense.
     pub fn rescale_norm(&mut self, producer: ScaleProducer, s: &[f32]) -> Result<()> {
-        if let Some(i) = s.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
-            return Err(bad(format!(
-                "factor {i} is {} (must be positive and finite)",
-                s[i]
-            )));
-        }
+        check_factors(s)?;
         let norm = match producer {
             ScaleProducer::InputNorm => &mut self.input_layernorm,
             ScaleProducer::PostAttentionNorm => &mut self.post_attention_layernorm,
@@ -398,12 +405,7 @@ impl DecoderLayer {
     /// [`ModelError::Shape`] for a wrong length, [`ModelError::BadReplacement`] for a
     /// non-positive or non-finite factor, an unknown producer, or a weight that is not dense.
     pub fn fold_scale(&mut self, producer: ScaleProducer, s: &[f32]) -> Result<()> {
-        if let Some(i) = s.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
-            return Err(bad(format!(
-                "factor {i} is {} (must be positive and finite)",
-                s[i]
-            )));
-        }
+        check_factors(s)?;
         use LinearKind::*;
         match producer {
             ScaleProducer::InputNorm => {
