@@ -106,8 +106,8 @@ fn recomputing_sub_block_inputs_quantizes_the_same_bits_as_keeping_them() {
     }
 }
 
-/// MoE layers are calibrated in one pass: every input, the experts' routed rows included, is
-/// paired with the full-precision model's at the same tokens.
+/// MoE layers are calibrated true-sequentially like dense ones: every input, the experts' routed
+/// rows included, is paired with the full-precision model's at the same tokens.
 #[test]
 fn moe_layers_get_full_precision_targets_too() {
     let Some(_) = qwen3_quant::io::assets::require("models/qwen3-moe-micro") else {
@@ -138,9 +138,11 @@ fn moe_layers_get_full_precision_targets_too() {
         .zip(&asym.quantized)
         .zip(&asym.records)
     {
-        // Layer 0 reads the embeddings in both models; an expert no token reached has identity
-        // statistics and no cross term. Everything else reads inputs quantization changed.
-        let same_inputs = id.layer == 0 || rec.tokens == 0;
+        // Layer 0's q/k/v read the embeddings in both models; an expert no token reached has
+        // identity statistics and no cross term. Everything else reads inputs quantization
+        // changed (layer 0's o_proj and experts those of its quantized attention).
+        let first_reads = matches!(id.kind, LinearKind::Q | LinearKind::K | LinearKind::V);
+        let same_inputs = (id.layer == 0 && first_reads) || rec.tokens == 0;
         assert_eq!(p == a, same_inputs, "{id}");
         changed += usize::from(p != a);
     }
@@ -157,8 +159,10 @@ fn moe_layers_get_full_precision_targets_too() {
             .sum::<f64>()
     };
     let (e_plain, e_asym) = (err(&plain_m), err(&asym_m));
-    // Measured: 0.70 × plain GPTQ's squared logit error at alpha 0.5 (0.76 at 0.25; 1.13 at 1,
-    // where experts with few routed tokens overfit their correction).
+    eprintln!("squared logit error: asymmetric {e_asym:.4e}, plain {e_plain:.4e}");
+    // Measured: 0.43 × plain GPTQ's squared logit error at alpha 0.5 (0.70 when MoE layers were
+    // calibrated in one pass, where at alpha 1 experts with few routed tokens overfit their
+    // correction: 1.13).
     assert!(
         e_asym < 0.9 * e_plain,
         "asymmetric {e_asym} vs plain {e_plain}"

@@ -24,15 +24,16 @@ use qwen3_quant_core::{
 };
 use qwen3_quant_io::Checkpoint;
 use qwen3_quant_model::layer::add_in_place;
+use qwen3_quant_model::mlp::MoeBlock;
 use qwen3_quant_model::{
-    DecoderLayer, FeedForward, LinearWeight, NoObserver, Qwen3Model, Rope, Rotation, Site,
+    DecoderLayer, FeedForward, LinearWeight, NoObserver, Observer, Qwen3Model, Rope, Rotation, Site,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::activations::{ActivationDtype, ActivationStore};
 use crate::data::CalibrationSet;
 use crate::error::{CalibError, Result};
-use crate::paired::{PairedCollector, SiteRecorder};
+use crate::paired::{OnlySites, PairedCollector, SiteRecorder};
 use crate::resume::{FinishedLayer, LayerStore, Restore};
 use crate::stats::StatsCollector;
 use crate::transform_ctx::{site_of, TransformContext};
@@ -242,6 +243,11 @@ pub struct DriverOptions {
     /// closed form ([`qwen3_quant_core::norm_refit`]) with this ridge (`None`: off). Needs the
     /// inputs' Hessians, so it applies to Hessian methods (GPTQ, BiLLM) only.
     pub norm_refit: Option<f64>,
+    /// MoE with asymmetric calibration: after each layer's attention is quantized, refit the
+    /// full-precision router to the full-precision model's logits with this relative dampening
+    /// (`None`: off); see `Driver::refit_router`. Needs true-sequential calibration and the
+    /// full-precision stream ([`Quantizer::full_precision_targets`]); ignored otherwise.
+    pub router_refit: Option<f64>,
 }
 
 /// What true-sequential calibration does with a sub-block's inputs (the attention output that
@@ -272,6 +278,7 @@ qwen3_quant_core::setters!(DriverOptions {
     keep_finished_layers: bool => with_keep_finished_layers,
     sub_block_inputs: SubBlockInputs => with_sub_block_inputs,
     norm_refit: Option<f64> => with_norm_refit,
+    router_refit: Option<f64> => with_router_refit,
 });
 
 impl Default for DriverOptions {
@@ -287,6 +294,7 @@ impl Default for DriverOptions {
             keep_finished_layers: true,
             sub_block_inputs: SubBlockInputs::Auto,
             norm_refit: None,
+            router_refit: None,
         }
     }
 }
@@ -713,8 +721,9 @@ impl Driver<'_> {
         }
     }
 
-    /// True-sequential processing of a dense layer; `h` becomes the quantized layer's output.
-    fn true_sequential_dense(
+    /// True-sequential processing of a layer's attention: q/k/v, then `o_proj` on the quantized
+    /// q/k/v's output; `h` becomes the residual stream after the quantized attention.
+    fn sequential_attention(
         &mut self,
         layer: &mut DecoderLayer,
         h: &mut ActivationStore,
@@ -783,6 +792,26 @@ impl Driver<'_> {
             layer,
             &[LinearKind::Q, LinearKind::K, LinearKind::V, LinearKind::O].map(id),
         )?;
+        Ok(())
+    }
+
+    /// True-sequential processing of a dense layer; `h` becomes the quantized layer's output.
+    fn true_sequential_dense(
+        &mut self,
+        layer: &mut DecoderLayer,
+        h: &mut ActivationStore,
+        fp: Option<FpStream<'_>>,
+    ) -> Result<()> {
+        self.sequential_attention(layer, h, fp)?;
+        let seq = self.seq;
+        let li = layer.index;
+        let id = |kind| LinearId {
+            layer: li,
+            kind,
+            expert: None,
+        };
+        let rows = |s0: usize, s1: usize| (s0 * seq, s1 * seq);
+        let hid = h.cols();
         let stats = self.collect(li, Site::MlpInput, fp, |s0, s1| {
             let (r0, r1) = rows(s0, s1);
             Ok((layer.mlp_input(&h.rows(r0, r1)), hid))
@@ -835,6 +864,243 @@ impl Driver<'_> {
             h.set_rows(r0, &x);
         }
         Ok(())
+    }
+
+    /// True-sequential processing of an MoE layer, in the order GPTQModel quantizes one: the
+    /// attention as in a dense layer, then every expert's gate/up from the tokens the router
+    /// sends it after the quantized attention, then every expert's `down_proj` on the
+    /// activations of its quantized gate/up. `h` becomes the quantized layer's output.
+    fn true_sequential_moe(
+        &mut self,
+        layer: &mut DecoderLayer,
+        h: &mut ActivationStore,
+        fp: Option<FpStream<'_>>,
+    ) -> Result<()> {
+        self.sequential_attention(layer, h, fp)?;
+        if let (Some(damp), Some(fp)) = (self.opts.router_refit, fp) {
+            self.refit_router(layer, h, fp, damp)?;
+        }
+        let (seq, li) = (self.seq, layer.index);
+        let ids = layer.linear_ids();
+        let experts_of = |kinds: &[LinearKind]| -> Vec<LinearId> {
+            ids.iter()
+                .filter(|i| i.expert.is_some() && kinds.contains(&i.kind))
+                .copied()
+                .collect()
+        };
+
+        // Gate/up of every expert on its routed rows of post_attention_layernorm(h).
+        let mut coll = self.collector(li);
+        for (s0, s1) in self.chunks() {
+            let (r0, r1) = (s0 * seq, s1 * seq);
+            let x = layer.mlp_input(&h.rows(r0, r1));
+            let FeedForward::Moe(moe) = &layer.ffn else {
+                unreachable!("MoE layer")
+            };
+            self.pass_experts(&mut coll, moe, fp, &x, s0, s1, ExpertStage::GateUp)?;
+        }
+        let stats = coll.finish(self.n_seq)?;
+        if let FeedForward::Moe(m) = &layer.ffn {
+            if !self.run.expert_tokens.iter().any(|(l, _)| *l == li) {
+                let counts = (0..m.experts.len())
+                    .map(|e| stats.get(&Site::ExpertInput(e)).map_or(0, |s| s.tokens))
+                    .collect();
+                self.run.expert_tokens.push((li, counts));
+            }
+        }
+        let gate_up = experts_of(&[LinearKind::Gate, LinearKind::Up]);
+        let snapshot = self.norm_refit_snapshot(layer, &gate_up);
+        self.quantize_group(layer, &gate_up, &stats)?;
+        self.refit_norm(layer, ScaleProducer::PostAttentionNorm, snapshot, &stats)?;
+        drop(stats);
+
+        // Down of every expert on the activations of its quantized gate/up.
+        let mut coll = self.collector(li);
+        for (s0, s1) in self.chunks() {
+            let (r0, r1) = (s0 * seq, s1 * seq);
+            let x = layer.mlp_input(&h.rows(r0, r1));
+            let FeedForward::Moe(moe) = &layer.ffn else {
+                unreachable!("MoE layer")
+            };
+            self.pass_experts(&mut coll, moe, fp, &x, s0, s1, ExpertStage::Down)?;
+        }
+        let stats = coll.finish(self.n_seq)?;
+        self.quantize_group(layer, &experts_of(&[LinearKind::Down]), &stats)?;
+        drop(stats);
+
+        let FeedForward::Moe(moe) = &layer.ffn else {
+            unreachable!("MoE layer")
+        };
+        for (s0, s1) in self.chunks() {
+            let (r0, r1) = (s0 * seq, s1 * seq);
+            let mut x = h.rows(r0, r1);
+            let y = moe.forward(&layer.mlp_input(&x), r1 - r0, li, &mut NoObserver)?;
+            add_in_place(&mut x, &y);
+            h.set_rows(r0, &x);
+        }
+        Ok(())
+    }
+
+    /// Refits the (full-precision) MoE router of `layer` to the quantized stream: its logits on
+    /// the quantized model's MLP inputs `X̃` (after the quantized attention) are fitted by least
+    /// squares to the full-precision model's, `W·X`, so that the quantized model routes tokens
+    /// as the full-precision one does. The solution is asymmetric calibration's target
+    /// `W + W·D·H⁻¹` ([`qwen3_quant_core::asymmetric`]) with relative dampening `damp`, which
+    /// also pulls it towards `W`. Logged as a `router-refit` transform with the logits' squared
+    /// error before and after.
+    fn refit_router(
+        &mut self,
+        layer: &mut DecoderLayer,
+        h: &ActivationStore,
+        fp: FpStream<'_>,
+        damp: f64,
+    ) -> Result<()> {
+        let t0 = Instant::now();
+        let (seq, li) = (self.seq, layer.index);
+        let FeedForward::Moe(moe) = &layer.ffn else {
+            return Ok(());
+        };
+        let (experts, n) = (moe.router.out_features(), moe.router.in_features());
+        let w = moe.router.dense_view().into_owned();
+        let request = qwen3_quant_core::StatsRequest {
+            hessian: true,
+            channel_stats: false,
+        };
+        let mut coll = StatsCollector::new(li, request);
+        let mut baseline = 0.0f64;
+        let mut agree = 0usize;
+        let mut tokens = 0usize;
+        for (s0, s1) in self.chunks() {
+            let rows = (s1 - s0) * seq;
+            let xq = layer.mlp_input(&h.rows(s0 * seq, s1 * seq));
+            let xf = self.fp_site_input(fp, Site::MlpInput, s0, s1)?;
+            let (lq, lf) = (moe.router.apply(&xq, rows)?, moe.router.apply(&xf, rows)?);
+            baseline += lq
+                .iter()
+                .zip(&lf)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>();
+            agree += same_top_k(&lq, &lf, experts, moe.top_k);
+            tokens += rows;
+            coll.add_pair(Site::MlpInput, &xq, &xf, rows, n)?;
+        }
+        let stats = coll.finish(self.n_seq)?;
+        let st = stats.get(&Site::MlpInput);
+        let (Some(hs), Some(d)) = (
+            st.and_then(|s| s.hessian.as_ref()),
+            st.and_then(|s| s.cross.as_ref()),
+        ) else {
+            return Ok(());
+        };
+        let agreement = agree as f64 / tokens.max(1) as f64;
+        // A damped Gram matrix of real activations is positive definite; should it not be,
+        // the router stays as it is.
+        let refit = qwen3_quant_core::asymmetric::asymmetric_target(
+            &w,
+            experts,
+            n,
+            &hs.data,
+            &d.data,
+            1.0,
+            damp as f32,
+        );
+        let (loss, fallback) = match refit {
+            Ok(v) => {
+                // The logits' squared error of V from the sums already collected:
+                // ‖V·X̃ − W·X‖² = tr(V H Vᵀ) − 2 tr(V M Wᵀ) + const, M = Σ x̃ xᵀ = (H + D)ᵀ.
+                let quad = |v: &[f32]| -> f64 {
+                    let mut acc = 0.0f64;
+                    for e in 0..experts {
+                        let (ve, we) = (&v[e * n..(e + 1) * n], &w[e * n..(e + 1) * n]);
+                        for i in 0..n {
+                            let (mut hv, mut mw) = (0.0f64, 0.0f64);
+                            for j in 0..n {
+                                hv += hs.data[i * n + j] as f64 * ve[j] as f64;
+                                mw +=
+                                    (hs.data[j * n + i] + d.data[j * n + i]) as f64 * we[j] as f64;
+                            }
+                            acc += ve[i] as f64 * (hv - 2.0 * mw);
+                        }
+                    }
+                    acc
+                };
+                let loss = baseline + quad(&v) - quad(&w);
+                let FeedForward::Moe(moe) = &mut layer.ffn else {
+                    unreachable!("MoE layer")
+                };
+                moe.router = LinearWeight::dense(experts, n, v)?;
+                (loss, None)
+            }
+            Err(e) => (
+                baseline,
+                Some(format!("no fit ({e}): the router is unchanged")),
+            ),
+        };
+        if self.opts.progress {
+            self.log(format!(
+                "layer {li:>3}  router refit  logit error {baseline:.5e} -> {loss:.5e}  \
+                 top-k as full precision before {:.2}%",
+                100.0 * agreement
+            ));
+        }
+        self.run.transforms.push(TransformLog {
+            layer: li,
+            transform: "router-refit".into(),
+            kind: "weight".into(),
+            target: "mlp.gate".into(),
+            ratio: Some(agreement),
+            clip: None,
+            loss,
+            baseline_loss: baseline,
+            fallback,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+        Ok(())
+    }
+
+    /// One chunk of an MoE block's expert calibration: the routing of the quantized stream's
+    /// MLP input `x`, and the expert sites of `stage`, paired with the full-precision stream's
+    /// when there is one (an expert's pair taken at the tokens the quantized stream routes to
+    /// it, through the full-precision expert's gate/up for `down_proj`).
+    #[allow(clippy::too_many_arguments)]
+    fn pass_experts(
+        &self,
+        coll: &mut StatsCollector,
+        moe: &MoeBlock,
+        fp: Option<FpStream<'_>>,
+        x: &[f32],
+        s0: usize,
+        s1: usize,
+        stage: ExpertStage,
+    ) -> Result<()> {
+        let (rows, li) = ((s1 - s0) * self.seq, coll.layer());
+        let keep: fn(Site) -> bool = match stage {
+            ExpertStage::GateUp => |s| matches!(s, Site::ExpertInput(_) | Site::ExpertInputAll(_)),
+            ExpertStage::Down => {
+                |s| matches!(s, Site::ExpertDownInput(_) | Site::ExpertDownInputAll(_))
+            }
+        };
+        let run = |obs: &mut dyn Observer| -> Result<()> {
+            let mut only = OnlySites { inner: obs, keep };
+            match stage {
+                ExpertStage::GateUp => moe.observe_inputs(x, rows, li, &mut only).map(drop),
+                ExpertStage::Down => moe.forward(x, rows, li, &mut only).map(drop),
+            }
+            .map_err(CalibError::from)
+        };
+        match fp {
+            None => run(coll),
+            Some(fp) => {
+                let full = SiteRecorder::holding(
+                    Site::MlpInput,
+                    self.fp_site_input(fp, Site::MlpInput, s0, s1)?,
+                );
+                let mut paired = PairedCollector::new(coll, &full, fp.layer);
+                paired.set_routing(moe.route(x, rows)?);
+                run(&mut paired)?;
+                paired.finish()
+            }
+        }
     }
 
     /// The full-precision weights of `ids`, kept for [`Self::refit_norm`] when the run refits
@@ -1687,12 +1953,15 @@ fn run_layers(
         if !quantize {
             // Transforms only: the layer keeps full-precision weights.
         } else if pipeline.quantizer_needs_stats() {
-            if true_seq && matches!(layer.ffn, FeedForward::Dense(_)) {
+            if true_seq {
                 let fp = fp_layer
                     .as_ref()
                     .zip(h_fp.as_ref())
                     .map(|(layer, h)| FpStream { layer, h });
-                d.true_sequential_dense(layer, &mut h, fp)?;
+                match layer.ffn {
+                    FeedForward::Dense(_) => d.true_sequential_dense(layer, &mut h, fp)?,
+                    FeedForward::Moe(_) => d.true_sequential_moe(layer, &mut h, fp)?,
+                }
             } else {
                 fp_advanced = true;
                 d.one_pass(layer, &mut h, fp_layer.as_ref().zip(h_fp.as_mut()))?;
@@ -1743,6 +2012,31 @@ pub fn available_memory_bytes() -> Option<u64> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// Tokens whose top-`k` experts (as a set) are the same under the logits `a` and `b`
+/// (`[tokens, experts]`).
+fn same_top_k(a: &[f32], b: &[f32], experts: usize, k: usize) -> usize {
+    let top = |l: &[f32]| {
+        let mut order: Vec<usize> = (0..experts).collect();
+        order.sort_by(|&x, &y| l[y].total_cmp(&l[x]).then(x.cmp(&y)));
+        order.truncate(k);
+        order.sort_unstable();
+        order
+    };
+    a.chunks_exact(experts.max(1))
+        .zip(b.chunks_exact(experts.max(1)))
+        .filter(|(x, y)| top(x) == top(y))
+        .count()
+}
+
+/// Which expert linears a calibration pass of an MoE block collects statistics for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ExpertStage {
+    /// Every expert's gate/up (their routed inputs).
+    GateUp,
+    /// Every expert's `down_proj` (the activations of its gate/up).
+    Down,
 }
 
 /// The full-precision model next to the quantized one: the layer before quantization and its

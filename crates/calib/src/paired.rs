@@ -23,6 +23,15 @@ pub(crate) struct SiteRecorder {
     sites: HashMap<Site, Vec<f32>>,
 }
 
+impl SiteRecorder {
+    /// A recorder holding `x` as the input of `site` (a site computed outside a forward).
+    pub(crate) fn holding(site: Site, x: Vec<f32>) -> Self {
+        SiteRecorder {
+            sites: HashMap::from([(site, x)]),
+        }
+    }
+}
+
 impl Observer for SiteRecorder {
     fn wants(&self, _layer: usize, site: Site) -> bool {
         matches!(
@@ -81,6 +90,13 @@ impl<'a> PairedCollector<'a> {
         })
     }
 
+    /// The quantized stream's routing of the expert sites that follow, from its own router
+    /// (which a router refit may have changed), without collecting the MLP input's statistics
+    /// (what observing [`Site::MlpInput`] also does).
+    pub(crate) fn set_routing(&mut self, routing: Routing) {
+        self.routing = Some(routing);
+    }
+
     fn pair(&mut self, site: Site, x: &[f32], rows: usize, cols: usize) -> Result<()> {
         if let (Site::MlpInput, Some(moe)) = (site, self.moe) {
             self.routing = Some(moe.route(x, rows)?);
@@ -125,5 +141,26 @@ impl Observer for PairedCollector<'_> {
 
     fn observe_routing(&mut self, layer: usize, routing: &Routing) {
         self.stats.observe_routing(layer, routing);
+    }
+}
+
+/// Passes on to `inner` only the sites `keep` accepts (and every routing): one stage of a
+/// layer's calibration collects some of the sites a forward reports.
+pub(crate) struct OnlySites<'a> {
+    pub(crate) inner: &'a mut dyn Observer,
+    pub(crate) keep: fn(Site) -> bool,
+}
+
+impl Observer for OnlySites<'_> {
+    fn wants(&self, layer: usize, site: Site) -> bool {
+        (self.keep)(site) && self.inner.wants(layer, site)
+    }
+
+    fn observe(&mut self, layer: usize, site: Site, x: &[f32], rows: usize, cols: usize) {
+        self.inner.observe(layer, site, x, rows, cols);
+    }
+
+    fn observe_routing(&mut self, layer: usize, routing: &Routing) {
+        self.inner.observe_routing(layer, routing);
     }
 }

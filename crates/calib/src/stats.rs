@@ -45,6 +45,11 @@ impl StatsCollector {
         self
     }
 
+    /// The layer this collector gathers for.
+    pub fn layer(&self) -> usize {
+        self.layer
+    }
+
     /// Records the router's decisions for the expert sites that follow.
     pub fn set_routing(&mut self, routing: &Routing) {
         if self.routing_weighted {

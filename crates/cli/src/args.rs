@@ -184,7 +184,8 @@ pub struct QuantizeArgs {
     /// Keep the natural column order (GPTQ).
     #[arg(long)]
     pub no_act_order: bool,
-    /// Quantize [k,v,q] -> [o] -> [up,gate] -> [down] with inputs recomputed between groups (on by default).
+    /// Quantize [k,v,q] -> [o] -> [up,gate] -> [down] with inputs recomputed between groups (on by
+    /// default; on MoE layers the groups are every expert's gate/up, then every expert's down).
     #[arg(long, overrides_with = "no_true_sequential")]
     pub true_sequential: bool,
     /// Collect all statistics of a layer in one pass over the full-precision layer.
@@ -274,6 +275,12 @@ pub struct QuantizeArgs {
     /// No run-time cost: the new norm weights are stored in any format.
     #[arg(long, value_name = "RIDGE", num_args = 0..=1, default_missing_value = "0.01")]
     pub norm_refit: Option<f64>,
+    /// MoE, with --gptaq: after each layer's attention is quantized, refit the full-precision
+    /// router by least squares so that its logits on the quantized model's inputs match the
+    /// full-precision model's (DAMP: relative dampening of the fit, default 0.01). True-sequential
+    /// calibration only. No run-time cost: the router stays a full-precision tensor.
+    #[arg(long, value_name = "DAMP", num_args = 0..=1, default_missing_value = "0.01")]
+    pub router_refit: Option<f64>,
     /// MoE: weight each token of an expert's calibration statistics by its routing weight
     /// (the expert's error reaches the layer's output scaled by it); with `all-tokens`, every
     /// token by the weight the router would have given it.

@@ -85,6 +85,12 @@ pub fn build_plan(a: &QuantizeArgs) -> anyhow::Result<Plan> {
     if a.refine > 0 && plan.quantizer.name() != "gptq" {
         bail!("--refine applies to GPTQ: --method gptq, --recipe best or --awq-then gptq");
     }
+    if a.router_refit.is_some() && (a.gptaq.is_none() || a.no_true_sequential) {
+        bail!(
+            "--router-refit fits the router to the full-precision model's logits: it needs \
+             --gptaq and true-sequential calibration"
+        );
+    }
     if a.norm_refit.is_some() && !plan.quantizer.stats_required().hessian {
         bail!("--norm-refit needs the inputs' Hessians: --method gptq, billm or --recipe best");
     }

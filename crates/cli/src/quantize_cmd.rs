@@ -202,6 +202,11 @@ pub fn run(mut a: QuantizeArgs) -> anyhow::Result<()> {
             bail!("--norm-refit {r}: the ridge must be a finite number ≥ 0");
         }
     }
+    if let Some(r) = a.router_refit {
+        if !(r.is_finite() && r > 0.0) {
+            bail!("--router-refit {r}: the dampening must be a finite number > 0");
+        }
+    }
     let opts = DriverOptions::default()
         .with_progress(std::env::var_os("QWEN3_QUANT_QUIET").is_none())
         .with_weight_mode(if a.packed {
@@ -217,6 +222,7 @@ pub fn run(mut a: QuantizeArgs) -> anyhow::Result<()> {
         .with_expert_policy(a.expert_policy)
         .with_routing_weighted(a.routing_weighted)
         .with_norm_refit(a.norm_refit)
+        .with_router_refit(a.router_refit)
         .with_memory_budget(a.memory_budget_mb.map(|mb| mb * 1_000_000))
         .with_sub_block_inputs(match a.sub_block_inputs {
             SubBlockInputsArg::Auto => SubBlockInputs::Auto,
@@ -356,6 +362,7 @@ pub fn run(mut a: QuantizeArgs) -> anyhow::Result<()> {
         "expert_policy": format!("{:?}", a.expert_policy),
         "routing_weighted": a.routing_weighted,
         "norm_refit": a.norm_refit,
+        "router_refit": a.router_refit,
         "projection": {"total_flops": projection.total_flops, "forward_flops": projection.forward_flops,
                        "stats_flops": projection.stats_flops, "solve_flops": projection.solve_flops, "search_flops": projection.search_flops,
                        "activation_bytes": projection.activation_bytes, "gemm_gflops": gflops, "eta_seconds": eta},

@@ -143,6 +143,16 @@ fn bad_settings_are_json_errors() {
         &["--method", "gptq", "--foem", "1"][..],
         &["--method", "gptq", "--norm-refit", "-1"][..],
         &["--method", "rtn", "--norm-refit"][..],
+        &["--method", "gptq", "--router-refit"][..],
+        &["--method", "gptq", "--gptaq", "1", "--router-refit", "0"][..],
+        &[
+            "--method",
+            "gptq",
+            "--gptaq",
+            "1",
+            "--router-refit",
+            "--no-true-sequential",
+        ][..],
     ] {
         let (ok, v, _) = quantize(extra);
         assert!(!ok, "{extra:?} should fail");
@@ -364,6 +374,55 @@ fn norm_refit_is_reported_per_norm() {
             t["loss"].as_f64().unwrap() < t["baseline_loss"].as_f64().unwrap(),
             "{t}"
         );
+    }
+    assert!(v["eval"]["docs"]["ppl"].as_f64().unwrap().is_finite());
+}
+
+#[test]
+fn router_refit_is_reported_per_moe_layer() {
+    let Some(_) = qwen3_quant_io::assets::require("models/qwen3-moe-micro") else {
+        return;
+    };
+    let model = format!("{ASSETS}/models/qwen3-moe-micro");
+    let (ok, v, err) = run(&[
+        "quantize",
+        "--model",
+        &model,
+        "--calib",
+        "docs",
+        "--samples",
+        "2",
+        "--seq-len",
+        "256",
+        "--eval",
+        "docs:2",
+        "--json",
+        "--method",
+        "gptq",
+        "--bits",
+        "3",
+        "--gptaq",
+        "1",
+        "--router-refit",
+    ]);
+    assert!(ok, "{v} {err}");
+    assert_eq!(v["router_refit"].as_f64(), Some(0.01));
+    let fits: Vec<&Value> = v["transforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["transform"] == "router-refit")
+        .collect();
+    assert_eq!(fits.len(), 4, "{v}");
+    for t in fits {
+        assert_eq!(t["target"], "mlp.gate");
+        assert!(t["fallback"].is_null(), "{t}");
+        assert!(
+            t["loss"].as_f64().unwrap() < t["baseline_loss"].as_f64().unwrap(),
+            "{t}"
+        );
+        let agreement = t["ratio"].as_f64().unwrap();
+        assert!(agreement > 0.5 && agreement <= 1.0, "{t}");
     }
     assert!(v["eval"]["docs"]["ppl"].as_f64().unwrap().is_finite());
 }

@@ -18,6 +18,7 @@
 //! # Ok::<(), qwen3_quant_core::Error>(())
 //! ```
 
+pub mod asymmetric;
 mod binary;
 pub mod error;
 pub mod id;

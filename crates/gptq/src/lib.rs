@@ -39,16 +39,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod asymmetric;
 mod config;
 mod hessian;
 mod quantize;
 mod refine;
 
-pub use asymmetric::asymmetric_target;
 pub use config::{GptqConfig, MAX_REFINE_PASSES};
 pub use hessian::act_order_perm;
 pub use quantize::{quantize_weight, quantize_weight_scaled, GptqOutput};
+pub use qwen3_quant_core::asymmetric::asymmetric_target;
 
 use qwen3_quant_core::{
     LinearInput, LinearStats, MethodError, Propagation, QuantOutcome, Quantizer, StatsRequest,

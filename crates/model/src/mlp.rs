@@ -196,6 +196,31 @@ impl MoeBlock {
         Ok(routing)
     }
 
+    /// Reports what [`MoeBlock::forward`] reports up to the experts' gate/up inputs (the routing,
+    /// then each expert's [`Site::ExpertInputAll`] and [`Site::ExpertInput`]) without running
+    /// any expert: a calibration pass that only needs the gate/up statistics.
+    pub fn observe_inputs(
+        &self,
+        x: &[f32],
+        m: usize,
+        layer: usize,
+        obs: &mut dyn Observer,
+    ) -> Result<Routing> {
+        let hidden = self.router.in_features();
+        let routing = self.route(x, m)?;
+        obs.observe_routing(layer, &routing);
+        for (ei, rows) in routing.rows.iter().enumerate() {
+            if obs.wants(layer, Site::ExpertInputAll(ei)) {
+                obs.observe(layer, Site::ExpertInputAll(ei), x, m, hidden);
+            }
+            if obs.wants(layer, Site::ExpertInput(ei)) {
+                let xe = gather_rows(x, hidden, rows);
+                obs.observe(layer, Site::ExpertInput(ei), &xe, rows.len(), hidden);
+            }
+        }
+        Ok(routing)
+    }
+
     /// The whole block, `[m, hidden]`; expert inputs are reported to `obs`.
     pub fn forward(
         &self,

@@ -6,11 +6,11 @@
 //! `W* = W·(XᵀX̃)(X̃ᵀX̃)⁻¹ = W + W·D·H⁻¹`, `D = Σ (X − X̃)ᵀX̃`, `H = X̃ᵀX̃`: the least-squares
 //! projection of the full-precision outputs onto what the quantized inputs can express. GPTQ on
 //! `(W*, H)` therefore minimises the asymmetric objective with its usual column-by-column error
-//! feedback.
+//! feedback; a linear kept in full precision (the MoE router) can take `W*` itself.
 
+use crate::MethodError;
 use faer::linalg::solvers::Solve;
 use faer::{Mat, Side};
-use qwen3_quant_core::MethodError;
 
 /// `W + alpha · W·D·H_d⁻¹` with `H_d = H + percdamp·mean(diag H)·I`, computed in f64.
 ///
