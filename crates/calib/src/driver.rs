@@ -866,10 +866,11 @@ impl Driver<'_> {
         Ok(())
     }
 
-    /// True-sequential processing of an MoE layer, in the order GPTQModel quantizes one: the
-    /// attention as in a dense layer, then every expert's gate/up from the tokens the router
-    /// sends it after the quantized attention, then every expert's `down_proj` on the
-    /// activations of its quantized gate/up. `h` becomes the quantized layer's output.
+    /// True-sequential processing of an MoE layer, the dense reference's four groups with every
+    /// expert in the last two: the attention as in a dense layer, then every expert's gate/up
+    /// from the tokens the router sends it after the quantized attention, then every expert's
+    /// `down_proj` on the activations of its quantized gate/up. `h` becomes the quantized
+    /// layer's output.
     fn true_sequential_moe(
         &mut self,
         layer: &mut DecoderLayer,
