@@ -12,61 +12,16 @@ mod common;
 use common::*;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use qwen3_quant::calib::{first_windows, quantize_model, DriverOptions, StatsCollector};
-use qwen3_quant::core::{
-    Bits, GroupSize, Hessian, LinearId, LinearInput, LinearKind, LinearStats, MethodError,
-    Propagation, QuantOutcome, QuantScheme, Quantizer, RangeConvention, StatsRequest,
-};
+use qwen3_quant::core::{Bits, LinearId, LinearKind, LinearStats};
 use qwen3_quant::gptq::{Gptq, GptqConfig};
 use qwen3_quant::model::{
     DecoderLayer, FeedForward, LinearWeight, NoObserver, Qwen3Model, Rope, Site,
 };
-use qwen3_quant::rtn::{Rtn, RtnConfig};
 
 fn moe_micro() -> Qwen3Model {
     Qwen3Model::load(format!("{ASSETS}/models/qwen3-moe-micro")).unwrap()
-}
-
-/// True-sequential, quantized propagation, Hessians recorded; RTN 3-bit does the quantizing.
-struct Probe {
-    rtn: Rtn,
-    seen: Mutex<HashMap<LinearId, (usize, Hessian)>>,
-}
-
-impl Quantizer for Probe {
-    fn name(&self) -> &'static str {
-        "probe"
-    }
-    fn stats_required(&self) -> StatsRequest {
-        request()
-    }
-    fn propagation(&self) -> Propagation {
-        Propagation::Quantized
-    }
-    fn true_sequential(&self) -> bool {
-        true
-    }
-    fn quantize_linear(
-        &self,
-        input: LinearInput<'_>,
-        stats: &LinearStats,
-    ) -> Result<QuantOutcome, MethodError> {
-        let h = stats.hessian.clone().expect("hessian requested");
-        self.seen
-            .lock()
-            .unwrap()
-            .insert(input.id, (stats.tokens, h));
-        self.rtn.quantize_linear(input, stats)
-    }
-}
-
-fn request() -> StatsRequest {
-    StatsRequest {
-        hessian: true,
-        channel_stats: false,
-    }
 }
 
 fn site_of(id: &LinearId) -> Site {
@@ -80,18 +35,6 @@ fn site_of(id: &LinearId) -> Site {
     }
 }
 
-/// `‖a − b‖ / ‖b‖` of two Hessians (their scaled forms).
-fn rel_diff(a: &Hessian, b: &Hessian) -> f64 {
-    let (a, b) = (a.scaled(), b.scaled());
-    let num: f64 = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| f64::from(x - y).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
-    (num / den).sqrt()
-}
-
 /// Every site's statistics of one forward of `layer` over `h` (not modified).
 fn stats_of(
     layer: &DecoderLayer,
@@ -100,7 +43,7 @@ fn stats_of(
     seq: usize,
     rope: &Rope,
 ) -> HashMap<Site, LinearStats> {
-    let mut coll = StatsCollector::new(layer.index, request());
+    let mut coll = StatsCollector::new(layer.index, hessian_request());
     let mut x = h.to_vec();
     layer.forward(&mut x, n_seq, seq, rope, &mut coll).unwrap();
     coll.finish(n_seq).unwrap()
@@ -113,17 +56,7 @@ fn moe_layers_are_calibrated_stage_by_stage_on_the_quantized_earlier_stages() {
     };
     let (n_seq, seq) = (3, 128);
     let calib = first_windows(&docs("calib"), n_seq, seq).unwrap();
-    let scheme = QuantScheme::new(
-        Bits::new(3).unwrap(),
-        GroupSize::group(128).unwrap(),
-        false,
-        RangeConvention::Gptq,
-    )
-    .unwrap();
-    let probe = Probe {
-        rtn: Rtn::new(RtnConfig::new(scheme)).unwrap(),
-        seen: Mutex::new(HashMap::new()),
-    };
+    let probe = HessianProbe::new(true);
     let mut quantized = moe_micro();
     // Two chunks: the Hessians must add up over chunks.
     let opts = DriverOptions::default().with_chunk_sequences(2);
@@ -161,7 +94,7 @@ fn moe_layers_are_calibrated_stage_by_stage_on_the_quantized_earlier_stages() {
                 };
                 let (tokens, got) = &seen[id];
                 assert_eq!(*tokens, want.tokens, "{id}: routed tokens");
-                let d = rel_diff(got, want.hessian.as_ref().unwrap());
+                let d = hessian_rel_diff(got, want.hessian.as_ref().unwrap());
                 worst = worst.max(d);
                 compared += 1;
                 assert!(
@@ -170,7 +103,8 @@ fn moe_layers_are_calibrated_stage_by_stage_on_the_quantized_earlier_stages() {
                 );
                 if id.expert.is_some() {
                     let fp = full_precision[&site_of(id)].hessian.as_ref().unwrap();
-                    one_pass_gap = one_pass_gap.max(rel_diff(fp, want.hessian.as_ref().unwrap()));
+                    one_pass_gap =
+                        one_pass_gap.max(hessian_rel_diff(fp, want.hessian.as_ref().unwrap()));
                 }
             }
             // The stage is quantized before the next one's statistics.

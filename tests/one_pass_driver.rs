@@ -14,48 +14,10 @@ mod common;
 use common::*;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use qwen3_quant::calib::{first_windows, quantize_model, DriverOptions, StatsCollector};
-use qwen3_quant::core::{
-    Bits, GroupSize, Hessian, LinearId, LinearInput, LinearKind, LinearStats, MethodError,
-    Propagation, QuantOutcome, QuantScheme, Quantizer, RangeConvention, StatsRequest,
-};
+use qwen3_quant::core::{LinearId, LinearKind};
 use qwen3_quant::model::{LinearWeight, NoObserver, Site};
-use qwen3_quant::rtn::{Rtn, RtnConfig};
-
-/// One-pass, quantized propagation, Hessians recorded; RTN 3-bit does the quantizing.
-struct Probe {
-    rtn: Rtn,
-    seen: Mutex<HashMap<LinearId, Hessian>>,
-}
-
-impl Quantizer for Probe {
-    fn name(&self) -> &'static str {
-        "probe"
-    }
-    fn stats_required(&self) -> StatsRequest {
-        StatsRequest {
-            hessian: true,
-            channel_stats: false,
-        }
-    }
-    fn propagation(&self) -> Propagation {
-        Propagation::Quantized
-    }
-    fn true_sequential(&self) -> bool {
-        false
-    }
-    fn quantize_linear(
-        &self,
-        input: LinearInput<'_>,
-        stats: &LinearStats,
-    ) -> Result<QuantOutcome, MethodError> {
-        let h = stats.hessian.clone().expect("hessian requested");
-        self.seen.lock().unwrap().insert(input.id, h);
-        self.rtn.quantize_linear(input, stats)
-    }
-}
 
 fn site_of(kind: LinearKind) -> Site {
     match kind {
@@ -66,18 +28,6 @@ fn site_of(kind: LinearKind) -> Site {
     }
 }
 
-/// `‖a − b‖ / ‖b‖` of two Hessians (their scaled forms).
-fn rel_diff(a: &Hessian, b: &Hessian) -> f64 {
-    let (a, b) = (a.scaled(), b.scaled());
-    let num: f64 = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| f64::from(x - y).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
-    (num / den).sqrt()
-}
-
 #[test]
 fn one_pass_collects_fp_hessians_and_propagates_quantized_outputs() {
     let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else {
@@ -85,17 +35,7 @@ fn one_pass_collects_fp_hessians_and_propagates_quantized_outputs() {
     };
     let (n_seq, seq) = (3, 128);
     let calib = first_windows(&docs("calib"), n_seq, seq).unwrap();
-    let scheme = QuantScheme::new(
-        Bits::new(3).unwrap(),
-        GroupSize::group(128).unwrap(),
-        false,
-        RangeConvention::Gptq,
-    )
-    .unwrap();
-    let probe = Probe {
-        rtn: Rtn::new(RtnConfig::new(scheme)).unwrap(),
-        seen: Mutex::new(HashMap::new()),
-    };
+    let probe = HessianProbe::new(false);
     let mut quantized = micro();
     // Two chunks: the Hessians must add up over chunks.
     let opts = DriverOptions::default().with_chunk_sequences(2);
@@ -112,7 +52,7 @@ fn one_pass_collects_fp_hessians_and_propagates_quantized_outputs() {
     let mut replay = micro();
     let fp = micro();
     let rope = replay.rope(seq);
-    let req = probe_request();
+    let req = hessian_request();
     let mut h = replay.embed(&calib.flat(0, n_seq)).unwrap();
     let mut h_fp = h.clone(); // full-precision propagation, to show it would be caught
     let (mut worst, mut fp_gap, mut ts_gap) = (0f64, 0f64, 0f64);
@@ -130,9 +70,9 @@ fn one_pass_collects_fp_hessians_and_propagates_quantized_outputs() {
         let fp_stats = coll_fp.finish(n_seq).unwrap();
         for id in layer.linear_ids() {
             let want = expected[&site_of(id.kind)].hessian.as_ref().unwrap();
-            let got = &seen[&id];
+            let (_, got) = &seen[&id];
             assert_eq!(got.n_sequences, n_seq, "{id}");
-            let d = rel_diff(got, want);
+            let d = hessian_rel_diff(got, want);
             worst = worst.max(d);
             assert!(
                 d < 1e-5,
@@ -140,7 +80,7 @@ fn one_pass_collects_fp_hessians_and_propagates_quantized_outputs() {
             );
             if li > 0 {
                 let f = fp_stats[&site_of(id.kind)].hessian.as_ref().unwrap();
-                fp_gap = fp_gap.max(rel_diff(f, want));
+                fp_gap = fp_gap.max(hessian_rel_diff(f, want));
             }
         }
         // Swap in the quantized weights, then the quantized layer makes the next inputs.
@@ -159,7 +99,7 @@ fn one_pass_collects_fp_hessians_and_propagates_quantized_outputs() {
             layer.forward(&mut x, n_seq, seq, &rope, &mut coll).unwrap();
             let o_ts = coll.finish(n_seq).unwrap();
             let want = expected[&Site::OInput].hessian.as_ref().unwrap();
-            ts_gap = rel_diff(o_ts[&Site::OInput].hessian.as_ref().unwrap(), want);
+            ts_gap = hessian_rel_diff(o_ts[&Site::OInput].hessian.as_ref().unwrap(), want);
         }
         layer
             .forward(&mut h, n_seq, seq, &rope, &mut NoObserver)
@@ -186,11 +126,4 @@ fn one_pass_collects_fp_hessians_and_propagates_quantized_outputs() {
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max);
     assert!(diff < 1e-4, "{diff}");
-}
-
-fn probe_request() -> StatsRequest {
-    StatsRequest {
-        hessian: true,
-        channel_stats: false,
-    }
 }

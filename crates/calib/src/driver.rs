@@ -891,16 +891,7 @@ impl Driver<'_> {
         };
 
         // Gate/up of every expert on its routed rows of post_attention_layernorm(h).
-        let mut coll = self.collector(li);
-        for (s0, s1) in self.chunks() {
-            let (r0, r1) = (s0 * seq, s1 * seq);
-            let x = layer.mlp_input(&h.rows(r0, r1));
-            let FeedForward::Moe(moe) = &layer.ffn else {
-                unreachable!("MoE layer")
-            };
-            self.pass_experts(&mut coll, moe, fp, &x, s0, s1, ExpertStage::GateUp)?;
-        }
-        let stats = coll.finish(self.n_seq)?;
+        let stats = self.expert_stats(layer, h, fp, ExpertStage::GateUp)?;
         if let FeedForward::Moe(m) = &layer.ffn {
             if !self.run.expert_tokens.iter().any(|(l, _)| *l == li) {
                 let counts = (0..m.experts.len())
@@ -916,16 +907,7 @@ impl Driver<'_> {
         drop(stats);
 
         // Down of every expert on the activations of its quantized gate/up.
-        let mut coll = self.collector(li);
-        for (s0, s1) in self.chunks() {
-            let (r0, r1) = (s0 * seq, s1 * seq);
-            let x = layer.mlp_input(&h.rows(r0, r1));
-            let FeedForward::Moe(moe) = &layer.ffn else {
-                unreachable!("MoE layer")
-            };
-            self.pass_experts(&mut coll, moe, fp, &x, s0, s1, ExpertStage::Down)?;
-        }
-        let stats = coll.finish(self.n_seq)?;
+        let stats = self.expert_stats(layer, h, fp, ExpertStage::Down)?;
         self.quantize_group(layer, &experts_of(&[LinearKind::Down]), &stats)?;
         drop(stats);
 
@@ -1057,6 +1039,29 @@ impl Driver<'_> {
             seconds: t0.elapsed().as_secs_f64(),
         });
         Ok(())
+    }
+
+    /// The statistics of one stage of an MoE layer's experts over every calibration window,
+    /// with the layer as it is now (its router and the linears already quantized).
+    fn expert_stats(
+        &self,
+        layer: &DecoderLayer,
+        h: &ActivationStore,
+        fp: Option<FpStream<'_>>,
+        stage: ExpertStage,
+    ) -> Result<HashMap<Site, LinearStats>> {
+        let FeedForward::Moe(moe) = &layer.ffn else {
+            return Err(CalibError::InvalidOptions(format!(
+                "layer {} has no experts",
+                layer.index
+            )));
+        };
+        let mut coll = self.collector(layer.index);
+        for (s0, s1) in self.chunks() {
+            let x = layer.mlp_input(&h.rows(s0 * self.seq, s1 * self.seq));
+            self.pass_experts(&mut coll, moe, fp, &x, s0, s1, stage)?;
+        }
+        coll.finish(self.n_seq)
     }
 
     /// One chunk of an MoE block's expert calibration: the routing of the quantized stream's
