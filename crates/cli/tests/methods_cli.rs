@@ -388,28 +388,18 @@ fn router_refit_is_reported_per_moe_layer() {
     let Some(_) = qwen3_quant_io::assets::require("models/qwen3-moe-micro") else {
         return;
     };
-    let model = format!("{ASSETS}/models/qwen3-moe-micro");
-    let (ok, v, err) = run(&[
-        "quantize",
-        "--model",
-        &model,
-        "--calib",
-        "docs",
-        "--samples",
-        "2",
-        "--seq-len",
-        "256",
-        "--eval",
-        "docs:2",
-        "--json",
-        "--method",
-        "gptq",
-        "--bits",
-        "3",
-        "--gptaq",
-        "1",
-        "--router-refit",
-    ]);
+    let (ok, v, err) = quantize_on(
+        "qwen3-moe-micro",
+        &[
+            "--method",
+            "gptq",
+            "--bits",
+            "3",
+            "--gptaq",
+            "1",
+            "--router-refit",
+        ],
+    );
     assert!(ok, "{v} {err}");
     assert_eq!(v["router_refit"].as_f64(), Some(0.01));
     let fits: Vec<&Value> = v["transforms"]
