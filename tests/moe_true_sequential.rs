@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use qwen3_quant::calib::{first_windows, quantize_model, DriverOptions, StatsCollector};
 use qwen3_quant::core::{Bits, LinearId, LinearKind, LinearStats};
 use qwen3_quant::gptq::{Gptq, GptqConfig};
+use qwen3_quant::model::mlp::rank_experts;
 use qwen3_quant::model::{
     DecoderLayer, FeedForward, LinearWeight, NoObserver, Qwen3Model, Rope, Site,
 };
@@ -140,28 +141,23 @@ fn moe_layers_are_calibrated_stage_by_stage_on_the_quantized_earlier_stages() {
     assert!(diff < 1e-4, "{diff}");
 }
 
-/// `(Σ ‖logits(a) − logits(b)‖², tokens whose top-k sets agree)` of a router on two inputs.
-fn logit_gap(router: &LinearWeight, xa: &[f32], xb: &[f32], rows: usize, k: usize) -> (f64, usize) {
-    let e = router.out_features();
-    let (la, lb) = (
-        router.apply(xa, rows).unwrap(),
-        router.apply(xb, rows).unwrap(),
-    );
-    let err = la
+/// `(Σ ‖logits − target‖², tokens whose top-k experts agree as sets)` over `[tokens, experts]`.
+fn logit_gap(logits: &[f32], target: &[f32], experts: usize, k: usize) -> (f64, usize) {
+    let err = logits
         .iter()
-        .zip(&lb)
+        .zip(target)
         .map(|(a, b)| f64::from(a - b).powi(2))
         .sum();
     let top = |l: &[f32]| {
-        let mut o: Vec<usize> = (0..e).collect();
-        o.sort_by(|&x, &y| l[y].total_cmp(&l[x]).then(x.cmp(&y)));
-        o.truncate(k);
-        o.sort_unstable();
-        o
+        let mut order: Vec<usize> = (0..experts).collect();
+        rank_experts(l, &mut order);
+        order.truncate(k);
+        order.sort_unstable();
+        order
     };
-    let agree = la
-        .chunks(e)
-        .zip(lb.chunks(e))
+    let agree = logits
+        .chunks(experts)
+        .zip(target.chunks(experts))
         .filter(|(a, b)| top(a) == top(b))
         .count();
     (err, agree)
@@ -213,9 +209,7 @@ fn the_router_refit_brings_the_quantized_logits_to_the_full_precision_ones() {
         assert!(f.fallback.is_none() && f.loss < f.baseline_loss, "{f:?}");
     }
 
-    // Layer 0, whose input is the embeddings in both models: the logits of the original router
-    // and of the refitted one on the quantized model's MLP inputs, against the full-precision
-    // model's logits on its own.
+    // Layer 0, whose input is the embeddings in both models.
     let fp = moe_micro();
     let rope = fp.rope(seq);
     let h = fp.embed(&calib.flat(0, n_seq)).unwrap();
@@ -227,28 +221,14 @@ fn the_router_refit_brings_the_quantized_logits_to_the_full_precision_ones() {
     else {
         panic!("MoE layers")
     };
+    // The original router and the refitted one on the quantized model's MLP inputs, against
+    // the full-precision router on the full-precision model's.
     let target = m_fp.router.apply(&x_fp, rows).unwrap();
     let gap = |router: &LinearWeight| {
-        let l = router.apply(&x_q, rows).unwrap();
-        let err: f64 = l
-            .iter()
-            .zip(&target)
-            .map(|(a, b)| f64::from(a - b).powi(2))
-            .sum();
-        err
+        let logits = router.apply(&x_q, rows).unwrap();
+        logit_gap(&logits, &target, router.out_features(), m_fp.top_k)
     };
-    let (before, after) = (gap(&m_fp.router), gap(&m_q.router));
-    let (_, agree_before) = logit_gap(&m_fp.router, &x_q, &x_fp, rows, m_fp.top_k);
-    // Top-k of the refitted router on X̃ against the full-precision router's on X.
-    let l_q = m_q.router.apply(&x_q, rows).unwrap();
-    let e = m_q.router.out_features();
-    let (_, agree_after) = logit_gap(
-        &LinearWeight::dense(e, e, identity(e)).unwrap(),
-        &l_q,
-        &target,
-        rows,
-        m_q.top_k,
-    );
+    let ((before, agree_before), (after, agree_after)) = (gap(&m_fp.router), gap(&m_q.router));
     let f0 = fits.iter().find(|f| f.layer == 0).unwrap();
     eprintln!(
         "layer 0 router: logit error {before:.4e} -> {after:.4e} (logged {:.4e} -> {:.4e}); \
@@ -271,10 +251,4 @@ fn the_router_refit_brings_the_quantized_logits_to_the_full_precision_ones() {
         "{} vs {after}",
         f0.loss
     );
-}
-
-fn identity(n: usize) -> Vec<f32> {
-    (0..n * n)
-        .map(|i| if i % (n + 1) == 0 { 1.0 } else { 0.0 })
-        .collect()
 }

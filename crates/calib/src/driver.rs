@@ -24,7 +24,7 @@ use qwen3_quant_core::{
 };
 use qwen3_quant_io::Checkpoint;
 use qwen3_quant_model::layer::add_in_place;
-use qwen3_quant_model::mlp::MoeBlock;
+use qwen3_quant_model::mlp::{rank_experts, MoeBlock};
 use qwen3_quant_model::{
     DecoderLayer, FeedForward, LinearWeight, NoObserver, Observer, Qwen3Model, Rope, Rotation, Site,
 };
@@ -892,14 +892,7 @@ impl Driver<'_> {
 
         // Gate/up of every expert on its routed rows of post_attention_layernorm(h).
         let stats = self.expert_stats(layer, h, fp, ExpertStage::GateUp)?;
-        if let FeedForward::Moe(m) = &layer.ffn {
-            if !self.run.expert_tokens.iter().any(|(l, _)| *l == li) {
-                let counts = (0..m.experts.len())
-                    .map(|e| stats.get(&Site::ExpertInput(e)).map_or(0, |s| s.tokens))
-                    .collect();
-                self.run.expert_tokens.push((li, counts));
-            }
-        }
+        self.record_expert_tokens(layer, &stats);
         let gate_up = experts_of(&[LinearKind::Gate, LinearKind::Up]);
         let snapshot = self.norm_refit_snapshot(layer, &gate_up);
         self.quantize_group(layer, &gate_up, &stats)?;
@@ -1039,6 +1032,19 @@ impl Driver<'_> {
             seconds: t0.elapsed().as_secs_f64(),
         });
         Ok(())
+    }
+
+    /// Records each expert's routed calibration tokens of an MoE `layer` from its gate/up
+    /// statistics, unless the layer's counts are already in (a transform stage counted them).
+    fn record_expert_tokens(&mut self, layer: &DecoderLayer, stats: &HashMap<Site, LinearStats>) {
+        let li = layer.index;
+        let counted = self.run.expert_tokens.iter().any(|(l, _)| *l == li);
+        if let (FeedForward::Moe(m), false) = (&layer.ffn, counted) {
+            let counts = (0..m.experts.len())
+                .map(|e| stats.get(&Site::ExpertInput(e)).map_or(0, |s| s.tokens))
+                .collect();
+            self.run.expert_tokens.push((li, counts));
+        }
     }
 
     /// The statistics of one stage of an MoE layer's experts over every calibration window,
@@ -1395,13 +1401,7 @@ impl Driver<'_> {
             h.set_rows(r0, &x);
         }
         let stats = coll.finish(self.n_seq)?;
-        let counted = self.run.expert_tokens.iter().any(|(l, _)| *l == li);
-        if let (FeedForward::Moe(m), false) = (&layer.ffn, counted) {
-            let counts = (0..m.experts.len())
-                .map(|e| stats.get(&Site::ExpertInput(e)).map_or(0, |s| s.tokens))
-                .collect();
-            self.run.expert_tokens.push((li, counts));
-        }
+        self.record_expert_tokens(layer, &stats);
         let ids = layer.linear_ids();
         let reads = |k: LinearKind| ids.iter().filter(move |i| i.kind == k).copied();
         let attn: Vec<LinearId> = [LinearKind::Q, LinearKind::K, LinearKind::V]
@@ -2025,7 +2025,7 @@ pub fn available_memory_bytes() -> Option<u64> {
 fn same_top_k(a: &[f32], b: &[f32], experts: usize, k: usize) -> usize {
     let top = |l: &[f32]| {
         let mut order: Vec<usize> = (0..experts).collect();
-        order.sort_by(|&x, &y| l[y].total_cmp(&l[x]).then(x.cmp(&y)));
+        rank_experts(l, &mut order);
         order.truncate(k);
         order.sort_unstable();
         order

@@ -179,8 +179,7 @@ impl MoeBlock {
                 sum += *p;
             }
             probs.iter_mut().for_each(|p| *p /= sum);
-            // torch.topk: largest first; ties keep the lower index.
-            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+            rank_experts(&probs, &mut order);
             let chosen = &order[..self.top_k];
             let norm = if self.norm_topk_prob {
                 chosen.iter().map(|&i| probs[i]).sum::<f32>()
@@ -289,6 +288,20 @@ impl MoeBlock {
         }
         Ok(out)
     }
+}
+
+/// Sorts the expert indices `order` by decreasing `scores` (a token's router logits or
+/// probabilities), as `torch.topk` ranks them: largest first, ties to the lower index. The
+/// router's choice is `order[..top_k]`.
+///
+/// ```
+/// use qwen3_quant_model::mlp::rank_experts;
+/// let mut order = [0, 1, 2, 3];
+/// rank_experts(&[0.1, 0.7, 0.1, 0.4], &mut order);
+/// assert_eq!(order, [1, 3, 0, 2]);
+/// ```
+pub fn rank_experts(scores: &[f32], order: &mut [usize]) {
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
 }
 
 /// Copies the listed rows of `x` (`[*, cols]`) into a new contiguous buffer.
