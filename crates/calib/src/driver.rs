@@ -258,7 +258,11 @@ pub struct DriverOptions {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SubBlockInputs {
-    /// Keep them when they fit in half of the memory budget or of the memory available.
+    /// Keep them when they fit in half of the memory budget or of the memory available. A
+    /// streamed run ([`DriverOptions::keep_finished_layers`] off) recomputes a dense layer's
+    /// `down_proj` inputs from gate/up's quantized codes instead, a block of weight rows at a
+    /// time (the same bits), so that neither they nor gate/up's f32 weights are resident next
+    /// to `down_proj`'s Hessian; without `norm_refit`, which refits the norm to the f32 weights.
     #[default]
     Auto,
     /// Always keep them.
@@ -443,6 +447,33 @@ impl QuantizationRun {
     }
 }
 
+/// The statistics of a group of linears: shared with the caller, or handed over so that a
+/// method can consume them ([`Quantizer::quantize_linear_owned`]).
+enum GroupStats<'s> {
+    Shared(&'s HashMap<Site, LinearStats>),
+    Owned(HashMap<Site, LinearStats>),
+}
+
+impl GroupStats<'_> {
+    fn get(&self, site: Site) -> Option<&LinearStats> {
+        match self {
+            GroupStats::Shared(m) => m.get(&site),
+            GroupStats::Owned(m) => m.get(&site),
+        }
+    }
+
+    /// `site`'s statistics by value when they are owned and none of `later` reads them.
+    fn take_last(&mut self, site: Site, later: &[LinearId]) -> Option<LinearStats> {
+        match self {
+            GroupStats::Owned(m) if !later.iter().any(|l| site_of(l) == site) => m.remove(&site),
+            _ => None,
+        }
+    }
+}
+
+/// Weight rows of gate and up dequantized at a time by [`Driver::activation_from_codes`].
+const CODE_ROWS: usize = 512;
+
 /// Peak resident set of this process in MB (`VmHWM`), where the OS reports it.
 pub fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -509,7 +540,19 @@ impl Driver<'_> {
         ids: &[LinearId],
         stats: &HashMap<Site, LinearStats>,
     ) -> Result<()> {
-        self.quantize_group_then(layer, ids, stats, false)
+        self.quantize_group_then(layer, ids, GroupStats::Shared(stats), false)
+    }
+
+    /// [`Self::quantize_group`] with the statistics handed over: each linear that is the last
+    /// of the group to read its site's statistics gets them by value
+    /// ([`Quantizer::quantize_linear_owned`]; GPTQ halves the Hessian before factoring it).
+    fn quantize_group_owned(
+        &mut self,
+        layer: &mut DecoderLayer,
+        ids: &[LinearId],
+        stats: HashMap<Site, LinearStats>,
+    ) -> Result<()> {
+        self.quantize_group_then(layer, ids, GroupStats::Owned(stats), false)
     }
 
     /// [`Self::quantize_group`], then [`Self::release_finished`] when `release` is set: a
@@ -518,11 +561,11 @@ impl Driver<'_> {
         &mut self,
         layer: &mut DecoderLayer,
         ids: &[LinearId],
-        stats: &HashMap<Site, LinearStats>,
+        mut stats: GroupStats<'_>,
         release: bool,
     ) -> Result<()> {
         let freed_at_once = release && !self.opts.keep_finished_layers;
-        for id in ids {
+        for (i, id) in ids.iter().enumerate() {
             let weight = layer
                 .linear(id.kind, id.expert)
                 .ok_or_else(|| CalibError::InvalidOptions(format!("{id} missing")))?;
@@ -530,7 +573,7 @@ impl Driver<'_> {
             let w = weight.dense_view();
             let site = site_of(id);
             let empty = LinearStats::default();
-            let routed_tokens = stats.get(&site).map_or(0, |s| s.tokens);
+            let routed_tokens = stats.get(site).map_or(0, |s| s.tokens);
             let needs_stats =
                 self.method.stats_required().hessian || self.method.stats_required().channel_stats;
             let (chosen, mut fallback) = if needs_stats {
@@ -538,7 +581,15 @@ impl Driver<'_> {
             } else {
                 (Some(site), None)
             };
-            let mut st = chosen.and_then(|c| stats.get(&c)).unwrap_or(&empty);
+            // The last reader of its own site's statistics may consume them.
+            let owned = match chosen {
+                Some(c) if c == site && routed_tokens > 0 => stats.take_last(c, &ids[i + 1..]),
+                _ => None,
+            };
+            let mut st = owned
+                .as_ref()
+                .or_else(|| chosen.and_then(|c| stats.get(c)))
+                .unwrap_or(&empty);
             let substitute;
             if needs_stats && st.tokens == 0 {
                 // An expert no calibration token reached: an identity Hessian makes Hessian-based
@@ -558,18 +609,17 @@ impl Driver<'_> {
                 });
             }
             let t0 = Instant::now();
-            let outcome = self
-                .method
-                .quantize_linear(
-                    LinearInput {
-                        id: *id,
-                        weight: &w,
-                        out_features: out_f,
-                        in_features: in_f,
-                    },
-                    st,
-                )
-                .map_err(|e| e.with_id(*id))?;
+            let input = LinearInput {
+                id: *id,
+                weight: &w,
+                out_features: out_f,
+                in_features: in_f,
+            };
+            let outcome = match owned {
+                Some(own) if own.tokens > 0 => self.method.quantize_linear_owned(input, own),
+                _ => self.method.quantize_linear(input, st),
+            }
+            .map_err(|e| e.with_id(*id))?;
             let seconds = t0.elapsed().as_secs_f64();
             drop(w);
             let new_weight = match self.opts.weight_mode {
@@ -769,7 +819,7 @@ impl Driver<'_> {
                 }
             }
             let stats = coll.finish(self.n_seq)?;
-            self.quantize_group(layer, &[id(LinearKind::O)], &stats)?;
+            self.quantize_group_owned(layer, &[id(LinearKind::O)], stats)?;
         }
 
         // Residual update with the quantized o, then [up, gate] on post_attention_layernorm.
@@ -817,25 +867,34 @@ impl Driver<'_> {
             Ok((layer.mlp_input(&h.rows(r0, r1)), hid))
         })?;
         let gate_up = [id(LinearKind::Up), id(LinearKind::Gate)];
+        let FeedForward::Dense(mlp) = &layer.ffn else {
+            unreachable!("dense layer")
+        };
+        let inter = mlp.gate.out_features();
+        // A streamed run (bounded memory) recomputes `down_proj`'s inputs unless told to keep
+        // them, from gate/up's codes a block of rows at a time, with the same bits: their f32
+        // weights go at once, and neither the inputs (400 MB for Qwen3-8B with 16 × 512
+        // calibration tokens) nor gate/up (400 MB) are resident next to `down_proj`'s Hessian.
+        let codes_ok = self.streamed() && self.opts.norm_refit.is_none();
+        let keep_act = match self.opts.sub_block_inputs {
+            SubBlockInputs::Auto if codes_ok => false,
+            _ => self.keep_sub_block_inputs(inter),
+        };
+        let from_codes = !keep_act && codes_ok;
         let snapshot = self.norm_refit_snapshot(layer, &gate_up);
-        self.quantize_group(layer, &gate_up, &stats)?;
+        self.quantize_group_then(layer, &gate_up, GroupStats::Shared(&stats), from_codes)?;
         self.refit_norm(layer, ScaleProducer::PostAttentionNorm, snapshot, &stats)?;
         drop(stats);
 
         // [down] on the activation of the quantized gate/up, kept for the output when it fits
         // and recomputed when it does not.
-        let FeedForward::Dense(mlp) = &layer.ffn else {
-            unreachable!("dense layer")
-        };
-        let inter = mlp.gate.out_features();
-        let keep_act = self.keep_sub_block_inputs(inter);
         let mut act = Vec::new();
         {
             let mut coll = self.collector(li);
             for (s0, s1) in self.chunks() {
                 let (r0, r1) = rows(s0, s1);
                 let x = layer.mlp_input(&h.rows(r0, r1));
-                let a = mlp.activation(&x, r1 - r0)?;
+                let a = self.down_inputs(layer, &x, r1 - r0, from_codes)?;
                 self.add_site(&mut coll, Site::DownInput, fp, &a, s0, s1, inter)?;
                 if keep_act {
                     act.extend_from_slice(&a);
@@ -846,7 +905,7 @@ impl Driver<'_> {
                 // `down_proj`'s inputs are kept: gate/up are not run again.
                 self.release_finished(layer, &[id(LinearKind::Gate), id(LinearKind::Up)])?;
             }
-            self.quantize_group(layer, &[id(LinearKind::Down)], &stats)?;
+            self.quantize_group_owned(layer, &[id(LinearKind::Down)], stats)?;
         }
         let FeedForward::Dense(mlp) = &layer.ffn else {
             unreachable!("dense layer")
@@ -857,7 +916,7 @@ impl Driver<'_> {
             let y = if keep_act {
                 mlp.down.apply(&act[r0 * inter..r1 * inter], r1 - r0)?
             } else {
-                let a = mlp.activation(&layer.mlp_input(&x), r1 - r0)?;
+                let a = self.down_inputs(layer, &layer.mlp_input(&x), r1 - r0, from_codes)?;
                 mlp.down.apply(&a, r1 - r0)?
             };
             add_in_place(&mut x, &y);
@@ -901,8 +960,7 @@ impl Driver<'_> {
 
         // Down of every expert on the activations of its quantized gate/up.
         let stats = self.expert_stats(layer, h, fp, ExpertStage::Down)?;
-        self.quantize_group(layer, &experts_of(&[LinearKind::Down]), &stats)?;
-        drop(stats);
+        self.quantize_group_owned(layer, &experts_of(&[LinearKind::Down]), stats)?;
 
         let FeedForward::Moe(moe) = &layer.ffn else {
             unreachable!("MoE layer")
@@ -1228,6 +1286,70 @@ impl Driver<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether finished layers leave memory as they are saved (a streamed run).
+    fn streamed(&self) -> bool {
+        !self.opts.keep_finished_layers
+    }
+
+    /// `down_proj`'s inputs in a dense `layer` for the MLP input `x` (`m` rows): through its
+    /// weights, or [`Self::activation_from_codes`].
+    fn down_inputs(
+        &self,
+        layer: &DecoderLayer,
+        x: &[f32],
+        m: usize,
+        from_codes: bool,
+    ) -> Result<Vec<f32>> {
+        match &layer.ffn {
+            _ if from_codes => self.activation_from_codes(layer.index, x, m),
+            FeedForward::Dense(mlp) => Ok(mlp.activation(x, m)?),
+            FeedForward::Moe(_) => Err(CalibError::InvalidOptions(format!(
+                "layer {}: not a dense MLP",
+                layer.index
+            ))),
+        }
+    }
+
+    /// `silu(gate(x))·up(x)` of layer `li` from the codes of its quantized gate/up (whose f32
+    /// weights a streamed run has released), dequantized [`CODE_ROWS`] rows at a time: the same
+    /// bits as the fake-quantized layer's product
+    /// ([`qwen3_quant_kernels::dense::gemm_swiglu_by_rows`]) with 2 · 512 rows of f32 weights
+    /// resident instead of both whole weights (400 MB for Qwen3-8B).
+    fn activation_from_codes(&self, li: usize, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let codes = |kind| {
+            self.run
+                .quantized
+                .iter()
+                .rev()
+                .find(|(id, _)| id.layer == li && id.kind == kind && id.expert.is_none())
+                .map(|(_, q)| q)
+                .ok_or_else(|| {
+                    CalibError::InvalidOptions(format!("layer {li}: {kind:?} has no codes yet"))
+                })
+        };
+        let (gate, up) = (codes(LinearKind::Gate)?, codes(LinearKind::Up)?);
+        let (n, k) = (gate.out_features(), gate.in_features());
+        if up.out_features() != n || up.in_features() != k || x.len() != m * k {
+            return Err(CalibError::InvalidOptions(format!(
+                "layer {li}: gate/up codes do not match the MLP input"
+            )));
+        }
+        let mut y = vec![0f32; m * n];
+        qwen3_quant_kernels::dense::gemm_swiglu_by_rows(
+            qwen3_quant_kernels::dense::Lhs::new(x, m, k),
+            n,
+            CODE_ROWS,
+            |r0, g, u| {
+                gate.dequantize_rows_into(r0, g)?;
+                up.dequantize_rows_into(r0, u)
+            },
+            &mut y,
+            n,
+        )
+        .map_err(qwen3_quant_core::MethodError::from)?;
+        Ok(y)
     }
 
     /// Whether true-sequential calibration keeps a sub-block's inputs (the attention output or
@@ -1858,7 +1980,7 @@ fn run_layers(
             if quantize {
                 // One linear at a time, each freed once quantized: nothing runs it again.
                 for id in layer.linear_ids() {
-                    d.quantize_group_then(layer, &[id], &HashMap::new(), true)?;
+                    d.quantize_group_then(layer, &[id], GroupStats::Shared(&HashMap::new()), true)?;
                 }
             }
             if let Some(s) = store.as_deref_mut() {

@@ -194,17 +194,18 @@ impl BinaryLinear {
     /// Dequantized weight `[out, in]`: each weight's stored table value.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut w = vec![0f32; self.out_features * self.in_features];
-        self.dequantize_rows(&mut w);
+        self.dequantize_rows(0, &mut w);
         w
     }
 
-    fn dequantize_rows(&self, w: &mut [f32]) {
+    fn dequantize_rows(&self, first_row: usize, w: &mut [f32]) {
         let (n, bs) = (self.in_features, self.block_size);
         let nb = n.div_ceil(bs);
         if n == 0 {
             return;
         }
-        w.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+        w.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+            let r = first_row + i;
             for (b, chunk) in row.chunks_mut(bs).enumerate() {
                 let table = self.tables[r * nb + b].values();
                 for (i, v) in chunk.iter_mut().enumerate() {
@@ -297,7 +298,28 @@ impl QuantizedWeight {
             Self::Affine(q) => q.dequantize_into(out),
             Self::Binary(b) => {
                 crate::linear::check_output_len(b.out_features * b.in_features, out.len())?;
-                b.dequantize_rows(out);
+                b.dequantize_rows(0, out);
+                Ok(())
+            }
+        }
+    }
+
+    /// Rows `first_row..first_row + out.len() / in_features` of [`Self::dequantize`] into `out`:
+    /// for a caller that rebuilds the weight a block of rows at a time.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when `out` is not a whole number of rows inside the weight.
+    pub fn dequantize_rows_into(&self, first_row: usize, out: &mut [f32]) -> Result<()> {
+        match self {
+            Self::Affine(q) => q.dequantize_rows_into(first_row, out),
+            Self::Binary(b) => {
+                crate::linear::check_row_range(
+                    b.out_features,
+                    b.in_features,
+                    first_row,
+                    out.len(),
+                )?;
+                b.dequantize_rows(first_row, out);
                 Ok(())
             }
         }

@@ -253,7 +253,7 @@ impl QuantizedLinear {
     /// methods' fake quantization; with smoothing, the stored weight divided by `s` per column).
     pub fn dequantize(&self) -> Vec<f32> {
         let mut w = vec![0f32; self.out_features * self.in_features];
-        self.dequantize_rows(&mut w);
+        self.dequantize_rows(0, &mut w);
         w
     }
 
@@ -263,12 +263,23 @@ impl QuantizedLinear {
     /// [`Error::ShapeMismatch`] when `out` does not hold `out_features · in_features` values.
     pub fn dequantize_into(&self, out: &mut [f32]) -> Result<()> {
         check_output_len(self.out_features * self.in_features, out.len())?;
-        self.dequantize_rows(out);
+        self.dequantize_rows(0, out);
         Ok(())
     }
 
-    fn dequantize_rows(&self, w: &mut [f32]) {
-        self.dequantize_stored_rows(w);
+    /// Rows `first_row..first_row + out.len() / in_features` of [`Self::dequantize`] into `out`:
+    /// for a caller that rebuilds the weight a block of rows at a time.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when `out` is not a whole number of rows inside the weight.
+    pub fn dequantize_rows_into(&self, first_row: usize, out: &mut [f32]) -> Result<()> {
+        check_row_range(self.out_features, self.in_features, first_row, out.len())?;
+        self.dequantize_rows(first_row, out);
+        Ok(())
+    }
+
+    fn dequantize_rows(&self, first_row: usize, w: &mut [f32]) {
+        self.dequantize_stored_rows(first_row, w);
         if let (Some(s), n) = (&self.smoothing, self.in_features) {
             if n > 0 {
                 w.par_chunks_mut(n)
@@ -281,18 +292,18 @@ impl QuantizedLinear {
     /// [`Self::smoothing`] is set (otherwise equal to [`Self::dequantize`]).
     pub fn dequantize_stored(&self) -> Vec<f32> {
         let mut w = vec![0f32; self.out_features * self.in_features];
-        self.dequantize_stored_rows(&mut w);
+        self.dequantize_stored_rows(0, &mut w);
         w
     }
 
-    fn dequantize_stored_rows(&self, w: &mut [f32]) {
+    fn dequantize_stored_rows(&self, first_row: usize, w: &mut [f32]) {
         let (o, n) = (self.out_features, self.in_features);
         if n == 0 {
             return;
         }
         w.par_chunks_mut(n)
             .enumerate()
-            .for_each(|(r, row)| self.stored_row(r, o, row));
+            .for_each(|(r, row)| self.stored_row(first_row + r, o, row));
     }
 
     /// Row `r` of [`Self::dequantize_stored`] (`o` = out_features).
@@ -378,6 +389,26 @@ pub(crate) fn check_output_len(expected: usize, actual: usize) -> Result<()> {
     }
 }
 
+/// The check of the `dequantize_rows_into` methods: `len` values are whole rows of `cols`
+/// starting at `first_row`, inside the weight's `rows`.
+pub(crate) fn check_row_range(
+    rows: usize,
+    cols: usize,
+    first_row: usize,
+    len: usize,
+) -> Result<()> {
+    let n_rows = len.checked_div(cols).unwrap_or(0);
+    if (cols == 0 && len == 0) || (len % cols.max(1) == 0 && first_row + n_rows <= rows) {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            what: "dequantize_rows_into output",
+            expected: rows.saturating_sub(first_row) * cols,
+            actual: len,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,6 +446,23 @@ mod tests {
         assert!((got - want).abs() <= 1e-12 * want, "{got} vs {want}");
         assert!(got > 0.0);
         assert!(q.squared_error(&w[1..]).is_err());
+
+        // Any block of whole rows is the same slice of the full dequantization.
+        let full = q.dequantize();
+        for (r0, rows) in [(0, 1), (1, 2), (0, 3), (2, 1), (3, 0)] {
+            let mut part = vec![f32::NAN; rows * n];
+            q.dequantize_rows_into(r0, &mut part).unwrap();
+            assert_eq!(part, full[r0 * n..(r0 + rows) * n], "rows {r0}+{rows}");
+        }
+        let mut bad = vec![0f32; 2 * n];
+        assert!(
+            q.dequantize_rows_into(2, &mut bad).is_err(),
+            "past the last row"
+        );
+        assert!(
+            q.dequantize_rows_into(0, &mut bad[1..]).is_err(),
+            "not whole rows"
+        );
     }
 
     #[test]

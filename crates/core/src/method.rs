@@ -176,6 +176,19 @@ pub trait Quantizer: Send + Sync {
         input: LinearInput<'_>,
         stats: &LinearStats,
     ) -> Result<QuantOutcome, MethodError>;
+    /// [`Self::quantize_linear`] for a caller that no longer needs `stats`: a method may consume
+    /// them to hold less memory at once (GPTQ halves the Hessian before factoring it). The
+    /// result must be the same. Default: borrows them.
+    ///
+    /// # Errors
+    /// See [`MethodError`].
+    fn quantize_linear_owned(
+        &self,
+        input: LinearInput<'_>,
+        stats: LinearStats,
+    ) -> Result<QuantOutcome, MethodError> {
+        self.quantize_linear(input, &stats)
+    }
 }
 
 fn show(id: &Option<LinearId>) -> String {

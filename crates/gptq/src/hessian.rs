@@ -10,5 +10,3 @@ pub fn act_order_perm(diag: &[f32]) -> Vec<u32> {
     idx.sort_by(|&a, &b| diag[b as usize].total_cmp(&diag[a as usize]));
     idx
 }
-
-pub(crate) use qwen3_quant_core::linalg::inverse_cholesky_upper_by as hinv_upper;

@@ -46,7 +46,9 @@ mod refine;
 
 pub use config::{GptqConfig, MAX_REFINE_PASSES};
 pub use hessian::act_order_perm;
-pub use quantize::{quantize_weight, quantize_weight_scaled, GptqOutput};
+pub use quantize::{
+    quantize_weight, quantize_weight_scaled, quantize_weight_scaled_owned, GptqOutput,
+};
 pub use qwen3_quant_core::asymmetric::asymmetric_target;
 
 use qwen3_quant_core::{
@@ -96,6 +98,19 @@ impl Gptq {
     pub fn config(&self) -> &GptqConfig {
         &self.config
     }
+
+    /// The configuration for a linear with `per_input` calibration tokens per input feature:
+    /// the refinement fits the Hessian more tightly than the column loop, the scale refit most;
+    /// a Hessian from few tokens per input (a rarely routed expert) is noise they would fit too.
+    fn effective_config(&self, per_input: usize) -> GptqConfig {
+        if per_input < REFINE_MIN_TOKENS_PER_INPUT {
+            self.config.with_refine_passes(0).with_refit_scales(0)
+        } else if per_input < REFIT_MIN_TOKENS_PER_INPUT {
+            self.config.with_refit_scales(0)
+        } else {
+            self.config
+        }
+    }
 }
 
 impl Quantizer for Gptq {
@@ -116,6 +131,47 @@ impl Quantizer for Gptq {
     }
     fn full_precision_targets(&self) -> bool {
         self.config.asymmetric.is_some()
+    }
+    /// [`Quantizer::quantize_linear`] with the statistics handed over: where nothing reads the
+    /// whole Hessian after the factorisation (no refinement, no asymmetric target), it runs
+    /// [`quantize_weight_scaled_owned`], which halves the Hessian before factoring it. The
+    /// result is the same.
+    fn quantize_linear_owned(
+        &self,
+        input: LinearInput<'_>,
+        mut stats: LinearStats,
+    ) -> Result<QuantOutcome> {
+        let id = input.id;
+        qwen3_quant_core::method::required_hessian(&stats, &input)?;
+        let per_input = stats.tokens / input.in_features.max(1);
+        let asymmetric = self.config.asymmetric.is_some()
+            && stats
+                .cross
+                .as_ref()
+                .is_some_and(|d| d.dim == input.in_features)
+            && per_input >= self.config.asymmetric_min_tokens_per_input;
+        let config = self.effective_config(per_input);
+        if asymmetric || config.refine_passes > 0 {
+            return self.quantize_linear(input, &stats);
+        }
+        let Some(h) = stats.hessian.take() else {
+            return self.quantize_linear(input, &stats);
+        };
+        let scale = h.scale();
+        let out = quantize_weight_scaled_owned(
+            input.weight,
+            input.out_features,
+            input.in_features,
+            h.data,
+            scale,
+            &config,
+        )
+        .map_err(|e| e.with_id(id))?;
+        Ok(QuantOutcome {
+            linear: out.linear.into(),
+            loss: out.loss,
+            damp: out.damp,
+        })
     }
     /// Runs [`quantize_weight_scaled`] with `stats.hessian` normalised as the reference
     /// ([`qwen3_quant_core::Hessian::scale`], `2/N_seq · ΣXᵀX`, which only affects `loss`).
@@ -146,16 +202,7 @@ impl Quantizer for Gptq {
             }
             _ => None,
         };
-        // The refinement fits the Hessian more tightly than the column loop, the scale refit
-        // most; a Hessian from few tokens per input (a rarely routed expert) is noise they would
-        // fit too.
-        let config = if per_input < REFINE_MIN_TOKENS_PER_INPUT {
-            self.config.with_refine_passes(0).with_refit_scales(0)
-        } else if per_input < REFIT_MIN_TOKENS_PER_INPUT {
-            self.config.with_refit_scales(0)
-        } else {
-            self.config
-        };
+        let config = self.effective_config(per_input);
         let out = quantize_weight_scaled(
             target.as_deref().unwrap_or(input.weight),
             input.out_features,

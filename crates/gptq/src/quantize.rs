@@ -15,8 +15,9 @@ use qwen3_quant_core::{
 };
 
 use crate::config::GptqConfig;
-use crate::hessian::{act_order_perm, hinv_upper};
+use crate::hessian::act_order_perm;
 use crate::refine::{refine_quantized, DampedHessian, Grid, Refinement};
+use qwen3_quant_core::linalg::inverse_cholesky_upper_consuming;
 
 /// Everything GPTQ produced for one linear.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,10 +116,88 @@ pub fn quantize_weight_scaled(
     scale: f32,
     config: &GptqConfig,
 ) -> Result<GptqOutput, MethodError> {
+    check_inputs(w, out_features, in_features, hessian, scale, config)?;
+    run(
+        w,
+        out_features,
+        in_features,
+        HessianSource::Full(hessian),
+        scale,
+        config,
+    )
+}
+
+/// [`quantize_weight_scaled`] on a Hessian it owns: the same result, bit for bit, with less
+/// memory. Unless the configuration refines the codes afterwards (which multiplies by the whole
+/// matrix), the Hessian is first compacted in place to its lower triangle and the upper half is
+/// given back, so that the f64 factor is formed next to half of it: 300 MB less at the peak
+/// for Qwen3-8B's `down_proj` (`n = 12288`).
+///
+/// # Errors
+/// As [`quantize_weight_scaled`].
+pub fn quantize_weight_scaled_owned(
+    w: &[f32],
+    out_features: usize,
+    in_features: usize,
+    mut hessian: Vec<f32>,
+    scale: f32,
+    config: &GptqConfig,
+) -> Result<GptqOutput, MethodError> {
+    check_inputs(w, out_features, in_features, &hessian, scale, config)?;
+    if config.refine_passes > 0 {
+        return run(
+            w,
+            out_features,
+            in_features,
+            HessianSource::Full(&hessian),
+            scale,
+            config,
+        );
+    }
+    let n = in_features;
+    // Row i's entries 0..=i move to i(i+1)/2: never past where they are read from, so one
+    // forward sweep packs the triangle in place.
+    for i in 1..n {
+        hessian.copy_within(i * n..i * n + i + 1, i * (i + 1) / 2);
+    }
+    hessian.truncate(n * (n + 1) / 2);
+    hessian.shrink_to_fit();
+    let source = HessianSource::PackedLower(hessian);
+    run(w, out_features, in_features, source, scale, config)
+}
+
+/// A symmetric `[n, n]` Hessian: borrowed whole and row-major, or owned as its lower triangle
+/// packed by rows (entry `(i, j)`, `j ≤ i`, at `i(i+1)/2 + j`), which the factorisation drops
+/// once it no longer needs it.
+enum HessianSource<'a> {
+    Full(&'a [f32]),
+    PackedLower(Vec<f32>),
+}
+
+impl HessianSource<'_> {
+    #[inline(always)]
+    fn at(&self, n: usize, i: usize, j: usize) -> f32 {
+        match self {
+            HessianSource::Full(h) => h[i * n + j],
+            HessianSource::PackedLower(h) => {
+                let (a, b) = if i >= j { (i, j) } else { (j, i) };
+                h[a * (a + 1) / 2 + b]
+            }
+        }
+    }
+}
+
+/// The checks every entry point runs first (configuration, shapes, finite scaled entries).
+fn check_inputs(
+    w: &[f32],
+    out_features: usize,
+    in_features: usize,
+    hessian: &[f32],
+    scale: f32,
+    config: &GptqConfig,
+) -> Result<(), MethodError> {
     config.validate()?;
     check_weight_and_hessian(w, out_features, in_features, hessian)?;
-    let n = in_features;
-    let hessian_at = |i: usize, j: usize| hessian[i * n + j] * scale;
     if let Some(index) = hessian.iter().position(|v| !(v * scale).is_finite()) {
         return Err(MethodError::NonFinite {
             id: None,
@@ -126,6 +205,21 @@ pub fn quantize_weight_scaled(
             index,
         });
     }
+    Ok(())
+}
+
+/// GPTQ after [`check_inputs`].
+fn run(
+    w: &[f32],
+    out_features: usize,
+    in_features: usize,
+    hessian: HessianSource<'_>,
+    scale: f32,
+    config: &GptqConfig,
+) -> Result<GptqOutput, MethodError> {
+    let n = in_features;
+    let scaled_at = |h: &HessianSource<'_>, i: usize, j: usize| h.at(n, i, j) * scale;
+    let hessian_at = |i: usize, j: usize| scaled_at(&hessian, i, j);
     let group = match config.group_size {
         Some(g) => GroupSize::group(g)?,
         None => GroupSize::PerChannel,
@@ -166,21 +260,26 @@ pub fn quantize_weight_scaled(
     let orig_col = |j: usize| perm.as_ref().map_or(j, |p| p[j] as usize);
     // The permuted Hessian (f32, as the reference) with dead diagonal entries set to 1, read
     // entry by entry by the factorisation rather than copied.
-    let permuted = |i: usize, j: usize| {
+    let permuted = |h: &HessianSource<'_>, i: usize, j: usize| {
         let (pi, pj) = (orig_col(i), orig_col(j));
         if pi == pj && dead[pi] {
             1.0
         } else {
-            hessian_at(pi, pj)
+            scaled_at(h, pi, pj)
         }
     };
-    let factor =
-        hinv_upper(n, permuted, config.percdamp as f64, config.max_damp_retries).map_err(|f| {
-            MethodError::HessianNotPositiveDefinite {
-                id: None,
-                column: orig_col(f.column.min(n - 1)),
-                damp: f.damp,
-            }
+    // A borrowed whole matrix stays for the refinement; an owned packed one goes to the
+    // factorisation, which drops it once the Cholesky factor exists.
+    let whole = match hessian {
+        HessianSource::Full(h) => Some(h),
+        HessianSource::PackedLower(_) => None,
+    };
+    let (percdamp, retries) = (config.percdamp as f64, config.max_damp_retries);
+    let factor = inverse_cholesky_upper_consuming(n, hessian, permuted, percdamp, retries)
+        .map_err(|f| MethodError::HessianNotPositiveDefinite {
+            id: None,
+            column: orig_col(f.column.min(n - 1)),
+            damp: f.damp,
         })?;
 
     // The working copy is made after the factorisation, whose f64 factor is the peak of the
@@ -311,7 +410,7 @@ pub fn quantize_weight_scaled(
         _ => None,
     };
     let g_idx = canonical_g_idx(n, config.group_size, out_perm.as_deref());
-    if config.refine_passes > 0 {
+    if let (true, Some(hessian)) = (config.refine_passes > 0, whole) {
         let h = DampedHessian {
             hessian,
             scale,

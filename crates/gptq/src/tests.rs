@@ -739,3 +739,74 @@ fn refinement_lowers_the_layer_loss_on_the_same_grid() {
     let too_many = cfg(3, None, false, true).with_refine_passes(MAX_REFINE_PASSES + 1);
     assert!(too_many.validate().is_err());
 }
+
+/// Handing the Hessian over (packed to its lower triangle before the factorisation) gives the
+/// borrowed path's result bit for bit: plain, act-order with and without static groups, per
+/// channel, with a dead column, through the damping retries, and through the trait (whose owned
+/// path falls back to borrowing where the refinement reads the whole matrix).
+#[test]
+fn an_owned_hessian_gives_the_same_result() {
+    let (out, n, tokens) = (24, 96, 200);
+    let w = rand_vec(out * n, 21);
+    let mut x = correlated_x(tokens, n, 22);
+    for t in 0..tokens {
+        x[t * n + 5] = 0.0; // a dead column
+    }
+    let h = hessian_of(&x, tokens, n);
+    let static_act = GptqConfig {
+        static_groups: true,
+        ..cfg(3, Some(32), false, true)
+    };
+    let configs = [
+        cfg(4, Some(32), false, false),
+        cfg(3, Some(32), false, true),
+        static_act,
+        cfg(2, None, true, true),
+    ];
+    for (k, c) in configs.iter().enumerate() {
+        let a = quantize_weight_scaled(&w, out, n, &h, 0.5, c).unwrap();
+        let b = quantize_weight_scaled_owned(&w, out, n, h.clone(), 0.5, c).unwrap();
+        assert_eq!(a.linear, b.linear, "config {k}");
+        assert_eq!(a.fake_quant, b.fake_quant, "config {k}");
+        assert_eq!((a.loss, a.damp), (b.loss, b.damp), "config {k}");
+    }
+    // Indefinite: the retries factor the packed matrix again.
+    let hi = vec![1.0, 2.0, 2.0, 1.0];
+    let wi = vec![0.3, -0.7, 0.1, 0.9];
+    let c = GptqConfig::default();
+    let a = quantize_weight(&wi, 2, 2, &hi, &c).unwrap();
+    let b = quantize_weight_scaled_owned(&wi, 2, 2, hi.clone(), 1.0, &c).unwrap();
+    assert_eq!((a.linear, a.damp), (b.linear, b.damp));
+    // Bad input is the same typed error.
+    let mut nan = h.clone();
+    nan[7] = f32::NAN;
+    assert!(matches!(
+        quantize_weight_scaled_owned(&w, out, n, nan, 1.0, &configs[0]),
+        Err(MethodError::NonFinite {
+            what: "hessian",
+            index: 7,
+            ..
+        })
+    ));
+    // The trait, with and without the refinement.
+    let mut hs = Hessian::new(n);
+    hs.accumulate(&x, tokens).unwrap();
+    let id = LinearId::new(0, LinearKind::Down);
+    for refine in [0, 2] {
+        let g = Gptq::new(cfg(3, Some(32), false, true).with_refine_passes(refine)).unwrap();
+        let st = LinearStats {
+            hessian: Some(hs.clone()),
+            tokens: 64 * n,
+            ..Default::default()
+        };
+        let input = LinearInput {
+            id,
+            weight: &w,
+            out_features: out,
+            in_features: n,
+        };
+        let a = g.quantize_linear(input, &st).unwrap();
+        let b = g.quantize_linear_owned(input, st).unwrap();
+        assert_eq!(a, b, "refine {refine}");
+    }
+}

@@ -361,6 +361,49 @@ pub fn gemm_swiglu(lhs: Lhs<'_>, gate: &[f32], up: &[f32], y: &mut [f32], y_rs: 
     }
 }
 
+/// [`gemm_swiglu`] with the weights supplied a block of rows at a time: `fill(r0, gate, up)`
+/// writes rows `r0..r0 + gate.len() / k` of both weights, and the block's outputs go to columns
+/// `r0..` of `y`. For a caller that holds `gate` and `up` only in a compressed form (quantized
+/// codes): at most `2·block·k` f32 of weights exist at once instead of `2·n·k`.
+///
+/// Bit for bit [`gemm_swiglu`] on the whole weights where the blocked kernel takes the product
+/// (each output is one FMA chain over `k`, whatever the split of the weight's rows); elsewhere
+/// (the `gemm` crate chooses its blocking from the shape) the weights are filled whole, once.
+///
+/// # Errors
+/// The first error `fill` returns.
+///
+/// # Panics
+/// As [`gemm_swiglu`], on inconsistent shapes.
+pub fn gemm_swiglu_by_rows<E>(
+    lhs: Lhs<'_>,
+    n: usize,
+    block: usize,
+    mut fill: impl FnMut(usize, &mut [f32], &mut [f32]) -> Result<(), E>,
+    y: &mut [f32],
+    y_rs: usize,
+) -> Result<(), E> {
+    let k = lhs.k;
+    let block = if swiglu_row_blocks_are_exact(lhs.m) {
+        block.clamp(1, n.max(1))
+    } else {
+        n.max(1)
+    };
+    let (mut g, mut u) = (vec![0f32; block * k], vec![0f32; block * k]);
+    for r0 in (0..n).step_by(block) {
+        let nr = block.min(n - r0);
+        fill(r0, &mut g[..nr * k], &mut u[..nr * k])?;
+        gemm_swiglu(lhs, &g[..nr * k], &u[..nr * k], &mut y[r0..], y_rs);
+    }
+    Ok(())
+}
+
+/// Whether [`gemm_swiglu`] on `m` rows gives each output the same bits whatever the number of
+/// weight rows in the call (the blocked kernel: one FMA chain per output).
+pub fn swiglu_row_blocks_are_exact(m: usize) -> bool {
+    blocked_available(m)
+}
+
 /// `ln Σ exp(row)`, stable (the maximum is subtracted first), with the sum accumulated in f64:
 /// the log-softmax normaliser of one row of logits. With AVX-512 (AVX2) the exponentials are
 /// 16-lane (8-lane) polynomials (about 2 ulp, summed in f64 lanes); elsewhere libm's `exp` in
@@ -1118,6 +1161,48 @@ mod tests {
                 (f64::from(a) - want).abs() <= 1e-6 * (1.0 + want.abs()),
                 "silu({gv})·{uv}: {a} vs {want}"
             );
+        }
+    }
+
+    /// Weights filled a block of rows at a time give the whole product's bits (where the
+    /// blocked kernel runs: a `k` over two `KC` passes, blocks that split the 16- and 32-column
+    /// panels); and exactly the requested rows are asked for.
+    #[test]
+    fn swiglu_by_row_blocks_equals_the_whole_product() {
+        let _g = crate::test_support::hold_globals();
+        let (m, k, n) = (40, KC + 200, 203);
+        let x = data(m * k, 1);
+        let (gate, up) = (data(n * k, 2), data(n * k, 3));
+        let mut whole = vec![0f32; m * n];
+        gemm_swiglu(Lhs::new(&x, m, k), &gate, &up, &mut whole, n);
+        for block in [1, 7, 16, 33, 64, 203, 500] {
+            let mut asked = Vec::new();
+            let mut y = vec![f32::NAN; m * n];
+            gemm_swiglu_by_rows(
+                Lhs::new(&x, m, k),
+                n,
+                block,
+                |r0, g: &mut [f32], u: &mut [f32]| {
+                    asked.push((r0, g.len() / k));
+                    g.copy_from_slice(&gate[r0 * k..r0 * k + g.len()]);
+                    u.copy_from_slice(&up[r0 * k..r0 * k + u.len()]);
+                    Ok::<(), ()>(())
+                },
+                &mut y,
+                n,
+            )
+            .unwrap();
+            assert_eq!(asked.iter().map(|a| a.1).sum::<usize>(), n, "block {block}");
+            if swiglu_row_blocks_are_exact(m) {
+                assert_eq!(asked.len(), n.div_ceil(block.min(n)), "block {block}");
+                let same = y
+                    .iter()
+                    .zip(&whole)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "block {block}: not bit for bit the whole product");
+            } else {
+                close(&y, &whole, "swiglu by rows");
+            }
         }
     }
 
