@@ -167,11 +167,7 @@ impl Quantizer for Gptq {
             &config,
         )
         .map_err(|e| e.with_id(id))?;
-        Ok(QuantOutcome {
-            linear: out.linear.into(),
-            loss: out.loss,
-            damp: out.damp,
-        })
+        Ok(outcome(out))
     }
     /// Runs [`quantize_weight_scaled`] with `stats.hessian` normalised as the reference
     /// ([`qwen3_quant_core::Hessian::scale`], `2/N_seq · ΣXᵀX`, which only affects `loss`).
@@ -212,11 +208,16 @@ impl Quantizer for Gptq {
             &config,
         )
         .map_err(|e| e.with_id(id))?;
-        Ok(QuantOutcome {
-            linear: out.linear.into(),
-            loss: out.loss,
-            damp: out.damp,
-        })
+        Ok(outcome(out))
+    }
+}
+
+/// The trait's view of GPTQ's result (the fake-quantized copy is not needed there).
+fn outcome(out: GptqOutput) -> QuantOutcome {
+    QuantOutcome {
+        linear: out.linear.into(),
+        loss: out.loss,
+        damp: out.damp,
     }
 }
 
