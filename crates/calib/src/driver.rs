@@ -564,7 +564,7 @@ impl Driver<'_> {
         mut stats: GroupStats<'_>,
         release: bool,
     ) -> Result<()> {
-        let freed_at_once = release && !self.opts.keep_finished_layers;
+        let freed_at_once = release && self.streamed();
         for (i, id) in ids.iter().enumerate() {
             let weight = layer
                 .linear(id.kind, id.expert)
@@ -616,8 +616,8 @@ impl Driver<'_> {
                 in_features: in_f,
             };
             let outcome = match owned {
-                Some(own) if own.tokens > 0 => self.method.quantize_linear_owned(input, own),
-                _ => self.method.quantize_linear(input, st),
+                Some(own) => self.method.quantize_linear_owned(input, own),
+                None => self.method.quantize_linear(input, st),
             }
             .map_err(|e| e.with_id(*id))?;
             let seconds = t0.elapsed().as_secs_f64();
@@ -1280,7 +1280,7 @@ impl Driver<'_> {
     /// does not run again: the store keeps them as codes, so they need not stay resident until
     /// the layer is saved (the peak is then one layer, not one layer and its codes).
     fn release_finished(&self, layer: &mut DecoderLayer, ids: &[LinearId]) -> Result<()> {
-        if !self.opts.keep_finished_layers {
+        if self.streamed() {
             for id in ids {
                 layer.release_linear(id)?;
             }

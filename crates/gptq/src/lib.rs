@@ -99,6 +99,26 @@ impl Gptq {
         &self.config
     }
 
+    /// Asymmetric calibration's strength and cross term for this linear, where it applies:
+    /// configured, a cross term of the right width from the driver, and enough tokens per input
+    /// to estimate it (plain GPTQ otherwise).
+    fn asymmetric_cross<'s>(
+        &self,
+        stats: &'s LinearStats,
+        input: &LinearInput<'_>,
+    ) -> Option<(f32, &'s qwen3_quant_core::CrossCovariance)> {
+        let per_input = stats.tokens / input.in_features.max(1);
+        match (self.config.asymmetric, &stats.cross) {
+            (Some(alpha), Some(d))
+                if d.dim == input.in_features
+                    && per_input >= self.config.asymmetric_min_tokens_per_input =>
+            {
+                Some((alpha, d))
+            }
+            _ => None,
+        }
+    }
+
     /// The configuration for a linear with `per_input` calibration tokens per input feature:
     /// the refinement fits the Hessian more tightly than the column loop, the scale refit most;
     /// a Hessian from few tokens per input (a rarely routed expert) is noise they would fit too.
@@ -144,14 +164,8 @@ impl Quantizer for Gptq {
         let id = input.id;
         qwen3_quant_core::method::required_hessian(&stats, &input)?;
         let per_input = stats.tokens / input.in_features.max(1);
-        let asymmetric = self.config.asymmetric.is_some()
-            && stats
-                .cross
-                .as_ref()
-                .is_some_and(|d| d.dim == input.in_features)
-            && per_input >= self.config.asymmetric_min_tokens_per_input;
         let config = self.effective_config(per_input);
-        if asymmetric || config.refine_passes > 0 {
+        if self.asymmetric_cross(&stats, &input).is_some() || config.refine_passes > 0 {
             return self.quantize_linear(input, &stats);
         }
         let Some(h) = stats.hessian.take() else {
@@ -178,25 +192,20 @@ impl Quantizer for Gptq {
         // Asymmetric calibration: quantize the weight that best reproduces the full-precision
         // outputs from the quantized inputs (plain GPTQ where the driver had no cross term, or
         // too few tokens to estimate it).
-        let target = match (self.config.asymmetric, &stats.cross) {
-            (Some(alpha), Some(d))
-                if d.dim == input.in_features
-                    && per_input >= self.config.asymmetric_min_tokens_per_input =>
-            {
-                Some(
-                    asymmetric_target(
-                        input.weight,
-                        input.out_features,
-                        input.in_features,
-                        &h.data,
-                        &d.data,
-                        alpha,
-                        self.config.percdamp,
-                    )
-                    .map_err(|e| e.with_id(id))?,
+        let target = match self.asymmetric_cross(stats, &input) {
+            Some((alpha, d)) => Some(
+                asymmetric_target(
+                    input.weight,
+                    input.out_features,
+                    input.in_features,
+                    &h.data,
+                    &d.data,
+                    alpha,
+                    self.config.percdamp,
                 )
-            }
-            _ => None,
+                .map_err(|e| e.with_id(id))?,
+            ),
+            None => None,
         };
         let config = self.effective_config(per_input);
         let out = quantize_weight_scaled(
