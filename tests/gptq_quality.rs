@@ -12,12 +12,12 @@ use qwen3_quant::gptq::{Gptq, GptqConfig};
 use qwen3_quant::rtn::{Rtn, RtnConfig};
 
 #[test]
-fn gptq_w3_g128_beats_rtn_with_64_calibration_windows() {
+fn gptq_w3_g128_beats_rtn_with_32_calibration_windows() {
     let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else {
         return;
     };
     let valid = docs("valid");
-    let calib = first_windows(&docs("calib"), 64, 1024).unwrap();
+    let calib = first_windows(&docs("calib"), 32, 1024).unwrap();
     let fp = ppl(&micro(), &valid, 16);
 
     let rtn_ppl = ppl(&rtn_w3(), &valid, 16);
@@ -26,7 +26,7 @@ fn gptq_w3_g128_beats_rtn_with_64_calibration_windows() {
     let method = Gptq::new(w3()).unwrap();
     let run = quantize_model(&mut g, Some(&calib), &method, &DriverOptions::default()).unwrap();
     assert_eq!(run.quantized.len(), 56);
-    assert_eq!(run.calib_tokens, 64 * 1024);
+    assert_eq!(run.calib_tokens, 32 * 1024);
     let bad: Vec<_> = run
         .records
         .iter()

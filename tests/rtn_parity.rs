@@ -1,4 +1,5 @@
-//! RTN on qwen3-micro against the reference perplexities: w4/w3 g128 within 1%, w8 within 0.1%
+//! RTN on qwen3-micro against the reference perplexities: w4/w3 g128 within 0.2%, w8 on docs_32
+//! within 3e-5 (a tighter bound than its 1.35e-4 effect)
 //! (per-group RTN with the group's own min/max, as in `reference_ppl.json`'s protocol).
 
 mod common;
@@ -7,7 +8,7 @@ use qwen3_quant::calib::{quantize_model, DriverOptions};
 use qwen3_quant::core::{Bits, GroupSize, QuantScheme, RangeConvention};
 use qwen3_quant::rtn::{Rtn, RtnConfig};
 
-fn check(bits: u8, tol: f64, docs_ids: &[u32], wiki_ids: &[u32]) {
+fn check(bits: u8, tol: f64, sets: &[(&str, &[u32])]) {
     let mut m = micro();
     let scheme = QuantScheme::new(
         Bits::new(bits).unwrap(),
@@ -20,7 +21,7 @@ fn check(bits: u8, tol: f64, docs_ids: &[u32], wiki_ids: &[u32]) {
     let run = quantize_model(&mut m, None, &method, &DriverOptions::default()).unwrap();
     assert_eq!(run.quantized.len(), 8 * 7);
     let key = format!("rtn_w{bits}_g128");
-    for (metric, ids) in [("docs_32", docs_ids), ("wiki2_32", wiki_ids)] {
+    for &(metric, ids) in sets {
         let got = ppl(&m, ids, 32);
         let want = reference(&key, metric);
         eprintln!(
@@ -35,14 +36,27 @@ fn check(bits: u8, tol: f64, docs_ids: &[u32], wiki_ids: &[u32]) {
 }
 
 #[test]
-fn rtn_w8_w4_w3_g128_match_the_reference() {
+fn rtn_w4_w3_g128_match_the_reference() {
     let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else {
         return;
     };
     let (d, w) = (docs("valid"), wiki2_ids());
-    check(8, 1e-3, &d, &w);
-    check(4, 1e-2, &d, &w);
-    check(3, 1e-2, &d, &w);
+    let sets: [(&str, &[u32]); 2] = [("docs_32", &d), ("wiki2_32", &w)];
+    // Measured +0.04% (docs) and +0.08–0.09% (wiki2) on both widths; the effect is 1.8–12%.
+    check(4, 2e-3, &sets);
+    check(3, 2e-3, &sets);
+}
+
+/// 8 bits moves docs_32 by only 0.013% (18.5676 → 18.5701), so a 0.1% bound could not tell
+/// RTN from a no-op. docs_32 is reproduced to 4e-6 (18.57017), so the bound here is 3e-5:
+/// a quantizer that changed nothing would fail it. wiki2_32 (0.023% effect; this forward's
+/// value differs from the reference's by 7e-5) stays out of this check.
+#[test]
+fn rtn_w8_g128_matches_the_reference_on_docs() {
+    let Some(_) = qwen3_quant::io::assets::require("models/qwen3-micro") else {
+        return;
+    };
+    check(8, 3e-5, &[("docs_32", &docs("valid"))]);
 }
 
 /// Real low-bit inference: the same RTN weights run by the packed kernels (streamed one layer at

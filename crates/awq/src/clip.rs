@@ -139,17 +139,37 @@ fn group_errors(
     rows: usize,
 ) -> Vec<f64> {
     let ng = xg.len();
+    // Groups are independent: one task each. Within a group the squares are accumulated token
+    // by token into one f64 per channel, a contiguous pass over `p` (the per-channel sums keep
+    // the token order, so the values are those of a sum over each channel's column).
+    let per_group: Vec<Vec<f64>> = xg
+        .par_iter()
+        .enumerate()
+        .map(|(g, xs)| {
+            let (c0, c1) = (g * gs, ((g + 1) * gs).min(inp));
+            let k = c1 - c0;
+            let mut d = Vec::with_capacity(out * k);
+            for r in 0..out {
+                let (qr, wr) = (
+                    &q[r * inp + c0..r * inp + c1],
+                    &w[r * inp + c0..r * inp + c1],
+                );
+                d.extend(qr.iter().zip(wr).map(|(a, b)| a - b));
+            }
+            let mut p = vec![0.0f32; rows * out];
+            dense::matmul_wt(xs, rows, k, &d, out, &mut p);
+            let mut acc = vec![0.0f64; out];
+            for pt in p.chunks_exact(out.max(1)) {
+                for (a, &v) in acc.iter_mut().zip(pt) {
+                    *a += (v as f64) * (v as f64);
+                }
+            }
+            acc
+        })
+        .collect();
     let mut errs = vec![0.0f64; out * ng];
-    for (g, xs) in xg.iter().enumerate() {
-        let (c0, c1) = (g * gs, ((g + 1) * gs).min(inp));
-        let k = c1 - c0;
-        let d: Vec<f32> = (0..out)
-            .flat_map(|r| (c0..c1).map(move |c| q[r * inp + c] - w[r * inp + c]))
-            .collect();
-        let mut p = vec![0.0f32; rows * out];
-        dense::matmul_wt(xs, rows, k, &d, out, &mut p);
-        for r in 0..out {
-            let s: f64 = (0..rows).map(|t| (p[t * out + r] as f64).powi(2)).sum();
+    for (g, acc) in per_group.iter().enumerate() {
+        for (r, s) in acc.iter().enumerate() {
             errs[r * ng + g] = s / rows.max(1) as f64;
         }
     }

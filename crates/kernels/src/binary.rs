@@ -142,7 +142,7 @@ impl BinaryTable {
         let mut codes = [0i8; 8];
         if s > 0.0 {
             for (c, &v) in codes.iter_mut().zip(values) {
-                *c = (v / s).round_ties_even().clamp(-127.0, 127.0) as i8;
+                *c = crate::round::round_half_even(v / s).clamp(-127.0, 127.0) as i8;
             }
         }
         Ok(Self {
@@ -731,7 +731,7 @@ fn quantize_block_i8(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     let inv = 1.0 / d;
     let mut sum = 0i32;
     for (qv, &v) in q.iter_mut().zip(x) {
-        *qv = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        *qv = crate::round::round_half_even(v * inv).clamp(-127.0, 127.0) as i8;
         sum += i32::from(*qv);
     }
     (d, sum)

@@ -118,7 +118,7 @@ fn quantize_row_scalar(x: &[f32], q: &mut [i8], qmax: f32) -> (f32, i32) {
     let scale = absmax.max(ABSMAX_CLAMP) / qmax;
     let mut sum = 0i32;
     for (d, &v) in q.iter_mut().zip(x) {
-        let c = (v / scale).round_ties_even().clamp(-qmax, qmax) as i8;
+        let c = crate::round::round_half_even(v / scale).clamp(-qmax, qmax) as i8;
         sum += i32::from(c);
         *d = c;
     }

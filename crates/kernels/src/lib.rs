@@ -98,6 +98,7 @@ mod dispatch;
 pub mod gptq_format;
 pub mod int8;
 mod packed;
+pub mod round;
 pub mod tolerance;
 
 mod arch;

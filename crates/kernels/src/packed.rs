@@ -1289,7 +1289,7 @@ pub(crate) fn quantize_x_q8_scalar(xs: &[f32], block: usize, q: &mut [i8], dx: &
         if d > 0.0 && d.is_finite() {
             let inv = 1.0 / d;
             for (qv, &v) in qb.iter_mut().zip(xb) {
-                *qv = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+                *qv = crate::round::round_half_even(v * inv).clamp(-127.0, 127.0) as i8;
             }
         } else {
             qb.fill(0);

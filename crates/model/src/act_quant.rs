@@ -33,6 +33,7 @@
 
 use qwen3_quant_core::{LinearId, QuantizedLinear};
 use qwen3_quant_kernels::int8::{Int8Matrix, QuantizedActivations};
+use qwen3_quant_kernels::round::round_half_even;
 use qwen3_quant_kernels::PackedMatrix;
 use rayon::prelude::*;
 
@@ -273,18 +274,6 @@ pub fn symmetric_grid_codes(
     }
 }
 
-/// Round half to even for `|x| < 2^22` (adding and removing 1.5·2^23 leaves an integer rounded
-/// in the default mode); inlined and vectorizable, unlike `round_ties_even` without SSE4.1.
-#[inline]
-fn rne(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    if x.abs() < 4_194_304.0 {
-        (x + MAGIC) - MAGIC
-    } else {
-        x
-    }
-}
-
 /// One row of [`symmetric_grid_codes`]: writes codes and scale, or returns false.
 fn grid_row(row: &[f32], codes: &mut [i8], scale: &mut f32) -> bool {
     let absmax = row.iter().fold(0f32, |a, &v| a.max(v.abs()));
@@ -296,13 +285,13 @@ fn grid_row(row: &[f32], codes: &mut [i8], scale: &mut f32) -> bool {
             let s = absmax.max(qwen3_quant_kernels::int8::ABSMAX_CLAMP) / d;
             let tol = 1e-3 * s;
             let fits = row.iter().all(|&v| {
-                let c = rne(v / s);
+                let c = round_half_even(v / s);
                 (-128.0..=127.0).contains(&c) && c.abs() <= d && (v - c * s).abs() <= tol
             });
             if fits {
                 *scale = s;
                 for (dst, &v) in codes.iter_mut().zip(row) {
-                    *dst = rne(v / s) as i8;
+                    *dst = round_half_even(v / s) as i8;
                 }
                 return true;
             }

@@ -453,7 +453,7 @@ mod tests {
                 let d = blk.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
                 for (j, &v) in blk.iter().enumerate() {
                     let q = if d > 0.0 {
-                        (v * (1.0 / d)).round_ties_even().clamp(-127.0, 127.0)
+                        crate::round::round_half_even(v * (1.0 / d)).clamp(-127.0, 127.0)
                     } else {
                         0.0
                     };
