@@ -139,7 +139,12 @@ fn a_dead_channel_does_not_break_the_search() {
     let mut m = micro();
     m.layers[0].input_layernorm[7] = 0.0;
     m.layers[1].post_attention_layernorm[100] = 0.0;
-    let awq = Awq::new(AwqConfig::with_scheme(scheme(4))).unwrap();
+    // Coarse grids (4 scale ratios, 4 clip steps): the dead channels meet every candidate all
+    // the same, and the search's cost drops fivefold.
+    let mut cfg = AwqConfig::with_scheme(scheme(4));
+    cfg.grid = 4;
+    cfg.clip_grid = 4;
+    let awq = Awq::new(cfg).unwrap();
     let q = awq.quantizer().unwrap();
     let transforms: [&dyn LayerTransform; 1] = [&awq];
     let run = quantize_model_with(
